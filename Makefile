@@ -1,0 +1,44 @@
+# terraloom: two commands. `make demo` runs the whole mission on the embedded synthetic
+# world; `make test` runs the test suite. Both create .venv and install the project first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CI and laptops have no GPU: install torch first so a local CPU wheel (pip find-links)
+# or an already-satisfied torch is used. Users with GPUs override TORCH_SPEC or preinstall torch.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?= -n 2 --dist loadfile --timeout 1800
+DEMO_OUT ?= demo_out
+
+.PHONY: demo test lint format typecheck schemas clean install
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/python -m model.demo --out $(DEMO_OUT)
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
+
+schemas: $(BIN)/.installed
+	$(BIN)/python -m schemas export
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

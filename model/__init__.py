@@ -1,0 +1,1 @@
+"""Dual-scale any-to-any transformer: configs, masking, token-store loader, training and generation."""

@@ -1,0 +1,491 @@
+"""The modality registry: one frozen dataclass per modality, the single source of truth.
+
+Every stage (harvest, co-registration, tokenizers, model) reads band lists, dtypes,
+nodata, resampling and normalisation from here instead of sniffing strings, so adding
+or changing a modality is a one-place edit (ml-4m's string-keyed ``MODALITY_INFO`` is
+the counter-example we avoid).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SAMPLE_PX = 264
+"""Side of a corpus sample in pixels (TerraMesh: 264 x 264 px at 10 m)."""
+RESOLUTION_M = 10.0
+"""Ground sampling distance of the common grid every modality is co-registered onto."""
+CROP_PX = 224
+"""Side of the model/tokenizer input crop cut from a sample."""
+PATCH_PX = 16
+"""Patch size of pixel embeddings and image tokenizers (one token per 16 x 16 px)."""
+
+
+class Resampling(enum.StrEnum):
+    """How a modality is brought onto the 10 m grid."""
+
+    BILINEAR = "bilinear"
+    CUBIC = "cubic"
+    #: Bilinear in linear power, then converted to dB (SAR backscatter).
+    BILINEAR_POWER_DB = "bilinear_power_db"
+    NEAREST = "nearest"
+    MODE = "mode"
+    #: Derived on the 10 m grid from other modalities; never resampled.
+    DERIVED = "derived"
+
+
+class Scale(enum.Flag):
+    """At which scale a modality enters the model."""
+
+    PIXELS = enum.auto()
+    TOKENS = enum.auto()
+    BOTH = PIXELS | TOKENS
+
+
+class TokenizerKind(enum.StrEnum):
+    FSQ_VAE = "fsq_vae"  # continuous image -> FSQ codes
+    FSQ_VAE_CLASSES = "fsq_vae_classes"  # one-hot classes -> FSQ codes
+    GEO_BINS = "geo_bins"  # deterministic lat/lon bins
+    WORDPIECE = "wordpiece"  # text
+
+
+class Layout(enum.StrEnum):
+    """Shape family of a modality's stored array."""
+
+    IMAGE = "image"  # (sample, band, y, x)
+    VECTOR = "vector"  # (sample, n) numbers, e.g. GEO lat/lon
+    TEXT = "text"  # (sample, bytes) utf-8, zero padded
+
+
+@dataclass(frozen=True)
+class Band:
+    """One band: its canonical name, STAC common name and asset keys per provider."""
+
+    name: str
+    common_name: str | None = None
+    #: Asset key on Planetary Computer (and the embedded world).
+    asset_key: str | None = None
+    #: Asset key on Element84 Earth Search, where it differs.
+    es_asset_key: str | None = None
+    native_resolution_m: float | None = None
+
+
+@dataclass(frozen=True)
+class Modality:
+    """A modality of the corpus: where it comes from, how it is stored and modelled."""
+
+    name: str
+    description: str
+    collections: tuple[str, ...]
+    bands: tuple[Band, ...]
+    dtype: str
+    nodata: float | int | None
+    native_resolution_m: float | None
+    resampling: Resampling
+    value_range: tuple[float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scales: Scale
+    tokenizer: TokenizerKind | None
+    vocab_size: int | None
+    layout: Layout = Layout.IMAGE
+    patch_size: int = PATCH_PX
+    derived_from: tuple[str, ...] = ()
+    #: FSQ levels of the image tokenizer (product == vocab_size).
+    fsq_levels: tuple[int, ...] = ()
+    #: Class values (LULC legend) in model index order; empty for continuous modalities.
+    classes: tuple[int, ...] = ()
+    class_names: tuple[str, ...] = ()
+    #: Fixed length of VECTOR / TEXT layouts (values or bytes per sample).
+    length: int | None = None
+    extra: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def n_bands(self) -> int:
+        return len(self.bands)
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        return tuple(b.name for b in self.bands)
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    @property
+    def has_pixels(self) -> bool:
+        return bool(self.scales & Scale.PIXELS)
+
+    @property
+    def has_tokens(self) -> bool:
+        return bool(self.scales & Scale.TOKENS)
+
+    @property
+    def is_image(self) -> bool:
+        return self.layout is Layout.IMAGE
+
+    @property
+    def is_derived(self) -> bool:
+        return not self.collections
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """(band, ...) or (sample, band, ...) stored values -> zero-mean unit-std float32."""
+        axis = 1 if x.ndim == 4 else 0
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        mean = np.asarray(self.mean, np.float32).reshape(shape)
+        std = np.asarray(self.std, np.float32).reshape(shape)
+        return (x.astype(np.float32) - mean) / std
+
+    def denormalize(self, x: np.ndarray) -> np.ndarray:
+        axis = 1 if x.ndim == 4 else 0
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        mean = np.asarray(self.mean, np.float32).reshape(shape)
+        std = np.asarray(self.std, np.float32).reshape(shape)
+        return x.astype(np.float32) * std + mean
+
+
+def _s2_bands(with_b10: bool) -> tuple[Band, ...]:
+    spec = [
+        ("B01", "coastal", "coastal", 60.0),
+        ("B02", "blue", "blue", 10.0),
+        ("B03", "green", "green", 10.0),
+        ("B04", "red", "red", 10.0),
+        ("B05", "rededge", "rededge1", 20.0),
+        ("B06", "rededge", "rededge2", 20.0),
+        ("B07", "rededge", "rededge3", 20.0),
+        ("B08", "nir", "nir", 10.0),
+        ("B8A", "nir08", "nir08", 20.0),
+        ("B09", "nir09", "nir09", 60.0),
+        ("B10", "cirrus", "cirrus", 60.0),
+        ("B11", "swir16", "swir16", 20.0),
+        ("B12", "swir22", "swir22", 20.0),
+    ]
+    return tuple(
+        Band(name, common, name, es_key, res)
+        for name, common, es_key, res in spec
+        if with_b10 or name != "B10"
+    )
+
+
+#: Esri 10 m land cover (io-lulc-9-class) legend, nodata 0. Model class index = position.
+LULC_CLASSES: tuple[int, ...] = (1, 2, 4, 5, 7, 8, 9, 10, 11)
+LULC_CLASS_NAMES: tuple[str, ...] = (
+    "water",
+    "trees",
+    "flooded vegetation",
+    "crops",
+    "built area",
+    "bare ground",
+    "snow/ice",
+    "clouds",
+    "rangeland",
+)
+#: Sentinel-2 scene classification (SCL) values that count as cloud or shadow.
+SCL_CLOUD_SHADOW: tuple[int, ...] = (3, 8, 9, 10)
+SCL_NODATA = 0
+
+FSQ_IMAGE_LEVELS = (8, 8, 8, 6, 5)
+FSQ_LULC_LEVELS = (7, 5, 5, 5, 5)
+GEO_BIN_DEG = 0.25
+GEO_VOCAB = int(180 / GEO_BIN_DEG) + int(360 / GEO_BIN_DEG)  # lat bins then lon bins
+CAPTION_MAX_BYTES = 512
+CAPTION_VOCAB = 8192
+
+
+def _prod(levels: tuple[int, ...]) -> int:
+    return int(np.prod(levels))
+
+
+REGISTRY: tuple[Modality, ...] = (
+    Modality(
+        name="S2L1C",
+        description="Sentinel-2 Level-1C top-of-atmosphere reflectance, 13 bands",
+        collections=("sentinel-2-l1c",),
+        bands=_s2_bands(with_b10=True),
+        dtype="uint16",
+        nodata=0,
+        native_resolution_m=10.0,
+        resampling=Resampling.BILINEAR,
+        value_range=(0, 65535),
+        mean=(
+            2357.1,
+            2137.4,
+            2018.8,
+            2083.0,
+            2295.7,
+            2854.5,
+            3122.8,
+            3040.6,
+            3306.5,
+            1473.8,
+            506.1,
+            2472.8,
+            1838.9,
+        ),
+        std=(
+            1624.7,
+            1675.8,
+            1557.7,
+            1833.7,
+            1823.7,
+            1734.0,
+            1732.1,
+            1679.7,
+            1727.3,
+            1024.7,
+            442.2,
+            1331.4,
+            1160.4,
+        ),
+        scales=Scale.PIXELS,
+        tokenizer=None,
+        vocab_size=None,
+    ),
+    Modality(
+        name="S2L2A",
+        description="Sentinel-2 Level-2A surface reflectance, 12 bands (no B10)",
+        collections=("sentinel-2-l2a",),
+        bands=_s2_bands(with_b10=False),
+        dtype="uint16",
+        nodata=0,
+        native_resolution_m=10.0,
+        resampling=Resampling.BILINEAR,
+        value_range=(0, 65535),
+        mean=(
+            1390.5,
+            1503.3,
+            1718.2,
+            1853.9,
+            2199.1,
+            2780.0,
+            2987.0,
+            3083.2,
+            3132.2,
+            3163.0,
+            2424.9,
+            1857.6,
+        ),
+        std=(
+            2106.8,
+            2141.1,
+            2039.0,
+            2134.1,
+            2085.3,
+            1889.9,
+            1820.3,
+            1871.9,
+            1753.8,
+            1797.4,
+            1434.3,
+            1334.3,
+        ),
+        scales=Scale.BOTH,
+        tokenizer=TokenizerKind.FSQ_VAE,
+        vocab_size=_prod(FSQ_IMAGE_LEVELS),
+        fsq_levels=FSQ_IMAGE_LEVELS,
+        extra={"scl_asset": "SCL", "es_scl_asset": "scl"},
+    ),
+    Modality(
+        name="S2RGB",
+        description="True colour from S2L2A B04/B03/B02, per-sample 2-98% stretch",
+        collections=(),
+        bands=(Band("red", "red"), Band("green", "green"), Band("blue", "blue")),
+        dtype="uint8",
+        nodata=None,
+        native_resolution_m=None,
+        resampling=Resampling.DERIVED,
+        value_range=(0, 255),
+        mean=(87.27, 80.93, 66.67),
+        std=(58.77, 47.66, 42.63),
+        scales=Scale.PIXELS,
+        tokenizer=None,
+        vocab_size=None,
+        derived_from=("S2L2A",),
+    ),
+    Modality(
+        name="S1GRD",
+        description="Sentinel-1 GRD backscatter (sigma0) in dB, radar geometry georeferenced by GCPs",
+        collections=("sentinel-1-grd",),
+        bands=(Band("VV", "vv", "vv", "vv", 10.0), Band("VH", "vh", "vh", "vh", 10.0)),
+        dtype="float16",
+        nodata=float("nan"),
+        native_resolution_m=10.0,
+        resampling=Resampling.BILINEAR_POWER_DB,
+        value_range=(-50.0, 30.0),
+        mean=(-12.60, -20.29),
+        std=(5.20, 5.89),
+        scales=Scale.BOTH,
+        tokenizer=TokenizerKind.FSQ_VAE,
+        vocab_size=_prod(FSQ_IMAGE_LEVELS),
+        fsq_levels=FSQ_IMAGE_LEVELS,
+    ),
+    Modality(
+        name="S1RTC",
+        description="Sentinel-1 radiometrically terrain corrected backscatter (gamma0) in dB, UTM",
+        collections=("sentinel-1-rtc",),
+        bands=(Band("VV", "vv", "vv", "vv", 10.0), Band("VH", "vh", "vh", "vh", 10.0)),
+        dtype="float16",
+        nodata=float("nan"),
+        native_resolution_m=10.0,
+        resampling=Resampling.BILINEAR_POWER_DB,
+        value_range=(-50.0, 30.0),
+        mean=(-10.93, -17.33),
+        std=(4.39, 4.46),
+        scales=Scale.BOTH,
+        tokenizer=TokenizerKind.FSQ_VAE,
+        vocab_size=_prod(FSQ_IMAGE_LEVELS),
+        fsq_levels=FSQ_IMAGE_LEVELS,
+    ),
+    Modality(
+        name="DEM",
+        description="Copernicus DEM GLO-30 elevation in metres",
+        collections=("cop-dem-glo-30",),
+        bands=(Band("elevation", None, "data", "data", 30.0),),
+        dtype="float32",
+        nodata=float("nan"),
+        native_resolution_m=30.0,
+        resampling=Resampling.BILINEAR,
+        value_range=(-500.0, 9000.0),
+        mean=(670.7,),
+        std=(951.3,),
+        scales=Scale.BOTH,
+        tokenizer=TokenizerKind.FSQ_VAE,
+        vocab_size=_prod(FSQ_IMAGE_LEVELS),
+        fsq_levels=FSQ_IMAGE_LEVELS,
+    ),
+    Modality(
+        name="LULC",
+        description="Esri 10 m land use / land cover, 9 classes + nodata 0",
+        collections=("io-lulc-9-class",),
+        bands=(Band("class", None, "data", "data", 10.0),),
+        dtype="uint8",
+        nodata=0,
+        native_resolution_m=10.0,
+        resampling=Resampling.NEAREST,
+        value_range=(0, 11),
+        mean=(0.0,),
+        std=(1.0,),
+        scales=Scale.TOKENS,
+        tokenizer=TokenizerKind.FSQ_VAE_CLASSES,
+        vocab_size=_prod(FSQ_LULC_LEVELS),
+        fsq_levels=FSQ_LULC_LEVELS,
+        classes=LULC_CLASSES,
+        class_names=LULC_CLASS_NAMES,
+    ),
+    Modality(
+        name="NDVI",
+        description="Normalised difference vegetation index from S2L2A (B08-B04)/(B08+B04)",
+        collections=(),
+        bands=(Band("ndvi"),),
+        dtype="float16",
+        nodata=float("nan"),
+        native_resolution_m=None,
+        resampling=Resampling.DERIVED,
+        value_range=(-1.0, 1.0),
+        mean=(0.41,),
+        std=(0.30,),
+        scales=Scale.TOKENS,
+        tokenizer=TokenizerKind.FSQ_VAE,
+        vocab_size=_prod(FSQ_IMAGE_LEVELS),
+        fsq_levels=FSQ_IMAGE_LEVELS,
+        derived_from=("S2L2A",),
+    ),
+    Modality(
+        name="GEO",
+        description="Sample centre latitude and longitude (EPSG:4326 degrees)",
+        collections=(),
+        bands=(Band("lat"), Band("lon")),
+        dtype="float64",
+        nodata=float("nan"),
+        native_resolution_m=None,
+        resampling=Resampling.DERIVED,
+        value_range=(-180.0, 180.0),
+        mean=(0.0, 0.0),
+        std=(90.0, 180.0),
+        scales=Scale.TOKENS,
+        tokenizer=TokenizerKind.GEO_BINS,
+        vocab_size=GEO_VOCAB,
+        layout=Layout.VECTOR,
+        length=2,
+    ),
+    Modality(
+        name="CAPTION",
+        description="Caption derived from land-cover, elevation, NDVI and season statistics",
+        collections=(),
+        bands=(Band("text"),),
+        dtype="uint8",
+        nodata=0,
+        native_resolution_m=None,
+        resampling=Resampling.DERIVED,
+        value_range=(0, 255),
+        mean=(0.0,),
+        std=(1.0,),
+        scales=Scale.TOKENS,
+        tokenizer=TokenizerKind.WORDPIECE,
+        vocab_size=CAPTION_VOCAB,
+        layout=Layout.TEXT,
+        length=CAPTION_MAX_BYTES,
+        derived_from=("LULC", "DEM", "NDVI"),
+    ),
+)
+
+_BY_NAME = {m.name.upper(): m for m in REGISTRY}
+MODALITY_NAMES: tuple[str, ...] = tuple(m.name for m in REGISTRY)
+
+
+class UnknownModalityError(KeyError):
+    """Raised for a modality name not in the registry; the message lists valid names."""
+
+    def __str__(self) -> str:  # KeyError quotes its arg; keep the message readable
+        return str(self.args[0])
+
+
+def get_modality(name: str | Modality) -> Modality:
+    """Look a modality up by name, case-insensitively."""
+    if isinstance(name, Modality):
+        return name
+    try:
+        return _BY_NAME[name.strip().upper()]
+    except KeyError:
+        raise UnknownModalityError(
+            f"unknown modality {name!r}; valid names: {', '.join(MODALITY_NAMES)}"
+        ) from None
+
+
+def modalities(
+    *, pixels: bool | None = None, tokens: bool | None = None, layout: Layout | None = None
+) -> tuple[Modality, ...]:
+    """Registry entries filtered by scale and layout, in registry order."""
+    out = []
+    for m in REGISTRY:
+        if pixels is not None and m.has_pixels != pixels:
+            continue
+        if tokens is not None and m.has_tokens != tokens:
+            continue
+        if layout is not None and m.layout is not layout:
+            continue
+        out.append(m)
+    return tuple(out)
+
+
+def lulc_to_index(values: np.ndarray) -> np.ndarray:
+    """Esri legend values -> model class index 0..8; nodata (0) and unknowns -> 255."""
+    lut = np.full(256, 255, np.uint8)
+    for i, v in enumerate(LULC_CLASSES):
+        lut[v] = i
+    return lut[np.asarray(values, np.uint8)]
+
+
+def index_to_lulc(index: np.ndarray) -> np.ndarray:
+    """Model class index 0..8 -> Esri legend value; 255 -> nodata 0."""
+    lut = np.zeros(256, np.uint8)
+    lut[: len(LULC_CLASSES)] = LULC_CLASSES
+    return lut[np.asarray(index, np.uint8)]

@@ -1,0 +1,209 @@
+"""Arrow schemas of the three tables every stage exchanges, plus GeoParquet helpers.
+
+``plan.parquet`` says which scene each modality of a candidate sample comes from;
+``index.parquet`` describes each accepted sample; ``rejects.parquet`` says why each
+other candidate was dropped (accepted + rejected = planned, always). Geometry columns
+are WKB polygons in EPSG:4326 carrying GeoParquet 1.1 ``geo`` metadata, so geopandas,
+duckdb and QGIS read them as geo tables.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PLAN_VERSION = 1
+INDEX_VERSION = 1
+GEOPARQUET_VERSION = "1.1.0"
+GEOMETRY_COLUMN = "geometry"
+
+
+class RejectReason(enum.StrEnum):
+    """Why a planned sample did not make it into the corpus (one code per reject row)."""
+
+    NO_MATCH = "no_match"  # plan: no scene of a required modality in the window
+    NO_COVERAGE = "no_coverage"  # plan: scenes exist but do not cover the footprint
+    NODATA = "nodata"  # nodata fraction over threshold in a required modality
+    CLOUDY = "cloudy"  # cloud + shadow fraction over threshold
+    NAN_INF = "nan_inf"  # non-finite values where data is expected
+    CONSTANT = "constant"  # a constant image (dead sensor, fill)
+    S1_S2_DELTA = "s1_s2_delta"  # S1 acquisition too far in time from S2
+    UNREADABLE_ASSET = "unreadable_asset"  # file exists but cannot be decoded
+    UNREACHABLE_ASSET = "unreachable_asset"  # missing file, HTTP error, timeout
+    CRS_MISMATCH = "crs_mismatch"  # asset georeferencing disagrees with item proj:*
+    INTERNAL_ERROR = "internal_error"  # a bug: kept as a row so nothing is lost
+
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+ASSET = pa.struct(
+    [
+        ("key", pa.string()),  # asset key in the item
+        ("band", pa.string()),  # canonical band name from the registry (B04, VV, ...)
+        ("href", pa.string()),  # absolute/resolvable href (file://, https://, s3://)
+        ("epsg", pa.int32()),  # proj:epsg / proj:code of the asset, null if none (GRD)
+        ("transform", pa.list_(pa.float64(), 6)),  # proj:transform (a, b, c, d, e, f)
+        ("shape", pa.list_(pa.int32(), 2)),  # proj:shape (rows, cols)
+        ("nodata", pa.float64()),
+        ("scale", pa.float64()),  # raster:bands scale (DN -> physical)
+        ("offset", pa.float64()),  # raster:bands offset
+    ]
+)
+
+SCENE = pa.struct(
+    [
+        ("modality", pa.string()),  # registry name (S2L2A, S1GRD, ...)
+        ("collection", pa.string()),
+        ("item_id", pa.string()),
+        ("datetime", TIMESTAMP),
+        ("platform", pa.string()),
+        ("orbit_state", pa.string()),  # ascending / descending (S1)
+        ("relative_orbit", pa.int32()),
+        ("cloud_cover", pa.float64()),  # percent over the footprint (SCL) or item eo:cloud_cover
+        ("epsg", pa.int32()),  # item-level proj, null for GRD
+        ("needs_gcps", pa.bool_()),  # radar geometry: georeferenced only by GCPs
+        ("processing_baseline", pa.string()),
+        ("assets", pa.list_(ASSET)),
+    ]
+)
+
+UNMATCHED = pa.struct(
+    [("modality", pa.string()), ("reason", pa.string()), ("message", pa.string())]
+)
+
+_COMMON_SAMPLE_FIELDS = [
+    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("row", pa.int64(), nullable=False),  # row in the split's corpus/token stores
+    pa.field("cell_id", pa.string(), nullable=False),
+    pa.field(GEOMETRY_COLUMN, pa.binary(), nullable=False),  # WKB footprint, EPSG:4326
+    pa.field("center_lon", pa.float64(), nullable=False),
+    pa.field("center_lat", pa.float64(), nullable=False),
+    pa.field("epsg", pa.int32(), nullable=False),  # UTM zone of the sample grid
+    pa.field("transform", pa.list_(pa.float64(), 6), nullable=False),  # affine of the grid
+]
+
+PLAN_SCHEMA = pa.schema(
+    [
+        *_COMMON_SAMPLE_FIELDS,
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("scenes", pa.list_(SCENE), nullable=False),  # one entry per (modality, item)
+        pa.field("unmatched", pa.list_(UNMATCHED), nullable=False),  # empty when fully matched
+        pa.field("s1_s2_delta_days", pa.float64()),
+    ],
+    metadata={b"terraloom:table": b"plan", b"terraloom:version": str(PLAN_VERSION).encode()},
+)
+
+#: Modalities whose acquisition time is recorded in the index (``time_<name>`` columns).
+TIMED_MODALITIES: tuple[str, ...] = ("S2L2A", "S2L1C", "S1GRD", "S1RTC", "LULC")
+
+INDEX_SCHEMA = pa.schema(
+    [
+        *_COMMON_SAMPLE_FIELDS,
+        *[pa.field(f"time_{m}", TIMESTAMP) for m in TIMED_MODALITIES],
+        pa.field("cloud_fraction", pa.float32()),  # cloud + shadow fraction over the sample
+        pa.field("s1_s2_delta_days", pa.float64()),
+        pa.field("nodata_filled_px", pa.int32()),  # small gaps filled by nearest neighbour
+        pa.field("quality", pa.map_(pa.string(), pa.float64())),  # named quality metrics
+        pa.field("caption", pa.string()),
+        pa.field("checksums", pa.map_(pa.string(), pa.string())),  # array -> hex digest
+    ],
+    metadata={b"terraloom:table": b"index", b"terraloom:version": str(INDEX_VERSION).encode()},
+)
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("cell_id", pa.string(), nullable=False),
+        pa.field(GEOMETRY_COLUMN, pa.binary(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),  # a RejectReason value
+        pa.field("modality", pa.string()),  # the modality at fault, if any
+        pa.field("message", pa.string(), nullable=False),
+    ],
+    metadata={b"terraloom:table": b"rejects", b"terraloom:version": str(INDEX_VERSION).encode()},
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "plan": PLAN_SCHEMA,
+    "index": INDEX_SCHEMA,
+    "rejects": REJECTS_SCHEMA,
+}
+
+
+def geo_metadata(table: pa.Table) -> dict[str, Any]:
+    """GeoParquet 1.1 ``geo`` metadata for the WKB geometry column (CRS: OGC:CRS84)."""
+    import shapely
+
+    col = table.column(GEOMETRY_COLUMN).to_pylist() if table.num_rows else []
+    bbox: list[float] = []
+    types: set[str] = set()
+    if col:
+        geoms = shapely.from_wkb(col)
+        xmin, ymin, xmax, ymax = shapely.total_bounds(geoms)
+        bbox = [float(xmin), float(ymin), float(xmax), float(ymax)]
+        types = {str(t) for t in shapely.get_type_id(geoms)}
+        names = {"0": "Point", "1": "LineString", "3": "Polygon", "6": "MultiPolygon"}
+        types = {names.get(t, "Unknown") for t in types}
+    column: dict[str, Any] = {"encoding": "WKB", "geometry_types": sorted(types)}
+    if bbox:
+        column["bbox"] = bbox
+    return {
+        "version": GEOPARQUET_VERSION,
+        "primary_column": GEOMETRY_COLUMN,
+        "columns": {GEOMETRY_COLUMN: column},
+    }
+
+
+def empty_table(name: str) -> pa.Table:
+    return TABLES[name].empty_table()
+
+
+def from_rows(name: str, rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """Build a table of the named schema from row dicts (missing nullable fields -> null)."""
+    schema = TABLES[name]
+    return pa.Table.from_pylist(list(rows), schema=schema)
+
+
+def conform(name: str, table: pa.Table) -> pa.Table:
+    """Check a table against the named schema (names, types, order) and attach metadata."""
+    schema = TABLES[name]
+    if table.schema.names != schema.names:
+        missing = set(schema.names) - set(table.schema.names)
+        extra = set(table.schema.names) - set(schema.names)
+        raise ValueError(
+            f"{name} table columns differ from the schema: missing {sorted(missing)}, extra {sorted(extra)}"
+        )
+    return table.cast(schema)
+
+
+def write_geoparquet(name: str, table: pa.Table, path: str | os.PathLike[str]) -> Path:
+    """Write a plan/index/rejects table atomically (tmp file + rename) with ``geo`` metadata."""
+    table = conform(name, table)
+    meta = dict(table.schema.metadata or {})
+    meta[b"geo"] = json.dumps(geo_metadata(table)).encode()
+    table = table.replace_schema_metadata(meta)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+    return path
+
+
+def read_table(name: str, path: str | os.PathLike[str]) -> pa.Table:
+    """Read a table and check it is the named kind of terraloom table."""
+    table = pq.read_table(path)
+    kind = (table.schema.metadata or {}).get(b"terraloom:table", b"").decode()
+    if kind and kind != name:
+        raise ValueError(f"{path} is a {kind!r} table, expected {name!r}")
+    return conform(name, table.select(TABLES[name].names))
