@@ -42,6 +42,9 @@ class RejectReason(enum.StrEnum):
 
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+# Affine transforms and shapes are plain (variable-size) lists, not fixed-size lists:
+# pyarrow writes a null fixed-size list (the missing proj:transform of a GRD asset) but
+# cannot read it back (apache/arrow#35692). ``conform`` checks their lengths instead.
 
 ASSET = pa.struct(
     [
@@ -49,8 +52,8 @@ ASSET = pa.struct(
         ("band", pa.string()),  # canonical band name from the registry (B04, VV, ...)
         ("href", pa.string()),  # absolute/resolvable href (file://, https://, s3://)
         ("epsg", pa.int32()),  # proj:epsg / proj:code of the asset, null if none (GRD)
-        ("transform", pa.list_(pa.float64(), 6)),  # proj:transform (a, b, c, d, e, f)
-        ("shape", pa.list_(pa.int32(), 2)),  # proj:shape (rows, cols)
+        ("transform", pa.list_(pa.float64())),  # proj:transform (a, b, c, d, e, f)
+        ("shape", pa.list_(pa.int32())),  # proj:shape (rows, cols)
         ("nodata", pa.float64()),
         ("scale", pa.float64()),  # raster:bands scale (DN -> physical)
         ("offset", pa.float64()),  # raster:bands offset
@@ -87,7 +90,7 @@ _COMMON_SAMPLE_FIELDS = [
     pa.field("center_lon", pa.float64(), nullable=False),
     pa.field("center_lat", pa.float64(), nullable=False),
     pa.field("epsg", pa.int32(), nullable=False),  # UTM zone of the sample grid
-    pa.field("transform", pa.list_(pa.float64(), 6), nullable=False),  # affine of the grid
+    pa.field("transform", pa.list_(pa.float64()), nullable=False),  # affine (a..f), 6 values
 ]
 
 PLAN_SCHEMA = pa.schema(
@@ -183,7 +186,19 @@ def conform(name: str, table: pa.Table) -> pa.Table:
         raise ValueError(
             f"{name} table columns differ from the schema: missing {sorted(missing)}, extra {sorted(extra)}"
         )
-    return table.cast(schema)
+    table = table.cast(schema)
+    _check_list_lengths(name, table)
+    return table
+
+
+def _check_list_lengths(name: str, table: pa.Table) -> None:
+    """Affine transforms hold 6 numbers, shapes 2 (nulls allowed where the type is nullable)."""
+    import pyarrow.compute as pc
+
+    if "transform" in table.schema.names and table.num_rows:
+        lengths = pc.list_value_length(table.column("transform"))
+        if pc.any(pc.not_equal(lengths, 6)).as_py():
+            raise ValueError(f"{name} table: every 'transform' must hold 6 values (a, b, c, d, e, f)")
 
 
 def write_geoparquet(name: str, table: pa.Table, path: str | os.PathLike[str]) -> Path:

@@ -136,3 +136,20 @@ def test_wrong_columns_and_wrong_kind_are_refused(tmp_path):
 def test_write_is_atomic_no_tmp_left(tmp_path):
     write_geoparquet("plan", empty_table("plan"), tmp_path / "plan.parquet")
     assert [p.name for p in tmp_path.iterdir()] == ["plan.parquet"]
+
+
+def test_grd_assets_without_proj_round_trip(tmp_path):
+    # Radar-geometry assets have no proj:transform/shape: nulls must survive the file.
+    row = plan_row(0)
+    row["scenes"][0]["assets"][0].update(transform=None, shape=None, epsg=None)
+    table = from_rows("plan", [row])
+    path = write_geoparquet("plan", table, tmp_path / "plan.parquet")
+    back = read_table("plan", path).to_pylist()[0]["scenes"][0]["assets"][0]
+    assert back["transform"] is None and back["shape"] is None
+
+
+def test_transform_must_have_six_values(tmp_path):
+    row = plan_row(0)
+    row["transform"] = [10.0, 0.0, 0.0, 0.0, -10.0]
+    with pytest.raises(ValueError, match="6 values"):
+        write_geoparquet("plan", from_rows("plan", [row]), tmp_path / "p.parquet")
