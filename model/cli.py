@@ -1,0 +1,282 @@
+"""``terraloom-model``: train the model, inspect configs.
+
+Each subcommand registers itself through ``add_<cmd>_parser(subparsers)`` so other
+modules (generation, evaluation) add commands without touching the others. Bad input
+prints a message and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from model.config import MODEL_PRESETS, load_config, modality_specs, save_config, to_dict
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML/JSON training config")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set model.size=base --set optim.lr=3e-4 (repeatable)",
+    )
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from model.train import train
+
+    overrides = list(args.overrides)
+    if args.out_dir:
+        overrides.append(f"out_dir={args.out_dir}")
+    if args.steps is not None:
+        overrides.append(f"steps={args.steps}")
+    cfg = load_config(args.config, overrides)
+    result = train(
+        cfg, resume=not args.no_resume, max_steps=args.max_steps, progress=not args.quiet
+    )
+    last = next((r for r in reversed(result.history) if r.get("split") == "train"), None)
+    if last is not None:
+        print(
+            json.dumps(
+                {"steps": result.steps_done, "loss": last["loss"], "out_dir": str(result.out_dir)}
+            )
+        )
+    return 0
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train",
+        help="train (or resume) from the token store",
+        description="Train the dual-scale encoder-decoder. Launch with torchrun for DDP/FSDP.",
+    )
+    _add_config_args(p)
+    p.add_argument("--out-dir", help="run directory (checkpoints, metrics.csv); overrides out_dir")
+    p.add_argument("--steps", type=int, help="total schedule length; overrides steps")
+    p.add_argument("--max-steps", type=int, help="stop after this step (schedule unchanged)")
+    p.add_argument(
+        "--no-resume", action="store_true", help="ignore existing checkpoints in the run directory"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+    return p
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if args.write:
+        save_config(cfg, args.write)
+        print(f"wrote {args.write}")
+        return 0
+    data = to_dict(cfg)
+    if args.specs:
+        specs = modality_specs(cfg.model)
+        data = {
+            "inputs": [to_dict(s) for s in specs.inputs],
+            "targets": [to_dict(t) for t in specs.targets],
+        }
+    if args.params:
+        import torch
+
+        from model.transformer import TerraloomModel
+
+        with torch.device("meta"):  # shapes only: no memory, no init cost
+            m = TerraloomModel(cfg.model)
+        enc, dec = m.block_params()
+        total = sum(p.numel() for p in m.parameters())
+        data = {
+            "total": total,
+            "encoder_blocks": enc,
+            "decoder_blocks": dec,
+            "embeddings_and_heads": total - enc - dec,
+        }
+    print(json.dumps(data, indent=2))
+    return 0
+
+
+def add_config_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "config",
+        help="print or write the resolved config",
+        description=f"Resolve a config (presets: {', '.join(MODEL_PRESETS)}).",
+    )
+    _add_config_args(p)
+    p.add_argument("--write", help="write the resolved config to this YAML/JSON path")
+    p.add_argument("--specs", action="store_true", help="print the input/target modality specs")
+    p.add_argument(
+        "--params", action="store_true", help="build the model and print parameter counts"
+    )
+    p.set_defaults(func=_run_config)
+    return p
+
+
+# --------------------------------------------------------------------------- generate / evaluate / demo
+# (issue 9: the runners live in model.generate, model.evaluate and model.demo)
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--steps", type=int, default=8, help="parallel decoding steps of image targets (default 8)"
+    )
+    p.add_argument(
+        "--schedule",
+        choices=("cosine", "linear"),
+        default="cosine",
+        help="tokens unmasked per step",
+    )
+    p.add_argument(
+        "--order",
+        choices=("confidence", "random"),
+        default="confidence",
+        help="MaskGIT confidence order or random order",
+    )
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature; 0 = argmax"
+    )
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument(
+        "--cfg", type=float, default=0.0, help="classifier-free guidance scale (0 = off)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from model.generate import run_generate_command
+
+    return run_generate_command(args)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from model.evaluate import run_evaluate_command
+
+    return run_evaluate_command(args)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from model.demo import run_demo_command
+
+    return run_demo_command(args)
+
+
+def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate target modalities from inputs (GeoTIFFs + PNG panel)",
+        description="Any-to-any generation: image targets by iterative parallel decoding, GEO/CAPTION autoregressively, "
+        "chained (each generated modality joins the inputs). Writes <out>/<sample>/<TARGET>.tif in the sample's CRS, "
+        "generated.json and panel.png (inputs | generated | reference).",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint directory (model.safetensors + config.json) or a run directory",
+    )
+    p.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="MODALITY=SAMPLE_ID|PATH",
+        help="an input modality from a corpus sample id or a GeoTIFF (repeatable)",
+    )
+    p.add_argument(
+        "--target",
+        required=True,
+        help="comma-separated targets, generated in this order, e.g. LULC,S2L2A,DEM",
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--corpus", help="corpus root (default: the checkpoint's data.corpus)")
+    p.add_argument("--tokens", help="token-store root (default: the checkpoint's data.tokens)")
+    p.add_argument("--tokenizers", help="tokenizer root (default: <tokens>/../tokenizers)")
+    p.add_argument(
+        "--crop", type=int, default=0, help="token-store crop of the sample (default 0, centred)"
+    )
+    p.add_argument(
+        "--scales",
+        choices=("both", "pixels", "tokens"),
+        default="both",
+        help="input scales to feed",
+    )
+    p.add_argument(
+        "--no-chain",
+        action="store_true",
+        help="do not feed generated modalities to the next target",
+    )
+    _add_sampling_args(p)
+    p.set_defaults(func=_run_generate)
+    return p
+
+
+def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="generation metrics on val next to trivial baselines (Markdown + JSON)",
+        description="S1GRD->S2L2A (PSNR, SSIM), S2L2A->LULC (accuracy, mIoU), S2L2A->DEM (MAE), S2L2A->GEO (median km), "
+        "each next to a baseline fitted on train in the same run and the tokenizer ceiling.",
+    )
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="directory for evaluation.json / evaluation.md")
+    p.add_argument("--corpus")
+    p.add_argument("--tokens")
+    p.add_argument("--tokenizers")
+    p.add_argument("--split", default="val")
+    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--scales", choices=("both", "pixels", "tokens"), default="both")
+    p.add_argument("--no-progress", action="store_true")
+    _add_sampling_args(p)
+    p.set_defaults(func=_run_evaluate, temperature=0.0)
+    return p
+
+
+def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from model.demo import add_demo_args
+
+    p = subparsers.add_parser(
+        "demo",
+        help="the whole mission on the embedded world (what `make demo` runs)",
+        description="world -> plan -> build -> tokenizers -> encode -> train -> TiM -> evaluate -> generate -> report; resumable per stage.",
+    )
+    add_demo_args(p)
+    p.set_defaults(func=_run_demo)
+    return p
+
+
+PARSERS = [
+    add_train_parser,
+    add_config_parser,
+    add_generate_parser,
+    add_evaluate_parser,
+    add_demo_parser,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="terraloom-model",
+        description="terraloom model: train and inspect the dual-scale any-to-any transformer",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in PARSERS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"terraloom-model {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

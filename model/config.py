@@ -1,0 +1,512 @@
+"""Typed, frozen configs of the model, the masking, the data and a training run.
+
+Sizes follow TerraMind v1 (terratorch's ``terramind_register``): tiny/small use GELU MLPs
+with biases, base/large use SwiGLU MLPs without biases. Configs load from YAML and take
+``key.sub=value`` overrides from the CLI, so a run is fully described by one file.
+
+Also here: the *modality specs* derived from a config (which inputs the encoder sees, which
+targets the decoder predicts, their vocabularies and position counts), shared by the masking,
+the loader and the model so the three never disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from schemas.layouts import CAPTION_MAX_TOKENS, n_image_tokens
+from schemas.modalities import CROP_PX, PATCH_PX, Layout, get_modality
+
+PIXEL_SUFFIX = "@px"
+TOKEN_SUFFIX = "@tok"
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the dual-scale encoder-decoder and which modalities it sees."""
+
+    dim: int = 192
+    enc_depth: int = 12
+    dec_depth: int = 4
+    heads: int = 3
+    #: "gelu" (fc1 -> GELU -> fc2) or "swiglu" (gated, SiLU).
+    mlp: str = "gelu"
+    #: MLP hidden width; 0 means 4 * dim.
+    mlp_hidden: int = 0
+    bias: bool = True
+    norm_eps: float = 1e-6
+    patch_px: int = PATCH_PX
+    image_px: int = CROP_PX
+    #: Pixel-scale inputs (normalised pixels through per-modality linear patch embeddings).
+    pixel_inputs: tuple[str, ...] = ("S2L1C", "S2L2A", "S2RGB", "S1GRD", "S1RTC", "DEM")
+    #: Token-scale inputs (tokenizer codes through per-modality embedding tables).
+    token_inputs: tuple[str, ...] = (
+        "S2L2A",
+        "S1GRD",
+        "S1RTC",
+        "DEM",
+        "LULC",
+        "NDVI",
+        "GEO",
+        "CAPTION",
+    )
+    #: Token modalities the decoder predicts.
+    targets: tuple[str, ...] = ("S2L2A", "S1GRD", "S1RTC", "DEM", "LULC", "NDVI", "GEO", "CAPTION")
+    #: Decoder self-attention backend: "auto" (FlexAttention block mask when compiled on
+    #: CUDA, else an SDPA boolean mask), "flex" or "dense".
+    dec_attn: str = "auto"
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if self.mlp not in ("gelu", "swiglu"):
+            raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        if self.dec_attn not in ("auto", "flex", "dense"):
+            raise ValueError(f"dec_attn must be auto, flex or dense, got {self.dec_attn!r}")
+        if self.image_px % self.patch_px:
+            raise ValueError("image_px must be a multiple of patch_px")
+        for name in self.pixel_inputs:
+            if not get_modality(name).has_pixels:
+                raise ValueError(
+                    f"{name} has no pixel scale; pixel_inputs must be pixel modalities"
+                )
+        for name in (*self.token_inputs, *self.targets):
+            if not get_modality(name).has_tokens:
+                raise ValueError(
+                    f"{name} has no token scale; token inputs and targets must be tokenized"
+                )
+        if not self.targets:
+            raise ValueError("the model needs at least one target modality")
+        if not (self.pixel_inputs or self.token_inputs):
+            raise ValueError("the model needs at least one input modality")
+
+    @property
+    def hidden(self) -> int:
+        return self.mlp_hidden or 4 * self.dim
+
+    @property
+    def n_positions(self) -> int:
+        return n_image_tokens(self.image_px, self.patch_px)
+
+
+#: TerraMind v1 shapes. base/large: SwiGLU with hidden int(2/3 * 4 * dim), no biases.
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(dim=192, enc_depth=12, dec_depth=4, heads=3, mlp="gelu", bias=True),
+    "small": ModelConfig(dim=384, enc_depth=12, dec_depth=6, heads=6, mlp="gelu", bias=True),
+    "base": ModelConfig(
+        dim=768, enc_depth=12, dec_depth=12, heads=12, mlp="swiglu", mlp_hidden=2048, bias=False
+    ),
+    "large": ModelConfig(
+        dim=1024, enc_depth=24, dec_depth=24, heads=16, mlp="swiglu", mlp_hidden=2730, bias=False
+    ),
+}
+
+
+def model_preset(size: str, **overrides: Any) -> ModelConfig:
+    """A TerraMind v1 size with optional field overrides."""
+    try:
+        base = MODEL_PRESETS[size]
+    except KeyError:
+        raise ValueError(
+            f"unknown model size {size!r}; valid: {', '.join(MODEL_PRESETS)}"
+        ) from None
+    return replace(base, **overrides)
+
+
+# --------------------------------------------------------------------------- masking
+
+
+@dataclass(frozen=True)
+class AlphaMixture:
+    """One Dirichlet component of the 4M masking mixture.
+
+    ``input_only`` / ``target_only`` restrict the component to some modalities (alpha 0
+    elsewhere); input keys may be a registry name (both scales) or ``NAME@px`` / ``NAME@tok``.
+    """
+
+    name: str = "all_to_all"
+    weight: float = 1.0
+    input_alpha: float = 0.5
+    target_alpha: float = 0.5
+    input_only: tuple[str, ...] = ()
+    target_only: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    """Fixed per-sample token budgets (static shapes) and the Dirichlet mixture."""
+
+    input_budget: int = 256
+    target_budget: int = 256
+    mixtures: tuple[AlphaMixture, ...] = (
+        AlphaMixture("all_to_all", 1.0, 0.5, 0.5),
+        AlphaMixture("s2l2a_to_all", 1.0, 1.0, 0.5, input_only=("S2L2A",)),
+    )
+
+    def __post_init__(self) -> None:
+        if self.input_budget < 1 or self.target_budget < 1:
+            raise ValueError("input_budget and target_budget must be >= 1")
+        if not self.mixtures:
+            raise ValueError("masking needs at least one alpha mixture")
+        if any(m.weight < 0 for m in self.mixtures) or sum(m.weight for m in self.mixtures) <= 0:
+            raise ValueError("mixture weights must be >= 0 with a positive sum")
+
+
+# --------------------------------------------------------------------------- data / optim / run
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the token store and the corpus live and how the loader runs."""
+
+    #: Token store root (holds ``<split>.zarr``).
+    tokens: str = ""
+    #: Corpus root (holds ``<split>.zarr``); needed when the model has pixel inputs.
+    corpus: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    num_workers: int = 2
+    prefetch_factor: int = 4
+    #: Pin host memory (only takes effect on CUDA).
+    pin_memory: bool = True
+    #: Pixel patches travel to the device in this dtype ("float16" halves the traffic).
+    pixel_dtype: str = "float16"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    clip_grad: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: model, masking, data, optimiser and run controls."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    out_dir: str = "runs/terraloom"
+    seed: int = 0
+    steps: int = 1000
+    #: Global batch size (split evenly across data-parallel ranks).
+    batch_size: int = 64
+    #: "auto" (cuda if available), "cpu", "cuda".
+    device: str = "auto"
+    #: "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32".
+    precision: str = "auto"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    #: "auto" (DDP under torchrun, FSDP for large), "ddp", "fsdp", "none".
+    parallel: str = "auto"
+    log_every: int = 10
+    eval_every: int = 500
+    eval_batches: int = 8
+    ckpt_every: int = 500
+    keep_ckpts: int = 3
+    csv_log: bool = True
+    tensorboard: bool = False
+    #: Peak FLOP/s for MFU; 0 measures a dense matmul peak at start-up.
+    peak_tflops: float = 0.0
+    #: Run torch deterministic algorithms (exact resume on CPU; slower on GPU).
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.parallel not in ("auto", "ddp", "fsdp", "none"):
+            raise ValueError(f"parallel must be auto, ddp, fsdp or none, got {self.parallel!r}")
+        if self.batch_size < 1 or self.steps < 0:
+            raise ValueError("batch_size must be >= 1 and steps >= 0")
+
+
+# --------------------------------------------------------------------------- (de)serialisation
+
+
+def to_dict(obj: Any) -> Any:
+    """A config dataclass as plain YAML/JSON-ready data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    return obj
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            value = [value]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ValueError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{where}: not a boolean: {value!r}")
+        return bool(value)
+    if tp in (int, float, str):
+        try:
+            return tp(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build a config dataclass from nested plain data; unknown keys are an error.
+
+    ``ModelConfig`` accepts ``size: tiny|small|base|large`` to start from a preset.
+    """
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    base = None
+    if cls is ModelConfig and "size" in data:
+        base = model_preset(str(data.pop("size")))
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(
+            f"{where or cls.__name__}: unknown keys {sorted(unknown)}; valid: {sorted(names)}"
+        )
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    return replace(base, **kwargs) if base is not None else cls(**kwargs)
+
+
+def _set_path(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {key!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``a.b=value`` -> ("a.b", value) with the value parsed as YAML (lists, numbers, bools)."""
+    import yaml
+
+    if "=" not in item:
+        raise ValueError(f"override {item!r} is not of the form key.sub=value")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
+    """A ``TrainConfig`` from a YAML (or JSON) file plus ``key.sub=value`` overrides.
+
+    ``model.size=tiny|small|base|large`` selects a TerraMind v1 preset; given as an
+    override it replaces the file's model section (other ``model.*`` overrides apply on top).
+    """
+    import yaml
+
+    tree: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        loaded = yaml.safe_load(text) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a config file must hold a mapping")
+        tree = loaded
+    parsed = [parse_override(item) for item in overrides]
+    if any(k == "model.size" for k, _ in parsed):
+        # a size on the command line replaces the file's model section with that preset;
+        # the other model.* overrides still apply on top of it
+        tree["model"] = {}
+    for k, v in parsed:
+        _set_path(tree, k, v)
+    return from_dict(TrainConfig, tree)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write a config as YAML (``.yaml``/``.yml``) or JSON."""
+    import yaml
+
+    path = Path(path)
+    data = to_dict(cfg)
+    if path.suffix in (".yaml", ".yml"):
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    else:
+        path.write_text(json.dumps(data, indent=2))
+
+
+# --------------------------------------------------------------------------- modality specs
+
+
+class Kind(enum.StrEnum):
+    PIXELS = "pixels"
+    IMAGE_TOKENS = "image_tokens"
+    SEQUENCE = "sequence"
+
+
+def sequence_length(name: str) -> int:
+    """Stored token length of a sequence modality (GEO 2, CAPTION 64)."""
+    m = get_modality(name)
+    if m.layout is Layout.VECTOR:
+        return int(m.length or 1)
+    if m.layout is Layout.TEXT:
+        return CAPTION_MAX_TOKENS
+    raise ValueError(f"{name} is not a sequence modality")
+
+
+def n_sentinels(length: int) -> int:
+    """Sentinel ids a span-masked sequence of ``length`` tokens can need (spans + end)."""
+    return length // 2 + 2
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One encoder input modality (the pixel and token scales of a modality are distinct)."""
+
+    key: str  # "S2L2A@px" / "S2L2A@tok"
+    modality: str
+    kind: Kind
+    #: Positions the modality offers: 196 for images, the stored length for sequences.
+    n_positions: int
+    #: Embedding rows (tokens: codes, plus sentinels for sequences); 0 for pixels.
+    vocab: int
+    #: Pixel channels (pixels only).
+    channels: int = 0
+    #: Stored vocabulary (sequences: first sentinel id).
+    base_vocab: int = 0
+
+    @property
+    def patch_dim(self) -> int:
+        return self.channels * PATCH_PX * PATCH_PX
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One decoder target modality."""
+
+    modality: str
+    kind: Kind
+    #: Target slots: 196 for images, stored length + 2 (sentinels/end) for sequences.
+    n_positions: int
+    #: Output classes of the head (codes, plus sentinels for sequences).
+    vocab: int
+    #: Stored vocabulary (sequences: first sentinel id).
+    base_vocab: int
+    #: Decoder-input rows (sequences: vocab + BOS); 0 for images (they use the mask token).
+    dec_vocab: int = 0
+
+    @property
+    def bos(self) -> int:
+        return self.vocab
+
+
+@dataclass(frozen=True)
+class ModalitySpecs:
+    inputs: tuple[InputSpec, ...]
+    targets: tuple[TargetSpec, ...]
+    n_image_positions: int
+    #: Longest sequence position used anywhere (sizes the 1-D position table).
+    max_seq_positions: int
+
+    def input_index(self, key: str) -> int:
+        for i, s in enumerate(self.inputs):
+            if s.key == key:
+                return i
+        raise KeyError(f"no input modality {key!r}; inputs: {[s.key for s in self.inputs]}")
+
+    def target_index(self, name: str) -> int:
+        for i, s in enumerate(self.targets):
+            if s.modality == name.upper():
+                return i
+        raise KeyError(
+            f"no target modality {name!r}; targets: {[s.modality for s in self.targets]}"
+        )
+
+    @property
+    def token_modalities(self) -> tuple[str, ...]:
+        """Registry names read from the token store (token inputs and targets)."""
+        names: list[str] = []
+        for s in self.inputs:
+            if s.kind is not Kind.PIXELS and s.modality not in names:
+                names.append(s.modality)
+        for t in self.targets:
+            if t.modality not in names:
+                names.append(t.modality)
+        return tuple(names)
+
+
+def modality_specs(cfg: ModelConfig) -> ModalitySpecs:
+    """The encoder inputs and decoder targets a model config implies, in a fixed order."""
+    n_img = cfg.n_positions
+    inputs: list[InputSpec] = []
+    max_seq = 1
+    for name in cfg.pixel_inputs:
+        m = get_modality(name)
+        inputs.append(InputSpec(m.name + PIXEL_SUFFIX, m.name, Kind.PIXELS, n_img, 0, m.n_bands))
+    for name in cfg.token_inputs:
+        m = get_modality(name)
+        v = int(m.vocab_size or 0)
+        if m.is_image:
+            inputs.append(
+                InputSpec(m.name + TOKEN_SUFFIX, m.name, Kind.IMAGE_TOKENS, n_img, v, base_vocab=v)
+            )
+        else:
+            length = sequence_length(m.name)
+            max_seq = max(max_seq, length)
+            inputs.append(
+                InputSpec(
+                    m.name + TOKEN_SUFFIX,
+                    m.name,
+                    Kind.SEQUENCE,
+                    length,
+                    v + n_sentinels(length),
+                    base_vocab=v,
+                )
+            )
+    targets: list[TargetSpec] = []
+    for name in cfg.targets:
+        m = get_modality(name)
+        v = int(m.vocab_size or 0)
+        if m.is_image:
+            targets.append(TargetSpec(m.name, Kind.IMAGE_TOKENS, n_img, v, v))
+        else:
+            length = sequence_length(m.name)
+            out = v + n_sentinels(length)
+            max_seq = max(max_seq, length + 2)
+            targets.append(TargetSpec(m.name, Kind.SEQUENCE, length + 2, out, v, dec_vocab=out + 1))
+    keys = [s.key for s in inputs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate input modalities: {keys}")
+    tnames = [t.modality for t in targets]
+    if len(set(tnames)) != len(tnames):
+        raise ValueError(f"duplicate target modalities: {tnames}")
+    return ModalitySpecs(tuple(inputs), tuple(targets), n_img, max_seq)

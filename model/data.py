@@ -1,0 +1,627 @@
+"""Training batches straight from the token store (plus corpus pixels for pixel inputs).
+
+Order is a pure function of (seed, epoch, batch index): each epoch is a permutation of
+the valid rows with a random crop index per row; a global batch is a contiguous slice of
+it and data-parallel rank ``r`` takes the ``r``-th equal part. Masking randomness is keyed
+by (seed, epoch, position in the epoch), so a sample's masks are identical whatever the
+world size, worker count or resume point. The loader's state is just (epoch, batch).
+
+A batch is built in one vectorised pass: read the token rows of the batch, plan the masks
+(needs only availability and sequence lengths), read the corpus pixels only for the
+(sample, pixel modality) pairs that received input tokens, cut their crops and gather just
+the selected patches, then assemble the static-shape tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from model.config import Kind, MaskingConfig, ModalitySpecs, ModelConfig, modality_specs
+from model.masking import assemble, plan_masks
+from schemas.modalities import Layout, get_modality
+
+_SEED_TAG_ORDER = 0x5EED
+_SEED_TAG_MASK = 0x3A5C
+
+
+# --------------------------------------------------------------------------- token store
+
+
+class ZarrTokenReader:
+    """Vectorised reader of one token-store split (Zarr v3, ``schemas.layouts.token_layout``).
+
+    Same contract as ``tokenize_jobs.store.TokenStore.batch`` but returns NumPy arrays:
+    image modalities (B, n_tokens) int64, GEO (B, 2), CAPTION (B, 64) with
+    ``CAPTION_len`` (B,), and ``crops`` (B, 5). Token chunks are uncompressed raw arrays
+    (the layout says readers may map them), so each (row, crop) is one ``pread`` of its
+    bytes; arrays with any other encoding are read through zarr, one chunk at a time.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        import zarr
+
+        self.path = Path(path)
+        if not (self.path / "zarr.json").exists():
+            raise FileNotFoundError(f"{self.path}: not a token store (no zarr.json)")
+        self._group: Any = zarr.open_group(str(self.path), mode="r")
+        attrs: dict[str, Any] = dict(self._group.attrs)
+        self.n_samples = int(attrs["n_samples"])
+        self.n_crops = int(attrs["n_crops"])
+        self.crop_px = int(attrs.get("crop_px", 224))
+        self.modalities = tuple(attrs["modalities"])
+        valid: Any = self._group["valid"]
+        self.valid = np.asarray(valid[...], bool)
+        self._names = set(self._group.array_keys())
+        self._readers: dict[str, _RawRows | _ZarrRows] = {}
+
+    def _reader(self, name: str) -> _RawRows | _ZarrRows:
+        if name not in self._readers:
+            if name not in self._names:
+                raise KeyError(f"{self.path}: token store has no array {name!r}")
+            raw = _RawRows.open(self.path / name)
+            self._readers[name] = raw if raw is not None else _ZarrRows(self._group[name])
+        return self._readers[name]
+
+    def batch(
+        self, rows: np.ndarray, crop_idx: np.ndarray, modalities: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        rows = np.asarray(rows, np.int64)
+        crop_idx = np.asarray(crop_idx, np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.n_samples):
+            raise IndexError(f"rows outside 0..{self.n_samples - 1}")
+        if len(crop_idx) and (crop_idx.min() < 0 or crop_idx.max() >= self.n_crops):
+            raise IndexError(f"crop indices outside 0..{self.n_crops - 1}")
+        names = [*modalities, "crops"]
+        if "CAPTION" in modalities:
+            names.append("CAPTION_len")
+        return {name: self._reader(name).read(rows, crop_idx) for name in names}
+
+
+class _RawRows:
+    """(row, crop) reads of an uncompressed, unsharded Zarr v3 array by ``pread``."""
+
+    def __init__(
+        self, root: Path, shape: tuple[int, ...], chunk0: int, dtype: np.dtype, fill: int
+    ) -> None:
+        self.root, self.shape, self.chunk0, self.dtype, self.fill = root, shape, chunk0, dtype, fill
+        self.item = int(np.prod(shape[2:], dtype=np.int64)) if len(shape) > 2 else 1
+        self.row_items = int(np.prod(shape[1:], dtype=np.int64))
+        self.suffix = "/0" * (len(shape) - 1)
+
+    @classmethod
+    def open(cls, root: Path) -> _RawRows | None:
+        import json
+
+        meta = json.loads((root / "zarr.json").read_text())
+        codecs = meta.get("codecs", [])
+        grid = meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape")
+        keys = meta.get("chunk_key_encoding", {})
+        ok = (
+            len(codecs) == 1
+            and codecs[0].get("name") == "bytes"
+            and codecs[0].get("configuration", {}).get("endian", "little") == "little"
+            and keys.get("name") == "default"
+            and keys.get("configuration", {}).get("separator", "/") == "/"
+            and grid is not None
+            and list(grid[1:]) == list(meta["shape"][1:])
+            and not meta.get("storage_transformers")
+        )
+        if not ok:
+            return None
+        return cls(
+            root,
+            tuple(meta["shape"]),
+            int(grid[0]),
+            np.dtype(meta["data_type"]).newbyteorder("<"),
+            int(meta.get("fill_value") or 0),
+        )
+
+    def read(self, rows: np.ndarray, crop_idx: np.ndarray) -> np.ndarray:
+        out = np.full((len(rows), self.item), self.fill, np.int64)
+        nbytes = self.item * self.dtype.itemsize
+        for i, (r, c) in enumerate(zip(rows.tolist(), crop_idx.tolist())):
+            path = f"{self.root}/c/{r // self.chunk0}{self.suffix}"
+            offset = ((r % self.chunk0) * self.row_items + c * self.item) * self.dtype.itemsize
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # chunk never written: fill value
+            try:
+                buf = os.pread(fd, nbytes, offset)
+            finally:
+                os.close(fd)
+            out[i] = np.frombuffer(buf, self.dtype)
+        return out if len(self.shape) > 2 else out[:, 0]
+
+
+class _ZarrRows:
+    """Fallback (row, crop) reads through zarr, one chunk of rows per call."""
+
+    def __init__(self, arr: Any) -> None:
+        self.arr = arr
+        self.chunk0 = int(arr.chunks[0])
+
+    def read(self, rows: np.ndarray, crop_idx: np.ndarray) -> np.ndarray:
+        first = self.arr[0:1, 0] if len(self.arr.shape) > 2 else self.arr[0:1, 0:1]
+        out = (
+            np.zeros((len(rows), *np.shape(first)[1:]), np.int64)
+            if len(self.arr.shape) > 2
+            else np.zeros(len(rows), np.int64)
+        )
+        chunk_of = rows // self.chunk0
+        for ch in np.unique(chunk_of):
+            block = np.asarray(self.arr[ch * self.chunk0 : (ch + 1) * self.chunk0])
+            sel = np.flatnonzero(chunk_of == ch)
+            out[sel] = block[rows[sel] - ch * self.chunk0, crop_idx[sel]]
+        return out
+
+
+def open_token_store(path: str | os.PathLike[str]) -> Any:
+    """The project's ``TokenStore`` when available (issue 7), else :class:`ZarrTokenReader`."""
+    try:
+        from tokenize_jobs.store import TokenStore  # type: ignore[import-not-found]
+    except ImportError:
+        return ZarrTokenReader(path)
+    return _TorchStoreAdapter(TokenStore(path))
+
+
+class _TorchStoreAdapter:
+    """Wraps a torch-returning ``TokenStore`` so the loader always sees NumPy arrays."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.n_samples = int(store.n_samples)
+        self.n_crops = int(store.n_crops)
+        self.crop_px = int(getattr(store, "crop_px", 224))
+        self.modalities = tuple(store.modalities)
+        self.valid = np.asarray(store.valid, bool)
+
+    def batch(
+        self, rows: np.ndarray, crop_idx: np.ndarray, modalities: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        got = self._store.batch(np.asarray(rows), np.asarray(crop_idx), list(modalities))
+        return {
+            k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).astype(np.int64)
+            for k, v in got.items()
+        }
+
+
+# --------------------------------------------------------------------------- corpus pixels
+
+
+class CorpusPixels:
+    """Cuts crops of one corpus split and returns normalised patches at chosen positions."""
+
+    def __init__(self, path: str | os.PathLike[str], crop_px: int, patch_px: int) -> None:
+        import zarr
+
+        self.path = Path(path)
+        if not (self.path / "zarr.json").exists():
+            raise FileNotFoundError(f"{self.path}: not a corpus store (no zarr.json)")
+        self._group: Any = zarr.open_group(str(self.path), mode="r")
+        self.crop_px = crop_px
+        self.patch_px = patch_px
+        self._rows: dict[str, Any] = {}
+
+    def _row_reader(self, name: str) -> Any:
+        if name not in self._rows:
+            if name not in set(self._group.array_keys()):
+                raise KeyError(f"{self.path}: corpus has no array {name!r}")
+            arr = self._group[name]
+            # Basic indexing of one row: zarr's integer-array selection on sharded arrays
+            # is orders of magnitude slower than reading rows one by one.
+            self._rows[name] = _ShardRows.open(self.path / name) or (
+                lambda r, a=arr: np.asarray(a[r])
+            )
+        return self._rows[name]
+
+    def patches(
+        self, modality: str, rows: np.ndarray, crops: np.ndarray, positions: Sequence[np.ndarray]
+    ) -> np.ndarray:
+        """(T, C*p*p) float32 patches: for each row, the crop's patches at ``positions[i]``."""
+        m = get_modality(modality)
+        if m.layout is not Layout.IMAGE:
+            raise ValueError(f"{modality} has no pixels")
+        read_row = self._row_reader(m.name)
+        p = self.patch_px
+        mean = np.asarray(m.mean, np.float32)[None, :, None, None]
+        std = np.asarray(m.std, np.float32)[None, :, None, None]
+        out: list[np.ndarray] = []
+        for k, row in enumerate(np.asarray(rows, np.int64).tolist()):
+            pos = np.asarray(positions[k], np.int64)
+            if not len(pos):
+                continue
+            raw = _gather_patches(read_row(row), crops[k], pos, self.crop_px, p)
+            out.append(_normalise(raw, m.nodata, mean, std).reshape(len(pos), -1))
+        if not out:
+            return np.zeros((0, m.n_bands * p * p), np.float32)
+        return np.concatenate(out)
+
+
+class _ShardRows:
+    """One-row reads of a sharded corpus array (chunk = one sample) without zarr's overhead.
+
+    Reads the shard index (at the shard's end: offset/nbytes per chunk, then a crc32c) once
+    per shard and decodes the row's chunk with Blosc; used only when the array's metadata
+    is exactly the corpus layout's encoding, else the zarr path is used.
+    """
+
+    _EMPTY = 2**64 - 1
+
+    def __init__(
+        self,
+        root: Path,
+        shape: tuple[int, ...],
+        shard0: int,
+        dtype: np.dtype,
+        fill: Any,
+        compressed: bool,
+    ) -> None:
+        self.root, self.shape, self.shard0, self.dtype, self.fill, self.compressed = (
+            root,
+            shape,
+            shard0,
+            dtype,
+            fill,
+            compressed,
+        )
+        self.suffix = "/0" * (len(shape) - 1)
+        self._index: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def open(cls, root: Path) -> _ShardRows | None:
+        import json
+
+        meta = json.loads((root / "zarr.json").read_text())
+        codecs = meta.get("codecs", [])
+        if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
+            return None
+        conf = codecs[0]["configuration"]
+        inner = conf.get("codecs", [])
+        index_codecs = [c.get("name") for c in conf.get("index_codecs", [])]
+        shard = meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape")
+        ok = (
+            conf.get("chunk_shape") == [1, *meta["shape"][1:]]
+            and shard is not None
+            and list(shard[1:]) == list(meta["shape"][1:])
+            and inner
+            and inner[0].get("name") == "bytes"
+            and inner[0].get("configuration", {}).get("endian", "little") == "little"
+            and len(inner) <= 2
+            and (len(inner) == 1 or inner[1].get("name") == "blosc")
+            and index_codecs == ["bytes", "crc32c"]
+            and conf.get("index_location", "end") == "end"
+            and meta.get("chunk_key_encoding", {}).get("name") == "default"
+            and meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/")
+            == "/"
+        )
+        if not ok:
+            return None
+        fill = meta.get("fill_value", 0)
+        fill = float("nan") if fill == "NaN" else fill
+        return cls(
+            root,
+            tuple(meta["shape"]),
+            int(shard[0]),
+            np.dtype(meta["data_type"]).newbyteorder("<"),
+            fill,
+            len(inner) == 2,
+        )
+
+    def __call__(self, row: int) -> np.ndarray:
+        from numcodecs import blosc
+
+        shard, inner = divmod(int(row), self.shard0)
+        path = f"{self.root}/c/{shard}{self.suffix}"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return np.full(self.shape[1:], self.fill, self.dtype)
+        try:
+            if shard not in self._index:
+                n_index = self.shard0 * 16
+                size = os.fstat(fd).st_size
+                self._index[shard] = np.frombuffer(
+                    os.pread(fd, n_index, size - n_index - 4), "<u8"
+                ).reshape(-1, 2)
+            offset, nbytes = (int(v) for v in self._index[shard][inner])
+            if offset == self._EMPTY:
+                return np.full(self.shape[1:], self.fill, self.dtype)
+            buf = os.pread(fd, nbytes, offset)
+        finally:
+            os.close(fd)
+        raw = blosc.decompress(buf) if self.compressed else buf
+        return np.frombuffer(raw, self.dtype).reshape(self.shape[1:])
+
+
+def _gather_patches(
+    x: np.ndarray, crop: np.ndarray, pos: np.ndarray, crop_px: int, p: int
+) -> np.ndarray:
+    """(C, H, W) sample -> (T, C, p, p) patches at crop positions ``pos``.
+
+    The crop is (top, left, h, w, flip); ``flip`` mirrors left-right. Patches are gathered
+    straight from the sample (no crop copy); a crop whose h/w differ from ``crop_px`` is
+    first resized bilinearly (the tokenizer saw the same geometry).
+    """
+    top, left, h, w, flip = (int(v) for v in crop)
+    if h <= 0 or w <= 0 or top < 0 or left < 0 or top + h > x.shape[1] or left + w > x.shape[2]:
+        raise ValueError(
+            f"crop {tuple(int(v) for v in crop)} does not fit a sample of shape {x.shape[1:]}"
+        )
+    if (h, w) != (crop_px, crop_px):
+        t = torch.from_numpy(
+            np.ascontiguousarray(x[:, top : top + h, left : left + w], np.float32)
+        )[None]
+        x = torch.nn.functional.interpolate(
+            t, size=(crop_px, crop_px), mode="bilinear", antialias=True
+        )[0].numpy()
+        top = left = 0
+    g = crop_px // p
+    ar = np.arange(p)
+    ys = top + (pos // g)[:, None] * p + ar
+    xs = (pos % g)[:, None] * p + ar
+    if flip:
+        xs = crop_px - 1 - xs
+    xs = left + xs
+    return x[:, ys[:, :, None], xs[:, None, :]].transpose(1, 0, 2, 3)
+
+
+def _normalise(
+    raw: np.ndarray, nodata: float | int | None, mean: np.ndarray, std: np.ndarray
+) -> np.ndarray:
+    x = (raw.astype(np.float32) - mean) / std
+    bad = ~np.isfinite(x)
+    if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
+        bad |= raw == nodata
+    x[bad] = 0.0
+    return x
+
+
+# --------------------------------------------------------------------------- order + dataset
+
+
+@dataclass(frozen=True)
+class EpochOrder:
+    """Which rows and crops make up each global batch; rank slices are equal parts."""
+
+    rows: np.ndarray  # valid rows of the split
+    n_crops: int
+    global_batch: int
+    seed: int
+    rank: int = 0
+    world: int = 1
+
+    def __post_init__(self) -> None:
+        if self.global_batch % self.world:
+            raise ValueError(
+                f"global batch {self.global_batch} is not divisible by world size {self.world}"
+            )
+        if len(self.rows) < self.global_batch:
+            raise ValueError(
+                f"split has {len(self.rows)} valid rows, fewer than one global batch of {self.global_batch}"
+            )
+
+    @property
+    def local_batch(self) -> int:
+        return self.global_batch // self.world
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.rows) // self.global_batch
+
+    def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch, _SEED_TAG_ORDER])
+        return rng.permutation(self.rows), rng.integers(0, self.n_crops, len(self.rows))
+
+    def local_positions(self, index: int) -> np.ndarray:
+        """Positions in the epoch of this rank's samples of global batch ``index``."""
+        start = index * self.global_batch + self.rank * self.local_batch
+        return np.arange(start, start + self.local_batch)
+
+
+class MaskedBatches(Dataset):
+    """Map-style dataset whose items are whole masked batches, keyed by (epoch, index)."""
+
+    def __init__(
+        self,
+        tokens: str | os.PathLike[str],
+        corpus: str | os.PathLike[str] | None,
+        model: ModelConfig,
+        masking: MaskingConfig,
+        *,
+        global_batch: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        pixel_dtype: torch.dtype = torch.float16,
+        shrink_batch: bool = False,
+    ) -> None:
+        self.tokens_path = Path(tokens)
+        self.corpus_path = Path(corpus) if corpus else None
+        self.model_cfg = model
+        self.masking = masking
+        self.specs: ModalitySpecs = modality_specs(model)
+        self.pixel_dtype = pixel_dtype
+        if any(s.kind is Kind.PIXELS for s in self.specs.inputs) and self.corpus_path is None:
+            raise ValueError("the model has pixel inputs but no corpus path was given")
+        store = open_token_store(self.tokens_path)
+        missing = [m for m in self.specs.token_modalities if m not in store.modalities]
+        if missing:
+            raise ValueError(f"{self.tokens_path}: token store lacks modalities {missing}")
+        if getattr(store, "crop_px", model.image_px) != model.image_px:
+            raise ValueError(
+                f"token store crops are {store.crop_px} px but the model expects {model.image_px}"
+            )
+        rows = np.flatnonzero(store.valid)
+        if shrink_batch and len(rows) < global_batch:  # a small eval split: one smaller batch
+            global_batch = max(world, len(rows) // world * world)
+        self.order = EpochOrder(rows, store.n_crops, global_batch, seed, rank, world)
+        self._store: Any = store
+        self._pixels: CorpusPixels | None = None
+        self._pid = os.getpid()
+        self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.order.batches_per_epoch
+
+    def _open(self) -> None:
+        if self._pid != os.getpid():  # forked worker: reopen handles
+            self._store = open_token_store(self.tokens_path)
+            self._pixels = None
+            self._pid = os.getpid()
+        if self._pixels is None and self.corpus_path is not None:
+            self._pixels = CorpusPixels(
+                self.corpus_path, self.model_cfg.image_px, self.model_cfg.patch_px
+            )
+
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            self._epoch_cache = (epoch, *self.order.epoch(epoch))
+        return self._epoch_cache[1], self._epoch_cache[2]
+
+    def sample_rngs(self, epoch: int, positions: np.ndarray) -> list[np.random.Generator]:
+        return [
+            np.random.default_rng([self.order.seed, epoch, int(p), _SEED_TAG_MASK])
+            for p in positions
+        ]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = key
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} outside the epoch of {len(self)} batches")
+        self._open()
+        perm, crop_of = self._epoch(epoch)
+        positions = self.order.local_positions(index)
+        rows, crop_idx = perm[positions], crop_of[positions]
+        return self.build(rows, crop_idx, self.sample_rngs(epoch, positions))
+
+    def build(
+        self, rows: np.ndarray, crop_idx: np.ndarray, rngs: list[np.random.Generator]
+    ) -> dict[str, torch.Tensor]:
+        """Read, mask and assemble one batch of (row, crop) samples."""
+        specs = self.specs
+        tok = self._store.batch(rows, crop_idx, specs.token_modalities)
+        b = len(rows)
+        seqs = {}
+        for name in specs.token_modalities:
+            m = get_modality(name)
+            if m.is_image:
+                continue
+            ids = tok[name]
+            lens = tok[f"{name}_len"] if f"{name}_len" in tok else np.full(b, ids.shape[1])
+            seqs[name] = (ids, np.minimum(lens, ids.shape[1]))
+        avail_in = np.ones((b, len(specs.inputs)), bool)
+        for i, s in enumerate(specs.inputs):
+            if s.kind is Kind.SEQUENCE:
+                avail_in[:, i] = seqs[s.modality][1] > 0
+        avail_t = np.ones((b, len(specs.targets)), bool)
+        for j, t in enumerate(specs.targets):
+            if t.kind is Kind.SEQUENCE:
+                avail_t[:, j] = seqs[t.modality][1] > 0
+        plan = plan_masks(specs, self.masking, rngs, avail_in, avail_t, seqs)
+        pixels: dict[str, np.ndarray] = {}
+        n_img = specs.n_image_positions
+        for i, s in enumerate(specs.inputs):
+            if s.kind is not Kind.PIXELS:
+                continue
+            need = np.flatnonzero(plan.n_in[:, i] > 0)
+            if not len(need):
+                continue
+            assert self._pixels is not None
+            positions = [np.flatnonzero(plan.in_sel[r, i, :n_img]) for r in need]
+            pixels[s.key] = self._pixels.patches(
+                s.modality, rows[need], tok["crops"][need], positions
+            )
+        codes = {name: tok[name] for name in specs.token_modalities if get_modality(name).is_image}
+        return assemble(specs, self.masking, plan, codes, pixels, self.pixel_dtype)
+
+
+# --------------------------------------------------------------------------- loader
+
+
+class _IndexStream(Sampler):
+    """(epoch, batch) keys from a start point, for ``n`` batches (or forever)."""
+
+    def __init__(self, start: tuple[int, int], per_epoch: int, n: int | None) -> None:
+        self.start, self.per_epoch, self.n = start, per_epoch, n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, index = self.start
+        count = 0
+        while self.n is None or count < self.n:
+            if index >= self.per_epoch:
+                epoch, index = epoch + 1, 0
+            yield epoch, index
+            index += 1
+            count += 1
+
+    def __len__(self) -> int:
+        return self.n if self.n is not None else 2**62
+
+
+@dataclass
+class LoaderState:
+    epoch: int = 0
+    batch: int = 0
+
+    def advance(self, per_epoch: int) -> None:
+        self.batch += 1
+        if self.batch >= per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
+
+
+@dataclass
+class TokenLoader:
+    """Iterates masked batches in worker processes, pinned, resumable at batch granularity.
+
+    ``state_dict()`` counts only batches handed to the caller, never prefetched ones, so
+    saving it with a checkpoint and resuming replays exactly the batches not yet trained on.
+    """
+
+    dataset: MaskedBatches
+    num_workers: int = 2
+    prefetch_factor: int = 4
+    pin_memory: bool = False
+    max_batches: int | None = None
+    state: LoaderState = field(default_factory=LoaderState)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        sampler = _IndexStream(
+            (self.state.epoch, self.state.batch), len(self.dataset), self.max_batches
+        )
+        kwargs: dict[str, Any] = {}
+        if self.num_workers > 0:
+            kwargs.update(prefetch_factor=self.prefetch_factor, persistent_workers=False)
+        loader = DataLoader(
+            self.dataset,
+            batch_size=None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            **kwargs,
+        )
+        for batch in loader:
+            self.state.advance(len(self.dataset))
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.state.epoch, "batch": self.state.batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.state = LoaderState(int(state["epoch"]), int(state["batch"]))
+
+
+def split_path(root: str | os.PathLike[str], split: str) -> Path:
+    """``<root>/<split>.zarr``, or ``root`` itself when it already is a split store."""
+    root = Path(root)
+    if (root / "zarr.json").exists() and root.suffix == ".zarr":
+        return root
+    return root / f"{split}.zarr"

@@ -1,0 +1,725 @@
+"""Build orchestration: plan -> split stores -> pending blocks -> engine -> index/rejects.
+
+The driver does only cheap, O(plan) work: it validates the plan, freezes a copy of it
+into the output (one Parquet row group per block, so a worker reads just its rows),
+creates every split store template-first, lists the blocks without a commit marker, hands
+them to an engine and, when all blocks are committed, merges the per-block parts into
+``index.parquet`` / ``rejects.parquet`` atomically. Engines call exactly one function per
+block, :func:`process_block`, so Beam and Dask produce the same bytes.
+
+Output layout::
+
+    out/<split>.zarr                      corpus split stores (schemas.layouts)
+    out/index.parquet, out/rejects.parquet
+    out/_build/manifest.json              plan fingerprint, shard size, build config
+    out/_build/plan.parquet               the plan, sorted by (split, row), row group = block
+    out/_build/final.json                 written after the merge: a re-run is a no-op
+    out/_parts/<split>/block-<k>.{index,rejects}.parquet, block-<k>.done
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.corpus_writer import (
+    PARTS_DIR,
+    BlockKey,
+    BlockOutcome,
+    assemble_block,
+    canonical_modalities,
+    create_split_store,
+    is_committed,
+    merge_parts,
+    n_blocks,
+    outcome_from_marker,
+    split_store_path,
+    store_layout,
+    write_block,
+    write_json_atomic,
+)
+from schemas.layouts import CORPUS_MODALITIES, DEFAULT_SHARD_SAMPLES, SPLITS
+from schemas.tables import PLAN_SCHEMA, read_table, write_geoparquet
+
+BUILD_DIR = "_build"
+MANIFEST_FORMAT = "terraloom-build"
+MANIFEST_VERSION = 1
+ENGINES = ("beam", "dask")
+
+BlockFn = Callable[[list[dict[str, Any]], Any], list[Any]]
+
+
+class BuildInputError(ValueError):
+    """Bad user input (missing/invalid plan, output built from another plan): CLI exit 2."""
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """Everything a worker needs to process any block; small and picklable.
+
+    ``block_fn`` is the per-block sample processor; ``None`` means
+    :func:`pipeline.sample.build_block` (resolved on the worker).
+    """
+
+    out: str
+    config: Any  # pipeline.sample.BuildConfig
+    shard_samples: int = DEFAULT_SHARD_SAMPLES
+    block_fn: BlockFn | None = None
+
+    def resolve_block_fn(self) -> BlockFn:
+        if self.block_fn is not None:
+            return self.block_fn
+        fn: BlockFn = importlib.import_module("pipeline.sample").build_block
+        return fn
+
+
+@dataclass
+class BuildSummary:
+    """Per-split counts, counters and timing of one ``run_build`` call."""
+
+    out: str
+    engine: str
+    workers: int
+    planned: dict[str, int]
+    accepted: dict[str, int]
+    rejected: dict[str, dict[str, int]]
+    blocks_total: int
+    blocks_run: int
+    blocks_skipped: int
+    seconds: float
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def samples_processed(self) -> int:
+        return int(
+            self.counters.get("samples_accepted", 0) + self.counters.get("samples_rejected", 0)
+        )
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples_processed / self.seconds if self.seconds > 0 else 0.0
+
+    def table(self) -> str:
+        """The final summary table printed by the CLI."""
+        lines = [f"{'split':<8}{'planned':>9}{'accepted':>10}{'rejected':>10}  rejected by reason"]
+        for split in self.planned:
+            rej = self.rejected.get(split, {})
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(rej.items())) or "-"
+            lines.append(
+                f"{split:<8}{self.planned[split]:>9}{self.accepted.get(split, 0):>10}{sum(rej.values()):>10}  {reasons}"
+            )
+        lines.append(
+            f"blocks: {self.blocks_total} total, {self.blocks_run} written now, {self.blocks_skipped} already committed"
+        )
+        lines.append(
+            f"engine: {self.engine} ({self.workers} worker{'s' if self.workers != 1 else ''}); {self.seconds:.1f} s; {self.samples_per_second:.2f} samples/s"
+        )
+        shown = {
+            k: v for k, v in sorted(self.counters.items()) if k.startswith(("bytes_", "msec_"))
+        }
+        if shown:
+            lines.append("counters: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def default_config() -> Any:
+    from pipeline.sample import BuildConfig
+
+    return BuildConfig()
+
+
+def config_to_json(config: Any) -> dict[str, Any]:
+    """A JSON-comparable view of a config dataclass (tuples -> lists)."""
+    data = (
+        dataclasses.asdict(config)
+        if dataclasses.is_dataclass(config) and not isinstance(config, type)
+        else dict(config)
+    )
+    out: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    return out
+
+
+def config_modalities(config: Any) -> tuple[str, ...]:
+    return canonical_modalities(getattr(config, "modalities", None) or CORPUS_MODALITIES)
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def build_dir(out: str | os.PathLike[str]) -> Path:
+    return Path(out) / BUILD_DIR
+
+
+def manifest_path(out: str | os.PathLike[str]) -> Path:
+    return build_dir(out) / "manifest.json"
+
+
+def frozen_plan_path(out: str | os.PathLike[str]) -> Path:
+    return build_dir(out) / "plan.parquet"
+
+
+def final_path(out: str | os.PathLike[str]) -> Path:
+    return build_dir(out) / "final.json"
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
+    path = manifest_path(out)
+    if not path.exists():
+        raise BuildInputError(
+            f"{out} is not a terraloom build output (no {BUILD_DIR}/manifest.json)"
+        )
+    with open(path) as f:
+        data: dict[str, Any] = json.load(f)
+    return data
+
+
+def _load_plan(plan_path: Path) -> pa.Table:
+    if not plan_path.exists():
+        raise BuildInputError(f"plan {plan_path} does not exist")
+    try:
+        plan = read_table("plan", plan_path)
+    except (ValueError, KeyError, OSError, pa.ArrowException) as exc:
+        raise BuildInputError(f"{plan_path} is not a valid plan table: {exc}") from exc
+    return plan
+
+
+def _split_sizes(plan: pa.Table) -> dict[str, int]:
+    """Rows per split, checking that each split's rows are exactly 0..n-1."""
+    sizes: dict[str, int] = {}
+    splits = plan.column("split").to_pylist()
+    rows = plan.column("row").to_pylist()
+    ids = plan.column("sample_id").to_pylist()
+    if len(set(ids)) != len(ids):
+        dup = [k for k, v in Counter(ids).items() if v > 1][:3]
+        raise BuildInputError(f"plan has duplicate sample ids, e.g. {dup}")
+    by_split: dict[str, list[int]] = {}
+    for s, r in zip(splits, rows):
+        by_split.setdefault(s, []).append(r)
+    order = [s for s in SPLITS if s in by_split] + sorted(set(by_split) - set(SPLITS))
+    for s in order:
+        rs = sorted(by_split[s])
+        if rs != list(range(len(rs))):
+            raise BuildInputError(
+                f"plan rows of split {s!r} are not exactly 0..{len(rs) - 1} (got {len(rs)} rows, min {rs[0]}, max {rs[-1]})"
+            )
+        sizes[s] = len(rs)
+    return sizes
+
+
+#: Plan rows per Parquet row group of the frozen plan (rounded to whole blocks): small
+#: enough that a worker decodes little beyond its block, large enough that the footer
+#: stays small for millions of rows.
+PLAN_ROWS_PER_GROUP = 4096
+
+
+def blocks_per_row_group(shard_samples: int) -> int:
+    return max(1, PLAN_ROWS_PER_GROUP // shard_samples)
+
+
+def _freeze_plan(
+    plan: pa.Table, sizes: dict[str, int], shard_samples: int, path: Path
+) -> dict[str, int]:
+    """Write the plan sorted by (split, row), row groups of whole blocks; return each
+    split's first row group."""
+    offsets: dict[str, int] = {}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows_per_group = blocks_per_row_group(shard_samples) * shard_samples
+    group = 0
+    with pq.ParquetWriter(tmp, plan.schema, compression="zstd") as writer:
+        for split, n in sizes.items():
+            offsets[split] = group
+            part = plan.filter(pc.equal(plan.column("split"), split)).sort_by("row")
+            for a in range(0, n, rows_per_group):
+                writer.write_table(part.slice(a, rows_per_group), row_group_size=rows_per_group)
+                group += 1
+    os.replace(tmp, path)
+    return offsets
+
+
+def prepare(
+    plan_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    config: Any,
+    shard_samples: int = DEFAULT_SHARD_SAMPLES,
+) -> dict[str, Any]:
+    """Validate the plan, freeze it into ``out``, create all split stores; return the manifest.
+
+    Idempotent: against an existing output, the plan fingerprint, shard size and build
+    config must match (else :class:`BuildInputError`), and nothing is rewritten.
+    """
+    if shard_samples < 1:
+        raise BuildInputError("shard_samples must be >= 1")
+    plan_path = Path(plan_path)
+    if not plan_path.exists():
+        raise BuildInputError(f"plan {plan_path} does not exist")
+    sha = file_sha256(plan_path)
+    cfg = config_to_json(config)
+    modality_names = config_modalities(config)
+    mpath = manifest_path(out)
+    if mpath.exists():
+        manifest = read_manifest(out)
+        want = {"plan_sha256": sha, "shard_samples": shard_samples, "config": cfg}
+        clash = {k: (manifest.get(k), v) for k, v in want.items() if manifest.get(k) != v}
+        if clash:
+            names = ", ".join(sorted(clash))
+            raise BuildInputError(
+                f"{out} was built from a different {names}; build into a fresh --out directory (differences: {clash})"
+            )
+    else:
+        _check_fresh_out(Path(out))
+        plan = _load_plan(plan_path)
+        sizes = _split_sizes(plan)
+        if not sizes:
+            raise BuildInputError(f"plan {plan_path} has no rows")
+        offsets = _freeze_plan(plan, sizes, shard_samples, frozen_plan_path(out))
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "plan_sha256": sha,
+            "plan_source": str(plan_path),
+            "shard_samples": shard_samples,
+            "modalities": list(modality_names),
+            "config": cfg,
+            "splits": {
+                s: {
+                    "n_samples": n,
+                    "n_blocks": n_blocks(n, shard_samples),
+                    "row_group_offset": offsets[s],
+                }
+                for s, n in sizes.items()
+            },
+            "blocks_per_row_group": blocks_per_row_group(shard_samples),
+            "stores_ready": False,
+        }
+        write_json_atomic(mpath, manifest)
+    if not manifest.get("stores_ready"):
+        # No worker has run yet, so a store left half-created by a killed prepare holds no
+        # data: remove it and create it again.
+        for split in manifest["splits"]:
+            shutil.rmtree(split_store_path(out, split), ignore_errors=True)
+    for split, info in manifest["splits"].items():
+        create_split_store(
+            out, split, info["n_samples"], shard_samples, modality_names, attrs={"plan_sha256": sha}
+        )
+    if not manifest.get("stores_ready"):
+        manifest["stores_ready"] = True
+        write_json_atomic(mpath, manifest)
+    return manifest
+
+
+def _check_fresh_out(out: Path) -> None:
+    """A new build needs an empty (or absent) --out, or the leftovers of a killed prepare."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise BuildInputError(f"--out {out} exists and is not a directory")
+    other = [p.name for p in out.iterdir() if p.name != BUILD_DIR]
+    if other:
+        raise BuildInputError(
+            f"--out {out} is not empty and is not a terraloom build (holds {sorted(other)[:5]}); choose a fresh directory"
+        )
+
+
+def all_blocks(manifest: dict[str, Any]) -> list[BlockKey]:
+    return [
+        BlockKey(s, k) for s, info in manifest["splits"].items() for k in range(info["n_blocks"])
+    ]
+
+
+def pending_blocks(
+    out: str | os.PathLike[str], manifest: dict[str, Any] | None = None
+) -> list[BlockKey]:
+    """Blocks without a commit marker: what a (resumed) build still has to do."""
+    manifest = manifest or read_manifest(out)
+    return [k for k in all_blocks(manifest) if not is_committed(out, k)]
+
+
+# --------------------------------------------------------------------------- one block
+
+
+def _plan_file(path: str) -> pq.ParquetFile:
+    """The frozen plan, opened once per process and file version (the footer is read once,
+    not per block; a plan rewritten at the same path is opened afresh)."""
+    st = os.stat(path)
+    return _open_plan_file(path, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _open_plan_file(path: str, inode: int, mtime_ns: int, size: int) -> pq.ParquetFile:
+    return pq.ParquetFile(path)
+
+
+def read_plan_block(
+    out: str | os.PathLike[str], key: BlockKey, manifest: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The plan rows of one block (a slice of one row group of the frozen plan)."""
+    manifest = manifest or read_manifest(out)
+    info = manifest["splits"][key.split]
+    if not 0 <= key.block < info["n_blocks"]:
+        raise ValueError(
+            f"{key} is not a block of this build ({info['n_blocks']} blocks in {key.split!r})"
+        )
+    per_group = int(manifest["blocks_per_row_group"])
+    group = info["row_group_offset"] + key.block // per_group
+    first = (key.block % per_group) * int(manifest["shard_samples"])
+    table = (
+        _plan_file(str(frozen_plan_path(out)))
+        .read_row_group(group)
+        .slice(first, int(manifest["shard_samples"]))
+    )
+    rows: list[dict[str, Any]] = table.cast(PLAN_SCHEMA).to_pylist()
+    return rows
+
+
+def process_block(job: BuildJob, key: BlockKey) -> BlockOutcome:
+    """Build, write and commit one block; a no-op for a committed block.
+
+    This is the only function the engines run, so every engine writes identical bytes.
+    """
+    import zarr
+
+    if is_committed(job.out, key):
+        return outcome_from_marker(job.out, key)
+    manifest = read_manifest(job.out)
+    rows = read_plan_block(job.out, key, manifest)
+    t0 = time.perf_counter()
+    results = job.resolve_block_fn()(rows, job.config)
+    t1 = time.perf_counter()
+    group = zarr.open_group(str(split_store_path(job.out, key.split)), mode="r+")
+    block = assemble_block(store_layout(group), key, rows, results)
+    block.stats.setdefault("msec_build_block", (t1 - t0) * 1e3)
+    block.stats["msec_assemble"] = (time.perf_counter() - t1) * 1e3
+    return write_block(group, block, job.out)
+
+
+# --------------------------------------------------------------------------- finalize
+
+
+def finalize(out: str | os.PathLike[str], manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge the block parts into ``index.parquet`` and ``rejects.parquet`` (atomically).
+
+    Refuses while any block is uncommitted, and checks accepted + rejected = planned and
+    that no row appears twice.
+    """
+    manifest = manifest or read_manifest(out)
+    keys = all_blocks(manifest)
+    missing = [str(k) for k in keys if not is_committed(out, k)]
+    if missing:
+        raise RuntimeError(
+            f"cannot finalize: {len(missing)} blocks are not committed, e.g. {missing[:3]}"
+        )
+    index = merge_parts(out, keys, "index")
+    rejects = merge_parts(out, keys, "rejects")
+    counts: dict[str, Any] = {}
+    for split, info in manifest["splits"].items():
+        acc = [
+            r
+            for s, r in zip(index.column("split").to_pylist(), index.column("row").to_pylist())
+            if s == split
+        ]
+        rej = [
+            r
+            for s, r in zip(rejects.column("split").to_pylist(), rejects.column("row").to_pylist())
+            if s == split
+        ]
+        if sorted(acc + rej) != list(range(info["n_samples"])):
+            raise RuntimeError(
+                f"split {split!r}: accepted ({len(acc)}) + rejected ({len(rej)}) rows do not cover the {info['n_samples']} planned rows exactly once"
+            )
+        reasons = Counter(
+            r
+            for s, r in zip(
+                rejects.column("split").to_pylist(), rejects.column("reason").to_pylist()
+            )
+            if s == split
+        )
+        counts[split] = {
+            "planned": info["n_samples"],
+            "accepted": len(acc),
+            "rejected": dict(sorted(reasons.items())),
+        }
+    write_geoparquet("index", index, Path(out) / "index.parquet")
+    write_geoparquet("rejects", rejects, Path(out) / "rejects.parquet")
+    final = {"plan_sha256": manifest["plan_sha256"], "blocks": len(keys), "splits": counts}
+    write_json_atomic(final_path(out), final)
+    return final
+
+
+def is_finalized(out: str | os.PathLike[str], manifest: dict[str, Any]) -> bool:
+    fp = final_path(out)
+    if not (
+        fp.exists()
+        and (Path(out) / "index.parquet").exists()
+        and (Path(out) / "rejects.parquet").exists()
+    ):
+        return False
+    with open(fp) as f:
+        return bool(json.load(f).get("plan_sha256") == manifest["plan_sha256"])
+
+
+# --------------------------------------------------------------------------- run
+
+
+class MarkerProgress:
+    """A tqdm bar fed by counting commit markers on disk: works with any runner whose
+    workers share the output filesystem, without any message passing."""
+
+    def __init__(
+        self,
+        out: str | os.PathLike[str],
+        total: int,
+        done: int,
+        enabled: bool = True,
+        interval_s: float = 0.5,
+    ) -> None:
+        self.out = Path(out)
+        self.total = total
+        self.start = done
+        self.enabled = enabled
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._bar: Any = None
+
+    def _count(self) -> int:
+        return sum(1 for _ in (self.out / PARTS_DIR).glob("*/block-*.done"))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._bar.n = self._count()
+            self._bar.refresh()
+
+    def __enter__(self) -> MarkerProgress:
+        if self.enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=self.total, initial=self.start, unit="block", desc="build", file=sys.stderr
+            )
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._bar.n = self._count()
+            self._bar.close()
+
+
+def run_engine(
+    engine: str,
+    job: BuildJob,
+    keys: Sequence[BlockKey],
+    *,
+    workers: int = 1,
+    runner: str | None = None,
+    pipeline_args: Sequence[str] = (),
+    scheduler: str | None = None,
+) -> tuple[list[BlockOutcome], dict[str, int]]:
+    """Run ``process_block`` over ``keys`` on an engine; return outcomes and counters."""
+    if engine == "beam":
+        from pipeline.beam import run_beam
+
+        return run_beam(job, keys, runner=runner, workers=workers, pipeline_args=pipeline_args)
+    if engine == "dask":
+        if runner is not None or pipeline_args:
+            raise BuildInputError("--runner and pipeline options apply to --engine beam only")
+        from pipeline.dask_job import run_dask
+
+        return run_dask(job, keys, workers=workers, scheduler=scheduler)
+    raise BuildInputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+
+
+def sum_counters(outcomes: Sequence[BlockOutcome]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for o in outcomes:
+        total.update(o.counters())
+    return dict(sorted(total.items()))
+
+
+def run_build(
+    plan: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    engine: str = "beam",
+    config: Any = None,
+    shard_samples: int = DEFAULT_SHARD_SAMPLES,
+    workers: int = 1,
+    runner: str | None = None,
+    pipeline_args: Sequence[str] = (),
+    scheduler: str | None = None,
+    progress: bool = True,
+    block_fn: BlockFn | None = None,
+) -> BuildSummary:
+    """Build (or resume) a corpus from a plan; a finished output is left untouched."""
+    if engine not in ENGINES:
+        raise BuildInputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if workers < 1:
+        raise BuildInputError("--workers must be >= 1")
+    t0 = time.perf_counter()
+    config = config if config is not None else default_config()
+    manifest = prepare(plan, out, config, shard_samples)
+    keys = all_blocks(manifest)
+    pending = pending_blocks(out, manifest)
+    job = BuildJob(str(out), config, shard_samples, block_fn)
+    counters: dict[str, int] = {}
+    if pending:
+        final_path(out).unlink(missing_ok=True)
+        with MarkerProgress(out, len(keys), len(keys) - len(pending), enabled=progress):
+            _, counters = run_engine(
+                engine,
+                job,
+                pending,
+                workers=workers,
+                runner=runner,
+                pipeline_args=pipeline_args,
+                scheduler=scheduler,
+            )
+    if pending or not is_finalized(out, manifest):
+        final = finalize(out, manifest)
+    else:
+        with open(final_path(out)) as f:
+            final = json.load(f)
+    still = pending_blocks(out, manifest)
+    run = len(pending) - len(still)
+    return BuildSummary(
+        out=str(out),
+        engine=engine,
+        workers=workers,
+        planned={s: v["planned"] for s, v in final["splits"].items()},
+        accepted={s: v["accepted"] for s, v in final["splits"].items()},
+        rejected={s: v["rejected"] for s, v in final["splits"].items()},
+        blocks_total=len(keys),
+        blocks_run=run,
+        blocks_skipped=len(keys) - len(pending),
+        seconds=time.perf_counter() - t0,
+        counters=counters,
+    )
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _config_from_args(args: argparse.Namespace) -> Any:
+    from pipeline.sample import BuildConfig
+
+    kwargs: dict[str, Any] = {}
+    try:
+        return BuildConfig(**_config_kwargs(args, kwargs))
+    except (ValueError, TypeError) as exc:
+        raise BuildInputError(str(exc)) from exc
+
+
+def _config_kwargs(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, Any]:
+    if args.modalities:
+        kwargs["modalities"] = canonical_modalities(args.modalities.split(","))
+    if args.required:
+        kwargs["required"] = canonical_modalities(args.required.split(","))
+    if args.max_cloud_fraction is not None:
+        kwargs["max_cloud_fraction"] = args.max_cloud_fraction
+    if args.max_nodata_fraction is not None:
+        kwargs["max_nodata_fraction"] = args.max_nodata_fraction
+    return kwargs
+
+
+def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``build`` on the ``terraloom-pipeline`` sub-command parser."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "build",
+        help="build (or resume) the corpus from a plan on Beam or Dask",
+        description="Build the corpus Zarr stores + index/rejects from plan.parquet. Re-running resumes a killed build; "
+        "a finished build is left untouched. Options after `--` are passed to Beam (e.g. Dataflow/Flink options).",
+    )
+    p.add_argument("--plan", required=True, help="plan.parquet from `terraloom-pipeline plan`")
+    p.add_argument("--out", required=True, help="corpus output directory")
+    p.add_argument("--engine", choices=ENGINES, default="beam")
+    p.add_argument(
+        "--runner",
+        default=None,
+        help="Beam runner (default DirectRunner; FlinkRunner, SparkRunner, DataflowRunner, ...)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="parallel workers (DirectRunner processes / Dask LocalCluster workers)",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help="dask.distributed scheduler address (default: a LocalCluster)",
+    )
+    p.add_argument(
+        "--shard-samples",
+        type=int,
+        default=DEFAULT_SHARD_SAMPLES,
+        help="samples per shard = per block of work",
+    )
+    p.add_argument(
+        "--modalities", default=None, help="comma-separated modalities to build (default: all)"
+    )
+    p.add_argument(
+        "--required", default=None, help="comma-separated modalities whose absence rejects a sample"
+    )
+    p.add_argument("--max-cloud-fraction", type=float, default=None)
+    p.add_argument("--max-nodata-fraction", type=float, default=None)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("pipeline_args", nargs="*", help="Beam pipeline options, after `--`")
+    p.set_defaults(func=build_command)
+    return p
+
+
+def build_command(args: argparse.Namespace) -> int:
+    try:
+        config = _config_from_args(args)
+        if args.pipeline_args and args.engine != "beam":
+            raise BuildInputError("pipeline options after `--` apply to --engine beam only")
+        summary = run_build(
+            args.plan,
+            args.out,
+            engine=args.engine,
+            config=config,
+            shard_samples=args.shard_samples,
+            workers=args.workers,
+            runner=args.runner,
+            pipeline_args=tuple(args.pipeline_args),
+            scheduler=args.scheduler,
+            progress=not args.no_progress,
+        )
+    except BuildInputError as exc:
+        print(f"terraloom-pipeline build: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.table())
+    return 0

@@ -1,0 +1,37 @@
+"""``terraloom-pipeline`` command line: one ``add_<cmd>_parser(subparsers)`` per sub-command.
+
+Each sub-command lives next to the code it drives and registers itself here; its handler
+(``args.func``) returns the exit code (0 ok, 1 findings/failure, 2 bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from pipeline.build import add_build_parser
+from pipeline.plan_cli import add_plan_parser
+from pipeline.quicklook import add_quicklook_parser
+from pipeline.verify import add_verify_parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="terraloom-pipeline",
+        description="terraloom corpus pipeline: plan, build, verify, quicklook.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_plan_parser(subparsers)
+    add_build_parser(subparsers)
+    add_verify_parser(subparsers)
+    add_quicklook_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

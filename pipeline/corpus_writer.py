@@ -1,0 +1,419 @@
+"""Corpus writer: template-first split stores, whole-shard block writes, commit markers.
+
+A *block* is the plan rows ``[k*S, min((k+1)*S, n))`` of one split (``S`` = shard
+samples), i.e. exactly one shard of every sharded array and one chunk of the small
+per-row arrays. Because rows are assigned by the plan, any worker writes its block with
+one region write per array (``arr[a:b] = block``) and never touches another worker's
+files: no locks, no read-modify-write races.
+
+A block is *committed* by ``_parts/<split>/block-<k>.done``, a JSON file written last and
+atomically (tmp + rename) after the shard data and the block's index/rejects parts. A
+block without a marker is simply written again (whole shards are overwritten), which is
+what makes a killed build resumable and a finished build's re-run a no-op.
+
+Checksums are CRC-32 (``zlib.crc32``, 8 hex digits) of the C-order little-endian bytes of
+each array's value as stored: per sample (the index row's ``checksums`` map, one entry per
+array) and per block (the marker, covering rejected rows' fill values too). CRC-32 catches
+every flipped byte and burst up to 32 bits at several GB/s, which is what an integrity
+check of our own writes needs; it is not a defence against tampering. NaNs are stored in
+canonical form so that a chunk of fill NaNs hashes the same whether zarr elided it or not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from schemas.layouts import ArraySpec, StoreLayout, corpus_layout, create_corpus_store
+from schemas.modalities import MODALITY_NAMES
+from schemas.tables import RejectReason, from_rows, write_geoparquet
+
+CHECKSUM_ALGORITHM = "crc32"
+MARKER_FORMAT = "terraloom-block-commit"
+MARKER_VERSION = 1
+PARTS_DIR = "_parts"
+
+
+@dataclass(frozen=True, order=True)
+class BlockKey:
+    """One unit of work, write and commit: shard block ``block`` of split ``split``."""
+
+    split: str
+    block: int
+
+    def __str__(self) -> str:
+        return f"{self.split}/block-{self.block}"
+
+
+@dataclass
+class BlockOutcome:
+    """What happened to one block; summed by the engines into counters and the summary."""
+
+    key: BlockKey
+    n_rows: int
+    accepted: int
+    rejected: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False  # already committed before this attempt: nothing written
+
+    def counters(self) -> dict[str, int]:
+        """Engine-independent counter values (Beam counters, Dask summary)."""
+        out: dict[str, int] = {
+            "blocks_written": 0 if self.skipped else 1,
+            "blocks_skipped": 1 if self.skipped else 0,
+            "samples_accepted": self.accepted,
+            "samples_rejected": sum(self.rejected.values()),
+        }
+        for reason, n in self.rejected.items():
+            out[f"samples_rejected_{reason}"] = n
+        for name, value in self.stats.items():
+            out[name] = int(round(value))
+        return out
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def split_store_path(out: str | os.PathLike[str], split: str) -> Path:
+    return Path(out) / f"{split}.zarr"
+
+
+def parts_dir(out: str | os.PathLike[str], split: str) -> Path:
+    return Path(out) / PARTS_DIR / split
+
+
+def marker_path(out: str | os.PathLike[str], key: BlockKey) -> Path:
+    return parts_dir(out, key.split) / f"block-{key.block}.done"
+
+
+def part_path(out: str | os.PathLike[str], key: BlockKey, table: str) -> Path:
+    return parts_dir(out, key.split) / f"block-{key.block}.{table}.parquet"
+
+
+def block_rows(key: BlockKey, n_samples: int, shard_samples: int) -> tuple[int, int]:
+    """Row range ``[a, b)`` of a block."""
+    a = key.block * shard_samples
+    b = min(a + shard_samples, n_samples)
+    if key.block < 0 or a >= n_samples:
+        raise ValueError(f"block {key} is outside a split of {n_samples} rows")
+    return a, b
+
+
+def n_blocks(n_samples: int, shard_samples: int) -> int:
+    return -(-n_samples // shard_samples)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a file so readers see either nothing or all of it (tmp + fsync + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+# --------------------------------------------------------------------------- stores
+
+
+def canonical_modalities(names: Iterable[str]) -> tuple[str, ...]:
+    """Modality names in registry order (the store layout depends on the order)."""
+    wanted = {n.upper() for n in names}
+    unknown = wanted - {m.upper() for m in MODALITY_NAMES}
+    if unknown:
+        raise ValueError(
+            f"unknown modalities {sorted(unknown)}; valid: {', '.join(MODALITY_NAMES)}"
+        )
+    return tuple(m for m in MODALITY_NAMES if m.upper() in wanted)
+
+
+def create_split_store(
+    out: str | os.PathLike[str],
+    split: str,
+    n_samples: int,
+    shard_samples: int,
+    modality_names: Sequence[str],
+    attrs: Mapping[str, Any] | None = None,
+) -> Any:
+    """Create (or reopen, if identical) ``<out>/<split>.zarr`` template-first.
+
+    ``attrs`` (e.g. the plan fingerprint) must match those of an existing store, so a
+    resumed build can never mix the shards of two different plans.
+    """
+    path = split_store_path(out, split)
+    extra = {**dict(attrs or {}), "checksum_algorithm": CHECKSUM_ALGORITHM}
+    group = create_corpus_store(
+        path,
+        n_samples=n_samples,
+        shard_samples=shard_samples,
+        split=split,
+        modality_names=tuple(modality_names),
+        attrs=extra,
+    )
+    existing = dict(group.attrs)
+    clash = {k: (existing.get(k), v) for k, v in extra.items() if existing.get(k) != v}
+    if clash:
+        raise ValueError(
+            f"existing store {path} was created with different attributes {clash}; build into a fresh --out directory"
+        )
+    return group
+
+
+def store_layout(group: Any) -> StoreLayout:
+    """The layout a split store was created with (from its group attributes)."""
+    a = dict(group.attrs)
+    return corpus_layout(
+        int(a["n_samples"]), int(a["shard_samples"]), tuple(a["modalities"]), str(a["split"])
+    )
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def _le_bytes(x: np.ndarray) -> memoryview:
+    x = np.ascontiguousarray(x)
+    if x.dtype.byteorder == ">" or (x.dtype.byteorder == "=" and not np.little_endian):
+        x = x.astype(x.dtype.newbyteorder("<"))
+    return x.reshape(-1).view(np.uint8).data
+
+
+def checksum(x: np.ndarray) -> str:
+    """CRC-32 of an array's little-endian C-order bytes, as 8 hex digits."""
+    return f"{zlib.crc32(_le_bytes(x)) & 0xFFFFFFFF:08x}"
+
+
+def canonicalize_nans(x: np.ndarray) -> None:
+    """Replace every NaN payload by the canonical quiet NaN, in place."""
+    if x.dtype.kind == "f":
+        nan = np.isnan(x)
+        if nan.any():
+            x[nan] = np.nan
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+@dataclass
+class AssembledBlock:
+    """A block ready to write: one array per store array, plus its table rows."""
+
+    key: BlockKey
+    start: int
+    stop: int
+    arrays: dict[str, np.ndarray]
+    index_rows: list[dict[str, Any]]
+    reject_rows: list[dict[str, Any]]
+    stats: dict[str, float]
+
+
+def _internal_reject(
+    plan_row: Mapping[str, Any], message: str, modality: str | None = None
+) -> dict[str, Any]:
+    return {
+        "sample_id": plan_row["sample_id"],
+        "split": plan_row["split"],
+        "row": int(plan_row["row"]),
+        "cell_id": plan_row["cell_id"],
+        "geometry": plan_row["geometry"],
+        "reason": RejectReason.INTERNAL_ERROR.value,
+        "modality": modality,
+        "message": message,
+    }
+
+
+def _check_value(spec: ArraySpec, value: Any) -> np.ndarray:
+    x = np.asarray(value)
+    want = spec.shape[1:]
+    if x.shape != want:
+        raise ValueError(f"array {spec.name!r} has shape {x.shape}, the layout wants {want}")
+    dt = np.dtype(spec.dtype)
+    if x.dtype != dt:
+        if not np.can_cast(x.dtype, dt, casting="same_kind"):
+            raise ValueError(f"array {spec.name!r} has dtype {x.dtype}, the layout wants {dt}")
+        x = x.astype(dt)
+    return x
+
+
+def assemble_block(
+    layout: StoreLayout,
+    key: BlockKey,
+    plan_rows: Sequence[Mapping[str, Any]],
+    results: Sequence[Any],
+) -> AssembledBlock:
+    """Put one block's SampleResults into fill-initialised arrays and table rows.
+
+    Every planned row ends up accepted (arrays + index row, ``valid`` True) or rejected
+    (fill values + reject row). A sample result that breaks the build contract (wrong
+    shape or dtype, missing array, no result at all) becomes an ``internal_error`` reject
+    with the reason, so nothing is silently lost; results for rows outside the block or
+    twice for one row mean ``build_block`` mixed blocks up, and raise ``ValueError``.
+    """
+    n = int(layout.attrs["n_samples"])
+    s = int(layout.attrs["shard_samples"])
+    a, b = block_rows(key, n, s)
+    arrays = {
+        spec.name: np.full((b - a, *spec.shape[1:]), spec.fill_value, dtype=spec.dtype)
+        for spec in layout.arrays
+    }
+    planned = {int(r["row"]): r for r in plan_rows}
+    if sorted(planned) != list(range(a, b)):
+        raise ValueError(
+            f"plan rows of {key} are {sorted(planned)[:5]}..., expected rows {a}..{b - 1}"
+        )
+    seen: dict[int, Any] = {}
+    stats: dict[str, float] = defaultdict(float)
+    index_rows: list[dict[str, Any]] = []
+    reject_rows: list[dict[str, Any]] = []
+    extras: list[dict[str, Any]] = []  # internal rejects for contract breaks
+    accepted: list[tuple[int, dict[str, Any]]] = []
+    for r in results:
+        for name, v in (getattr(r, "stats", None) or {}).items():
+            stats[name] += float(v)
+        row = int(r.row)
+        if row not in planned or r.split != key.split:
+            raise ValueError(
+                f"build_block returned row {r.split}/{row}, which is not in block {key}"
+            )
+        if row in seen:
+            raise ValueError(f"build_block returned row {row} of {key} twice")
+        seen[row] = r
+    for row in range(a, b):
+        r = seen.get(row)
+        i = row - a
+        if r is None:
+            extras.append(
+                _internal_reject(
+                    planned[row], "build_block returned no result for this planned row"
+                )
+            )
+            continue
+        if r.reject is not None or r.arrays is None or r.index_row is None:
+            if r.reject is None:
+                extras.append(
+                    _internal_reject(
+                        planned[row], "build_block returned neither arrays+index_row nor a reject"
+                    )
+                )
+            else:
+                reject_rows.append(dict(r.reject))
+            continue
+        values: dict[str, np.ndarray] = {}
+        try:
+            for spec in layout.arrays:
+                if spec.name == "valid":
+                    continue
+                if spec.name not in r.arrays:
+                    raise ValueError(f"array {spec.name!r} missing from the result")
+                values[spec.name] = _check_value(spec, r.arrays[spec.name])
+        except ValueError as exc:
+            extras.append(_internal_reject(planned[row], f"build contract broken: {exc}"))
+            continue
+        for name, v in values.items():
+            arrays[name][i] = v
+        arrays["valid"][i] = True
+        accepted.append((i, dict(r.index_row)))
+    for x in arrays.values():
+        canonicalize_nans(x)
+    for i, index_row in accepted:
+        index_row["checksums"] = {name: checksum(x[i]) for name, x in arrays.items()}
+        index_rows.append(index_row)
+    reject_rows.extend(extras)
+    return AssembledBlock(key, a, b, arrays, index_rows, reject_rows, dict(stats))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def is_committed(out: str | os.PathLike[str], key: BlockKey) -> bool:
+    return marker_path(out, key).exists()
+
+
+def read_marker(out: str | os.PathLike[str], key: BlockKey) -> dict[str, Any]:
+    with open(marker_path(out, key)) as f:
+        data: dict[str, Any] = json.load(f)
+    return data
+
+
+def outcome_from_marker(
+    out: str | os.PathLike[str], key: BlockKey, skipped: bool = True
+) -> BlockOutcome:
+    m = read_marker(out, key)
+    return BlockOutcome(
+        key,
+        int(m["row_stop"]) - int(m["row_start"]),
+        int(m["accepted"]),
+        dict(m["rejected"]),
+        {},
+        skipped=skipped,
+    )
+
+
+def write_block(group: Any, block: AssembledBlock, out: str | os.PathLike[str]) -> BlockOutcome:
+    """Write one assembled block: shard data, index/rejects parts, then the commit marker.
+
+    Each array gets exactly one region write covering its whole shard (or the last,
+    partial one), so a re-run overwrites whatever a killed attempt left behind.
+    """
+    key = block.key
+    t0 = time.perf_counter()
+    for name, value in block.arrays.items():
+        group[name][block.start : block.stop] = value
+    t1 = time.perf_counter()
+    block_sums = {name: checksum(value) for name, value in block.arrays.items()}
+    write_geoparquet("index", from_rows("index", block.index_rows), part_path(out, key, "index"))
+    write_geoparquet(
+        "rejects", from_rows("rejects", block.reject_rows), part_path(out, key, "rejects")
+    )
+    t2 = time.perf_counter()
+    rejected = dict(sorted(Counter(r["reason"] for r in block.reject_rows).items()))
+    stats = {
+        **block.stats,
+        "msec_write": (t1 - t0) * 1e3,
+        "msec_parts": (t2 - t1) * 1e3,
+        "bytes_written": float(sum(v.nbytes for v in block.arrays.values())),
+    }
+    marker = {
+        "format": MARKER_FORMAT,
+        "version": MARKER_VERSION,
+        "split": key.split,
+        "block": key.block,
+        "row_start": block.start,
+        "row_stop": block.stop,
+        "accepted": len(block.index_rows),
+        "rejected": rejected,
+        "checksum_algorithm": CHECKSUM_ALGORITHM,
+        "checksums": block_sums,
+        "stats": {k: round(v, 3) for k, v in sorted(stats.items())},
+    }
+    write_json_atomic(marker_path(out, key), marker)
+    return BlockOutcome(key, block.stop - block.start, len(block.index_rows), rejected, stats)
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def merge_parts(out: str | os.PathLike[str], keys: Sequence[BlockKey], table: str) -> pa.Table:
+    """Concatenate the per-block parts of ``table`` ('index' or 'rejects'), sorted by (split, row)."""
+    from schemas.tables import empty_table, read_table
+
+    parts = [read_table(table, part_path(out, k, table)) for k in sorted(keys)]
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        return empty_table(table)
+    merged = pa.concat_tables(parts)
+    return merged.sort_by([("split", "ascending"), ("row", "ascending")])

@@ -1,0 +1,161 @@
+"""The ``plan`` sub-command: ``terraloom-pipeline plan --source ... --out plan.parquet``.
+
+Bad input (unknown source, unreadable region, bad period, no credentials) is reported as one
+line on stderr with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from pipeline.grid import GridError, Region
+from pipeline.matching import MatchConfig
+from pipeline.plan import SOURCE_MODALITIES, PlanConfig, plan_samples, summarize_plan, write_plan
+from pipeline.sources import SourceError, open_source, parse_time_range
+from schemas.modalities import UnknownModalityError
+
+
+def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "plan",
+        help="choose the scenes of every sample of a region and period -> plan.parquet",
+        description=(
+            "Enumerate the Major TOM cells of a region, search each modality's collection, match "
+            "scenes per sample (clearest S2, its L1C twin, S1 within the window, DEM/LULC tiles) "
+            "and write plan.parquet. With --source world:DIR, region and time default to the world's."
+        ),
+    )
+    p.add_argument(
+        "--source",
+        required=True,
+        help="world:DIR | catalog:PATH | stac:URL (stac:pc, stac:es) | ee[:PROJECT]",
+    )
+    p.add_argument(
+        "--region", help="W,S,E,N | a GeoJSON file | a .txt file of cell ids | ID,ID,... (cell ids)"
+    )
+    p.add_argument(
+        "--time", help="START/END, e.g. 2023-06-01/2023-08-31 (dates include the whole END day)"
+    )
+    p.add_argument("--out", required=True, help="output plan.parquet")
+    p.add_argument(
+        "--modalities",
+        default=",".join(SOURCE_MODALITIES),
+        help="comma-separated modalities to plan (default: %(default)s)",
+    )
+    p.add_argument(
+        "--collection",
+        action="append",
+        default=[],
+        metavar="MODALITY=COLLECTION",
+        help="use another collection for a modality (repeatable)",
+    )
+    p.add_argument("--samples-per-cell", type=int, default=1, choices=(1, 4, 9))
+    p.add_argument(
+        "--max-cloud",
+        type=float,
+        default=MatchConfig.max_cloud,
+        help="max %% cloud+shadow over the footprint",
+    )
+    p.add_argument("--s1-window-days", type=float, default=MatchConfig.s1_window_days)
+    p.add_argument(
+        "--s1-orbit", default=MatchConfig.s1_orbit, choices=("s2", "ascending", "descending", "any")
+    )
+    p.add_argument(
+        "--scl",
+        default=MatchConfig.scl_hrefs,
+        choices=("local", "any", "never"),
+        help="which SCL hrefs may be read for cloud cover",
+    )
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.0)
+    p.add_argument(
+        "--split-block-cells",
+        type=int,
+        default=1,
+        help="cells per side of a block that shares a split",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--drop-unmatched",
+        action="store_true",
+        help="leave samples with an unmatched modality out of the plan",
+    )
+    p.add_argument(
+        "--cache-dir", help="STAC response cache (default: $XDG_CACHE_HOME/terraloom/stac)"
+    )
+    p.add_argument(
+        "--no-cache", action="store_true", help="do not read or write the STAC response cache"
+    )
+    p.add_argument(
+        "--sign",
+        default="auto",
+        choices=("auto", "yes", "no"),
+        help="sign Planetary Computer hrefs (auto: when the planetary-computer package is installed)",
+    )
+    p.add_argument("--ee-project", help="Google Cloud project for Earth Engine")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_plan)
+    return p
+
+
+def _fail(message: str) -> int:
+    print(f"terraloom-pipeline plan: error: {message}", file=sys.stderr)
+    return 2
+
+
+def config_from_args(args: argparse.Namespace) -> PlanConfig:
+    collections = {}
+    for spec in args.collection:
+        mod, sep, coll = spec.partition("=")
+        if not sep or not coll:
+            raise ValueError(f"bad --collection {spec!r}: expected MODALITY=COLLECTION")
+        collections[mod] = coll
+    match = MatchConfig(
+        max_cloud=args.max_cloud,
+        s1_window_days=args.s1_window_days,
+        s1_orbit=args.s1_orbit,
+        scl_hrefs=args.scl,
+    )
+    return PlanConfig(
+        modalities=tuple(m for m in args.modalities.split(",") if m.strip()),
+        collections=collections,
+        samples_per_cell=args.samples_per_cell,
+        match=match,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        split_block_cells=args.split_block_cells,
+        seed=args.seed,
+        keep_unmatched=not args.drop_unmatched,
+    )
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+        opened = open_source(
+            args.source,
+            cache_dir=args.cache_dir,
+            use_cache=not args.no_cache,
+            sign={"auto": None, "yes": True, "no": False}[args.sign],
+            ee_project=args.ee_project,
+        )
+        region = Region.parse(args.region) if args.region else opened.region
+        period = parse_time_range(args.time) if args.time else opened.time_range
+        if region is None:
+            return _fail("--region is required for this source")
+        if period is None:
+            return _fail("--time is required for this source")
+        t0 = time.perf_counter()
+        table = plan_samples(opened.source, region, period, config, progress=not args.no_progress)
+        path = write_plan(table, args.out)
+    except (SourceError, GridError, UnknownModalityError, ValueError, OSError) as err:
+        return _fail(str(err))
+    elapsed = time.perf_counter() - t0
+    summary = summarize_plan(table, config.modalities)
+    print(summary.format())
+    rate = summary.samples / elapsed if elapsed > 0 else float("inf")
+    print(f"wrote {path} ({summary.samples} samples in {elapsed:.1f} s, {rate:.0f} samples/s)")
+    return 0

@@ -1,0 +1,1001 @@
+"""Turn the plan rows of one shard block into corpus samples (or rejects), scene-major.
+
+:func:`build_block` is the one function both engines (Beam, Dask) call per block. It
+never raises for a bad sample; every planned row yields exactly one
+:class:`SampleResult`, accepted (arrays + index row) or rejected (reason + message).
+
+Why scene-major: the rows of a block are spatially adjacent, so many samples need the
+same source files. Instead of opening and decoding every COG once per sample (what a
+per-sample ``odc.stac.load`` does), the block is processed source by source: the bands of
+one item that share a pixel grid form a group; the sample footprints that need it are
+projected into its pixel space and merged into a few windows
+(:func:`pipeline.coregister.cluster_windows`); each window of each band is read and
+decoded once, kept in memory, and all bands are warped together onto every member
+sample's 10 m grid through one coordinate field per sample (shared with other items on
+the same grid). Mosaics across items are accumulated order-independently (complete
+values from the best-ranked scene in plan order; partial kernels at seams merged in plan
+order), so the output bytes do not depend on read order and memory per block is about one
+float32 plane per (sample, band), bounded by the shard size.
+
+Stored values: Sentinel-2 DN exactly as in the source (the registry's normalisation
+statistics assume DN); S1 backscatter in dB (resampled as linear power); DEM metres;
+LULC legend values; NDVI from reflectance (DN x scale + offset).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import math
+import threading
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+from rasterio.enums import Resampling as GdalResampling
+
+from pipeline.caption import Captioner, caption_to_bytes, sample_stats
+from pipeline.coregister import (
+    PointSampler,
+    TargetGrid,
+    cluster_windows,
+    modality_resampling,
+    point_sampler,
+    power_to_db,
+    source_window,
+    target_decimation,
+    to_linear_power,
+    warp_to_grid,
+)
+from pipeline.derive import (
+    cloud_fraction,
+    cloud_mask_from_scl,
+    geo_vector,
+    ndvi,
+    reflectance,
+    s2_reflectance_params,
+    s2rgb,
+)
+from pipeline.quality import (
+    Issue,
+    check_cloud,
+    check_image,
+    check_s1_s2_delta,
+    fill_small_gaps,
+    nodata_fraction,
+)
+from pipeline.readers import (
+    Asset,
+    AssetError,
+    AssetInfo,
+    RasterWindow,
+    ReaderOptions,
+    check_georeferencing,
+    gdal_env,
+    open_asset,
+)
+from schemas.layouts import CORPUS_MODALITIES
+from schemas.modalities import SAMPLE_PX, Layout, Modality, Resampling, get_modality
+from schemas.tables import TIMED_MODALITIES, RejectReason
+
+__all__ = ["DEFAULT_REQUIRED", "BuildConfig", "SampleResult", "build_block", "build_sample"]
+
+SCL_BAND = "SCL"
+#: Source modalities a sample must have by default (TerraMind's core set).
+DEFAULT_REQUIRED: tuple[str, ...] = ("S2L2A", "S1GRD", "DEM", "LULC")
+#: Modalities whose constant images are legitimate (a sample all in one land-cover class).
+_CONSTANT_OK = ("LULC",)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How samples are built and judged; hashable, JSON-able, picklable (Beam/Dask)."""
+
+    #: Corpus modalities to produce (all in ``schemas.layouts.CORPUS_MODALITIES`` by default).
+    modalities: tuple[str, ...] = CORPUS_MODALITIES
+    #: Modalities whose absence or bad quality rejects the sample. A required derived
+    #: modality requires its sources (NDVI -> S2L2A).
+    required: tuple[str, ...] = DEFAULT_REQUIRED
+    max_nodata_fraction: float = 0.01
+    #: Cloud + shadow fraction from SCL over which a sample is rejected.
+    max_cloud_fraction: float = 0.2
+    #: Max |S1 - S2| acquisition delta in days.
+    s1_window_days: float = 7.0
+    #: Fill nodata gaps under the threshold by nearest neighbour (counted in the index).
+    fill_small_gaps: bool = True
+    gdal_cache_mb: int = 256
+    #: Build only these bands of a modality, e.g. (("S2L2A", ("B02", "B03", "B04", "B08")),);
+    #: the others stay at the fill value and are not judged. Empty: all bands.
+    band_subset: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: Max decoded-pixels ratio of a shared read over what its member samples need.
+    read_slack: float = 2.0
+    #: GCP warping of radar geometry: thin-plate spline (exact at GCPs) or polynomial.
+    gcp_tps: bool = True
+    #: Check each asset's georeferencing against its item's ``proj:*``.
+    check_georeferencing: bool = True
+    #: Threads reading different assets of a block concurrently (helps remote hrefs).
+    io_threads: int = 1
+    http_timeout_s: int = 20
+    http_max_retry: int = 2
+    #: Extra GDAL configuration options as (key, value) pairs.
+    gdal_options: tuple[tuple[str, str], ...] = ()
+    #: ``module:attribute`` of a zero-argument Captioner factory (a VLM captioner plugs in here).
+    captioner: str = "pipeline.caption:StatisticsCaptioner"
+
+    def __post_init__(self) -> None:
+        mods = tuple(get_modality(m).name for m in self.modalities)
+        req = tuple(get_modality(m).name for m in self.required)
+        object.__setattr__(self, "modalities", mods)
+        object.__setattr__(self, "required", tuple(m for m in req if m in mods))
+        subset = tuple((get_modality(m).name, tuple(bands)) for m, bands in self.band_subset)
+        for m, bands in subset:
+            unknown = set(bands) - set(get_modality(m).band_names)
+            if unknown:
+                raise ValueError(f"band_subset: {m} has no bands {sorted(unknown)}")
+        object.__setattr__(self, "band_subset", subset)
+        object.__setattr__(
+            self, "gdal_options", tuple((str(k), str(v)) for k, v in self.gdal_options)
+        )
+        for name in ("max_nodata_fraction", "max_cloud_fraction"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        if self.s1_window_days < 0:
+            raise ValueError("s1_window_days must be >= 0")
+        if self.io_threads < 1:
+            raise ValueError("io_threads must be >= 1")
+
+    def bands(self, modality: str) -> tuple[str, ...]:
+        """Bands of a modality that are built."""
+        m = get_modality(modality)
+        for name, bands in self.band_subset:
+            if name == m.name:
+                return tuple(b for b in m.band_names if b in bands)
+        return m.band_names
+
+    @property
+    def source_modalities(self) -> tuple[str, ...]:
+        """Modalities read from assets (derived ones pull in their sources)."""
+        need: list[str] = []
+        for name in self.modalities:
+            m = get_modality(name)
+            for src in (m.name,) if not m.is_derived else m.derived_from:
+                s = get_modality(src)
+                if (
+                    not s.is_derived
+                    and s.name not in need
+                    and (s.name in self.modalities or name != "CAPTION")
+                ):
+                    need.append(s.name)
+        return tuple(need)
+
+    @property
+    def required_sources(self) -> tuple[str, ...]:
+        out: list[str] = []
+        for name in self.required:
+            m = get_modality(name)
+            srcs = (
+                (m.name,)
+                if not m.is_derived
+                else (() if m.layout is not Layout.IMAGE else m.derived_from)
+            )
+            for s in srcs:
+                if s not in out:
+                    out.append(s)
+        return tuple(out)
+
+    def reader_options(self) -> ReaderOptions:
+        return ReaderOptions(
+            gdal_cache_mb=self.gdal_cache_mb,
+            http_timeout_s=self.http_timeout_s,
+            http_connect_timeout_s=min(self.http_timeout_s, 5),
+            http_max_retry=self.http_max_retry,
+            gdal_options=self.gdal_options,
+        )
+
+    def make_captioner(self) -> Captioner:
+        module, _, attr = self.captioner.partition(":")
+        factory = getattr(importlib.import_module(module), attr)
+        cap = factory()
+        if not isinstance(cap, Captioner):
+            raise TypeError(f"{self.captioner} did not produce a Captioner")
+        return cap
+
+
+@dataclass
+class SampleResult:
+    """One planned row's outcome: arrays + index row (accepted) or a reject row."""
+
+    sample_id: str
+    split: str
+    row: int
+    arrays: dict[str, np.ndarray] | None
+    index_row: dict[str, Any] | None
+    reject: dict[str, Any] | None
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> bool:
+        return self.reject is None and self.arrays is not None
+
+
+# --------------------------------------------------------------------------- per-sample state
+
+
+class _Plane:
+    """Mosaic accumulator of one (sample, modality, band).
+
+    Complete values (a full resampling kernel inside valid data) are kept per pixel from
+    the best-ranked scene in plan order. Where no scene has a complete value (a seam
+    between tiles that do not overlap, the edge of a swath), the partial kernels of all
+    scenes are merged (sum of weighted values / sum of weights): bilinear on the merged
+    source, so tile edges leave no seam.
+    """
+
+    __slots__ = ("data", "partials", "rank")
+
+    def __init__(self, h: int, w: int) -> None:
+        self.data = np.full((h, w), np.nan, np.float32)
+        self.rank = np.full((h, w), 255, np.uint8)
+        #: scene rank -> (weighted values, weights) of its partial kernels
+        self.partials: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def add(self, layer: np.ndarray, rank: int, weight: np.ndarray | None = None) -> None:
+        valid = np.isfinite(layer)
+        complete = valid if weight is None else valid & (weight >= 1 - 1e-4)
+        take = complete & (self.rank > rank)
+        self.data[take] = layer[take]
+        self.rank[take] = rank
+        if weight is None:
+            return
+        partial = valid & ~complete
+        if partial.any():
+            num = np.where(partial, layer * weight, np.float32(0)).astype(np.float32)
+            den = np.where(partial, weight, np.float32(0)).astype(np.float32)
+            if rank in self.partials:
+                pn, pd = self.partials[rank]
+                num, den = pn + num, pd + den
+            self.partials[rank] = (num, den)
+            # remember which scene contributed (for the acquisition time), below complete ones
+            mark = partial & (self.rank >= 128) & (self.rank > rank + 128)
+            self.rank[mark] = rank + 128
+
+    def result(self) -> np.ndarray:
+        """The mosaic; partial kernels are summed in plan order, so the bytes do not
+        depend on the order scenes were warped in (threads, block composition)."""
+        if not self.partials:
+            return self.data
+        pnum = np.zeros(self.data.shape, np.float32)
+        pden = np.zeros(self.data.shape, np.float32)
+        for rank in sorted(self.partials):
+            n, d = self.partials[rank]
+            pnum += n
+            pden += d
+        fill = np.isnan(self.data) & (pden >= 0.5 - 1e-6)  # < 0.5: outside every source
+        out = self.data.copy()
+        out[fill] = pnum[fill] / pden[fill]
+        return out
+
+
+@dataclass
+class _Use:
+    """One sample needs one band of one scene from an href."""
+
+    sample: int
+    modality: str
+    band: str
+    rank: int  # scene position among this modality's scenes in the plan row
+    scene: dict[str, Any]
+    asset: dict[str, Any]
+
+
+@dataclass
+class _Sample:
+    row: dict[str, Any]
+    grid: TargetGrid | None
+    issue: Issue | None = None
+    planes: dict[tuple[str, str], _Plane] = field(default_factory=dict)
+    scenes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: modality -> first asset failure (reason, message)
+    failures: dict[str, Issue] = field(default_factory=dict)
+    bad_px: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    stats: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    #: io_threads > 1: two scenes of one mosaic may be warped on different threads
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def plane(self, modality: str, band: str) -> _Plane:
+        key = (modality, band)
+        p = self.planes.get(key)
+        if p is None:
+            assert self.grid is not None
+            p = self.planes[key] = _Plane(self.grid.height, self.grid.width)
+        return p
+
+
+def _reject(row: dict[str, Any], issue: Issue) -> dict[str, Any]:
+    return {
+        "sample_id": row["sample_id"],
+        "split": row["split"],
+        "row": int(row["row"]),
+        "cell_id": row["cell_id"],
+        "geometry": row["geometry"],
+        "reason": issue.reason.value,
+        "modality": issue.modality,
+        "message": issue.message,
+    }
+
+
+def _reason(text: str | None, default: RejectReason = RejectReason.NO_MATCH) -> RejectReason:
+    try:
+        return RejectReason(str(text))
+    except ValueError:
+        return default
+
+
+def _plan_checks(s: _Sample, config: BuildConfig) -> Issue | None:
+    """Rejections known from the plan alone (no reads)."""
+    row = s.row
+    if s.grid is None or s.grid.width != SAMPLE_PX or s.grid.height != SAMPLE_PX:
+        return Issue(
+            RejectReason.INTERNAL_ERROR,
+            None,
+            f"plan grid is not {SAMPLE_PX} x {SAMPLE_PX} px: {row.get('width')} x {row.get('height')}",
+        )
+    required = config.required_sources
+    unmatched = {u["modality"]: u for u in row.get("unmatched") or []}
+    for m in required:
+        if not s.scenes.get(m):
+            u = unmatched.get(m)
+            if u is not None:
+                return Issue(
+                    _reason(u.get("reason")), m, u.get("message") or f"{m}: no scene in the plan"
+                )
+            return Issue(
+                RejectReason.NO_MATCH,
+                m,
+                f"{m}: required but not planned (no scene in the plan row)",
+            )
+    s1 = [m for m in ("S1GRD", "S1RTC") if m in config.source_modalities and s.scenes.get(m)]
+    if s1:
+        delta = row.get("s1_s2_delta_days")
+        if delta is None:
+            delta = _s1_s2_delta(s.scenes)
+        issue = check_s1_s2_delta(delta, config.s1_window_days)
+        if issue is not None:
+            if any(m in required for m in s1):
+                return issue
+            for m in s1:  # optional S1 out of the window: dropped, not read
+                s.failures[m] = Issue(issue.reason, m, issue.message)
+    return None
+
+
+def _s1_s2_delta(scenes: dict[str, list[dict[str, Any]]]) -> float | None:
+    s2 = [
+        sc["datetime"] for m in ("S2L2A", "S2L1C") for sc in scenes.get(m, []) if sc.get("datetime")
+    ]
+    s1 = [
+        sc["datetime"] for m in ("S1GRD", "S1RTC") for sc in scenes.get(m, []) if sc.get("datetime")
+    ]
+    if not s1 or not s2:
+        return None
+    return min(abs((a - b).total_seconds()) / 86400.0 for a in s1 for b in s2)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _wanted_bands(modality: str, config: BuildConfig) -> tuple[str, ...]:
+    bands = config.bands(modality)
+    if modality == "S2L2A":
+        bands = (*bands, SCL_BAND)
+    return bands
+
+
+_GroupKey = tuple[str, str, Any, tuple[float, ...], tuple[int, ...]]
+
+
+def _collect_uses(
+    samples: list[_Sample], config: BuildConfig
+) -> dict[_GroupKey, dict[str, list[_Use]]]:
+    """Group every (sample, band, scene) need by source geometry, then by href.
+
+    A group is one item's bands that share a pixel grid per the plan (same ``proj:*``):
+    they are read with the same windows and warped together, sharing one coordinate
+    field per sample.
+    """
+    groups: dict[_GroupKey, dict[str, list[_Use]]] = defaultdict(lambda: defaultdict(list))
+    for i, s in enumerate(samples):
+        if s.issue is not None:
+            continue
+        for m in config.source_modalities:
+            if m in s.failures:
+                continue
+            wanted = _wanted_bands(m, config)
+            for rank, scene in enumerate(s.scenes.get(m, [])):
+                by_band = {a["band"]: a for a in scene.get("assets") or []}
+                for band in wanted:
+                    a = by_band.get(band)
+                    if a is None:
+                        if band != SCL_BAND:
+                            s.failures.setdefault(
+                                m,
+                                Issue(
+                                    RejectReason.UNREACHABLE_ASSET,
+                                    m,
+                                    f"{m}: item {scene.get('item_id')} has no asset for band {band}",
+                                ),
+                            )
+                        continue
+                    key = (
+                        m,
+                        str(scene.get("item_id")),
+                        a.get("epsg"),
+                        tuple(a.get("transform") or ()),
+                        tuple(a.get("shape") or ()),
+                    )
+                    groups[key][a["href"]].append(_Use(i, m, band, rank, scene, a))
+    return {k: dict(v) for k, v in groups.items()}
+
+
+def _fail(samples: list[_Sample], uses: Iterable[_Use], reason: RejectReason, message: str) -> None:
+    for u in uses:
+        s = samples[u.sample]
+        where = f"{u.modality} {u.band} of {u.scene.get('item_id')} at {u.asset.get('href')}"
+        issue = Issue(reason, u.modality, f"{where}: {message}")
+        with s.lock:  # keep the smallest message: the same reject whatever the read order
+            cur = s.failures.get(u.modality)
+            if cur is None or issue.message < cur.message:
+                s.failures[u.modality] = issue
+
+
+def _read_resampling(m: Modality, band: str) -> GdalResampling:
+    if band == SCL_BAND or m.resampling in (Resampling.NEAREST, Resampling.MODE):
+        return GdalResampling.nearest
+    return GdalResampling.average
+
+
+def _geometry_signature(info: AssetInfo) -> tuple:
+    gcps = tuple((g.row, g.col, g.x, g.y) for g in info.gcps) if info.transform is None else ()
+    crs = info.source_crs.to_wkt() if info.source_crs is not None else None
+    return (
+        crs,
+        tuple(info.transform) if info.transform is not None else None,
+        info.width,
+        info.height,
+        gcps,
+    )
+
+
+def _georef_issue(info: AssetInfo, u: _Use) -> str | None:
+    a, sc = u.asset, u.scene
+    if sc.get("needs_gcps"):
+        return None
+    epsg = a.get("epsg") if a.get("epsg") is not None else sc.get("epsg")
+    return check_georeferencing(info, epsg, a.get("transform"), a.get("shape"))
+
+
+class _SamplerCache:
+    """Point samplers of the current source geometry, one per (sample, read window).
+
+    Groups are processed in geometry order, so an L1C and an L2A band of the same tile
+    grid (or two dates of it) reuse one coordinate field per sample; only the current
+    geometry is kept, which bounds memory to one sampler per sample of the block.
+    """
+
+    def __init__(self) -> None:
+        self.geometry: tuple | None = None
+        self.items: dict[tuple, PointSampler | None] = {}
+
+    def get(
+        self, geometry: tuple, key: tuple, make: Callable[[], PointSampler | None]
+    ) -> PointSampler | None:
+        if geometry != self.geometry:
+            self.geometry = geometry
+            self.items.clear()
+        if key not in self.items:
+            self.items[key] = make()
+        return self.items[key]
+
+
+def _process_group(
+    group: dict[str, list[_Use]],
+    samples: list[_Sample],
+    config: BuildConfig,
+    cache: _SamplerCache | None = None,
+) -> None:
+    """Read the windows of one item's same-grid bands once; warp them onto every sample."""
+    with ExitStack() as stack:
+        opened: dict[str, Asset] = {}
+        for href in sorted(group):
+            uses = group[href]
+            try:
+                asset = stack.enter_context(open_asset(href))
+            except AssetError as exc:
+                _fail(samples, uses, exc.reason, exc.message)
+                continue
+            except Exception as exc:
+                _fail(samples, uses, RejectReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+                continue
+            if asset.info.source_crs is None:
+                _fail(
+                    samples,
+                    uses,
+                    RejectReason.CRS_MISMATCH,
+                    "asset has no georeferencing (no CRS/transform, no GCPs)",
+                )
+                continue
+            if config.check_georeferencing:
+                msg = _georef_issue(asset.info, uses[0])
+                if msg is not None:
+                    _fail(samples, uses, RejectReason.CRS_MISMATCH, msg)
+                    continue
+            opened[href] = asset
+        by_geometry: dict[tuple, list[str]] = defaultdict(list)
+        for href, asset in opened.items():
+            by_geometry[_geometry_signature(asset.info)].append(href)
+        for hrefs in by_geometry.values():
+            _warp_same_grid(
+                [opened[h] for h in hrefs],
+                {h: group[h] for h in hrefs},
+                samples,
+                config,
+                cache or _SamplerCache(),
+            )
+
+
+def _warp_same_grid(
+    assets: list[Asset],
+    uses: dict[str, list[_Use]],
+    samples: list[_Sample],
+    config: BuildConfig,
+    cache: _SamplerCache,
+) -> None:
+    info = assets[0].info
+    geometry = _geometry_signature(info)
+    first = uses[assets[0].href][0]
+    m = get_modality(first.modality)
+    per_sample: dict[int, dict[str, _Use]] = defaultdict(dict)
+    for href, us in uses.items():
+        for u in us:
+            per_sample[u.sample][href] = u
+    order = [i for i in sorted(per_sample) if first.modality not in samples[i].failures]
+    warp_rs = modality_resampling(m)
+    windows, members = [], []
+    for i in order:
+        grid = samples[i].grid
+        assert grid is not None
+        w = source_window(info, grid, warp_rs, tps=config.gcp_tps)
+        if w is not None:
+            windows.append(w)
+            members.append(i)
+    if not members:
+        return
+    decimation = target_decimation(info)
+    is_sar = m.resampling is Resampling.BILINEAR_POWER_DB
+    for window, idx in cluster_windows(windows, config.read_slack):
+        band_windows: list[tuple[Asset, RasterWindow]] = []
+        for asset in assets:
+            us = uses[asset.href]
+            u0 = us[0]
+            try:
+                rw = asset.read(
+                    window,
+                    decimation=decimation,
+                    nodata=u0.asset.get("nodata"),
+                    resampling=_read_resampling(m, u0.band),
+                )
+            except AssetError as exc:
+                _fail(samples, us, exc.reason, exc.message)
+                continue
+            if is_sar:
+                rw.data = to_linear_power(
+                    rw.data, rw.source_dtype, u0.asset.get("scale"), u0.asset.get("offset")
+                )
+            band_windows.append((asset, rw))
+        if not band_windows:
+            continue
+        ref = band_windows[0][1]
+        n_members = len(idx)
+        # stack each resampling family once per read, not once per sample
+        families: dict[GdalResampling, tuple[list[tuple[Asset, RasterWindow]], np.ndarray]] = {}
+        by_rs: dict[GdalResampling, list[tuple[Asset, RasterWindow]]] = defaultdict(list)
+        for a, rw in band_windows:
+            by_rs[modality_resampling(m, uses[a.href][0].band)].append((a, rw))
+        for rs, part in by_rs.items():
+            families[rs] = (part, np.stack([rw.data for _, rw in part]))
+        bytes_share = sum(rw.bytes_decoded for _, rw in band_windows) / n_members
+        read_share = sum(rw.read_ms for _, rw in band_windows) / n_members
+        for k in idx:
+            i = members[k]
+            s = samples[i]
+            if first.modality in s.failures:
+                continue
+            grid = s.grid
+            assert grid is not None
+            t0 = time.perf_counter()
+            mine = per_sample[i]
+            win_key = (i, window.row_off, window.col_off, window.height, window.width, decimation)
+            sampler = cache.get(
+                geometry, win_key, partial(point_sampler, ref, grid, ref.shape, tps=config.gcp_tps)
+            )
+            for rs, (part, stacked) in families.items():
+                keep = [j for j, (a, _) in enumerate(part) if a.href in mine]
+                if not keep:
+                    continue
+                data = stacked if len(keep) == len(part) else stacked[keep]
+                weight = np.zeros((len(keep), grid.height, grid.width), np.float32)
+                out = warp_to_grid(
+                    ref, grid, rs, data=data, gcp_tps=config.gcp_tps, sampler=sampler, weight=weight
+                )
+                for j, layer, wgt in zip(keep, out, weight):
+                    a, rw = part[j]
+                    u = mine[a.href]
+                    if rw.bad is not None:
+                        bad = warp_to_grid(
+                            ref,
+                            grid,
+                            GdalResampling.nearest,
+                            data=rw.bad.astype(np.float32),
+                            gcp_tps=config.gcp_tps,
+                            sampler=sampler,
+                        )
+                        with s.lock:
+                            s.bad_px[u.modality] += int(np.count_nonzero(bad > 0.5))
+                    with s.lock:
+                        s.plane(u.modality, u.band).add(layer, u.rank, wgt)
+            with s.lock:
+                s.stats["msec_warp"] += (time.perf_counter() - t0) * 1e3
+                s.stats["bytes_read"] += bytes_share
+                s.stats["msec_read"] += read_share
+                s.stats["reads"] += len(band_windows) / n_members
+
+
+def _process_group_safe(
+    group: dict[str, list[_Use]], samples: list[_Sample], config: BuildConfig, cache: _SamplerCache
+) -> None:
+    try:
+        _process_group(group, samples, config, cache)
+    except Exception as exc:  # a bug must not take the block down; the rows say what happened
+        msg = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"
+        _fail(samples, [u for us in group.values() for u in us], RejectReason.INTERNAL_ERROR, msg)
+
+
+def _read_all(
+    groups: dict[_GroupKey, dict[str, list[_Use]]], samples: list[_Sample], config: BuildConfig
+) -> None:
+    options = config.reader_options()
+    # geometry first (epsg, transform, shape), so groups sharing a pixel grid are adjacent
+    keys = sorted(groups, key=lambda k: (repr(k[2]), repr(k[3]), repr(k[4]), k[0], k[1]))
+
+    def work(chunk: list[_GroupKey]) -> None:
+        cache = _SamplerCache()
+        with gdal_env(options):
+            for k in chunk:
+                _process_group_safe(groups[k], samples, config, cache)
+
+    if config.io_threads <= 1 or len(keys) <= 1:
+        work(keys)
+        return
+    n = min(config.io_threads, len(keys))
+    size = -(-len(keys) // n)  # contiguous chunks keep same-geometry groups on one thread
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(work, [keys[i : i + size] for i in range(0, len(keys), size)]))
+
+
+def _stored(m: Modality, arr: np.ndarray) -> np.ndarray:
+    """float32 (NaN nodata) -> the registry dtype (rounded, clipped; NaN -> nodata)."""
+    dtype = m.np_dtype
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        fill = 0 if m.nodata is None else m.nodata
+        out = np.where(np.isfinite(arr), np.clip(np.rint(arr), info.min, info.max), fill)
+        return out.astype(dtype)
+    return arr.astype(dtype)
+
+
+def _fill_value(m: Modality, shape: tuple[int, ...]) -> np.ndarray:
+    fill = 0 if m.nodata is None else m.nodata
+    return np.full(shape, fill, m.np_dtype)
+
+
+def _dominant_scene(s: _Sample, m: str, bands: tuple[str, ...]) -> dict[str, Any] | None:
+    scenes = s.scenes.get(m) or []
+    for b in bands:
+        p = s.planes.get((m, b))
+        if p is None:
+            continue
+        counts = np.bincount((p.rank.ravel() & 127), minlength=256)[: len(scenes)]
+        if counts.sum():
+            return scenes[int(np.argmax(counts))]
+    return scenes[0] if scenes else None
+
+
+def _when(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return None
+
+
+def _finish(
+    s: _Sample, config: BuildConfig, captioner: Captioner
+) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Issue:
+    """Mosaic, judge, fill and derive one sample; an Issue when it is rejected."""
+    assert s.grid is not None
+    h, w = s.grid.height, s.grid.width
+    required = set(config.required_sources)
+    row = s.row
+    quality: dict[str, float] = {}
+    images: dict[str, np.ndarray] = {}  # source modality -> (B, H, W) float32, judged + filled
+    times: dict[str, dt.datetime | None] = {}
+    filled_total = 0
+    for m_name in config.source_modalities:
+        m = get_modality(m_name)
+        bands = config.bands(m_name)
+        fail = s.failures.get(m_name)
+        if fail is not None:
+            if m_name in required:
+                return fail
+            quality[f"available_{m_name}"] = 0.0
+            continue
+        if not s.scenes.get(m_name):
+            if m_name in required:
+                return Issue(RejectReason.NO_MATCH, m_name, f"{m_name}: no scene in the plan")
+            quality[f"available_{m_name}"] = 0.0
+            continue
+        arr = np.stack(
+            [
+                s.planes[(m_name, b)].result()
+                if (m_name, b) in s.planes
+                else np.full((h, w), np.nan, np.float32)
+                for b in bands
+            ]
+        )
+        if m.resampling is Resampling.BILINEAR_POWER_DB:
+            arr = power_to_db(arr)
+        frac = nodata_fraction(arr)
+        quality[f"nodata_{m_name}"] = frac
+        issue = check_image(
+            m_name,
+            arr,
+            max_nodata_fraction=config.max_nodata_fraction,
+            bad_px=s.bad_px.get(m_name, 0),
+            check_constant=m_name not in _CONSTANT_OK,
+        )
+        if issue is not None:
+            if m_name in required:
+                return issue
+            quality[f"available_{m_name}"] = 0.0
+            continue
+        if config.fill_small_gaps:
+            arr, n = fill_small_gaps(arr)
+            filled_total += n
+            if n:
+                quality[f"filled_px_{m_name}"] = float(n)
+        images[m_name] = arr
+        quality[f"available_{m_name}"] = 1.0
+        sc = _dominant_scene(s, m_name, bands)
+        times[m_name] = _when(sc.get("datetime")) if sc else None
+
+    # cloud mask from SCL (L2A only); fall back to the plan's cloud cover
+    cloud_mask = np.full((h, w), 255, np.uint8)
+    cfrac: float | None = None
+    if "S2L2A" in images and ("S2L2A", SCL_BAND) in s.planes:
+        cloud_mask = cloud_mask_from_scl(s.planes[("S2L2A", SCL_BAND)].result())
+        cfrac = cloud_fraction(cloud_mask)
+    elif "S2L2A" in images:
+        sc = _dominant_scene(s, "S2L2A", config.bands("S2L2A"))
+        cc = sc.get("cloud_cover") if sc else None
+        cfrac = float(cc) / 100.0 if cc is not None else None
+    if cfrac is not None:
+        quality["cloud_fraction"] = cfrac
+        if "S2L2A" in required:
+            issue = check_cloud(cfrac, config.max_cloud_fraction)
+            if issue is not None:
+                return issue
+
+    arrays: dict[str, np.ndarray] = {}
+    lat, lon = float(row["center_lat"]), float(row["center_lon"])
+    s2 = images.get("S2L2A")
+    s2_bands = config.bands("S2L2A")
+    ndvi_arr: np.ndarray | None = None
+    rgb: np.ndarray | None = None
+    if s2 is not None and {"B04", "B08"} <= set(s2_bands):
+        sc = _dominant_scene(s, "S2L2A", s2_bands) or {}
+        assets = {a["band"]: a for a in sc.get("assets") or []}
+        params = [
+            s2_reflectance_params(
+                assets.get(b, {}).get("scale"),
+                assets.get(b, {}).get("offset"),
+                sc.get("processing_baseline"),
+            )
+            for b in ("B08", "B04")
+        ]
+        refl = [reflectance(s2[s2_bands.index(b)], *p) for b, p in zip(("B08", "B04"), params)]
+        if any(p[1] < 0 for p in params) and any(float(np.nanmedian(r)) < 0 for r in refl):
+            # A negative median reflectance is impossible: the provider already removed the
+            # offset from the DN but still declares it (Earth Search v1 items with
+            # earthsearch:boa_offset_applied). Use the DN as offset-free reflectance.
+            refl = [
+                reflectance(s2[s2_bands.index(b)], p[0], 0.0)
+                for b, p in zip(("B08", "B04"), params)
+            ]
+            quality["s2_offset_ignored"] = 1.0
+        ndvi_arr = ndvi(refl[0], refl[1])
+        if np.isfinite(ndvi_arr).any():
+            quality["ndvi_mean"] = float(np.nanmean(ndvi_arr))
+    if s2 is not None and {"B04", "B03", "B02"} <= set(s2_bands):
+        rgb = s2rgb(s2[s2_bands.index("B04")], s2[s2_bands.index("B03")], s2[s2_bands.index("B02")])
+
+    lulc = images.get("LULC")
+    dem = images.get("DEM")
+    when = (
+        times.get("S2L2A")
+        or times.get("S2L1C")
+        or next((t for t in times.values() if t is not None), None)
+    )
+    stats = sample_stats(
+        lat,
+        lon,
+        lulc=None if lulc is None else lulc[0],
+        dem=None if dem is None else dem[0],
+        ndvi=ndvi_arr,
+        when=when,
+        rgb=rgb,
+    )
+    caption = captioner.caption(stats)
+    quality.update(stats.as_quality())
+
+    for name in config.modalities:
+        m = get_modality(name)
+        if not m.is_derived:
+            img = images.get(name)
+            shape = (m.n_bands, h, w)
+            if img is None:
+                arrays[name] = _fill_value(m, shape)
+                continue
+            out = _fill_value(m, shape)
+            built = config.bands(name)
+            for bi, b in enumerate(built):
+                out[m.band_names.index(b)] = _stored(m, img[bi])
+            arrays[name] = out
+        elif name == "S2RGB":
+            arrays[name] = rgb if rgb is not None else _fill_value(m, (m.n_bands, h, w))
+        elif name == "NDVI":
+            arrays[name] = (
+                ndvi_arr[None] if ndvi_arr is not None else np.full((1, h, w), np.nan, np.float32)
+            ).astype(m.np_dtype)
+        elif name == "GEO":
+            arrays[name] = geo_vector(lat, lon)
+        elif name == "CAPTION":
+            arrays[name] = caption_to_bytes(caption, int(m.length or 512))
+        else:  # a derived modality this builder does not know: fill, never crash
+            arrays[name] = _fill_value(
+                m, (m.n_bands, h, w) if m.is_image else (int(m.length or 1),)
+            )
+    for name in config.required:
+        m = get_modality(name)
+        if name in ("S2RGB", "NDVI") and (rgb if name == "S2RGB" else ndvi_arr) is None:
+            return Issue(
+                RejectReason.NO_MATCH, name, f"{name}: cannot be derived (S2L2A bands missing)"
+            )
+    arrays["cloud_mask"] = cloud_mask
+    arrays["epsg"] = np.asarray(s.grid.epsg, np.int32)
+    arrays["transform"] = np.asarray(row["transform"][:6], np.float64)
+
+    delta = row.get("s1_s2_delta_days")
+    if delta is None:
+        delta = _s1_s2_delta(s.scenes)
+    index_row: dict[str, Any] = {
+        "sample_id": row["sample_id"],
+        "split": row["split"],
+        "row": int(row["row"]),
+        "cell_id": row["cell_id"],
+        "geometry": row["geometry"],
+        "center_lon": lon,
+        "center_lat": lat,
+        "epsg": int(row["epsg"]),
+        "transform": [float(v) for v in row["transform"][:6]],
+        **{f"time_{m}": times.get(m) for m in TIMED_MODALITIES},
+        "cloud_fraction": None if cfrac is None else float(cfrac),
+        "s1_s2_delta_days": None if delta is None else float(delta),
+        "nodata_filled_px": int(filled_total),
+        "quality": {
+            k: float(v) for k, v in sorted(quality.items()) if v is not None and math.isfinite(v)
+        },
+        "caption": caption,
+    }
+    return arrays, index_row
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _new_sample(row: dict[str, Any]) -> _Sample:
+    try:
+        grid: TargetGrid | None = TargetGrid.from_plan(row)
+    except Exception:
+        grid = None
+    scenes: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for sc in row.get("scenes") or []:
+        try:
+            name = get_modality(sc["modality"]).name
+        except KeyError:
+            continue
+        scenes[name].append(sc)
+    return _Sample(row=row, grid=grid, scenes=dict(scenes))
+
+
+def build_block(plan_rows: list[dict[str, Any]], config: BuildConfig) -> list[SampleResult]:
+    """Process the plan rows of one shard block, scene-major; one result per row.
+
+    Each source asset window is read and decoded once for all samples of the block that
+    need it, then co-registered per sample. Never raises for a bad sample: it becomes a
+    :class:`SampleResult` with a reject (reason from ``RejectReason``).
+    """
+    t_start = time.perf_counter()
+    samples = [_new_sample(r) for r in plan_rows]
+    for s in samples:
+        try:
+            s.issue = _plan_checks(s, config)
+        except Exception as exc:
+            s.issue = Issue(
+                RejectReason.INTERNAL_ERROR, None, f"plan check failed: {type(exc).__name__}: {exc}"
+            )
+    _read_all(_collect_uses(samples, config), samples, config)
+    captioner = config.make_captioner()  # a bad captioner setting is a config error: raise
+    results: list[SampleResult] = []
+    for s in samples:
+        row = s.row
+        t0 = time.perf_counter()
+        outcome: tuple[dict[str, np.ndarray], dict[str, Any]] | Issue
+        if s.issue is not None:
+            outcome = s.issue
+        else:
+            try:
+                outcome = _finish(s, config, captioner)
+            except Exception as exc:
+                outcome = Issue(
+                    RejectReason.INTERNAL_ERROR,
+                    None,
+                    f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}",
+                )
+        stats = dict(s.stats)
+        stats["msec_finish"] = (time.perf_counter() - t0) * 1e3
+        s.planes.clear()  # free the block's planes as soon as a sample is done
+        if isinstance(outcome, Issue):
+            results.append(
+                SampleResult(
+                    row["sample_id"],
+                    row["split"],
+                    int(row["row"]),
+                    None,
+                    None,
+                    _reject(row, outcome),
+                    stats,
+                )
+            )
+        else:
+            arrays, index_row = outcome
+            results.append(
+                SampleResult(
+                    row["sample_id"], row["split"], int(row["row"]), arrays, index_row, None, stats
+                )
+            )
+    total = (time.perf_counter() - t_start) * 1e3
+    for r in results:
+        r.stats["msec_block_share"] = total / max(len(results), 1)
+    return results
+
+
+def build_sample(plan_row: dict[str, Any], config: BuildConfig) -> SampleResult:
+    """One sample on its own (a block of one): for tests, debugging and per-sample baselines."""
+    return build_block([plan_row], config)[0]

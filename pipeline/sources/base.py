@@ -1,0 +1,568 @@
+"""The item model every source maps to, and the interface every source implements.
+
+STAC APIs, static catalogs and Earth Engine describe the same scenes with different keys
+(Planetary Computer ``B04``, Earth Search ``red``, Earth Engine ``B4``), projections in
+``proj:epsg`` or ``proj:code`` at item or asset level, and hrefs that may be relative, signed
+or ``s3://``. Matching and the build must not care, so each source maps its items once to a
+:class:`SourceItem` whose ``assets`` are keyed by the registry's canonical band names.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urljoin, urlparse
+
+import pystac
+import shapely
+from shapely.geometry import box, shape
+from shapely.geometry.base import BaseGeometry
+from shapely.prepared import prep
+
+from schemas.modalities import REGISTRY, Modality, get_modality
+
+TimeRange = tuple[datetime, datetime]
+DateTime = datetime  # for annotations inside SourceItem, whose field ``datetime`` shadows the type
+
+#: Collections that serve a registry modality without being listed in the registry.
+COLLECTION_ALIASES: dict[str, str] = {
+    "io-lulc-annual-v02": "LULC",  # same 9-class Esri legend, annual 2017-2023
+    "sentinel-2-c1-l2a": "S2L2A",  # Earth Search collection 1
+    "sentinel-2-c1-l1c": "S2L1C",
+}
+#: Collections whose pixels are in radar geometry (georeferenced only by GCPs).
+GCP_COLLECTIONS = frozenset({"sentinel-1-grd"})
+SAR_POLARIZATIONS = ("VV", "VH", "HH", "HV")
+#: Auxiliary band stored with S2L2A (scene classification, used for cloud masks).
+SCL_BAND = "SCL"
+
+#: Region of public buckets whose ``s3://`` hrefs Earth Search returns without storage info.
+S3_BUCKET_REGIONS: dict[str, str] = {
+    "sentinel-cogs": "us-west-2",
+    "sentinel-s2-l2a": "eu-central-1",  # requester pays
+    "sentinel-s2-l1c": "eu-central-1",  # requester pays
+    "sentinel-s1-l1c": "eu-central-1",  # requester pays
+    "copernicus-dem-30m": "eu-central-1",
+    "copernicus-dem-90m": "eu-central-1",
+}
+
+
+class SourceError(RuntimeError):
+    """A source cannot be used (bad URL, no credentials, API failure after retries).
+
+    The CLI reports it as a message with exit code 2, never as a traceback.
+    """
+
+
+@dataclass(frozen=True)
+class SourceAsset:
+    """One band's file: the plan's ASSET struct (see ``schemas.tables.ASSET``)."""
+
+    key: str
+    href: str
+    band: str
+    epsg: int | None = None
+    transform: tuple[float, ...] | None = None
+    shape: tuple[int, int] | None = None
+    nodata: float | None = None
+    scale: float | None = None
+    offset: float | None = None
+
+    def to_struct(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "band": self.band,
+            "href": self.href,
+            "epsg": self.epsg,
+            "transform": list(self.transform) if self.transform else None,
+            "shape": list(self.shape) if self.shape else None,
+            "nodata": self.nodata,
+            "scale": self.scale,
+            "offset": self.offset,
+        }
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """A scene as matching sees it, whatever the source. Identity is (collection, id)."""
+
+    collection: str
+    id: str
+    datetime: datetime
+    geometry: BaseGeometry = field(compare=False, repr=False)
+    bbox: tuple[float, float, float, float] = field(compare=False, repr=False)
+    modality: str | None = None
+    start_datetime: DateTime | None = field(default=None, compare=False)
+    end_datetime: DateTime | None = field(default=None, compare=False)
+    cloud_cover: float | None = field(default=None, compare=False)
+    platform: str | None = field(default=None, compare=False)
+    orbit_state: str | None = field(default=None, compare=False)
+    relative_orbit: int | None = field(default=None, compare=False)
+    epsg: int | None = field(default=None, compare=False)
+    needs_gcps: bool = field(default=False, compare=False)
+    processing_baseline: str | None = field(default=None, compare=False)
+    mgrs_tile: str | None = field(default=None, compare=False)
+    polarizations: tuple[str, ...] = field(default=(), compare=False)
+    #: canonical band name (registry ``Band.name``, plus ``SCL``) -> asset
+    assets: Mapping[str, SourceAsset] = field(default_factory=dict, compare=False, repr=False)
+    self_href: str | None = field(default=None, compare=False, repr=False)
+    #: the source's raw properties (STAC ``properties`` / Earth Engine image properties)
+    properties: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "assets", MappingProxyType(dict(self.assets)))
+        object.__setattr__(self, "properties", MappingProxyType(dict(self.properties)))
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        """Pickle as plain dicts (mappingproxy is not picklable): items travel to Beam/Dask workers."""
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        state["assets"] = dict(self.assets)
+        state["properties"] = dict(self.properties)
+        return (_rebuild_item, (state,))
+
+    @property
+    def year(self) -> int:
+        """Year a (possibly annual) product describes: its start, else its datetime."""
+        return (self.start_datetime or self.datetime).year
+
+    def missing_bands(self, modality: str | Modality) -> tuple[str, ...]:
+        m = get_modality(modality)
+        return tuple(b for b in m.band_names if b not in self.assets)
+
+    def to_scene(
+        self, modality: str | Modality, cloud_cover: float | None = None
+    ) -> dict[str, Any]:
+        """The plan's SCENE struct; ``cloud_cover`` overrides the item's (footprint value)."""
+        m = get_modality(modality)
+        wanted = [*m.band_names, SCL_BAND] if m.name == "S2L2A" else list(m.band_names)
+        assets = [self.assets[b].to_struct() for b in wanted if b in self.assets]
+        return {
+            "modality": m.name,
+            "collection": self.collection,
+            "item_id": self.id,
+            "datetime": self.datetime,
+            "platform": self.platform,
+            "orbit_state": self.orbit_state,
+            "relative_orbit": self.relative_orbit,
+            "cloud_cover": self.cloud_cover if cloud_cover is None else cloud_cover,
+            "epsg": self.epsg,
+            "needs_gcps": self.needs_gcps,
+            "processing_baseline": self.processing_baseline,
+            "assets": assets,
+        }
+
+
+def _rebuild_item(state: dict[str, Any]) -> SourceItem:
+    return SourceItem(**state)
+
+
+class Source(abc.ABC):
+    """Where items come from. ``search`` returns every item of ``collection`` intersecting
+    ``geometry`` (lon/lat) in ``time_range`` (``None``: any time, for DEMs), filtered by an
+    optional STAC ``query`` (``{"eo:cloud_cover": {"lt": 50}}``)."""
+
+    name: str = "source"
+
+    @abc.abstractmethod
+    def search(
+        self,
+        collection: str,
+        geometry: BaseGeometry,
+        time_range: TimeRange | None,
+        query: Mapping[str, Any] | None = None,
+    ) -> list[SourceItem]: ...
+
+    def collections(self) -> list[str] | None:
+        """Collections this source serves, when it knows (``None``: unknown, ask anyway)."""
+        return None
+
+
+# --- mapping STAC items -------------------------------------------------------------------------
+
+
+def modality_for_collection(collection: str) -> Modality | None:
+    """The registry modality a collection serves (registry ids first, then aliases)."""
+    for m in REGISTRY:
+        if collection in m.collections:
+            return m
+    alias = COLLECTION_ALIASES.get(collection)
+    return get_modality(alias) if alias else None
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """ISO 8601 (with ``Z``, offset, or space separator as in some PC items) -> aware UTC."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        dt = value
+    else:
+        text = str(value).strip().replace(" ", "T")
+        if text.endswith("Z"):
+            text = text[:-1] + "+00:00"
+        # Python < 3.11 style fractional seconds of odd length are fine on 3.11+.
+        dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def parse_time_range(text: str) -> TimeRange:
+    """``START/END`` (dates or datetimes, END inclusive for bare dates) -> aware UTC range."""
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise ValueError(f"bad time range {text!r}: expected START/END, e.g. 2023-06-01/2023-08-31")
+    try:
+        start = parse_datetime(parts[0])
+        end = parse_datetime(parts[1])
+    except ValueError as err:
+        raise ValueError(f"bad time range {text!r}: {err}") from None
+    assert start is not None and end is not None
+    if len(parts[1].strip()) == 10:  # a bare date: include the whole day
+        end = end.replace(hour=23, minute=59, second=59, microsecond=999999)
+    if end < start:
+        raise ValueError(f"bad time range {text!r}: end before start")
+    return start, end
+
+
+def parse_epsg(value: Any) -> int | None:
+    """``proj:epsg`` (int) or ``proj:code`` (``"EPSG:32633"``) -> int; other codes -> None."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*EPSG:(\d+)\s*", str(value), flags=re.IGNORECASE)
+    return int(m.group(1)) if m else None
+
+
+def _proj_epsg(d: Mapping[str, Any]) -> int | None:
+    if "proj:epsg" in d and d["proj:epsg"] is not None:
+        return parse_epsg(d["proj:epsg"])
+    return parse_epsg(d.get("proj:code"))
+
+
+def _floats(v: Any, n: int) -> tuple[float, ...] | None:
+    if not v or len(v) < n:
+        return None
+    return tuple(float(x) for x in v[:n])
+
+
+def s3_to_https(
+    href: str, item: Mapping[str, Any] | None = None, asset: Mapping[str, Any] | None = None
+) -> str:
+    """``s3://bucket/key`` -> ``https://bucket.s3.<region>.amazonaws.com/key``.
+
+    The region comes from the STAC storage extension when the item carries it
+    (``storage:schemes`` + the asset's ``storage:refs``), else from a table of known
+    public buckets. Requester-pays buckets stay unreadable anonymously; the build reports
+    them as unreachable assets.
+    """
+    if not href.startswith("s3://"):
+        return href
+    bucket, _, key = href[5:].partition("/")
+    region = None
+    if item is not None and asset is not None:
+        schemes = (item.get("properties") or {}).get("storage:schemes") or {}
+        for ref in asset.get("storage:refs") or []:
+            scheme = schemes.get(ref) or {}
+            if scheme.get("type") == "aws-s3" and scheme.get("region"):
+                region = scheme["region"]
+                break
+    region = region or S3_BUCKET_REGIONS.get(bucket)
+    host = f"{bucket}.s3.{region}.amazonaws.com" if region else f"{bucket}.s3.amazonaws.com"
+    return f"https://{host}/{key}"
+
+
+def _absolute(href: str, base: str | None) -> str:
+    """Resolve a relative href against the item's self href; local paths become file:// URIs."""
+    parsed = urlparse(href)
+    if parsed.scheme and len(parsed.scheme) > 1:  # not a Windows drive letter
+        return href
+    if href.startswith("/"):
+        return "file://" + href
+    if base is None:
+        raise SourceError(f"relative asset href {href!r} without a self href to resolve it against")
+    if "://" not in base:
+        base = "file://" + base if base.startswith("/") else base
+    return urljoin(base, href)
+
+
+def _eo_band_names(asset: Mapping[str, Any]) -> list[str]:
+    return [b.get("name") for b in asset.get("eo:bands") or [] if b.get("name")]
+
+
+def _band_asset_keys(m: Modality, assets: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Registry band -> asset key: PC key, Earth Search key, then single-band ``eo:bands`` name."""
+    out: dict[str, str] = {}
+    lower = {k.lower(): k for k in assets}
+    for b in m.bands:
+        for cand in (b.asset_key, b.es_asset_key, b.name):
+            if cand and cand in assets:
+                out[b.name] = cand
+                break
+            if cand and cand.lower() in lower:
+                out[b.name] = lower[cand.lower()]
+                break
+        else:
+            for key, a in assets.items():
+                names = _eo_band_names(a)
+                if names == [b.name] and not key.endswith("-jp2"):
+                    out[b.name] = key
+                    break
+    if m.name == "S2L2A":
+        for cand in (m.extra.get("scl_asset"), m.extra.get("es_scl_asset")):
+            if cand and cand in assets:
+                out[SCL_BAND] = cand
+                break
+    if m.name in ("S1GRD", "S1RTC"):
+        for pol in SAR_POLARIZATIONS:
+            if pol not in out and pol.lower() in assets:
+                out[pol] = pol.lower()
+    return out
+
+
+_NBASELINE_RE = re.compile(r"_N(\d{2})(\d{2})[_.]")
+_RORBIT_RE = re.compile(r"_R(\d{3})_")
+_MGRS_RE = re.compile(r"(?:^|_)T?(\d{1,2}[C-X][A-Z]{2})(?:_|$)")
+
+
+def _processing_baseline(props: Mapping[str, Any], hrefs: Iterable[str]) -> str | None:
+    for k in ("s2:processing_baseline", "processing:version"):
+        if props.get(k):
+            return str(props[k])
+    for text in [str(props.get("s2:product_uri", "")), *hrefs]:
+        m = _NBASELINE_RE.search(text)
+        if m:
+            return f"{m.group(1)}.{m.group(2)}"
+    return None
+
+
+def _mgrs_tile(props: Mapping[str, Any], item_id: str) -> str | None:
+    if props.get("s2:mgrs_tile"):
+        return str(props["s2:mgrs_tile"])
+    code = props.get("grid:code")
+    if isinstance(code, str) and code.startswith("MGRS-"):
+        return code[5:]
+    if (
+        props.get("mgrs:utm_zone")
+        and props.get("mgrs:latitude_band")
+        and props.get("mgrs:grid_square")
+    ):
+        return f"{int(props['mgrs:utm_zone']):02d}{props['mgrs:latitude_band']}{props['mgrs:grid_square']}"
+    m = _MGRS_RE.search(item_id)
+    return m.group(1).rjust(5, "0") if m else None
+
+
+def _maybe_float(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f
+
+
+HrefRewriter = Callable[[str], str]
+
+
+def item_from_stac(
+    item: pystac.Item | Mapping[str, Any],
+    *,
+    base_href: str | None = None,
+    rewrite_s3: bool = True,
+    signer: HrefRewriter | None = None,
+) -> SourceItem:
+    """Map a STAC item (pystac or its dict) to a :class:`SourceItem`.
+
+    Bands are keyed by registry name using the registry's asset keys per provider; ``proj``
+    comes from ``proj:epsg`` or ``proj:code`` with asset-level values overriding item-level
+    ones; relative hrefs are made absolute against ``base_href`` (the item's self href),
+    ``s3://`` hrefs rewritten to https when ``rewrite_s3``, then ``signer`` applied (e.g.
+    Planetary Computer SAS signing). GRD items get no EPSG and ``needs_gcps`` whatever their
+    ``proj:*`` claims, because their pixels are in radar geometry.
+    """
+    if isinstance(item, pystac.Item):
+        base_href = base_href or item.get_self_href()
+        d: Mapping[str, Any] = item.to_dict(include_self_link=False, transform_hrefs=False)
+        collection = item.collection_id
+    else:
+        d = item
+        collection = d.get("collection")
+        if base_href is None:
+            base_href = next(
+                (ln.get("href") for ln in d.get("links", []) if ln.get("rel") == "self"), None
+            )
+    item_id = str(d.get("id"))
+    if not collection:
+        raise SourceError(f"item {item_id!r} has no collection")
+    props: Mapping[str, Any] = d.get("properties") or {}
+    dt = parse_datetime(props.get("datetime"))
+    start = parse_datetime(props.get("start_datetime"))
+    end = parse_datetime(props.get("end_datetime"))
+    if dt is None:
+        dt = start or end
+    if dt is None:
+        raise SourceError(f"item {item_id!r} has neither datetime nor start/end_datetime")
+    geom_json = d.get("geometry")
+    bbox_json = d.get("bbox")
+    if geom_json:
+        geometry = _geometry(geom_json, item_id)
+    elif bbox_json:
+        geometry = (
+            box(*bbox_json[:4])
+            if len(bbox_json) == 4
+            else box(bbox_json[0], bbox_json[1], bbox_json[3], bbox_json[4])
+        )
+    else:
+        raise SourceError(f"item {item_id!r} has no geometry")
+    if not geometry.is_valid:
+        geometry = shapely.make_valid(geometry)
+    bbox = tuple(float(x) for x in geometry.bounds)
+
+    m = modality_for_collection(collection)
+    gcps = collection in GCP_COLLECTIONS
+    item_epsg = None if gcps else _proj_epsg(props)
+    raw_assets: Mapping[str, Mapping[str, Any]] = d.get("assets") or {}
+    assets: dict[str, SourceAsset] = {}
+    if m is not None:
+        for band, key in _band_asset_keys(m, raw_assets).items():
+            a = raw_assets[key]
+            href = _absolute(str(a["href"]), base_href)
+            if rewrite_s3:
+                href = s3_to_https(href, d, a)
+            if signer is not None:
+                href = signer(href)
+            rb = (a.get("raster:bands") or [{}])[0]
+            epsg = None if gcps else (_proj_epsg(a) or item_epsg)
+            transform = (
+                None if gcps else _floats(a.get("proj:transform") or props.get("proj:transform"), 6)
+            )
+            shp = None if gcps else _floats(a.get("proj:shape") or props.get("proj:shape"), 2)
+            nodata = _maybe_float(rb.get("nodata"))
+            if nodata is None and a.get("nodata") is not None:
+                nodata = _maybe_float(a.get("nodata"))
+            assets[band] = SourceAsset(
+                key=key,
+                href=href,
+                band=band,
+                epsg=epsg,
+                transform=transform,
+                shape=(int(shp[0]), int(shp[1])) if shp else None,
+                nodata=nodata,
+                scale=_maybe_float(rb.get("scale")),
+                offset=_maybe_float(rb.get("offset")),
+            )
+    cloud = _maybe_float(props.get("eo:cloud_cover"))
+    platform = props.get("platform")
+    orbit = props.get("sat:orbit_state")
+    rel = props.get("sat:relative_orbit")
+    if rel is None and collection.startswith("sentinel-2"):
+        m_rel = _RORBIT_RE.search(
+            str(props.get("s2:product_uri", "")) or item_id
+        ) or _RORBIT_RE.search(item_id)
+        rel = int(m_rel.group(1)) if m_rel else None
+    pols = tuple(str(p).upper() for p in props.get("sar:polarizations") or ())
+    return SourceItem(
+        collection=collection,
+        id=item_id,
+        datetime=dt,
+        geometry=geometry,
+        bbox=bbox,  # type: ignore[arg-type]
+        modality=m.name if m else None,
+        start_datetime=start,
+        end_datetime=end,
+        cloud_cover=None if cloud is None or math.isnan(cloud) else cloud,
+        platform=str(platform).lower() if platform else None,
+        orbit_state=str(orbit).lower() if orbit else None,
+        relative_orbit=int(rel) if rel is not None else None,
+        epsg=item_epsg if item_epsg is not None else _first_asset_epsg(assets),
+        needs_gcps=gcps,
+        processing_baseline=_processing_baseline(
+            props, (str(a.get("href", "")) for a in raw_assets.values())
+        ),
+        mgrs_tile=_mgrs_tile(props, item_id) if collection.startswith("sentinel-2") else None,
+        polarizations=pols,
+        assets=assets,
+        self_href=base_href,
+        properties=props,
+    )
+
+
+def _geometry(geom_json: Mapping[str, Any], item_id: str) -> BaseGeometry:
+    """GeoJSON -> shapely, tolerating empty parts some real items carry (PC S1 EW scenes)."""
+    if geom_json.get("type") == "MultiPolygon":
+        parts = [p for p in geom_json.get("coordinates") or [] if p and p[0]]
+        geom_json = {"type": "MultiPolygon", "coordinates": parts}
+    try:
+        return shape(geom_json)
+    except Exception as err:  # shapely raises several types for malformed GeoJSON
+        raise SourceError(f"item {item_id!r} has an unreadable geometry: {err}") from None
+
+
+def _first_asset_epsg(assets: Mapping[str, SourceAsset]) -> int | None:
+    for a in assets.values():
+        if a.epsg is not None:
+            return a.epsg
+    return None
+
+
+# --- local filtering (static catalogs, caches, recorded responses) -----------------------------
+
+
+_QUERY_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": lambda a, b: a == b,
+    "neq": lambda a, b: a != b,
+    "lt": lambda a, b: a is not None and a < b,
+    "lte": lambda a, b: a is not None and a <= b,
+    "gt": lambda a, b: a is not None and a > b,
+    "gte": lambda a, b: a is not None and a >= b,
+    "in": lambda a, b: a in b,
+    "startsWith": lambda a, b: isinstance(a, str) and a.startswith(b),
+}
+
+
+def matches_query(props: Mapping[str, Any], query: Mapping[str, Any] | None) -> bool:
+    """Evaluate the STAC API ``query`` extension on an item's properties."""
+    if not query:
+        return True
+    for name, cond in query.items():
+        value = props.get(name)
+        if not isinstance(cond, Mapping):
+            cond = {"eq": cond}
+        for op, arg in cond.items():
+            fn = _QUERY_OPS.get(op)
+            if fn is None:
+                raise SourceError(f"unsupported query operator {op!r} (have {sorted(_QUERY_OPS)})")
+            try:
+                if not fn(value, arg):
+                    return False
+            except TypeError:
+                return False
+    return True
+
+
+def in_time_range(item: SourceItem, time_range: TimeRange | None) -> bool:
+    """An item's [start, end] (or instant) overlaps the range (inclusive)."""
+    if time_range is None:
+        return True
+    t0, t1 = time_range
+    start = item.start_datetime or item.datetime
+    end = item.end_datetime or item.datetime
+    return start <= t1 and end >= t0
+
+
+def filter_items(
+    items: Sequence[SourceItem],
+    geometry: BaseGeometry,
+    time_range: TimeRange | None,
+) -> list[SourceItem]:
+    prepared = prep(geometry)
+    return [
+        it for it in items if in_time_range(it, time_range) and prepared.intersects(it.geometry)
+    ]

@@ -1,0 +1,107 @@
+"""The main job end to end on the tiny world (``--quick``), then resume / skip behaviour."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from gen_support import shared_root  # noqa: F401  (sets one torch thread per xdist worker)
+
+from model.demo import QUICK, STAGES, DemoConfig, Stage, main, run_stages
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("demo") / "demo_out"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["--out", str(out), "--quick"]) == 0
+    return out, buf.getvalue()
+
+
+def test_quick_demo_runs_every_stage_and_writes_the_outputs(quick_run: tuple[Path, str]) -> None:
+    out, log = quick_run
+    for stage in STAGES:
+        assert (out / f".{stage.name}.done").is_file(), stage.name
+        assert f"] {stage.name}:" in log  # progress header of every stage
+    ev = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    assert {r["task"] for r in ev["rows"]} == {
+        "S1GRD -> S2L2A",
+        "S2L2A -> LULC",
+        "S2L2A -> DEM",
+        "S2L2A -> GEO",
+    }
+    tim = json.loads((out / "tim" / "tim.json").read_text())
+    assert 0 <= tim["tim"]["miou"] <= 1 and 0 <= tim["no_tim"]["miou"] <= 1
+    panels = json.loads((out / ".generate.done").read_text())["panels"]
+    assert panels and all(Path(p).is_file() for p in panels)
+    report = (out / "report.md").read_text()
+    assert "| task | metric | model | trivial baseline |" in report
+    assert "Thinking-in-Modalities" in report and "![" in report
+    assert (out / "runs" / "pretrain" / "latest").is_file()
+    # the summary printed at the end: the table and the output paths
+    assert "median error (km)" in log and str(out / "report.md") in log
+
+
+def test_second_run_skips_every_finished_stage(
+    quick_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = quick_run
+    before = {s.name: (out / f".{s.name}.done").read_text() for s in STAGES}
+    assert main(["--out", str(out), "--quick"]) == 0
+    log = capsys.readouterr().out
+    assert log.count("finished earlier, skipped") == len(STAGES)
+    assert {s.name: (out / f".{s.name}.done").read_text() for s in STAGES} == before
+
+
+def test_a_missing_marker_reruns_only_that_stage(
+    quick_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = quick_run
+    (out / ".report.done").unlink()
+    (out / "report.md").unlink()
+    main(["--out", str(out), "--quick"])
+    log = capsys.readouterr().out
+    assert log.count("finished earlier, skipped") == len(STAGES) - 1
+    assert (out / "report.md").is_file()
+
+
+def test_a_changed_budget_reruns_from_the_first_stage_it_affects(
+    quick_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = quick_run
+    before = {s.name: json.loads((out / f".{s.name}.done").read_text()) for s in STAGES}
+    run_stages(out, STAGES, dataclasses.replace(QUICK, n_examples=2))
+    log = capsys.readouterr().out
+    assert "budgets changed since the last run {'n_examples': (1, 2)}" in log
+    after = {s.name: json.loads((out / f".{s.name}.done").read_text()) for s in STAGES}
+    rerun = [s.name for s in STAGES if after[s.name] != before[s.name]]
+    assert rerun == ["generate", "report"]
+    assert len(after["generate"]["panels"]) == 2 * 2  # two chains x two samples
+
+
+def test_runner_resumes_after_a_failed_stage(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def ok(name: str) -> Stage:
+        return Stage(
+            name, lambda out, cfg: calls.append(name) or {"name": name}, name, (), ("report",)
+        )
+
+    def boom(out: Path, cfg: DemoConfig) -> dict:
+        calls.append("boom")
+        raise RuntimeError("killed")
+
+    stages = (ok("a"), Stage("b", boom, "b"), ok("c"))
+    with pytest.raises(RuntimeError):
+        run_stages(tmp_path, stages, QUICK)
+    assert calls == ["a", "boom"] and not (tmp_path / ".b.done").exists()
+    calls.clear()
+    run_stages(tmp_path, (stages[0], ok("b"), stages[2]), QUICK)
+    assert calls == ["b", "c"]
+    assert json.loads((tmp_path / ".c.done").read_text())["name"] == "c"

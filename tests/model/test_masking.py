@@ -1,0 +1,231 @@
+"""Masking budgets, disjointness of inputs and targets, span masking of sequences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.config import AlphaMixture, Kind, MaskingConfig, ModelConfig, modality_specs
+from model.masking import assemble, plan_masks, span_mask, split_budget, unmask_sequence
+
+CFG = ModelConfig(
+    dim=64,
+    heads=2,
+    pixel_inputs=("S2L2A", "S1GRD"),
+    token_inputs=("S2L2A", "S1GRD", "LULC", "GEO", "CAPTION"),
+    targets=("S2L2A", "S1GRD", "LULC", "GEO", "CAPTION"),
+)
+SPECS = modality_specs(CFG)
+
+
+def _inputs(b: int, seed: int = 0):
+    g = np.random.default_rng(seed)
+    lens = g.integers(1, 40, b)
+    cap = np.zeros((b, 64), np.int64)
+    for r in range(b):
+        cap[r, : lens[r]] = g.integers(5, 8000, lens[r])
+    seqs = {"CAPTION": (cap, lens), "GEO": (g.integers(0, 2000, (b, 2)), np.full(b, 2))}
+    codes = {m: g.integers(0, 15000, (b, 196)) for m in ("S2L2A", "S1GRD", "LULC")}
+    return seqs, codes
+
+
+def _batch(
+    masking: MaskingConfig, b: int = 6, seed: int = 0, sample_seeds: list[int] | None = None
+):
+    seqs, codes = _inputs(b, seed)
+    seeds = sample_seeds if sample_seeds is not None else list(range(b))
+    rngs = [np.random.default_rng([seed, s]) for s in seeds]
+    avail_in = np.ones((b, len(SPECS.inputs)), bool)
+    avail_t = np.ones((b, len(SPECS.targets)), bool)
+    plan = plan_masks(SPECS, masking, rngs, avail_in, avail_t, seqs)
+    pixels = {
+        s.key: np.random.default_rng(1)
+        .standard_normal((int(plan.n_in[:, i].sum()), s.patch_dim))
+        .astype(np.float32)
+        for i, s in enumerate(SPECS.inputs)
+        if s.kind is Kind.PIXELS
+    }
+    return plan, assemble(SPECS, masking, plan, codes, pixels, torch.float32), seqs, codes
+
+
+def test_split_budget_is_exact_proportional_and_capped() -> None:
+    w = np.array([[0.5, 0.25, 0.25], [0.9, 0.1, 0.0], [0.2, 0.3, 0.5]])
+    caps = np.array([[100, 100, 100], [10, 100, 100], [5, 5, 5]])
+    n = split_budget(w, caps, 50)
+    assert n[0].tolist() == [25, 12, 13] or n[0].tolist() == [25, 13, 12]
+    assert n[1].tolist() == [
+        10,
+        40,
+        0,
+    ]  # overflow of the full modality goes to the other; weight 0 gets none
+    assert n[2].tolist() == [5, 5, 5]  # not enough capacity: everything available
+    assert (n <= caps).all()
+
+
+def test_split_budget_random_rows_sum_to_budget() -> None:
+    g = np.random.default_rng(0)
+    w = g.dirichlet(np.full(7, 0.3), 200)
+    caps = g.integers(0, 196, (200, 7))
+    n = split_budget(w, caps, 128)
+    assert (n <= caps).all() and (n >= 0).all()
+    avail = np.where(w > 0, caps, 0).sum(1)
+    assert (n.sum(1) == np.minimum(128, avail)).all()
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 64])
+def test_span_mask_exact_length_and_invertible(length: int) -> None:
+    g = np.random.default_rng(length)
+    seq = g.integers(0, 100, length)
+    for n_in in range(0, length + 2):
+        inp, tgt = span_mask(seq, n_in, 100, g)
+        assert len(inp) == min(n_in, length)
+        assert np.array_equal(unmask_sequence(inp, tgt, 100), seq)
+        sentinels_in = inp[inp >= 100]
+        assert np.array_equal(
+            sentinels_in, 100 + np.arange(len(sentinels_in))
+        )  # S_0, S_1, ... in order
+        assert tgt[0] >= 100 and tgt[-1] == 100 + len(sentinels_in) + (n_in <= 0)  # end sentinel
+        # each span is non-empty and sentinels never sit next to each other in the input
+        assert not np.any((inp[1:] >= 100) & (inp[:-1] >= 100))
+        assert len(tgt) == length - (min(n_in, length) - len(sentinels_in)) + len(
+            sentinels_in
+        ) + 1 + (n_in <= 0)
+
+
+def test_budgets_exact_and_no_token_both_input_and_target() -> None:
+    masking = MaskingConfig(input_budget=96, target_budget=80)
+    plan, batch, _, _ = _batch(masking, b=8)
+    assert (~batch["enc_pad"]).sum(1).tolist() == [96] * 8
+    assert (~batch["tgt_pad"]).sum(1).tolist() == [80] * 8
+    assert plan.n_in.sum(1).tolist() == [96] * 8 and plan.n_tgt.sum(1).tolist() == [80] * 8
+    enc_mod, enc_pos, enc_pad = (
+        batch["enc_mod"].numpy(),
+        batch["enc_pos"].numpy(),
+        batch["enc_pad"].numpy(),
+    )
+    tgt_mod, tgt_pos, tgt_pad = (
+        batch["tgt_mod"].numpy(),
+        batch["tgt_pos"].numpy(),
+        batch["tgt_pad"].numpy(),
+    )
+    for r in range(8):
+        seen = {
+            (SPECS.inputs[m].modality, p)
+            for m, p, pad in zip(enc_mod[r], enc_pos[r], enc_pad[r])
+            if not pad and SPECS.inputs[m].kind is not Kind.SEQUENCE
+        }
+        wanted = {
+            (SPECS.targets[m].modality, p)
+            for m, p, pad in zip(tgt_mod[r], tgt_pos[r], tgt_pad[r])
+            if not pad and SPECS.targets[m].kind is not Kind.SEQUENCE
+        }
+        assert not seen & wanted
+        # per-modality counts in the static layout match the plan
+        assert (
+            np.bincount(enc_mod[r][~enc_pad[r]], minlength=len(SPECS.inputs)).tolist()
+            == plan.n_in[r].tolist()
+        )
+        assert (
+            np.bincount(tgt_mod[r][~tgt_pad[r]], minlength=len(SPECS.targets)).tolist()
+            == plan.n_tgt[r].tolist()
+        )
+    # per-modality flat indices cover exactly the non-pad targets
+    total = sum(int(batch[f"tgt_idx.{t.modality}"].numel()) for t in SPECS.targets)
+    assert total == int((~batch["tgt_pad"]).sum()) == int(batch["tgt_count"].sum())
+    # pixel slots carry the patches handed in, at the slots of their modality
+    for i, s in enumerate(SPECS.inputs):
+        if s.kind is Kind.PIXELS:
+            idx = batch[f"pix_idx.{s.key}"].numpy()
+            assert (enc_mod.reshape(-1)[idx] == i).all() and batch[f"pix.{s.key}"].shape == (
+                len(idx),
+                s.patch_dim,
+            )
+
+
+def test_sequences_are_span_masked_with_sentinels() -> None:
+    masking = MaskingConfig(input_budget=96, target_budget=120)
+    plan, batch, seqs, _ = _batch(masking, b=8, seed=3)
+    ci = SPECS.input_index("CAPTION@tok")
+    cj = SPECS.target_index("CAPTION")
+    cap, lens = seqs["CAPTION"]
+    t = SPECS.targets[cj]
+    enc_mod, enc_ids, enc_pos = (
+        batch["enc_mod"].numpy(),
+        batch["enc_ids"].numpy(),
+        batch["enc_pos"].numpy(),
+    )
+    for r in range(8):
+        slots = (enc_mod[r] == ci) & ~batch["enc_pad"][r].numpy()
+        inp = enc_ids[r][slots][np.argsort(enc_pos[r][slots])]
+        assert len(inp) == plan.n_in[r, ci]
+        full_tgt = plan.tgt_seq[cj][r]
+        tlen = int(plan.tgt_sel[r, cj].nonzero()[0].max() + 1) if plan.n_tgt[r, cj] else None
+        # the full target sequence ends at its end sentinel; input + target rebuild the caption
+        end = np.flatnonzero(full_tgt >= t.base_vocab)[-1] + 1
+        assert np.array_equal(unmask_sequence(inp, full_tgt[:end], t.base_vocab), cap[r, : lens[r]])
+        # the decoder sees a contiguous window, labels from the target sequence, teacher forcing
+        sel = (batch["tgt_mod"][r].numpy() == cj) & ~batch["tgt_pad"][r].numpy()
+        pos = batch["tgt_pos"][r].numpy()[sel]
+        if len(pos):
+            assert (
+                np.array_equal(pos, np.arange(pos[0], pos[0] + len(pos)))
+                and tlen is not None
+                and pos[-1] < end
+            )
+            assert np.array_equal(batch["tgt_ids"][r].numpy()[sel], full_tgt[pos])
+            prev = batch["tgt_prev"][r].numpy()[sel]
+            assert prev[0] == (t.bos if pos[0] == 0 else full_tgt[pos[0] - 1])
+            assert np.array_equal(prev[1:], full_tgt[pos[1:] - 1])
+
+
+def test_masks_do_not_depend_on_batch_composition() -> None:
+    masking = MaskingConfig(input_budget=64, target_budget=64)
+    _, full, _, _ = _batch(masking, b=4, seed=5, sample_seeds=[10, 11, 12, 13])
+    again, _, _, _ = (
+        _batch(masking, b=4, seed=5, sample_seeds=[10, 11, 12, 13])[1],
+        None,
+        None,
+        None,
+    )
+    for k in ("enc_ids", "enc_mod", "enc_pos", "tgt_ids", "tgt_mod", "tgt_pos", "tgt_prev"):
+        assert torch.equal(full[k], again[k])
+    # sample 2 alone (same data row, same seed) gets the same masks as inside the batch
+    seqs, codes = _inputs(4, 5)
+    one = {k: (v[0][2:3], v[1][2:3]) for k, v in seqs.items()}
+    plan = plan_masks(
+        SPECS,
+        masking,
+        [np.random.default_rng([5, 12])],
+        np.ones((1, len(SPECS.inputs)), bool),
+        np.ones((1, len(SPECS.targets)), bool),
+        one,
+    )
+    px = {
+        s.key: np.zeros((int(plan.n_in[:, i].sum()), s.patch_dim), np.float32)
+        for i, s in enumerate(SPECS.inputs)
+        if s.kind is Kind.PIXELS
+    }
+    alone = assemble(SPECS, masking, plan, {k: v[2:3] for k, v in codes.items()}, px, torch.float32)
+    for k in ("enc_ids", "enc_mod", "enc_pos", "tgt_ids", "tgt_mod", "tgt_pos"):
+        assert torch.equal(alone[k][0], full[k][2])
+
+
+def test_input_only_mixture_and_padding_when_capacity_is_short() -> None:
+    masking = MaskingConfig(
+        input_budget=64,
+        target_budget=64,
+        mixtures=(AlphaMixture("s2_to_all", 1.0, 1.0, 0.5, input_only=("S2L2A",)),),
+    )
+    plan, batch, _, _ = _batch(masking, b=4)
+    mods = {SPECS.inputs[m].modality for m in batch["enc_mod"][~batch["enc_pad"]].tolist()}
+    assert mods == {"S2L2A"}
+    geo_only = MaskingConfig(
+        input_budget=64,
+        target_budget=64,
+        mixtures=(AlphaMixture("geo", 1.0, 1.0, 1.0, input_only=("GEO",), target_only=("GEO",)),),
+    )
+    plan, batch, _, _ = _batch(geo_only, b=3)
+    assert (~batch["enc_pad"]).sum(1).tolist() == [2, 2, 2]  # GEO has 2 tokens: the rest is padding
+    assert ((~batch["tgt_pad"]).sum(1) == torch.from_numpy(plan.n_tgt.sum(1))).all()
+    assert (plan.n_tgt.sum(1) == 1).all()  # fully visible GEO: the target is its end sentinel only

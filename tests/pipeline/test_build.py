@@ -1,0 +1,356 @@
+"""Build orchestration: prepare/validate, resume, re-run no-op, CLI, SIGKILL resume."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet  # noqa: F401  (pa.parquet)
+import pytest
+import shapely
+
+from pipeline.build import (
+    BuildInputError,
+    all_blocks,
+    frozen_plan_path,
+    pending_blocks,
+    prepare,
+    read_plan_block,
+    run_build,
+)
+from pipeline.cli import main as cli_main
+from pipeline.corpus_writer import BlockKey, marker_path
+from pipeline.sample import BuildConfig
+from pipeline.verify import array_digests
+from schemas.tables import from_rows, read_table, write_geoparquet
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def synthetic_plan(path: Path, rows_per_split: dict[str, int], shuffle: bool = True) -> Path:
+    """A PLAN_SCHEMA table of grid-only rows (no scenes): enough for prepare()."""
+    rows = []
+    for split, n in rows_per_split.items():
+        for r in range(n):
+            lon = 10.0 + 0.03 * r
+            rows.append(
+                {
+                    "sample_id": f"{split}-{r:04d}",
+                    "split": split,
+                    "row": r,
+                    "cell_id": "1U_1R",
+                    "geometry": shapely.to_wkb(shapely.box(lon, 45.0, lon + 0.02, 45.02)),
+                    "center_lon": lon + 0.01,
+                    "center_lat": 45.01,
+                    "epsg": 32632,
+                    "transform": [10.0, 0.0, 500000.0 + 2640 * r, 0.0, -10.0, 5000000.0],
+                    "width": 264,
+                    "height": 264,
+                    "scenes": [],
+                    "unmatched": [],
+                }
+            )
+    if shuffle:
+        random.Random(0).shuffle(rows)
+    write_geoparquet("plan", from_rows("plan", rows), path)
+    return path
+
+
+CFG = BuildConfig(modalities=("S2L2A", "DEM"), required=("S2L2A",))
+
+
+def test_prepare_freezes_plan_in_row_groups_of_whole_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.build as build
+
+    monkeypatch.setattr(build, "PLAN_ROWS_PER_GROUP", 8)  # 2 blocks of 4 per row group
+    plan = synthetic_plan(tmp_path / "plan.parquet", {"train": 10, "val": 3})
+    out = tmp_path / "corpus"
+    manifest = prepare(plan, out, CFG, shard_samples=4)
+    assert manifest["splits"] == {
+        "train": {"n_samples": 10, "n_blocks": 3, "row_group_offset": 0},
+        "val": {"n_samples": 3, "n_blocks": 1, "row_group_offset": 2},
+    }
+    assert manifest["stores_ready"] is True
+    assert pa.parquet.ParquetFile(frozen_plan_path(out)).metadata.num_row_groups == 3
+    assert [str(k) for k in all_blocks(manifest)] == [
+        "train/block-0",
+        "train/block-1",
+        "train/block-2",
+        "val/block-0",
+    ]
+    for k, rows in [(0, [0, 1, 2, 3]), (1, [4, 5, 6, 7]), (2, [8, 9])]:
+        got = read_plan_block(out, BlockKey("train", k), manifest)
+        assert [(r["split"], r["row"], r["sample_id"]) for r in got] == [
+            ("train", r, f"train-{r:04d}") for r in rows
+        ]
+    assert [r["row"] for r in read_plan_block(out, BlockKey("val", 0), manifest)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="not a block"):
+        read_plan_block(out, BlockKey("val", 1), manifest)
+    assert (out / "train.zarr" / "zarr.json").exists() and (out / "val.zarr" / "zarr.json").exists()
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    prepare(plan, out, CFG, shard_samples=4)  # idempotent: nothing rewritten
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ("plan", "different plan_sha256"),
+        ("shard", "different shard_samples"),
+        ("config", "different config"),
+    ],
+)
+def test_prepare_refuses_a_different_plan_or_config(
+    tmp_path: Path, change: str, match: str
+) -> None:
+    plan = synthetic_plan(tmp_path / "plan.parquet", {"train": 6})
+    out = tmp_path / "corpus"
+    prepare(plan, out, CFG, shard_samples=4)
+    shard, cfg = 4, CFG
+    if change == "plan":
+        synthetic_plan(plan, {"train": 6}, shuffle=False)
+    elif change == "shard":
+        shard = 2
+    else:
+        cfg = BuildConfig(modalities=("S2L2A", "DEM"), required=("S2L2A",), max_cloud_fraction=0.5)
+    with pytest.raises(BuildInputError, match=match):
+        prepare(plan, out, cfg, shard_samples=shard)
+
+
+def test_prepare_recovers_from_a_killed_prepare_and_refuses_foreign_dirs(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from pipeline.build import manifest_path
+    from schemas.layouts import validate_corpus
+
+    plan = synthetic_plan(tmp_path / "plan.parquet", {"train": 6})
+    out = tmp_path / "corpus"
+    prepare(plan, out, CFG, shard_samples=4)
+    # killed while creating the stores: manifest says not ready, a store lacks an array
+    m = json.loads(manifest_path(out).read_text())
+    manifest_path(out).write_text(json.dumps({**m, "stores_ready": False}))
+    shutil.rmtree(out / "train.zarr" / "DEM")
+    assert validate_corpus(out / "train.zarr")
+    assert prepare(plan, out, CFG, shard_samples=4)["stores_ready"] is True
+    assert validate_corpus(out / "train.zarr") == []
+    foreign = tmp_path / "foreign"
+    (foreign / "train.zarr").mkdir(parents=True)
+    with pytest.raises(BuildInputError, match="not empty"):
+        prepare(plan, foreign, CFG, shard_samples=4)
+    assert (foreign / "train.zarr").exists()  # nothing of the user's is touched
+
+
+def test_prepare_rejects_bad_plans(tmp_path: Path) -> None:
+    with pytest.raises(BuildInputError, match="does not exist"):
+        prepare(tmp_path / "missing.parquet", tmp_path / "a", CFG)
+    plan = synthetic_plan(tmp_path / "plan.parquet", {"train": 5})
+    table = read_table("plan", plan)
+    rows = table.to_pylist()
+    rows[0]["row"] = 7  # a gap: rows must be exactly 0..n-1
+    write_geoparquet("plan", from_rows("plan", rows), tmp_path / "gap.parquet")
+    with pytest.raises(BuildInputError, match="not exactly 0..4"):
+        prepare(tmp_path / "gap.parquet", tmp_path / "b", CFG)
+    rows = table.to_pylist()
+    rows[1]["sample_id"] = rows[0]["sample_id"]
+    write_geoparquet("plan", from_rows("plan", rows), tmp_path / "dup.parquet")
+    with pytest.raises(BuildInputError, match="duplicate sample ids"):
+        prepare(tmp_path / "dup.parquet", tmp_path / "c", CFG)
+    pa.parquet.write_table(pa.table({"x": [1]}), tmp_path / "junk.parquet")
+    with pytest.raises(BuildInputError, match="not a valid plan"):
+        prepare(tmp_path / "junk.parquet", tmp_path / "d", CFG)
+
+
+def test_cli_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        cli_main(
+            [
+                "build",
+                "--plan",
+                str(tmp_path / "nope.parquet"),
+                "--out",
+                str(tmp_path / "c"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
+    assert "does not exist" in capsys.readouterr().err
+    plan = synthetic_plan(tmp_path / "plan.parquet", {"train": 2})
+    assert (
+        cli_main(
+            [
+                "build",
+                "--plan",
+                str(plan),
+                "--out",
+                str(tmp_path / "c"),
+                "--modalities",
+                "S2L2A,BOGUS",
+            ]
+        )
+        == 2
+    )
+    assert "BOGUS" in capsys.readouterr().err
+    assert (
+        cli_main(
+            [
+                "build",
+                "--plan",
+                str(plan),
+                "--out",
+                str(tmp_path / "c"),
+                "--engine",
+                "dask",
+                "--",
+                "--project=x",
+            ]
+        )
+        == 2
+    )
+    assert "beam only" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- on the tiny world
+
+
+def _files(out: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+def test_cli_build_rerun_noop_and_resume_of_a_damaged_block(
+    tiny_plan: tuple[Path, Any],
+    tiny_reference: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """CLI build == reference; a re-run writes nothing; a block with data but no marker
+    (killed mid-write) is rewritten whole on resume."""
+    import zarr
+
+    plan, _ = tiny_plan
+    out = tmp_path / "corpus"
+    shard = tiny_reference["shard_samples"]
+    args = [
+        "build",
+        "--plan",
+        str(plan),
+        "--out",
+        str(out),
+        "--shard-samples",
+        str(shard),
+        "--no-progress",
+        *tiny_reference["cli_config_args"],
+    ]
+    assert cli_main(args) == 0
+    table = capsys.readouterr().out
+    assert "planned" in table and f"{tiny_reference['n_blocks']} written now" in table
+    assert array_digests(out) == tiny_reference["digests"]
+    assert read_table("index", out / "index.parquet").to_pylist() == tiny_reference["index"]
+    before = _files(out)
+    assert cli_main(args) == 0
+    assert "0 written now" in capsys.readouterr().out
+    assert _files(out) == before  # a finished build re-run writes nothing
+
+    victim = BlockKey(*tiny_reference["first_block"])
+    g = zarr.open_group(str(out / f"{victim.split}.zarr"), mode="r+")
+    a = victim.block * shard
+    g["S2L2A"][a : a + 1] = 1234  # a half-written shard ...
+    g["valid"][a : a + shard] = True
+    marker_path(out, victim).unlink()  # ... that was never committed
+    assert pending_blocks(out) == [victim]
+    assert cli_main(args) == 0
+    assert "1 written now" in capsys.readouterr().out
+    assert array_digests(out) == tiny_reference["digests"]
+    assert read_table("index", out / "index.parquet").to_pylist() == tiny_reference["index"]
+
+
+def _count_markers(out: Path) -> int:
+    return len(list((out / "_parts").glob("*/block-*.done"))) if (out / "_parts").exists() else 0
+
+
+def test_sigkill_at_random_points_then_resume_equals_uninterrupted(
+    tiny_plan: tuple[Path, Any], tiny_reference: dict[str, Any], tmp_path: Path
+) -> None:
+    """One output, killed three times at random points: each build (driver and every engine
+    worker it started: Beam multi-processing, Dask LocalCluster, in-process Beam) gets a real
+    SIGKILL once k commit markers exist plus a random delay (so mid-block too); the next run
+    resumes. The final store must equal the uninterrupted reference, and every killed run
+    must have left work behind."""
+    plan, config = tiny_plan
+    n_blocks = tiny_reference["n_blocks"]
+    assert n_blocks >= 5
+    rng = random.Random(1234)
+    kill_points = sorted(rng.sample(range(1, n_blocks - 1), 3))
+    shard = str(tiny_reference["shard_samples"])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    out = tmp_path / "corpus"
+    runs = [
+        ("beam", "2"),
+        ("dask", "2"),
+        ("beam", "1"),
+    ]  # multi-processing, LocalCluster, in-process
+    for (engine, workers), kill_after in zip(runs, kill_points):
+        delay = rng.uniform(0.0, 0.15)
+        before = (
+            len(pending_blocks(out)) if (out / "_build" / "manifest.json").exists() else n_blocks
+        )
+        target = min(max(kill_after, n_blocks - before + 1), n_blocks - 1)  # >= 1 new commit
+        cmd = [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "build",
+            "--plan",
+            str(plan),
+            "--out",
+            str(out),
+            "--engine",
+            engine,
+            "--workers",
+            workers,
+            "--shard-samples",
+            shard,
+            "--no-progress",
+            *tiny_reference["cli_config_args"],
+        ]
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            while proc.poll() is None and _count_markers(out) < target:
+                time.sleep(0.02)
+            time.sleep(delay)
+            assert proc.poll() is None, f"{engine} x{workers} finished before the kill"
+            os.killpg(proc.pid, signal.SIGKILL)  # the build and every worker it started
+        finally:
+            proc.wait()
+        left = len(pending_blocks(out))
+        assert 0 < left < before, (
+            f"kill after {target} markers + {delay:.2f} s left {left} of {before} blocks"
+        )
+        assert not (out / "index.parquet").exists()
+    summary = run_build(
+        plan, out, engine="beam", config=config, shard_samples=int(shard), progress=False
+    )
+    assert summary.blocks_run == left and summary.blocks_skipped == n_blocks - left
+    assert array_digests(out) == tiny_reference["digests"], f"kill points {kill_points}"
+    assert read_table("index", out / "index.parquet").to_pylist() == tiny_reference["index"]
+    assert read_table("rejects", out / "rejects.parquet").to_pylist() == tiny_reference["rejects"]

@@ -1,0 +1,201 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from affine import Affine
+from pyproj import Transformer
+from rasterio.control import GroundControlPoint
+from rasterio.crs import CRS
+from rasterio.enums import Resampling as R
+from rasterio.windows import Window
+from sample_kit import grid_transform, smooth_field
+
+from pipeline.coregister import (
+    TargetGrid,
+    cluster_windows,
+    mosaic_first_valid,
+    point_sampler,
+    power_to_db,
+    resample_points,
+    source_coords,
+    source_window,
+    to_linear_power,
+    warp_to_grid,
+)
+from pipeline.readers import AssetInfo, RasterWindow
+
+GRID = TargetGrid(32633, Affine(10, 0, 500_000, 0, -10, 5_000_000))
+UTM33 = CRS.from_epsg(32633)
+
+
+def _window(data: np.ndarray, crs: int, t: Affine) -> RasterWindow:
+    return RasterWindow(data.astype(np.float32), CRS.from_epsg(crs), t)
+
+
+def test_same_lattice_source_is_sliced_exactly() -> None:
+    rng = np.random.default_rng(0)
+    data = rng.random((400, 400)).astype(np.float32)
+    src = _window(
+        data, 32633, Affine(10, 0, 499_000, 0, -10, 5_000_500)
+    )  # grid origin at row 50, col 100
+    out = warp_to_grid(src, GRID, R.bilinear)
+    np.testing.assert_array_equal(out, data[50:314, 100:364])
+    partial = warp_to_grid(
+        _window(data, 32633, Affine(10, 0, 501_000, 0, -10, 5_000_000)), GRID, R.bilinear
+    )
+    assert np.isnan(partial[:, :100]).all() and np.isfinite(partial[:, 100:]).all()
+
+
+@pytest.mark.parametrize("resampling", [R.bilinear, R.nearest])
+def test_point_sampler_is_gdals_kernel_on_the_same_crs(resampling: R) -> None:
+    """Same CRS (GDAL's transform is exact there): the fast path gives GDAL's values."""
+    rng = np.random.default_rng(1)
+    src = _window(
+        rng.random((140, 140)), 32633, Affine(20, 0, 499_980, 0, -20, 5_000_020)
+    )  # an S2 20 m band
+    fast = warp_to_grid(src, GRID, resampling)
+    ref = warp_to_grid(src, GRID, resampling, use_gdal=True)
+    assert np.isfinite(fast).all() and np.isfinite(ref).all()
+    np.testing.assert_allclose(fast, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("crs", [32634, 4326])
+def test_point_sampler_uses_exact_coordinates_across_crs(crs: int) -> None:
+    """Other CRS: values equal bilinear sampling at the exact (per-pixel pyproj)
+    coordinates; GDAL's approximate transformer may be off by up to its 0.125 px."""
+    rng = np.random.default_rng(1)
+    x, y = Transformer.from_crs(32633, crs, always_xy=True).transform(500_000, 5_000_000)
+    res = 1 / 3600 if crs == 4326 else 10.0
+    t = Affine(res, 0, x - 40 * res, 0, -res, y + 40 * res)
+    src = _window(rng.random((400, 400)), crs, t)
+    gx, gy = GRID.pixel_centres()
+    ex, ey = Transformer.from_crs(32633, crs, always_xy=True).transform(gx, gy)
+    ec, er = ~t @ (np.asarray(ex), np.asarray(ey))
+    exact = resample_points(src.data[None], np.asarray(er), np.asarray(ec), R.bilinear)[0]
+    fast = warp_to_grid(src, GRID, R.bilinear)
+    assert np.isfinite(fast).mean() > 0.5
+    np.testing.assert_array_equal(np.isfinite(fast), np.isfinite(exact))
+    np.testing.assert_allclose(fast[np.isfinite(fast)], exact[np.isfinite(exact)], atol=1e-4)
+    gdal = warp_to_grid(src, GRID, R.bilinear, use_gdal=True)
+    both = np.isfinite(gdal) & np.isfinite(exact)
+    assert np.abs(gdal[both] - exact[both]).mean() < 0.05
+
+
+def test_bilinear_is_nodata_aware() -> None:
+    data = np.full((140, 140), 5.0, np.float32)
+    data[60:80, 60:80] = np.nan
+    src = _window(data, 32633, Affine(20, 0, 499_980, 0, -20, 5_000_020))
+    out = warp_to_grid(src, GRID, R.bilinear)
+    valid = np.isfinite(out)
+    np.testing.assert_allclose(out[valid], 5.0)  # nodata never leaks into values
+    hole = ~valid
+    assert 0 < hole.mean() < 0.1  # the hole survives, about its own size (40 x 40 px at 10 m)
+    assert hole[130, 130] and not hole[10, 10]
+
+
+def test_finer_source_goes_through_gdal_area_kernel() -> None:
+    rng = np.random.default_rng(2)
+    src = _window(rng.random((1100, 1100)), 32633, Affine(2.5, 0, 499_900, 0, -2.5, 5_000_100))
+    assert point_sampler(src, GRID) is None  # 4 source px per target px: point sampling would alias
+    out = warp_to_grid(src, GRID, R.bilinear)
+    assert np.isfinite(out).all()
+    assert out.std() < src.data.std() / 2  # averaged, not point-sampled
+
+
+def test_analytic_field_is_reproduced_across_zones() -> None:
+    """A field of (lon, lat) written in zone 34N and warped onto a 33N grid equals the
+    field at the grid's pixel centres: geometry errors would show as value errors."""
+    lon0, lat0 = 18.0, 45.0
+    grid = TargetGrid(32633, grid_transform(32633, lon0 - 0.01, lat0))
+    t34 = grid_transform(32634, lon0 - 0.01, lat0, px=400)
+    cols, rows = np.meshgrid(np.arange(400) + 0.5, np.arange(400) + 0.5)
+    x, y = t34 @ (cols, rows)
+    lon, lat = Transformer.from_crs(32634, 4326, always_xy=True).transform(x, y)
+    src = _window(smooth_field(lon, lat, lon0, lat0), 32634, t34)
+    out = warp_to_grid(src, grid, R.bilinear)
+    glon, glat = grid.pixel_centres_lonlat()
+    truth = smooth_field(glon, glat, lon0, lat0)
+    err = np.abs(out - truth)
+    assert np.isfinite(out).all()
+    grad = np.abs(np.gradient(truth, axis=1)).mean()
+    assert np.median(err) < 0.05 * grad  # well below a twentieth of a pixel's worth of change
+
+
+def test_gcp_coordinates_follow_the_thin_plate_spline() -> None:
+    """GCPs on a non-linear geometry: the TPS coordinate field is exact at the GCPs,
+    where a global polynomial is not."""
+    gcps = []
+    for r in np.linspace(0, 300, 7):
+        for c in np.linspace(0, 300, 7):
+            lon = 15.0 + c * 1.3e-4 + (c / 300) ** 3 * 4e-4
+            lat = 45.02 - r * 0.9e-4 + c * 1e-5
+            gcps.append(GroundControlPoint(row=float(r), col=float(c), x=lon, y=lat, z=0.0))
+    src = RasterWindow(
+        np.zeros((300, 300), np.float32), CRS.from_epsg(4326), None, gcps=tuple(gcps)
+    )
+    g0 = gcps[7 * 3 + 4]  # an interior GCP
+    x, y = Transformer.from_crs(4326, 32633, always_xy=True).transform(g0.x, g0.y)
+    grid = TargetGrid(
+        32633, Affine(10, 0, x - 96.5 * 10, 0, -10, y + 96.5 * 10)
+    )  # GCP at pixel (96, 96)
+    rows, cols, scale = source_coords(src, grid, tps=True)
+    assert rows[96, 96] == pytest.approx(g0.row, abs=1e-3)
+    assert cols[96, 96] == pytest.approx(g0.col, abs=1e-3)
+    assert 0.5 < scale < 1.5
+    prow, pcol, _ = source_coords(src, grid, tps=False)
+    assert max(abs(prow[96, 96] - g0.row), abs(pcol[96, 96] - g0.col)) > 0.05
+
+
+def test_source_window_covers_the_grid_with_a_margin() -> None:
+    info = AssetInfo(
+        "x", UTM33, Affine(20, 0, 499_000, 0, -20, 5_001_000), 500, 500, 1, "uint16", 0
+    )
+    w = source_window(info, GRID, R.bilinear)
+    assert w is not None
+    assert w.col_off <= 50 and w.row_off <= 50
+    assert w.col_off + w.width >= 50 + 132 and w.row_off + w.height >= 50 + 132
+    assert w.width <= 132 + 6
+    far = AssetInfo("x", UTM33, Affine(20, 0, 700_000, 0, -20, 5_001_000), 500, 500, 1, "uint16", 0)
+    assert source_window(far, GRID, R.bilinear) is None
+
+
+def test_cluster_windows_shares_reads_of_neighbours_only() -> None:
+    near = [Window(0, 0, 100, 100), Window(50, 0, 100, 100), Window(0, 60, 100, 100)]
+    far = [Window(10_000, 10_000, 100, 100)]
+    clusters = cluster_windows(near + far, slack=2.0)
+    members = sorted(sorted(m) for _, m in clusters)
+    assert members == [[0, 1, 2], [3]]
+    merged = next(w for w, m in clusters if len(m) == 3)
+    assert (merged.col_off, merged.row_off, merged.width, merged.height) == (0, 0, 150, 160)
+
+
+def test_mosaic_takes_the_first_valid_value_in_order() -> None:
+    a = np.array([[1.0, np.nan], [np.nan, np.nan]], np.float32)
+    b = np.array([[9.0, 2.0], [np.nan, 9.0]], np.float32)
+    c = np.array([[9.0, 9.0], [3.0, 9.0]], np.float32)
+    out = mosaic_first_valid([a, b, c])
+    np.testing.assert_array_equal(out, [[1.0, 2.0], [3.0, 9.0]])
+
+
+def test_sar_is_resampled_in_linear_power() -> None:
+    db = np.array([-20.0, -10.0, 0.0, np.nan], np.float32)
+    power = to_linear_power(db, "float32")
+    np.testing.assert_allclose(power[:3], [0.01, 0.1, 1.0], rtol=1e-5)
+    np.testing.assert_allclose(power_to_db(power)[:3], db[:3], atol=1e-4)
+    assert np.isnan(power_to_db(np.array([0.0, -1.0]))).all()  # never -inf
+    amp = to_linear_power(np.array([100.0, 1000.0], np.float32), "uint16", scale=1e-3)
+    np.testing.assert_allclose(amp, [0.01, 1.0], rtol=1e-5)  # amplitude DN -> power
+    # the mean of two pixels at -10 and -20 dB is -12.6 dB in power, -15 dB if averaged in dB
+    mean_db = power_to_db(
+        np.array([to_linear_power(np.array([-10.0, -20.0], np.float32), "float32").mean()])
+    )
+    assert mean_db[0] == pytest.approx(-12.596, abs=1e-3)
+
+
+def test_finer_categorical_source_takes_the_majority_class() -> None:
+    classes = np.zeros((1100, 1100), np.float32)
+    classes[:, :] = 2.0
+    classes[1::4, :] = 5.0  # one row in four: a minority class a nearest pick could land on
+    src = _window(classes, 32633, Affine(2.5, 0, 499_900, 0, -2.5, 5_000_100))
+    out = warp_to_grid(src, GRID, R.nearest)
+    assert (out == 2.0).all()

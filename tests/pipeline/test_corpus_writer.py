@@ -1,0 +1,243 @@
+"""Corpus writer: block assembly, whole-shard writes, checksums, commit markers.
+
+The SampleResults here come from a small deterministic producer defined in this file,
+so the writer is tested on its own, independent of the real sample processing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import shapely
+import zarr
+
+from pipeline.corpus_writer import (
+    BlockKey,
+    assemble_block,
+    block_rows,
+    canonical_modalities,
+    checksum,
+    create_split_store,
+    is_committed,
+    marker_path,
+    merge_parts,
+    n_blocks,
+    part_path,
+    store_layout,
+    write_block,
+)
+from schemas.layouts import corpus_layout
+from schemas.tables import read_table
+
+MODS = ("S2L2A", "DEM", "GEO", "CAPTION")
+
+
+@dataclass
+class FakeResult:
+    sample_id: str
+    split: str
+    row: int
+    arrays: dict[str, np.ndarray] | None
+    index_row: dict[str, Any] | None
+    reject: dict[str, Any] | None
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def plan_row(split: str, row: int) -> dict[str, Any]:
+    lon, lat = 10.0 + row * 0.03, 45.0
+    return {
+        "sample_id": f"{split}-{row:04d}",
+        "split": split,
+        "row": row,
+        "cell_id": "1U_1R",
+        "geometry": shapely.to_wkb(shapely.box(lon, lat, lon + 0.02, lat + 0.02)),
+        "center_lon": lon + 0.01,
+        "center_lat": lat + 0.01,
+        "epsg": 32632,
+        "transform": [10.0, 0.0, 500000.0 + 2640 * row, 0.0, -10.0, 5000000.0],
+    }
+
+
+def fake_result(
+    p: dict[str, Any], modalities: tuple[str, ...] = MODS, reject: bool = False
+) -> FakeResult:
+    """Deterministic arrays from the sample id; NaNs in float arrays to exercise canonicalisation."""
+    if reject:
+        rej = {k: p[k] for k in ("sample_id", "split", "row", "cell_id", "geometry")}
+        rej.update(reason="cloudy", modality="S2L2A", message="cloud fraction 0.5 > 0.2")
+        return FakeResult(
+            p["sample_id"], p["split"], p["row"], None, None, rej, {"bytes_read": 10.0}
+        )
+    seed = int.from_bytes(hashlib.sha256(p["sample_id"].encode()).digest()[:4], "little")
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    for spec in corpus_layout(1, 1, modalities).arrays:
+        if spec.name == "valid":
+            continue
+        dt = np.dtype(spec.dtype)
+        shape = spec.shape[1:]
+        if dt.kind == "f":
+            x = (rng.normal(size=shape) * 100).astype(dt)
+            x.flat[0] = -np.float64("nan")  # a non-canonical NaN payload (sign bit set)
+        else:
+            x = rng.integers(1, 200, size=shape).astype(dt)
+        arrays[spec.name] = x
+    idx = dict(p)
+    idx.update(cloud_fraction=0.01, quality={"sharpness": 1.5}, caption="fields and a river")
+    return FakeResult(
+        p["sample_id"],
+        p["split"],
+        p["row"],
+        arrays,
+        idx,
+        None,
+        {"bytes_read": 100.0, "msec_read": 2.0},
+    )
+
+
+def make_store(tmp_path: Path, n: int = 10, s: int = 4) -> Any:
+    return create_split_store(tmp_path, "train", n, s, MODS, attrs={"plan_sha256": "abc"})
+
+
+def test_block_rows_and_count() -> None:
+    assert n_blocks(10, 4) == 3
+    assert block_rows(BlockKey("train", 0), 10, 4) == (0, 4)
+    assert block_rows(BlockKey("train", 2), 10, 4) == (8, 10)
+    with pytest.raises(ValueError):
+        block_rows(BlockKey("train", 3), 10, 4)
+
+
+def test_canonical_modalities_orders_by_registry_and_rejects_unknown() -> None:
+    assert canonical_modalities(["dem", "S2L2A"]) == ("S2L2A", "DEM")
+    with pytest.raises(ValueError, match="unknown modalities"):
+        canonical_modalities(["S2L2A", "S3OLCI"])
+
+
+def test_create_split_store_is_idempotent_and_guards_attrs(tmp_path: Path) -> None:
+    g = make_store(tmp_path)
+    g["valid"][0:4] = np.ones(4, bool)
+    g2 = make_store(tmp_path)  # reopen: the written data is untouched
+    assert g2["valid"][0:4].all()
+    assert g2.attrs["checksum_algorithm"] == "crc32"
+    with pytest.raises(ValueError, match="different attributes"):
+        create_split_store(tmp_path, "train", 10, 4, MODS, attrs={"plan_sha256": "other"})
+
+
+def test_assemble_block_accepts_rejects_and_checksums(tmp_path: Path) -> None:
+    g = make_store(tmp_path)
+    layout = store_layout(g)
+    key = BlockKey("train", 1)
+    rows = [plan_row("train", r) for r in range(4, 8)]
+    results = [
+        fake_result(rows[0]),
+        fake_result(rows[1], reject=True),
+        fake_result(rows[2]),
+        fake_result(rows[3]),
+    ]
+    blk = assemble_block(
+        layout, key, rows, list(reversed(results))
+    )  # order of results must not matter
+    assert (blk.start, blk.stop) == (4, 8)
+    assert blk.arrays["valid"].tolist() == [True, False, True, True]
+    # rejected row keeps the fill values of the layout
+    assert (blk.arrays["S2L2A"][1] == 0).all() and np.isnan(blk.arrays["DEM"][1]).all()
+    assert [r["row"] for r in blk.index_rows] == [4, 6, 7]
+    assert [r["reason"] for r in blk.reject_rows] == ["cloudy"]
+    # NaN payloads are canonical, so the checksum is reproducible from a fresh NaN
+    dem = blk.arrays["DEM"][0]
+    assert np.isnan(dem.flat[0]) and not np.signbit(dem.flat[0])
+    want = results[0].arrays["DEM"].copy()
+    want.flat[0] = np.nan
+    assert blk.index_rows[0]["checksums"]["DEM"] == checksum(want)
+    assert set(blk.index_rows[0]["checksums"]) == set(layout.names)
+    assert blk.stats["bytes_read"] == 310.0
+
+
+def test_assemble_block_turns_contract_breaks_into_internal_rejects(tmp_path: Path) -> None:
+    g = make_store(tmp_path)
+    rows = [plan_row("train", r) for r in range(0, 4)]
+    bad_shape = fake_result(rows[1])
+    assert bad_shape.arrays is not None
+    bad_shape.arrays["S2L2A"] = bad_shape.arrays["S2L2A"][:, :100]
+    missing = fake_result(rows[2])
+    assert missing.arrays is not None
+    del missing.arrays["GEO"]
+    results = [fake_result(rows[0]), bad_shape, missing]  # row 3 has no result at all
+    blk = assemble_block(store_layout(g), BlockKey("train", 0), rows, results)
+    assert blk.arrays["valid"].tolist() == [True, False, False, False]
+    reasons = {r["row"]: (r["reason"], r["message"]) for r in blk.reject_rows}
+    assert set(reasons) == {1, 2, 3} and all(v[0] == "internal_error" for v in reasons.values())
+    assert (
+        "shape" in reasons[1][1]
+        and "'GEO' missing" in reasons[2][1]
+        and "no result" in reasons[3][1]
+    )
+
+
+def test_assemble_block_refuses_rows_outside_the_block(tmp_path: Path) -> None:
+    g = make_store(tmp_path)
+    rows = [plan_row("train", r) for r in range(0, 4)]
+    with pytest.raises(ValueError, match="not in block"):
+        assemble_block(
+            store_layout(g), BlockKey("train", 0), rows, [fake_result(plan_row("train", 5))]
+        )
+    with pytest.raises(ValueError, match="twice"):
+        assemble_block(
+            store_layout(g),
+            BlockKey("train", 0),
+            rows,
+            [fake_result(rows[0]), fake_result(rows[0])],
+        )
+
+
+def test_write_block_writes_whole_shards_then_commits(tmp_path: Path) -> None:
+    g = make_store(tmp_path)
+    key = BlockKey("train", 2)  # the last, partial block: rows 8, 9
+    rows = [plan_row("train", r) for r in (8, 9)]
+    # garbage from a killed attempt in the same shard is overwritten, other shards untouched
+    g["S2L2A"][8:10] = np.full((2, 12, 264, 264), 7, np.uint16)
+    g["S2L2A"][0:1] = np.full((1, 12, 264, 264), 5, np.uint16)
+    blk = assemble_block(
+        store_layout(g), key, rows, [fake_result(rows[0]), fake_result(rows[1], reject=True)]
+    )
+    assert not is_committed(tmp_path, key)
+    outcome = write_block(g, blk, tmp_path)
+    assert is_committed(tmp_path, key)
+    assert (outcome.accepted, outcome.rejected, outcome.n_rows) == (1, {"cloudy": 1}, 2)
+    r = zarr.open_group(str(tmp_path / "train.zarr"), mode="r")
+    np.testing.assert_array_equal(r["S2L2A"][8], blk.arrays["S2L2A"][0])
+    assert (r["S2L2A"][9] == 0).all()  # rejected row -> fill, the garbage is gone
+    assert (r["S2L2A"][0] == 5).all()
+    assert r["valid"][8:10].tolist() == [True, False]
+    marker = json.loads(marker_path(tmp_path, key).read_text())
+    assert marker["checksums"]["S2L2A"] == checksum(r["S2L2A"][8:10])
+    assert (marker["row_start"], marker["row_stop"], marker["accepted"]) == (8, 10, 1)
+    index = read_table("index", part_path(tmp_path, key, "index"))
+    assert index.column("sample_id").to_pylist() == ["train-0008"]
+    assert dict(index.column("checksums")[0].as_py())["S2L2A"] == checksum(r["S2L2A"][8])
+    counters = outcome.counters()
+    assert (
+        counters["samples_rejected_cloudy"] == 1
+        and counters["blocks_written"] == 1
+        and counters["bytes_read"] == 110
+    )
+
+
+def test_merge_parts_sorts_by_split_and_row(tmp_path: Path) -> None:
+    g = make_store(tmp_path)
+    for k in (2, 0, 1):
+        a, b = block_rows(BlockKey("train", k), 10, 4)
+        rows = [plan_row("train", r) for r in range(a, b)]
+        res = [fake_result(p, reject=p["row"] % 3 == 0) for p in rows]
+        write_block(g, assemble_block(store_layout(g), BlockKey("train", k), rows, res), tmp_path)
+    keys = [BlockKey("train", k) for k in range(3)]
+    index = merge_parts(tmp_path, keys, "index")
+    rejects = merge_parts(tmp_path, keys, "rejects")
+    assert index.column("row").to_pylist() == [1, 2, 4, 5, 7, 8]
+    assert rejects.column("row").to_pylist() == [0, 3, 6, 9]

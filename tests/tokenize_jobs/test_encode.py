@@ -1,0 +1,273 @@
+"""The encode job (tokenize_jobs/encode.py) on a toy corpus with tiny real tokenizers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import zarr
+from encode_support import (
+    BATCH,
+    CROP_SIZE,
+    CROPS,
+    ENCODE_ARGS,
+    INVALID_ROWS,
+    N_SAMPLES,
+    REPO,
+    make_tokenizers,
+    run_cli,
+    shared,
+    store_arrays,
+)
+
+from schemas.layouts import TOKEN_MODALITIES, validate_tokens
+from schemas.modalities import get_modality
+from tokenize_jobs.cli import main
+from tokenize_jobs.crops import apply_crop, draw_crops
+from tokenize_jobs.encode import (
+    EncodeConfig,
+    EncodeError,
+    TokenizerMismatchError,
+    encode,
+    load_tokenizers,
+)
+from tokenize_jobs.store import read_commits
+
+IMAGE = [m for m in TOKEN_MODALITIES if get_modality(m).is_image]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return shared(tmp_path_factory)
+
+
+def test_tokens_equal_direct_tokenizer_encode(env):
+    store = env["tokens"] / "train.zarr"
+    assert validate_tokens(store) == []
+    tokens = store_arrays(store)
+    corpus = zarr.open_group(str(env["corpus"] / "train.zarr"), mode="r")
+    toks = load_tokenizers(env["tokenizers"])
+    valid = np.asarray(corpus["valid"][:])
+    np.testing.assert_array_equal(tokens["valid"], valid)
+    assert not valid[list(INVALID_ROWS)].any()
+    rows = np.flatnonzero(valid)
+    # crops are seeded by the sample ids of index.parquet
+    ids = dict(
+        zip(
+            pq.read_table(env["corpus"] / "index.parquet").column("row").to_pylist(),
+            pq.read_table(env["corpus"] / "index.parquet").column("sample_id").to_pylist(),
+        )
+    )
+    np.testing.assert_array_equal(
+        tokens["crops"][rows], draw_crops([ids[r] for r in rows], CROPS, CROP_SIZE)
+    )
+    for m in IMAGE:
+        pixels = np.asarray(corpus[m][:])
+        crops = np.stack(
+            [
+                np.ascontiguousarray(apply_crop(pixels[r], tokens["crops"][r, c]))
+                for r in rows
+                for c in range(CROPS)
+            ]
+        )
+        direct = toks[m].encode(torch.from_numpy(crops))
+        got = torch.from_numpy(tokens[m][rows].astype(np.int64)).reshape(
+            len(rows) * CROPS, CROP_SIZE // 16, CROP_SIZE // 16
+        )
+        assert torch.equal(got, direct), m
+        assert len(np.unique(tokens[m][rows])) > 10, (
+            f"{m} codes nearly constant: the comparison would be vacuous"
+        )
+    geo_ids, _ = toks["GEO"].encode_batch(np.asarray(corpus["GEO"][:])[rows], 2)
+    cap_ids, cap_len = toks["CAPTION"].encode_batch(
+        [bytes(b).rstrip(b"\0").decode() for b in np.asarray(corpus["CAPTION"][:])[rows]], 64
+    )
+    for c in range(CROPS):  # sequences are the same for every crop of a sample
+        np.testing.assert_array_equal(tokens["GEO"][rows, c], geo_ids.numpy())
+        np.testing.assert_array_equal(tokens["CAPTION"][rows, c], cap_ids.numpy())
+        np.testing.assert_array_equal(tokens["CAPTION_len"][rows, c], cap_len.numpy())
+    inv = list(INVALID_ROWS)
+    for name, arr in tokens.items():
+        assert not arr[inv].any(), f"{name} holds data in invalid rows"
+    attrs = dict(zarr.open_group(str(store), mode="r").attrs)
+    assert set(attrs["tokenizers"]) == set(TOKEN_MODALITIES)
+    assert attrs["tokenizers"]["DEM"] == toks["DEM"].identity
+    assert sorted(read_commits(store)) == [0, 1, 2]
+
+
+def test_rerun_is_a_noop(env, tmp_path):
+    out = tmp_path / "tokens"
+    shutil.copytree(env["tokens"], out)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    report = encode(
+        env["corpus"],
+        env["tokenizers"],
+        out,
+        EncodeConfig(n_crops=CROPS, crop_px=CROP_SIZE, batch=BATCH, progress=False),
+    )
+    assert report.encoded_shards == 0 and report.splits[0].already_committed == 3
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_cropping_on_the_device_gives_the_same_store(env, tmp_path):
+    """The accelerator path (whole samples copied, uint16 as int16 bits, crops cut on the
+    device) run on the CPU must write exactly what the CPU path (crops cut by the reader) did."""
+    cfg = EncodeConfig(
+        n_crops=CROPS, crop_px=CROP_SIZE, batch=BATCH, crop_on_device=True, progress=False
+    )
+    encode(env["corpus"], env["tokenizers"], tmp_path / "tokens", cfg)
+    a, b = (
+        store_arrays(tmp_path / "tokens" / "train.zarr"),
+        store_arrays(env["tokens"] / "train.zarr"),
+    )
+    for name in b:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_kill_and_resume_equals_uninterrupted(env, tmp_path):
+    """SIGKILL the job once its first shard is committed, re-run, compare with an uninterrupted run."""
+    out = tmp_path / "tokens"
+    # batches of one crop make each shard take long enough for the kill to land mid-run
+    args = [
+        "encode",
+        "--corpus",
+        str(env["corpus"]),
+        "--tokenizers",
+        str(env["tokenizers"]),
+        "--out",
+        str(out),
+        "--crops",
+        str(CROPS),
+        "--crop-size",
+        str(CROP_SIZE),
+        "--batch",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--prefetch",
+        "1",
+        "--read-threads",
+        "1",
+    ]
+    envv = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenize_jobs", *args],
+        cwd=REPO,
+        env=envv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    commits = out / "_commits" / "train"
+    while proc.poll() is None and not (commits.is_dir() and any(commits.glob("shard-*.json"))):
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_done = len(read_commits(out / "train.zarr"))
+    assert 1 <= n_done < 3, f"kill landed after {n_done} commits; the test needs a partial run"
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{n_done} already committed" in resumed.stdout
+    reference = tmp_path / "reference"
+    encode(
+        env["corpus"],
+        env["tokenizers"],
+        reference,
+        EncodeConfig(n_crops=CROPS, crop_px=CROP_SIZE, batch=1, progress=False),
+    )
+    a, b = store_arrays(out / "train.zarr"), store_arrays(reference / "train.zarr")
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert read_commits(out / "train.zarr") == read_commits(reference / "train.zarr")
+
+
+def test_torchrun_two_ranks_equal_single_process(env, tmp_path):
+    out = tmp_path / "tokens"
+    res = run_cli(
+        "encode",
+        "--corpus",
+        str(env["corpus"]),
+        "--tokenizers",
+        str(env["tokenizers"]),
+        "--out",
+        str(out),
+        *ENCODE_ARGS,
+        torchrun=2,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (
+        "encoded 2 shards" in res.stdout and "encoded 1 shards" in res.stdout
+    )  # both ranks worked
+    a, b = store_arrays(out / "train.zarr"), store_arrays(env["tokens"] / "train.zarr")
+    for name in b:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert read_commits(out / "train.zarr") == read_commits(env["tokens"] / "train.zarr")
+
+
+def test_other_tokenizer_version_is_refused(env, tmp_path, capsys):
+    out = tmp_path / "tokens"
+    shutil.copytree(env["tokens"], out)
+    shutil.rmtree(out / "_commits" / "train")  # even an unfinished store keeps its tokenizers
+    other = make_tokenizers(tmp_path / "other", env["corpus"], seed=1)
+    argv = ["encode", "--corpus", str(env["corpus"]), "--tokenizers", str(other), "--out", str(out)]
+    assert main([*argv, *ENCODE_ARGS]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to encode" in err and "S2L2A" in err and "version" in err
+    assert not (out / "_commits" / "train").exists()  # nothing was written
+    with pytest.raises(TokenizerMismatchError, match="DEM"):
+        encode(
+            env["corpus"],
+            other,
+            out,
+            EncodeConfig(n_crops=CROPS, crop_px=CROP_SIZE, progress=False),
+        )
+
+
+def test_bad_inputs_give_clear_errors(env, tmp_path, capsys):
+    argv = ["encode", "--corpus", str(tmp_path / "nope"), "--tokenizers", str(env["tokenizers"])]
+    assert main([*argv, "--out", str(tmp_path / "t"), *ENCODE_ARGS]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    out = tmp_path / "tokens"
+    shutil.copytree(env["tokens"], out)
+    with pytest.raises(EncodeError, match="does not match"):
+        encode(
+            env["corpus"],
+            env["tokenizers"],
+            out,
+            EncodeConfig(n_crops=CROPS + 1, crop_px=CROP_SIZE, progress=False),
+        )
+    with pytest.raises(EncodeError, match="crop-size"):
+        EncodeConfig(crop_px=100)
+    with pytest.raises(EncodeError, match="no LULC tokenizer"):
+        shutil.copytree(env["tokenizers"], tmp_path / "toks")
+        shutil.rmtree(tmp_path / "toks" / "lulc")
+        encode(
+            env["corpus"],
+            tmp_path / "toks",
+            tmp_path / "t2",
+            EncodeConfig(n_crops=CROPS, crop_px=CROP_SIZE, progress=False),
+        )
+
+
+def test_subset_of_modalities_and_corpus_without_index(env, tmp_path):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(env["corpus"], corpus, ignore=shutil.ignore_patterns("index.parquet"))
+    toks = make_tokenizers(tmp_path / "toks", corpus, modalities=("DEM", "GEO"))
+    cfg = EncodeConfig(n_crops=2, crop_px=32, batch=7, modalities=("dem", "GEO"), progress=False)
+    report = encode(corpus, toks, tmp_path / "tokens", cfg)
+    assert report.splits[0].valid_rows == N_SAMPLES - len(INVALID_ROWS)
+    arrays = store_arrays(tmp_path / "tokens" / "train.zarr")
+    assert set(arrays) == {"DEM", "GEO", "crops", "valid"}
+    rows = np.flatnonzero(arrays["valid"])
+    np.testing.assert_array_equal(
+        arrays["crops"][rows], draw_crops([f"train/row-{r}" for r in rows], 2, 32)
+    )

@@ -1,0 +1,443 @@
+"""The token store: commit records of the writer and the vectorised random-access reader.
+
+Layout (``schemas.layouts.token_layout``): one Zarr v3 group per split,
+``tokens/<split>.zarr``, with uncompressed chunks of one whole corpus shard of rows;
+commit markers ``tokens/_commits/<split>/shard-<k>.json`` hold the sha256 of every
+array's bytes in that shard and are written only after the data, atomically
+(tmp + rename), so a marker's presence means "this shard is complete and checked".
+
+:class:`TokenStore` reads chunk files directly (``np.memmap`` / ``np.fromfile`` of the
+raw little-endian C-order bytes the ``bytes`` codec writes), groups the requested rows
+by shard and fancy-indexes each shard once: no per-sample Python work. Rows of shards
+without a commit marker read as invalid, so a store that is still being written (or
+was killed) is safe to train from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from schemas.layouts import TOKENS_FORMAT
+from schemas.modalities import Layout, get_modality
+
+COMMITS_DIR = "_commits"
+COMMIT_VERSION = 1
+LEN_SUFFIX = "_len"
+ReadMode = Literal["auto", "memory", "memmap", "zarr"]
+#: ``mode="auto"`` loads a store whose arrays total at most this many bytes into RAM.
+AUTO_MEMORY_BYTES = 512 * 2**20
+
+
+# --------------------------------------------------------------------------- commits
+
+
+def split_name(store_path: str | os.PathLike[str]) -> str:
+    """``tokens/train.zarr`` -> ``train``."""
+    name = Path(store_path).name
+    return name[: -len(".zarr")] if name.endswith(".zarr") else name
+
+
+def commits_dir(store_path: str | os.PathLike[str]) -> Path:
+    """Where the commit markers of a split store live: ``<tokens>/_commits/<split>/``."""
+    p = Path(store_path)
+    return p.parent / COMMITS_DIR / split_name(p)
+
+
+def marker_path(store_path: str | os.PathLike[str], shard: int) -> Path:
+    return commits_dir(store_path) / f"shard-{int(shard):06d}.json"
+
+
+def array_checksum(values: np.ndarray) -> str:
+    """sha256 of an array's values as little-endian C-order bytes (codec independent)."""
+    arr = np.ascontiguousarray(values)
+    if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not np.little_endian):
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return hashlib.sha256(arr.tobytes()).hexdigest()
+
+
+def shard_checksums(arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
+    return {name: array_checksum(values) for name, values in sorted(arrays.items())}
+
+
+def write_json_atomic(path: Path, record: Mapping[str, Any]) -> None:
+    """Write JSON so that readers see either nothing or the complete file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_commit(store_path: str | os.PathLike[str], shard: int, record: Mapping[str, Any]) -> Path:
+    path = marker_path(store_path, shard)
+    write_json_atomic(path, {"commit_version": COMMIT_VERSION, "shard": int(shard), **record})
+    return path
+
+
+def read_commits(store_path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
+    """Parsed commit markers by shard; unreadable markers are left out (= not committed)."""
+    out: dict[int, dict[str, Any]] = {}
+    d = commits_dir(store_path)
+    if not d.is_dir():
+        return out
+    for p in sorted(d.glob("shard-*.json")):
+        try:
+            rec = json.loads(p.read_text())
+            out[int(rec["shard"])] = rec
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+# --------------------------------------------------------------------------- reader
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)
+
+
+class _ArrayInfo:
+    """What the reader needs to find and decode one array's chunk files."""
+
+    def __init__(self, root: Path, name: str, meta: Mapping[str, Any]) -> None:
+        self.name = name
+        self.dir = root / name
+        self.shape = tuple(int(v) for v in meta["shape"])
+        self.dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+        self.chunk_shape = tuple(int(v) for v in meta["chunk_grid"]["configuration"]["chunk_shape"])
+        self.fill_value = meta.get("fill_value", 0)
+        enc = meta.get("chunk_key_encoding", {})
+        self.separator = enc.get("configuration", {}).get("separator", "/")
+        self.prefix = "c" + self.separator if enc.get("name", "default") == "default" else ""
+        codecs = meta.get("codecs", [])
+        plain = (
+            meta.get("chunk_grid", {}).get("name") == "regular"
+            and len(codecs) == 1
+            and codecs[0].get("name") == "bytes"
+            and codecs[0].get("configuration", {}).get("endian", "little") == "little"
+            and not meta.get("storage_transformers")
+            and self.chunk_shape[1:] == self.shape[1:]
+        )
+        #: True when every chunk file is the raw little-endian C-order block.
+        self.plain = bool(plain)
+
+        #: one (row, crop) record: its shape and bytes; records per row (the crop axis)
+        self.record_shape = self.chunk_shape[2:]
+        self.record_bytes = int(np.prod(self.record_shape, dtype=np.int64)) * self.dtype.itemsize
+        self.records_per_row = self.chunk_shape[1] if len(self.chunk_shape) > 1 else 1
+        self._key_tail = "".join(self.separator + "0" for _ in self.shape[1:])
+        self._dir = str(self.dir) + os.sep + self.prefix
+
+    @property
+    def rows_per_chunk(self) -> int:
+        return self.chunk_shape[0]
+
+    def chunk_path(self, chunk: int) -> str:
+        """``chunk_file`` as a plain string, cheaply (hot path of the pread reader)."""
+        return f"{self._dir}{chunk}{self._key_tail}"
+
+    def chunk_file(self, chunk: int) -> Path:
+        key = self.separator.join([str(chunk)] + ["0"] * (len(self.shape) - 1))
+        return self.dir / f"{self.prefix}{key}"
+
+
+class TokenStore:
+    """Random access to one split of the token store.
+
+    ``batch(rows, crop_idx, modalities)`` returns int64 tensors: image modalities
+    ``(B, n_tokens)``, GEO ``(B, 2)``, CAPTION ``(B, 64)`` plus ``CAPTION_len`` ``(B,)``,
+    and always ``crops`` ``(B, 5)`` = top, left, h, w, flip.
+
+    ``mode``: ``"memory"`` loads each array into RAM on first use (plain fancy
+    indexing); ``"memmap"`` maps chunk files (shared page cache across DataLoader
+    workers, bounded RAM); ``"zarr"`` decodes chunks with zarr (any codec); ``"auto"``
+    picks memory for stores up to 512 MiB, else memmap, and zarr for arrays whose codec
+    is not plain ``bytes``. Picklable: file handles and caches are rebuilt lazily in each
+    process.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        mode: ReadMode = "auto",
+        check_valid: bool = True,
+        max_open_chunks: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            raise FileNotFoundError(f"{self.path} is not a token store (no zarr.json)")
+        root = _read_json(self.path / "zarr.json")
+        self.attrs: dict[str, Any] = dict(root.get("attributes", {}))
+        if self.attrs.get("format") != TOKENS_FORMAT:
+            raise ValueError(
+                f"{self.path}: format {self.attrs.get('format')!r} is not {TOKENS_FORMAT!r}"
+            )
+        self.n_samples = int(self.attrs["n_samples"])
+        self.n_crops = int(self.attrs["n_crops"])
+        self.crop_px = int(self.attrs["crop_px"])
+        self.shard_samples = int(self.attrs["shard_samples"])
+        self.split = str(self.attrs.get("split", split_name(self.path)))
+        self.modalities: tuple[str, ...] = tuple(self.attrs["modalities"])
+        self.tokenizers: dict[str, Any] = dict(self.attrs.get("tokenizers", {}))
+        names = [
+            *self.modalities,
+            *(f"{m}{LEN_SUFFIX}" for m in self.modalities if get_modality(m).layout is Layout.TEXT),
+            "crops",
+            "valid",
+        ]
+        self._info = {
+            n: _ArrayInfo(self.path, n, _read_json(self.path / n / "zarr.json")) for n in names
+        }
+        self.check_valid = check_valid
+        self.max_open_chunks = _default_max_open() if max_open_chunks is None else max_open_chunks
+        total = sum(int(np.prod(i.shape)) * i.dtype.itemsize for i in self._info.values())
+        if mode == "auto":
+            mode = "memory" if total <= AUTO_MEMORY_BYTES else "memmap"
+        if mode not in ("memory", "memmap", "zarr"):
+            raise ValueError(f"mode must be auto, memory, memmap or zarr, got {mode!r}")
+        self.mode = mode
+        self.valid = self._load_valid()
+        self._reset_caches()
+
+    # -- pickling: drop maps and caches, rebuild lazily in the worker process
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("_full", "_maps", "_zarr"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_caches()
+
+    def _reset_caches(self) -> None:
+        self._full: dict[str, np.ndarray] = {}
+        #: per array: chunk -> ndarray over its mmap (up to ``max_open_chunks`` in all; past
+        #: that, records are read with ``os.pread`` instead of mapping more files)
+        self._maps: dict[str, dict[int, np.ndarray]] = {}
+        self._n_maps = 0
+        self._zarr: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return self.n_samples
+
+    def __repr__(self) -> str:
+        return f"TokenStore({str(self.path)!r}, n_samples={self.n_samples}, n_crops={self.n_crops}, valid={int(self.valid.sum())}, mode={self.mode!r})"
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_samples // self.shard_samples)
+
+    @property
+    def valid_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.valid)
+
+    def committed_shards(self) -> set[int]:
+        return set(read_commits(self.path))
+
+    def _load_valid(self) -> np.ndarray:
+        """Stored ``valid`` masked by commit markers (an uncommitted shard is not data)."""
+        valid = self._read_all("valid").astype(bool)
+        if commits_dir(self.path).is_dir():
+            committed = np.zeros(self.n_shards, bool)
+            for k in read_commits(self.path):
+                if 0 <= k < self.n_shards:
+                    committed[k] = True
+            valid &= np.repeat(committed, self.shard_samples)[: self.n_samples]
+        return valid
+
+    # -- chunk access
+    def _chunk(self, name: str, chunk: int) -> np.ndarray:
+        """One chunk (rows_per_chunk, ...) of an array, fill values where never written."""
+        info = self._info[name]
+        if self.mode == "zarr" or not info.plain:
+            arr = self._zarr.get(name)
+            if arr is None:
+                import zarr
+
+                arr = self._zarr[name] = zarr.open_array(str(info.dir), mode="r")
+            lo = chunk * info.rows_per_chunk
+            return np.asarray(arr[lo : lo + info.rows_per_chunk])
+        cache = self._maps.setdefault(name, {})
+        hit = cache.get(chunk)
+        if hit is not None:
+            return hit
+        try:
+            with open(info.chunk_file(chunk), "rb") as f:
+                buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            # a plain ndarray over the map (np.memmap's subclass overhead dominates small reads)
+            m = np.frombuffer(buf, info.dtype, count=int(np.prod(info.chunk_shape))).reshape(
+                info.chunk_shape
+            )
+        except FileNotFoundError:  # never written: the fill value
+            m = np.full(info.chunk_shape, info.fill_value, info.dtype)
+        cache[chunk] = m
+        self._n_maps += 1
+        return m
+
+    def _pread(self, name: str, chunk: int, loc: Any, crop: Any) -> np.ndarray:
+        """Read only the requested (row, crop) records of a chunk file, without mapping it
+        (used once ``max_open_chunks`` maps are open: no eviction churn, no fd growth)."""
+        info = self._info[name]
+        try:
+            fd = os.open(info.chunk_path(chunk), os.O_RDONLY)
+        except FileNotFoundError:
+            fill = np.full(info.record_shape, info.fill_value, info.dtype)
+            return fill if isinstance(loc, int) else np.broadcast_to(fill, (len(loc), *fill.shape))
+        try:
+            rec, per_row = info.record_bytes, info.records_per_row
+            if isinstance(loc, int):
+                data = os.pread(fd, rec, (loc * per_row + crop) * rec)
+                return np.frombuffer(data, info.dtype).reshape(info.record_shape)
+            parts = [
+                os.pread(fd, rec, (r * per_row + c) * rec)
+                for r, c in zip(loc.tolist(), crop.tolist())
+            ]
+            return np.frombuffer(b"".join(parts), info.dtype).reshape(
+                len(parts), *info.record_shape
+            )
+        finally:
+            os.close(fd)
+
+    def _read_all(self, name: str) -> np.ndarray:
+        """A whole array in RAM (chunk files read straight, or via zarr)."""
+        info = self._info[name]
+        if not info.plain:
+            import zarr
+
+            return np.asarray(zarr.open_array(str(info.dir), mode="r")[...])
+        out = np.empty(info.shape, info.dtype)
+        step = info.rows_per_chunk
+        for k in range(-(-info.shape[0] // step)):
+            lo, hi = k * step, min((k + 1) * step, info.shape[0])
+            path = info.chunk_file(k)
+            if path.exists():
+                out[lo:hi] = np.fromfile(path, dtype=info.dtype).reshape(info.chunk_shape)[
+                    : hi - lo
+                ]
+            else:
+                out[lo:hi] = info.fill_value
+        return out
+
+    def preload(self) -> TokenStore:
+        """Switch to memory mode and read every array now (before forking DataLoader
+        workers, so they share the pages copy-on-write instead of each loading a copy)."""
+        self.mode = "memory"
+        for name in self._info:
+            if name != "valid" and name not in self._full:
+                self._full[name] = self._read_all(name)
+        return self
+
+    def _gather(
+        self, name: str, rows: np.ndarray, crops: np.ndarray, groups: _Groups | None = None
+    ) -> np.ndarray:
+        """``array[rows, crops]`` without a per-sample loop (one fancy index per shard)."""
+        if self.mode == "memory":
+            full = self._full.get(name)
+            if full is None:
+                full = self._full[name] = self._read_all(name)
+            return full[rows, crops]
+        info = self._info[name]
+        g = groups if groups is not None and groups.rows_per_chunk == info.rows_per_chunk else None
+        g = g or _Groups(rows, crops, info.rows_per_chunk)
+        out = np.empty((len(rows), *info.shape[2:]), info.dtype)
+        cache = self._maps.setdefault(name, {})
+        direct = self.mode == "memmap" and info.plain
+        for chunk, o, loc, cr in g.items:
+            m = cache.get(chunk)
+            if m is not None:
+                out[o] = m[loc, cr]
+            elif direct and self._n_maps >= self.max_open_chunks:
+                out[o] = self._pread(name, chunk, loc, cr)
+            else:
+                out[o] = self._chunk(name, chunk)[loc, cr]
+        return out
+
+    def batch(
+        self,
+        rows: np.ndarray | Sequence[int],
+        crop_idx: np.ndarray | Sequence[int] | int,
+        modalities: Iterable[str] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Tokens of ``(rows[i], crop_idx[i])`` for each requested modality, as int64 tensors."""
+        r = np.asarray(rows, np.int64).reshape(-1)
+        c = np.broadcast_to(np.asarray(crop_idx, np.int64), r.shape)
+        if r.size and (r.min() < 0 or r.max() >= self.n_samples):
+            raise IndexError(f"rows must lie in 0..{self.n_samples - 1}")
+        if c.size and (c.min() < 0 or c.max() >= self.n_crops):
+            raise IndexError(f"crop_idx must lie in 0..{self.n_crops - 1}")
+        if self.check_valid and r.size and not self.valid[r].all():
+            bad = r[~self.valid[r]][:5].tolist()
+            raise ValueError(
+                f"rows {bad} of {self.path} are invalid (no data or not committed); sample from store.valid_rows"
+            )
+        names = (
+            self.modalities
+            if modalities is None
+            else tuple(get_modality(m).name for m in modalities)
+        )
+        groups = None if self.mode == "memory" else _Groups(r, c, self.shard_samples)
+        out: dict[str, torch.Tensor] = {}
+        for name in names:
+            if name not in self.modalities:
+                raise KeyError(
+                    f"modality {name!r} is not in {self.path}; it holds {list(self.modalities)}"
+                )
+            out[name] = torch.from_numpy(self._gather(name, r, c, groups).astype(np.int64))
+            if get_modality(name).layout is Layout.TEXT:
+                out[name + LEN_SUFFIX] = torch.from_numpy(
+                    self._gather(name + LEN_SUFFIX, r, c, groups).astype(np.int64)
+                )
+        out["crops"] = torch.from_numpy(self._gather("crops", r, c, groups).astype(np.int64))
+        return out
+
+
+class _Groups:
+    """Requested (row, crop) pairs grouped by chunk once per batch, shared by every array.
+
+    ``items`` = (chunk, output index, row in chunk, crop) with plain ints for chunks hit
+    once (the common case of random batches: basic indexing is several times cheaper
+    than a one-element fancy index) and index arrays otherwise.
+    """
+
+    def __init__(self, rows: np.ndarray, crops: np.ndarray, rows_per_chunk: int) -> None:
+        self.rows_per_chunk = rows_per_chunk
+        chunk_of = rows // rows_per_chunk
+        local = rows - chunk_of * rows_per_chunk
+        order = np.argsort(chunk_of, kind="stable")
+        uniq, starts = np.unique(chunk_of[order], return_index=True)
+        ends = np.append(starts[1:], len(order))
+        self.items: list[tuple[int, Any, Any, Any]] = []
+        for chunk, a, b in zip(uniq.tolist(), starts.tolist(), ends.tolist()):
+            if b - a == 1:
+                i = int(order[a])
+                self.items.append((chunk, i, int(local[i]), int(crops[i])))
+            else:
+                sel = order[a:b]
+                self.items.append((chunk, sel, local[sel], crops[sel]))
+
+
+def _default_max_open() -> int:
+    """Chunk maps kept open per process: half the file-descriptor limit (each map holds one)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        soft = 1024
+    if soft == getattr(__import__("resource"), "RLIM_INFINITY", -1) or soft <= 0:
+        soft = 65536
+    return int(max(64, min(32768, soft // 2)))

@@ -1,0 +1,195 @@
+"""Saving and loading tokenizers: one directory per modality with a ``config.json``.
+
+``config.json`` carries the format version, modality, kind, the full model config
+(levels, normalisation, architecture) and the identity
+``{"id", "version", "sha256"}`` that the encode job stores next to the tokens. The
+weights are ``model.safetensors`` (image tokenizers, EMA weights) or ``tokenizer.json``
+(CAPTION); GEO has none. Loading re-hashes the weights and refuses a directory whose
+files no longer match its identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from schemas.modalities import TokenizerKind, get_modality
+from tokenize_jobs.protocol import TOKENIZER_FORMAT_VERSION
+from tokenize_jobs.tokenizers.caption import CaptionTokenizer
+from tokenize_jobs.tokenizers.geo import GeoTokenizer
+from tokenize_jobs.tokenizers.image import FSQVAE, FSQImageTokenizer, FSQVAEConfig
+
+TOKENIZER_FORMAT = "terraloom-tokenizer"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CAPTION_NAME = "tokenizer.json"
+
+Tokenizer = FSQImageTokenizer | GeoTokenizer | CaptionTokenizer
+
+
+def tokenizer_dir(root: str | os.PathLike[str], modality: str) -> Path:
+    """Conventional directory of a modality's tokenizer under a root (``root/s2l2a``)."""
+    return Path(root) / get_modality(modality).name.lower()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _header(
+    modality: str, kind: str, identity: dict[str, str], training: dict[str, Any] | None
+) -> dict[str, Any]:
+    return {
+        "format": TOKENIZER_FORMAT,
+        "format_version": TOKENIZER_FORMAT_VERSION,
+        "modality": modality,
+        "kind": kind,
+        "identity": identity,
+        "training": training,
+    }
+
+
+def save_image_tokenizer(
+    model: FSQVAE, out: str | os.PathLike[str], training: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Write ``model.safetensors`` + ``config.json``; return the identity."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp = out / (WEIGHTS_NAME + ".tmp")
+    save_file(state, str(tmp), metadata={"modality": cfg.modality, "version": cfg.version})
+    os.replace(tmp, out / WEIGHTS_NAME)
+    identity = {
+        "id": f"{cfg.modality}-fsqvae",
+        "version": cfg.version,
+        "sha256": sha256_file(out / WEIGHTS_NAME),
+    }
+    config = _header(cfg.modality, cfg.kind, identity, training)
+    config.update(
+        weights=WEIGHTS_NAME,
+        levels=list(cfg.levels),
+        vocab_size=cfg.vocab_size,
+        patch_size=cfg.patch_size,
+        normalization={
+            "mean": list(cfg.mean),
+            "std": list(cfg.std),
+            "nodata": cfg.to_dict()["nodata"],
+        },
+        model=cfg.to_dict(),
+    )
+    _write_json(out / CONFIG_NAME, config)
+    return identity
+
+
+def save_geo_tokenizer(tok: GeoTokenizer, out: str | os.PathLike[str]) -> dict[str, str]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = _header("GEO", str(TokenizerKind.GEO_BINS), tok.identity, None)
+    config.update(weights=None, vocab_size=tok.vocab_size, model=tok.config_dict())
+    _write_json(out / CONFIG_NAME, config)
+    return tok.identity
+
+
+def save_caption_tokenizer(
+    tok: CaptionTokenizer, out: str | os.PathLike[str], training: dict[str, Any] | None = None
+) -> dict[str, str]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sha = tok.save(out / CAPTION_NAME)
+    identity = {
+        "id": "CAPTION-wordpiece",
+        "version": f"{TOKENIZER_FORMAT_VERSION}.{sha[:12]}",
+        "sha256": sha,
+    }
+    tok.identity = identity
+    config = _header("CAPTION", str(TokenizerKind.WORDPIECE), identity, training)
+    config.update(
+        weights=CAPTION_NAME,
+        vocab_size=tok.vocab_size,
+        trained_vocab_size=tok.trained_vocab_size,
+        model={"vocab_size": tok.vocab_size, "n_sentinels": tok.n_sentinels},
+        special_tokens={"pad": tok.pad_id, "unk": tok.unk_id, "sos": tok.sos_id, "eos": tok.eos_id},
+    )
+    _write_json(out / CONFIG_NAME, config)
+    return identity
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config.json`` of a tokenizer directory (or the file itself)."""
+    p = Path(path)
+    cfg_path = p if p.is_file() else p / CONFIG_NAME
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"no tokenizer config at {cfg_path}")
+    config: dict[str, Any] = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if config.get("format") != TOKENIZER_FORMAT:
+        raise ValueError(
+            f"{cfg_path} is not a terraloom tokenizer config (format {config.get('format')!r})"
+        )
+    if config.get("format_version") != TOKENIZER_FORMAT_VERSION:
+        raise ValueError(
+            f"{cfg_path}: tokenizer format version {config.get('format_version')} is not supported "
+            f"(this code reads version {TOKENIZER_FORMAT_VERSION})"
+        )
+    return config
+
+
+def _check_sha(path: Path, identity: dict[str, str]) -> str:
+    sha = sha256_file(path)
+    if sha != identity.get("sha256"):
+        raise ValueError(
+            f"{path} does not match its config identity (sha256 {sha} != {identity.get('sha256')})"
+        )
+    return sha
+
+
+def load_tokenizer(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> Tokenizer:
+    """Load any tokenizer directory written by ``train``: image (FSQ-VAE), GEO or CAPTION.
+
+    Image tokenizers come back in eval mode on ``device`` with ``encode(pixels) ->
+    codes`` and ``decode(codes) -> pixels``; GEO and CAPTION with ``encode_batch`` /
+    ``decode_batch``.
+    """
+    root = Path(path)
+    root = root.parent if root.is_file() else root
+    config = read_config(root)
+    kind = config["kind"]
+    identity = dict(config["identity"])
+    if kind in (str(TokenizerKind.FSQ_VAE), str(TokenizerKind.FSQ_VAE_CLASSES)):
+        from safetensors.torch import load_file
+
+        weights = root / config["weights"]
+        _check_sha(weights, identity)
+        cfg = FSQVAEConfig.from_dict(config["model"])
+        if cfg.version != identity.get("version"):
+            raise ValueError(
+                f"{root}: model config hash {cfg.version} != identity version {identity.get('version')}"
+            )
+        model = FSQVAE(cfg)
+        model.load_state_dict(load_file(str(weights)))
+        return FSQImageTokenizer(model, identity).to(device)
+    if kind == str(TokenizerKind.GEO_BINS):
+        return GeoTokenizer(float(config["model"]["bin_deg"]))
+    if kind == str(TokenizerKind.WORDPIECE):
+        weights = root / config["weights"]
+        _check_sha(weights, identity)
+        m = config["model"]
+        return CaptionTokenizer.from_file(weights, int(m["vocab_size"]), int(m["n_sentinels"]))
+    raise ValueError(f"{root}: unknown tokenizer kind {kind!r}")

@@ -1,0 +1,293 @@
+"""Evaluation report of a trained tokenizer on a corpus split, next to simple baselines.
+
+Image tokenizers are compared with the patch-mean baseline (each 16 x 16 patch replaced
+by its per-band mean; LULC: the patch's majority class) on the same crops, in stored
+units. The report is written as ``eval.json``, ``eval.md`` and ``eval.png`` (originals,
+reconstructions and the baseline side by side).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from schemas.modalities import CROP_PX, get_modality
+from tokenize_jobs.corpus_reader import open_split, read_rows, valid_rows
+from tokenize_jobs.crops import apply_crops, draw_crops, row_key
+from tokenize_jobs.tokenizers import metrics as M
+from tokenize_jobs.tokenizers.image import IGNORE_INDEX, FSQImageTokenizer, class_index, valid_mask
+
+EVAL_SEED = 1234
+
+#: Headline metric per modality: (name, higher is better).
+HEADLINE: dict[str, tuple[str, bool]] = {
+    "S2L2A": ("psnr", True),
+    "S1GRD": ("psnr", True),
+    "S1RTC": ("psnr", True),
+    "DEM": ("mae", False),
+    "NDVI": ("mae", False),
+    "LULC": ("pixel_accuracy", True),
+}
+
+_LULC_COLOURS = {
+    1: "#419bdf",
+    2: "#397d49",
+    4: "#7a87c6",
+    5: "#e49635",
+    7: "#c4281b",
+    8: "#a59b8f",
+    9: "#a8ebff",
+    10: "#616161",
+    11: "#e3e2c3",
+}
+
+
+def load_eval_pixels(
+    corpus: str | os.PathLike[str],
+    split: str,
+    modality: str,
+    n_samples: int,
+    n_crops: int,
+    crop_px: int,
+) -> np.ndarray:
+    """Stored values of the evaluation crops of the first ``n_samples`` valid rows.
+
+    Per row: the centre crop, then ``n_crops - 1`` seeded random crops with flips, drawn
+    exactly as the encode job draws them (:func:`tokenize_jobs.crops.draw_crops`).
+    """
+    group = open_split(corpus, split)
+    name = get_modality(modality).name
+    rows = valid_rows(group)[:n_samples]
+    samples = read_rows(group, name, rows)
+    keys = [row_key(split, int(r)) for r in rows]
+    crops = draw_crops(keys, n_crops, crop_px, int(group[name].shape[-1]), seed=EVAL_SEED)
+    return apply_crops(samples, crops.reshape(-1, 5), src=np.repeat(np.arange(len(rows)), n_crops))
+
+
+def _reconstruct(
+    tok: FSQImageTokenizer, pixels: np.ndarray, batch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    recon, codes = [], []
+    for i in range(0, len(pixels), batch):
+        c = tok.encode(torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch])))
+        codes.append(c.cpu())
+        recon.append(tok.decode(c).cpu())
+    return torch.cat(recon), torch.cat(codes)
+
+
+def _band_metrics(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, rng: torch.Tensor, ssim_every: int = 1
+) -> dict[str, Any]:
+    """PSNR and MAE over all crops; SSIM (the costly one) over every ``ssim_every``-th crop."""
+    psnr = M.psnr(pred, target, mask, rng)
+    ssim = M.ssim(pred[::ssim_every], target[::ssim_every], mask[::ssim_every], rng)
+    mae = M.mae(pred, target, mask)
+    return {
+        "psnr": [float(v) for v in psnr],
+        "ssim": [float(v) for v in ssim],
+        "mae": [float(v) for v in mae],
+        "psnr_mean": float(psnr.mean()),
+        "ssim_mean": float(ssim.mean()),
+        "mae_mean": float(mae.mean()),
+    }
+
+
+def evaluate_image_tokenizer(
+    tok: FSQImageTokenizer,
+    corpus: str | os.PathLike[str],
+    split: str = "val",
+    n_samples: int = 32,
+    n_crops: int = 4,
+    crop_px: int = CROP_PX,
+    batch: int = 8,
+    out: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Metrics of ``tok`` and its baseline on ``split``; writes the report files to ``out``."""
+    m = get_modality(tok.modality)
+    pixels = load_eval_pixels(corpus, split, m.name, n_samples, n_crops, crop_px)
+    if len(pixels) == 0:
+        raise ValueError(f"split {split!r} has no valid rows to evaluate on")
+    recon, codes = _reconstruct(tok, pixels, batch)
+    x = torch.from_numpy(pixels.astype(np.float32))
+    report: dict[str, Any] = {
+        "modality": m.name,
+        "split": split,
+        "n_samples": len(pixels) // n_crops,
+        "n_crops": len(pixels),
+        "crop_px": crop_px,
+        "identity": tok.identity,
+        "codebook": M.codebook_usage(codes, tok.vocab_size),
+    }
+    if tok.config.is_classes:
+        target = class_index(x, tok.config.classes)
+        pred = class_index(recon, tok.config.classes)
+        base = M.patch_majority_baseline(
+            target, len(tok.config.classes), IGNORE_INDEX, tok.patch_size
+        )
+        k = len(tok.config.classes)
+        report["tokenizer"] = {
+            "pixel_accuracy": M.pixel_accuracy(pred, target),
+            "miou": M.mean_iou(pred, target, k),
+        }
+        report["baseline"] = {
+            "pixel_accuracy": M.pixel_accuracy(base, target),
+            "miou": M.mean_iou(base, target, k),
+        }
+        report["baseline_name"] = "patch majority class"
+        base_img = torch.tensor(tok.config.classes, dtype=torch.float32)[
+            base.clamp_max(k - 1)
+        ].unsqueeze(1)
+    else:
+        mask = valid_mask(x, tok.config.nodata)
+        rng = M.data_range(x, mask)
+        base_img = M.patch_mean_baseline(x, mask, tok.patch_size)
+        report["bands"] = list(m.band_names)
+        report["data_range"] = [float(v) for v in rng]
+        # SSIM on the centre crop of each row only (crop 0 of every group of n_crops)
+        report["tokenizer"] = _band_metrics(recon, x, mask, rng, n_crops)
+        report["baseline"] = _band_metrics(base_img, x, mask, rng, n_crops)
+        report["baseline_name"] = "patch mean"
+    name, higher = HEADLINE[m.name]
+    key = name if tok.config.is_classes else f"{name}_mean"
+    t_val, b_val = report["tokenizer"][key], report["baseline"][key]
+    report["headline"] = {
+        "metric": name,
+        "tokenizer": t_val,
+        "baseline": b_val,
+        "beats_baseline": bool(t_val > b_val if higher else t_val < b_val),
+    }
+    if out is not None:
+        write_report(
+            report,
+            out,
+            pixels[::n_crops][:4],
+            recon[::n_crops][:4].numpy(),
+            base_img[::n_crops][:4].numpy(),
+        )
+    return report
+
+
+def _fmt(v: float) -> str:
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    return f"{v:.4g}"
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """A Markdown table of the report (per band for continuous modalities)."""
+    lines = [f"# {report['modality']} tokenizer on {report['split']}", ""]
+    if "bands" in report:
+        t, b = report["tokenizer"], report["baseline"]
+        lines += [
+            f"| band | PSNR dB | PSNR {report['baseline_name']} | SSIM | SSIM baseline | MAE | MAE baseline |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for i, band in enumerate(report["bands"]):
+            lines.append(
+                f"| {band} | {_fmt(t['psnr'][i])} | {_fmt(b['psnr'][i])} | {_fmt(t['ssim'][i])} | "
+                f"{_fmt(b['ssim'][i])} | {_fmt(t['mae'][i])} | {_fmt(b['mae'][i])} |"
+            )
+        lines.append(
+            f"| **mean** | {_fmt(t['psnr_mean'])} | {_fmt(b['psnr_mean'])} | {_fmt(t['ssim_mean'])} | "
+            f"{_fmt(b['ssim_mean'])} | {_fmt(t['mae_mean'])} | {_fmt(b['mae_mean'])} |"
+        )
+    elif "tokenizer" in report:
+        lines += ["| metric | tokenizer | " + report["baseline_name"] + " |", "|---|---|---|"]
+        for k in ("pixel_accuracy", "miou"):
+            lines.append(
+                f"| {k} | {_fmt(report['tokenizer'][k])} | {_fmt(report['baseline'][k])} |"
+            )
+    cb = report.get("codebook")
+    if cb:
+        lines += [
+            "",
+            f"Codebook: {int(cb['n_codes_used'])} of {int(cb['vocab_size'])} codes used "
+            f"({100 * cb['used_fraction']:.1f}%), perplexity {cb['perplexity']:.0f} "
+            f"over {int(cb['n_tokens'])} tokens.",
+        ]
+    if "headline" in report:
+        h = report["headline"]
+        lines += [
+            "",
+            f"Headline {h['metric']}: tokenizer {_fmt(h['tokenizer'])} vs baseline {_fmt(h['baseline'])} "
+            f"-> {'beats' if h['beats_baseline'] else 'does NOT beat'} the baseline.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _display(modality: str, x: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """One sample (C, H, W) -> an image for imshow plus its keyword arguments."""
+    from matplotlib.colors import ListedColormap
+
+    if modality == "S2L2A":
+        rgb = x[[3, 2, 1]].astype(np.float32)
+        r = ref[[3, 2, 1]].astype(np.float32)
+        r = np.where(r > 0, r, np.nan)
+        lo, hi = float(np.nanpercentile(r, 2)), float(np.nanpercentile(r, 98))
+        return np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1).transpose(1, 2, 0), {}
+    if modality in ("S1GRD", "S1RTC"):
+        return x[0].astype(np.float32), {"cmap": "gray", "vmin": -25.0, "vmax": 0.0}
+    if modality == "DEM":
+        lo, hi = np.nanmin(ref), np.nanmax(ref)
+        return x[0].astype(np.float32), {"cmap": "terrain", "vmin": lo, "vmax": hi}
+    if modality == "NDVI":
+        return x[0].astype(np.float32), {"cmap": "RdYlGn", "vmin": -0.2, "vmax": 0.9}
+    if modality == "LULC":
+        values = list(_LULC_COLOURS)
+        lut = np.zeros(256, np.int64)
+        lut[values] = np.arange(len(values))
+        cmap = ListedColormap(list(_LULC_COLOURS.values()))
+        idx = lut[np.nan_to_num(x[0], nan=0).astype(np.uint8)]
+        return idx, {"cmap": cmap, "vmin": 0, "vmax": len(values) - 1, "interpolation": "nearest"}
+    return x[0].astype(np.float32), {"cmap": "viridis"}
+
+
+def write_png_grid(
+    path: str | os.PathLike[str], modality: str, rows: list[tuple[str, np.ndarray]]
+) -> None:
+    """Columns = samples; rows = (label, (N, C, H, W) array) pairs such as original/recon."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(rows[0][1])
+    fig, axes = plt.subplots(len(rows), n, figsize=(2.2 * n, 2.2 * len(rows)), squeeze=False)
+    ref = rows[0][1]
+    for r, (label, arr) in enumerate(rows):
+        for c in range(n):
+            img, kw = _display(modality, arr[c], ref[c])
+            ax = axes[r][c]
+            ax.imshow(img, **kw)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label)
+    fig.suptitle(f"{modality}: originals vs reconstructions")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_report(
+    report: dict[str, Any],
+    out: str | os.PathLike[str],
+    originals: np.ndarray | None = None,
+    recon: np.ndarray | None = None,
+    baseline: np.ndarray | None = None,
+) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "eval.md").write_text(report_markdown(report), encoding="utf-8")
+    if originals is not None and recon is not None and len(originals):
+        rows = [("original", originals), ("tokenizer", recon)]
+        if baseline is not None:
+            rows.append(("patch baseline", baseline))
+        write_png_grid(out / "eval.png", report["modality"], rows)

@@ -1,0 +1,473 @@
+"""Tokenizer training: one entry point, ``train_tokenizer(config, corpus, out)``.
+
+Image tokenizers (FSQ-VAE) train on random crops with flips of the train split with
+AdamW, linear warmup + cosine decay, gradient clipping, an EMA of the weights (the
+exported weights), bf16 autocast on GPU, and single-process or ``torchrun`` DDP (each
+rank samples its own shard of rows). ``ckpt.pt`` is written every ``ckpt_every`` steps;
+a run that finds one resumes from it and, because the batch of a step depends only on
+``(seed, step, rank)``, continues the very same trajectory. CAPTION trains a WordPiece
+vocabulary; GEO has nothing to train and only writes its config, so every modality
+loads the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from schemas.modalities import CAPTION_VOCAB, CROP_PX, TokenizerKind, get_modality
+from tokenize_jobs.corpus_reader import DEFAULT_CACHE_BYTES, CropSampler, read_texts
+from tokenize_jobs.tokenizers.caption import DEFAULT_SENTINELS, train_wordpiece
+from tokenize_jobs.tokenizers.geo import GeoTokenizer
+from tokenize_jobs.tokenizers.image import (
+    FSQVAE,
+    FSQImageTokenizer,
+    FSQVAEConfig,
+    reconstruction_loss,
+    to_model_space,
+)
+from tokenize_jobs.tokenizers.io import (
+    save_caption_tokenizer,
+    save_geo_tokenizer,
+    save_image_tokenizer,
+)
+from tokenize_jobs.tokenizers.nets import ConvNetConfig
+from tokenize_jobs.tokenizers.report import evaluate_image_tokenizer, write_report
+
+CKPT_NAME = "ckpt.pt"
+CKPT_FORMAT = "terraloom-tokenizer-ckpt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of a tokenizer training run (recorded in ``config.json``)."""
+
+    modality: str
+    steps: int = 2000
+    batch: int = 16
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    crop_px: int = CROP_PX
+    flips: bool = True
+    width: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2, 4)
+    blocks: tuple[int, ...] = (0, 1, 1, 2)
+    unshuffle: int = 0
+    decoder: str = "conv"
+    #: FSQ channel grouping (None: the modality default, see ``DEFAULT_FSQ_GROUPS``).
+    fsq_groups: tuple[int, ...] | None = None
+    #: Weight of the FSQ codebook-usage (entropy) regulariser; 0 disables it.
+    entropy_weight: float = 0.0
+    entropy_temperature: float = 0.5
+    #: Per-band weights of the reconstruction loss (None = equal).
+    band_weights: tuple[float, ...] | None = None
+    seed: int = 0
+    ckpt_every: int = 500
+    #: "auto" = cuda (LOCAL_RANK) when available, else cpu.
+    device: str = "auto"
+    #: bf16 autocast on CUDA (ignored on CPU).
+    amp: bool = True
+    train_split: str = "train"
+    eval_split: str = "val"
+    eval_samples: int = 32
+    eval_crops: int = 4
+    eval_batch: int = 8
+    #: CAPTION only: vocabulary capacity and number of sentinel tokens.
+    vocab_size: int = CAPTION_VOCAB
+    n_sentinels: int = DEFAULT_SENTINELS
+    progress: bool = True
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modality", get_modality(self.modality).name)
+        if self.steps < 1 or self.batch < 1 or self.ckpt_every < 1:
+            raise ValueError("steps, batch and ckpt_every must be >= 1")
+        if self.lr <= 0 or not 0 <= self.ema_decay < 1:
+            raise ValueError("lr must be > 0 and ema_decay in [0, 1)")
+        if self.crop_px % 16:
+            raise ValueError(f"crop_px {self.crop_px} must be a multiple of 16")
+
+    #: Fields that do not change the training trajectory (may differ on resume).
+    _NON_SCHEDULE = (
+        "device",
+        "progress",
+        "ckpt_every",
+        "eval_split",
+        "eval_samples",
+        "eval_crops",
+        "eval_batch",
+        "cache_bytes",
+        "amp",
+    )
+
+    def schedule_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in self._NON_SCHEDULE:
+            d.pop(k, None)
+        return json.loads(json.dumps(d))
+
+    def net(self) -> ConvNetConfig:
+        return ConvNetConfig(
+            self.width, tuple(self.channel_mult), tuple(self.blocks), self.unshuffle
+        )
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warmup to 1, then cosine decay to ``min_lr_ratio`` at the last step."""
+    warm = min(config.warmup_steps, max(config.steps - 1, 0))
+    if step < warm:
+        return (step + 1) / warm
+    span = max(config.steps - warm, 1)
+    progress = min((step - warm) / span, 1.0)
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (
+        1 + math.cos(math.pi * progress)
+    )
+
+
+def ema_decay(step: int, config: TrainConfig) -> float:
+    """EMA decay with a warm start, so short runs are not dominated by the init."""
+    return min(config.ema_decay, (1 + step) / (10 + step))
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_str: str) -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(0, 1, 0)
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        use_nccl = torch.cuda.is_available() and device_str in ("auto", "cuda")
+        dist.init_process_group("nccl" if use_nccl else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local)
+
+
+def resolve_device(device: str, dist_info: DistInfo) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist_info.local_rank)
+        return torch.device("cpu")
+    if device == "cuda" and dist_info.world_size > 1:
+        return torch.device("cuda", dist_info.local_rank)
+    return torch.device(device)
+
+
+def _barrier(dist_info: DistInfo) -> None:
+    if dist_info.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _atomic_save(obj: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    ckpt: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
+    if ckpt.get("format") != CKPT_FORMAT:
+        raise ValueError(f"{path} is not a terraloom tokenizer checkpoint")
+    return ckpt
+
+
+def _check_resume(ckpt: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    saved, now = ckpt["schedule"], config.schedule_dict()
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if diff:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
+        raise ValueError(
+            f"{path} was written by a different training configuration ({details}); "
+            "use a new --out directory or the original settings"
+        )
+
+
+# --------------------------------------------------------------------------- image training
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def _train_image(config: TrainConfig, corpus: Path, out: Path, stop_at_step: int | None) -> Path:
+    from tqdm import tqdm
+
+    dist_info = _init_distributed(config.device)
+    device = resolve_device(config.device, dist_info)
+    torch.manual_seed(config.seed)
+    cfg = FSQVAEConfig.for_modality(config.modality, config.net(), config.decoder, config.fsq_groups)
+    model = FSQVAE(cfg).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=config.lr,
+        betas=(config.beta1, config.beta2),
+        weight_decay=config.weight_decay,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, config))
+    start, history = 0, []
+    ckpt_path = out / CKPT_NAME
+    if ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, device)
+        _check_resume(ckpt, config, ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start, history = int(ckpt["step"]), list(ckpt["history"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+    net: torch.nn.Module = model
+    if dist_info.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    sampler = CropSampler(
+        corpus,
+        config.train_split,
+        config.modality,
+        crop_px=config.crop_px,
+        batch_size=config.batch,
+        seed=config.seed,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+        flips=config.flips,
+        cache_bytes=config.cache_bytes,
+    )
+    use_amp = config.amp and device.type == "cuda"
+    end = config.steps if stop_at_step is None else min(config.steps, stop_at_step)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(
+        total=config.steps,
+        initial=start,
+        desc=f"train {config.modality}",
+        disable=not (config.progress and dist_info.is_main),
+        dynamic_ncols=True,
+    )
+    t0, step = time.perf_counter(), start
+    for step in range(start, end):
+        pixels, _ = sampler.batch(step)
+        batch = to_model_space(cfg, torch.from_numpy(pixels).to(device))
+        net.train()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            recon, _, z = net(batch.inputs)
+        recon_loss = reconstruction_loss(cfg, recon, batch, config.band_weights)
+        loss = recon_loss
+        if config.entropy_weight:
+            ent = model.fsq.entropy_loss(z.permute(0, 2, 3, 1), config.entropy_temperature)
+            loss = loss + config.entropy_weight * ent
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            decay = ema_decay(step, config)
+            for p_ema, p in zip(ema.parameters(), model.parameters()):
+                p_ema.lerp_(p, 1.0 - decay)
+            for b_ema, b in zip(ema.buffers(), model.buffers()):
+                b_ema.copy_(b)
+        value = recon_loss.detach()  # the logged loss is the reconstruction loss
+        if dist_info.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(value)
+            value /= dist_info.world_size
+        history.append(float(value))
+        bar.update(1)
+        bar.set_postfix(loss=f"{history[-1]:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+        done = step + 1
+        if done % config.ckpt_every == 0 or done == config.steps:
+            if dist_info.is_main:
+                _atomic_save(
+                    {
+                        "format": CKPT_FORMAT,
+                        "schedule": config.schedule_dict(),
+                        "model": model.state_dict(),
+                        "ema": ema.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "step": done,
+                        "history": history,
+                        "rng": {"torch": torch.get_rng_state()},
+                    },
+                    ckpt_path,
+                )
+            _barrier(dist_info)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    finished = (stop_at_step is None or stop_at_step >= config.steps) and len(
+        history
+    ) >= config.steps
+    if dist_info.is_main:
+        run_steps = max(end - start, 0)
+        _write_json(
+            out / "train_log.json",
+            {
+                "modality": config.modality,
+                "steps_done": len(history),
+                "steps": config.steps,
+                "loss": history,
+                "last_run": {
+                    "from_step": start,
+                    "to_step": end,
+                    "seconds": elapsed,
+                    "samples_per_s": run_steps
+                    * config.batch
+                    * dist_info.world_size
+                    / max(elapsed, 1e-9),
+                },
+            },
+        )
+        if finished:
+            training = {
+                **asdict(config),
+                "corpus": corpus.name,
+                "final_loss": history[-1] if history else None,
+            }
+            identity = save_image_tokenizer(ema, out, training=json.loads(json.dumps(training)))
+            tok = FSQImageTokenizer(ema, identity)
+            try:
+                evaluate_image_tokenizer(
+                    tok,
+                    corpus,
+                    config.eval_split,
+                    config.eval_samples,
+                    config.eval_crops,
+                    CROP_PX,
+                    config.eval_batch,
+                    out,
+                )
+            except FileNotFoundError as exc:
+                (out / "eval.md").write_text(f"No evaluation: {exc}\n", encoding="utf-8")
+    _barrier(dist_info)
+    return out
+
+
+# --------------------------------------------------------------------------- sequences
+
+
+def _train_caption(config: TrainConfig, corpus: Path, out: Path) -> Path:
+    texts = read_texts(corpus, config.train_split)
+    if not texts:
+        raise ValueError(f"split {config.train_split!r} of {corpus} holds no captions")
+    tok = train_wordpiece(texts, config.vocab_size, config.n_sentinels)
+    training = {**asdict(config), "corpus": corpus.name, "n_captions": len(texts)}
+    save_caption_tokenizer(tok, out, training=json.loads(json.dumps(training)))
+    try:
+        val = read_texts(corpus, config.eval_split)
+    except FileNotFoundError:
+        val = []
+    if val:
+        ids, lengths = tok.encode_batch(val, max_len=4096)
+        back = tok.decode_batch(ids, lengths)
+        n_tok = (lengths - 2).double()
+        unk = int((ids == tok.unk_id).sum())
+        report = {
+            "modality": "CAPTION",
+            "split": config.eval_split,
+            "n_samples": len(val),
+            "identity": tok.identity,
+            "trained_vocab_size": tok.trained_vocab_size,
+            "vocab_size": tok.vocab_size,
+            "round_trip_exact": float(np.mean([a == b for a, b in zip(val, back)])),
+            "tokens_per_caption_mean": float(n_tok.mean()),
+            "tokens_per_caption_max": int(n_tok.max()),
+            "unk_fraction": unk / max(float(n_tok.sum()), 1.0),
+        }
+        write_report(report, out)
+    return out
+
+
+def _train_geo(config: TrainConfig, corpus: Path, out: Path) -> Path:
+    tok = GeoTokenizer()
+    save_geo_tokenizer(tok, out)
+    from tokenize_jobs.corpus_reader import open_split, read_rows, valid_rows
+
+    try:
+        group = open_split(corpus, config.eval_split)
+    except FileNotFoundError:
+        return out
+    latlon = read_rows(group, "GEO", valid_rows(group))
+    if len(latlon):
+        back = tok.decode(tok.encode(latlon)).numpy()
+        dlon = np.abs((back[:, 1] - latlon[:, 1] + 180) % 360 - 180)
+        write_report(
+            {
+                "modality": "GEO",
+                "split": config.eval_split,
+                "n_samples": len(latlon),
+                "identity": tok.identity,
+                "max_error_lat_deg": float(np.abs(back[:, 0] - latlon[:, 0]).max()),
+                "max_error_lon_deg": float(dlon.max()),
+            },
+            out,
+        )
+    return out
+
+
+def train_tokenizer(
+    config: TrainConfig,
+    corpus: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    stop_at_step: int | None = None,
+) -> Path:
+    """Train (or resume, or just write) the tokenizer of ``config.modality``; return ``out``.
+
+    ``out`` receives ``config.json`` plus ``model.safetensors`` (image, EMA weights),
+    ``tokenizer.json`` (CAPTION) or nothing more (GEO), the checkpoint ``ckpt.pt``,
+    ``train_log.json`` and the evaluation report ``eval.{json,md,png}`` on
+    ``config.eval_split``. ``stop_at_step`` ends the run early at that step, as an
+    interruption would (the tokenizer is exported only when all steps are done).
+    """
+    corpus, out = Path(corpus), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    kind = get_modality(config.modality).tokenizer
+    if kind in (TokenizerKind.FSQ_VAE, TokenizerKind.FSQ_VAE_CLASSES):
+        return _train_image(config, corpus, out, stop_at_step)
+    if kind is TokenizerKind.WORDPIECE:
+        return _train_caption(config, corpus, out)
+    if kind is TokenizerKind.GEO_BINS:
+        return _train_geo(config, corpus, out)
+    raise ValueError(f"{config.modality} has no tokenizer to train")
