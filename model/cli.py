@@ -36,9 +36,15 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides.append(f"steps={args.steps}")
     cfg = load_config(args.config, overrides)
-    result = train(
-        cfg, resume=not args.no_resume, max_steps=args.max_steps, progress=not args.quiet
-    )
+    try:
+        result = train(
+            cfg, resume=not args.no_resume, max_steps=args.max_steps, progress=not args.quiet
+        )
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():  # launched by torchrun
+            dist.destroy_process_group()
     last = next((r for r in reversed(result.history) if r.get("split") == "train"), None)
     if last is not None:
         print(

@@ -6,8 +6,11 @@ Collection ids, asset keys, properties and extensions follow the real collection
 ``raster`` with the baseline >= 04.00 offset), ``sentinel-1-rtc`` (``vv``/``vh`` float32
 gamma0, UTM ``proj``), ``sentinel-1-grd`` (``vv``/``vh``, GCPs only, no ``proj``),
 ``cop-dem-glo-30`` (``data``, EPSG:4326, pixel-is-point) and ``io-lulc-9-class`` (``data``).
-Hrefs are relative, so the catalog can be moved. Extension schemas are vendored in
-``stac_schemas/`` so validation works offline (see :func:`offline_validator`).
+Hrefs are relative, so the catalog can be moved. Items validate offline against pystac's
+bundled core schemas plus the extension schemas found in ``TERRALOOM_STAC_SCHEMAS`` (a folder of
+``<extension>-<version>.json`` files, e.g. downloaded once from stac-extensions.github.io) or,
+without it, against terraloom's own subset schemas of the extension fields the world writes
+(see :func:`offline_validator`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,76 @@ EXT = {
     "sat": "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
 }
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
-SCHEMA_DIR = Path(__file__).with_name("stac_schemas")
+
+_NUM = {"type": "number"}
+_INT = {"type": "integer"}
+
+
+def _fields_schema(
+    fields: dict[str, Any], on_assets: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A JSON Schema checking the types of extension fields on an item and its assets."""
+    props = {"type": "object", "properties": fields}
+    schema: dict[str, Any] = {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "type": "object",
+        "required": ["properties"],
+        "properties": {"properties": props},
+    }
+    if on_assets is not None:
+        schema["properties"]["assets"] = {
+            "type": "object",
+            "additionalProperties": {"type": "object", "properties": on_assets},
+        }
+    return schema
+
+
+_PROJ = {
+    "proj:code": {"type": ["string", "null"]},
+    "proj:epsg": {"type": ["integer", "null"]},
+    "proj:transform": {"type": "array", "items": _NUM, "minItems": 6, "maxItems": 9},
+    "proj:shape": {"type": "array", "items": _INT, "minItems": 2, "maxItems": 2},
+    "proj:bbox": {"type": "array", "items": _NUM, "minItems": 4},
+}
+#: terraloom's own subset schemas of the extension fields the world writes (types and
+#: ranges), used when the official extension schemas are not available offline.
+SUBSET_SCHEMAS: dict[str, dict[str, Any]] = {
+    "eo": _fields_schema(
+        {"eo:cloud_cover": {"type": "number", "minimum": 0, "maximum": 100}},
+        {"eo:bands": {"type": "array", "items": {"type": "object"}}},
+    ),
+    "proj": _fields_schema(_PROJ, _PROJ),
+    "raster": _fields_schema(
+        {},
+        {
+            "raster:bands": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "nodata": {"type": ["number", "string"]},
+                        "scale": _NUM,
+                        "offset": _NUM,
+                        "data_type": {"type": "string"},
+                    },
+                },
+            }
+        },
+    ),
+    "sar": _fields_schema(
+        {
+            "sar:polarizations": {"type": "array", "items": {"enum": ["HH", "VV", "HV", "VH"]}},
+            "sar:instrument_mode": {"type": "string"},
+            "sar:frequency_band": {"type": "string"},
+        }
+    ),
+    "sat": _fields_schema(
+        {
+            "sat:orbit_state": {"enum": ["ascending", "descending", "geostationary"]},
+            "sat:relative_orbit": {"type": "integer", "minimum": 1},
+        }
+    ),
+}
 
 COLLECTIONS: dict[str, dict[str, Any]] = {
     "sentinel-2-l2a": {
@@ -174,15 +246,21 @@ def catalog_dict(collections: Iterable[str], description: str) -> dict[str, Any]
 # --- offline validation ----------------------------------------------------------------------
 
 
-def offline_validator() -> Any:
-    """A pystac validator whose extension schemas come from the vendored copies, so
-    ``item.validate(validator=...)`` works without network access."""
+def offline_validator(schema_dir: str | os.PathLike[str] | None = None) -> Any:
+    """A pystac validator that needs no network: core schemas ship with pystac; extension
+    schemas come from ``schema_dir`` / ``TERRALOOM_STAC_SCHEMAS`` when present there, else
+    from :data:`SUBSET_SCHEMAS`."""
     from pystac.validation import JsonSchemaSTACValidator
 
+    folder = schema_dir or os.environ.get("TERRALOOM_STAC_SCHEMAS")
     v = JsonSchemaSTACValidator()
-    for uri in EXT.values():
+    for key, uri in EXT.items():
         name = uri.split("/")[3] + "-" + uri.split("/")[4] + ".json"
-        v.schema_cache[uri] = json.loads((SCHEMA_DIR / name).read_text())
+        path = Path(folder) / name if folder else None
+        if path is not None and path.is_file():
+            v.schema_cache[uri] = json.loads(path.read_text())
+        else:
+            v.schema_cache[uri] = SUBSET_SCHEMAS[key]
     return v
 
 

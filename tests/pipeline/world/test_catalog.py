@@ -159,3 +159,13 @@ def test_dem_tiles_meet_on_an_arcsecond_lattice(tiny_dir: Path) -> None:
         (w, n - 180) in tiles for w, n in tiles
     )
     assert pairs >= len(tiles)
+
+
+def test_offline_validator_rejects_a_bad_extension_field(tiny_dir: Path) -> None:
+    from pystac.errors import STACValidationError
+
+    p = _items(tiny_dir, "sentinel-1-rtc")[0]
+    item = pystac.Item.from_file(str(p))
+    item.properties["sat:orbit_state"] = "sideways"
+    with pytest.raises(STACValidationError):
+        item.validate(validator=offline_validator())
