@@ -13,6 +13,7 @@ from pipeline.build import add_build_parser
 from pipeline.plan_cli import add_plan_parser
 from pipeline.quicklook import add_quicklook_parser
 from pipeline.verify import add_verify_parser
+from pipeline.world import add_world_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="terraloom corpus pipeline: plan, build, verify, quicklook.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_world_parser(subparsers)
     add_plan_parser(subparsers)
     add_build_parser(subparsers)
     add_verify_parser(subparsers)
