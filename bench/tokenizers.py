@@ -43,12 +43,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--workdir", type=Path, default=Path("bench_out/tokenizers"))
     p.add_argument("--modalities", default=",".join(IMAGE_MODALITIES) + ",CAPTION,GEO")
-    p.add_argument("--steps", type=int, default=400, help="training steps per image tokenizer")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--crop", type=int, default=64, help="training crop (eval always uses 224)")
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--eval-samples", type=int, default=16)
+    p.add_argument("--steps", type=int, default=1000, help="training steps per image tokenizer")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=96, help="training crop (eval always uses 224)")
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--entropy-weight", type=float, default=0.1)
+    p.add_argument(
+        "--eval-samples", type=int, default=48, help="val rows evaluated (toy val split size)"
+    )
     p.add_argument("--eval-crops", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument(
@@ -69,7 +72,7 @@ def corpus_for(args: argparse.Namespace) -> tuple[Path, str]:
     from tokenize_jobs.testing import make_toy_corpus
 
     n = args.toy or 96
-    n_val = max(8, n // 6)
+    n_val = max(8, args.eval_samples)
     root = args.workdir / f"toy_{n}"
     marker = root / "done.json"
     if not marker.exists():
@@ -103,9 +106,10 @@ def train_one(modality: str, corpus: Path, args: argparse.Namespace) -> dict[str
         steps=args.steps,
         batch=args.batch,
         lr=args.lr,
-        warmup_steps=min(50, args.steps // 10),
+        warmup_steps=min(20, args.steps // 10),
         crop_px=args.crop,
         width=args.width,
+        entropy_weight=args.entropy_weight,
         ckpt_every=max(args.steps, 1),
         eval_samples=args.eval_samples,
         eval_crops=args.eval_crops,
@@ -165,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# tokenizer bench on {label}")
     print(
         f"# recipe: {args.steps} steps x batch {args.batch} of {args.crop} px crops, width {args.width}, "
-        f"lr {args.lr}; eval: {args.eval_samples} val rows x {args.eval_crops} crops of 224 px; "
+        f"lr {args.lr}, entropy weight {args.entropy_weight}; eval: {args.eval_samples} val rows x "
+        f"{args.eval_crops} crops of 224 px; "
         f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default') if not args.threads else args.threads}"
     )
     reports = {}

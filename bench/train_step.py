@@ -9,6 +9,12 @@ in interleaved single-step rounds, alternating which goes first (the machine may
 shared); the headline is the ratio of median steps (the ratio of fastest steps is printed
 too, with the load average, because a busy shared CPU inflates medians).
 
+Reading the CPU figure: both steps do the same matmuls (same shapes, same FLOPs), and on
+a CPU terratorch's eager step already spends most of its time in them, so at equal
+precision the ratio is bounded by how much non-matmul time is removed (the unfused
+AdamW, full-image patch embeddings, gathers of every candidate token, dense masks): about
+1.4x at best on the 2-core test machine. ``--precision bf16`` runs both in bf16.
+
 Also measured in the same run: the data loader alone (token store + corpus pixels +
 masking, worker processes) on a toy world, against the samples/s the step consumes, and
 model FLOP utilisation against a measured dense matmul peak (bf16 on CUDA, fp32 on CPU).
@@ -223,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="autocast precision of BOTH implementations (default: bf16 on CUDA, fp32 on CPU as the anchor)",
+    )
+    p.add_argument(
         "--threads", type=int, default=0, help="torch intra-op threads (default: torch's)"
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -252,9 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     wheel = terratorch_wheel(a.tt, cache)
     rounds = a.rounds or (8 if device.type == "cpu" else 1)
     a.steps = a.steps or (1 if device.type == "cpu" else 20)
-    amp = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
+    precision = a.precision or ("bf16" if device.type == "cuda" else "fp32")
+    amp: Any = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if precision == "bf16"
         else contextlib.nullcontext()
     )
 
@@ -280,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
 
     tt = build_terratorch(anchor, wheel, a)
     tt_step, tt_batches = tt["step"], tt["batches"]
+    # the anchor autocasts to bf16 on CUDA only; give it the same precision as ours
+    tt_step.__globals__["amp"] = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else contextlib.nullcontext()
+    )
 
     def theirs(i: int) -> None:
         tt_step(tt_batches[i % len(tt_batches)])
@@ -312,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     flops = model.train_flops(a.batch, a.enc, a.dec, b0["tgt_count"].cpu(), pixel_tokens, seg_sq)
     enc_p, dec_p = model.block_params()
     anchor_flops = 6 * a.batch * (enc_p * a.enc + dec_p * a.dec)
-    peak = measure_matmul_peak(device)
+    peak = measure_matmul_peak(device, torch.bfloat16 if precision == "bf16" else torch.float32)
     rate = loader_rate(cfg, masking, a.batch, a.workers, a.loader_batches, cache)
 
     med_ours, med_tt = statistics.median(t_ours), statistics.median(t_tt)
@@ -322,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\ndevice={device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'}) torch={torch.__version__}"
     )
     print(
-        f"variant={a.variant} batch={a.batch} enc={a.enc} dec={a.dec} compile={a.compile} rounds={rounds} steps/round={a.steps} peak={peak / 1e12:.2f} TFLOP/s ({'bf16' if device.type == 'cuda' else 'fp32'} matmul, measured)"
+        f"variant={a.variant} batch={a.batch} enc={a.enc} dec={a.dec} compile={a.compile} precision={precision} rounds={rounds} steps/round={a.steps} peak={peak / 1e12:.2f} TFLOP/s ({precision} matmul, measured)"
     )
     print(
         f"{'implementation':<26}{'step_s (med)':>14}{'step_s (min)':>14}{'samples/s':>12}{'tokens/s':>12}{'TFLOP/s':>10}{'MFU':>8}{'anchor TFLOP/s':>16}"

@@ -342,14 +342,18 @@ class _ShardRows:
         return np.frombuffer(raw, self.dtype).reshape(self.shape[1:])
 
 
+FLIP_X, FLIP_Y = 1, 2  # crop flip bits (tokenize_jobs.crops): mirror left-right / top-bottom
+
+
 def _gather_patches(
     x: np.ndarray, crop: np.ndarray, pos: np.ndarray, crop_px: int, p: int
 ) -> np.ndarray:
     """(C, H, W) sample -> (T, C, p, p) patches at crop positions ``pos``.
 
-    The crop is (top, left, h, w, flip); ``flip`` mirrors left-right. Patches are gathered
-    straight from the sample (no crop copy); a crop whose h/w differ from ``crop_px`` is
-    first resized bilinearly (the tokenizer saw the same geometry).
+    The crop is (top, left, h, w, flip) with ``flip`` a bit field applied after cutting
+    (bit 0 mirrors left-right, bit 1 top-bottom), as ``tokenize_jobs.crops.apply_crop``.
+    Patches are gathered straight from the sample (no crop copy); a crop whose h/w differ
+    from ``crop_px`` is first resized bilinearly.
     """
     top, left, h, w, flip = (int(v) for v in crop)
     if h <= 0 or w <= 0 or top < 0 or left < 0 or top + h > x.shape[1] or left + w > x.shape[2]:
@@ -366,12 +370,13 @@ def _gather_patches(
         top = left = 0
     g = crop_px // p
     ar = np.arange(p)
-    ys = top + (pos // g)[:, None] * p + ar
+    ys = (pos // g)[:, None] * p + ar  # rows/cols inside the (flipped) crop
     xs = (pos % g)[:, None] * p + ar
-    if flip:
+    if flip & FLIP_Y:
+        ys = crop_px - 1 - ys
+    if flip & FLIP_X:
         xs = crop_px - 1 - xs
-    xs = left + xs
-    return x[:, ys[:, :, None], xs[:, None, :]].transpose(1, 0, 2, 3)
+    return x[:, (top + ys)[:, :, None], (left + xs)[:, None, :]].transpose(1, 0, 2, 3)
 
 
 def _normalise(

@@ -56,6 +56,10 @@ class DemoConfig:
     #: The first halvings as pixel-unshuffles (much cheaper convolutions at high resolution).
     tok_unshuffle: int = 2
     tok_lr: float = 2e-3
+    #: FSQ codebook-usage regulariser. Off: on this short budget the model learns to
+    #: predict a tokenizer with fewer, coarser codes much better (a sharper decoder is
+    #: worth less than predictable tokens; see docs/model.md).
+    tok_entropy_weight: float = 0.0
     tok_eval_samples: int = 8
     # encode: crops per sample and crop size (= the model's image size)
     n_crops: int = 2
@@ -74,6 +78,9 @@ class DemoConfig:
     # TiM fine-tuning (each of the two runs)
     tim_steps: int = 120
     tim_batch: int = 8
+    tim_lr: float = 3e-3
+    #: S1 at the pixel scale only: the downstream user has imagery, not tokens.
+    tim_scales: str = "pixels"
     tim_crops: int = 2
     # evaluation / examples
     eval_steps: int = 4
@@ -93,6 +100,7 @@ class DemoConfig:
 QUICK = DemoConfig(
     world_preset="tiny",
     world_cache=True,
+    workers=1,
     val_fraction=0.3,
     tok_steps=20,
     tok_batch=8,
@@ -246,6 +254,7 @@ def stage_tokenizers(out: Path, cfg: DemoConfig) -> dict:
             width=cfg.tok_width,
             channel_mult=cfg.tok_channel_mult,
             unshuffle=cfg.tok_unshuffle,
+            entropy_weight=cfg.tok_entropy_weight,
             seed=cfg.seed,
             ckpt_every=max(1, cfg.tok_steps // 2),
             device="cpu",
@@ -396,7 +405,7 @@ def stage_tim(out: Path, cfg: DemoConfig) -> dict:
 
     p = paths(out)
     model = _pretrained(out)
-    tcfg = TiMConfig(inputs=("S1GRD",), thoughts=("LULC",), steps=1)
+    tcfg = TiMConfig(inputs=("S1GRD",), thoughts=("LULC",), steps=1, scales=cfg.tim_scales)
     train = load_segmentation_data(
         model,
         p["corpus"],
@@ -406,7 +415,7 @@ def stage_tim(out: Path, cfg: DemoConfig) -> dict:
         crops=tuple(range(min(cfg.tim_crops, cfg.n_crops))),
     )
     val = load_segmentation_data(model, p["corpus"], p["tokens"], "val", tcfg, crops=(0,))
-    ft = FinetuneConfig(steps=cfg.tim_steps, batch_size=cfg.tim_batch, lr=1e-3, seed=cfg.seed)
+    ft = FinetuneConfig(steps=cfg.tim_steps, batch_size=cfg.tim_batch, lr=cfg.tim_lr, seed=cfg.seed)
     summary = compare_tim(model, train, val, tcfg, ft)
     md = write_tim_report(summary, p["tim"])
     print(md.read_text())
@@ -497,10 +506,14 @@ def stage_generate(out: Path, cfg: DemoConfig) -> dict:
 def stage_report(out: Path, cfg: DemoConfig) -> dict:
     p = paths(out)
     done = {s.name: _marker(out, s.name) for s in STAGES if s.name != "report"}
+    budgets = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())
     lines = [
         "# terraloom demo report",
         "",
-        f"World preset `{cfg.world_preset}`, seed {cfg.seed}; budgets: `{json.dumps(dataclasses.asdict(cfg))}`.",
+        f"The whole mission on the embedded synthetic world (preset `{cfg.world_preset}`, seed {cfg.seed}),",
+        "from a STAC catalog to generated GeoTIFFs. Paths are relative to this file.",
+        "",
+        f"<details><summary>budgets (DemoConfig)</summary>\n\n`{budgets}`\n\n</details>",
         "",
     ]
     build = done.get("build") or {}
@@ -522,9 +535,18 @@ def stage_report(out: Path, cfg: DemoConfig) -> dict:
         for panel in panels:
             rel = _rel(Path(panel), out)
             lines += [f"![{rel}]({rel})", ""]
-    lines += ["## Stage times", "", "| stage | seconds |", "|---|---|"]
+    lines += [
+        "## Stage times (of the run that made each stage)",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+    ]
+    total = 0.0
     for name, res in done.items():
-        lines.append(f"| {name} | {(res or {}).get('seconds', '-')} |")
+        sec = (res or {}).get("seconds")
+        total += float(sec or 0)
+        lines.append(f"| {name} | {'-' if sec is None else sec} |")
+    lines.append(f"| **total** | {total:.0f} |")
     lines += ["", "## Outputs", ""]
     for key in (
         "world",
@@ -602,6 +624,7 @@ STAGES: tuple[Stage, ...] = (
             "tok_channel_mult",
             "tok_unshuffle",
             "tok_lr",
+            "tok_entropy_weight",
             "captions",
         ),
         ("tokenizers",),
@@ -624,7 +647,7 @@ STAGES: tuple[Stage, ...] = (
         "tim",
         stage_tim,
         "S1 -> land-cover segmentation fine-tuned with and without TiM (LULC thoughts)",
-        ("tim_steps", "tim_batch", "tim_crops"),
+        ("tim_steps", "tim_batch", "tim_lr", "tim_scales", "tim_crops"),
         ("tim",),
     ),
     Stage(

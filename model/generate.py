@@ -814,10 +814,12 @@ class SampleReader:
                 self._ids.get(int(r), f"{self.split}/row-{int(r)}"),
                 self.split,
                 int(r),
-                tuple(int(v) for v in c),
+                cast(tuple[int, int, int, int, int], tuple(int(v) for v in c)),
                 int(epsg[r]),
-                tuple(float(v) for v in tr[r]),
-            )  # type: ignore[arg-type]
+                cast(
+                    tuple[float, float, float, float, float, float], tuple(float(v) for v in tr[r])
+                ),
+            )
             for r, c in zip(rows, crops)
         ]
 

@@ -87,7 +87,7 @@ def _crops(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     crops[..., 0] = rng.integers(0, SAMPLE_PX - CROP_PX + 1, (n, k))
     crops[..., 1] = rng.integers(0, SAMPLE_PX - CROP_PX + 1, (n, k))
     crops[..., 2:4] = CROP_PX
-    crops[..., 4] = rng.integers(0, 2, (n, k))
+    crops[..., 4] = rng.integers(0, 4, (n, k))  # flip bits: 1 left-right, 2 top-bottom
     return crops
 
 
@@ -107,9 +107,11 @@ def _write_tokens(
     crops = _crops(rng, n, k)
     grid = CROP_PX // PATCH_PX
     py, px = np.divmod(np.arange(grid * grid), grid)
-    centre_y = crops[..., 0, None] + py * PATCH_PX + PATCH_PX // 2
+    cy = py * PATCH_PX + PATCH_PX // 2  # patch centres inside the (flipped) crop
     cx = px * PATCH_PX + PATCH_PX // 2
-    centre_x = crops[..., 1, None] + np.where(crops[..., 4, None] == 1, CROP_PX - 1 - cx, cx)
+    flip = crops[..., 4, None]
+    centre_y = crops[..., 0, None] + np.where(flip & 2, CROP_PX - 1 - cy, cy)
+    centre_x = crops[..., 1, None] + np.where(flip & 1, CROP_PX - 1 - cx, cx)
     q = (
         c[:, None, None] + 2 * (centre_y >= SAMPLE_PX // 2) + (centre_x >= SAMPLE_PX // 2)
     ) % n_classes
@@ -118,8 +120,8 @@ def _write_tokens(
         vocab = int(m.vocab_size or 1)
         if m.layout is Layout.IMAGE:
             codes = book.integers(0, vocab, n_classes)[q]
-            flip = rng.random(codes.shape) < noise
-            codes = np.where(flip, rng.integers(0, vocab, codes.shape), codes)
+            noisy = rng.random(codes.shape) < noise
+            codes = np.where(noisy, rng.integers(0, vocab, codes.shape), codes)
             g[name][:] = codes.astype(np.uint16)
         elif m.layout is Layout.VECTOR:  # GEO: lat bin then lon bin, from the class
             ids = np.stack([100 + c * 7, 720 + 300 + c * 11], -1)
@@ -180,7 +182,13 @@ def _ddp_worker(rank: int, world: int, port: int, cfgs_json: str, max_steps: int
     from model.config import TrainConfig, from_dict
     from model.train import train
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     try:
         for item in json.loads(cfgs_json):
@@ -193,7 +201,9 @@ def _ddp_worker(rank: int, world: int, port: int, cfgs_json: str, max_steps: int
             dist.destroy_process_group()
 
 
-def run_data_parallel(cfgs: Sequence[Any], world: int = 2, max_steps: int | None = None) -> list[list[float]]:
+def run_data_parallel(
+    cfgs: Sequence[Any], world: int = 2, max_steps: int | None = None
+) -> list[list[float]]:
     """Train each config in ``world`` local CPU processes (gloo), one after the other in
     the same processes; rank 0's per-step losses of each run.
 

@@ -152,11 +152,15 @@ def wrap_model(
     return model, "none"
 
 
+def precision_of(cfg: TrainConfig, device: torch.device) -> str:
+    """The autocast precision, bf16 or fp32 (``auto``: bf16 on CUDA, fp32 on CPU)."""
+    if cfg.precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return cfg.precision
+
+
 def autocast_for(cfg: TrainConfig, device: torch.device) -> Any:
-    prec = cfg.precision
-    if prec == "auto":
-        prec = "bf16" if device.type == "cuda" else "fp32"
-    if prec == "bf16":
+    if precision_of(cfg, device) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
 
@@ -299,11 +303,10 @@ def train(
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
+    loader = _loader(cfg, cfg.data.train_split, info, device)  # validates the data first
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-
-    loader = _loader(cfg, cfg.data.train_split, info, device)  # validates the data first
     model = TerraloomModel(cfg.model).to(device)
     model.activation_checkpointing = cfg.activation_checkpointing
     if cfg.compile:
@@ -322,7 +325,13 @@ def train(
             print(f"resumed from {ckpt} at step {start}")
     has_val = bool(cfg.eval_every) and split_path(cfg.data.tokens, cfg.data.val_split).exists()
 
-    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops > 0 else measure_matmul_peak(device)
+    peak = (
+        cfg.peak_tflops * 1e12
+        if cfg.peak_tflops > 0
+        else measure_matmul_peak(
+            device, torch.bfloat16 if precision_of(cfg, device) == "bf16" else torch.float32
+        )
+    )
     log = MetricsLog(out_dir, cfg.csv_log, cfg.tensorboard) if info.is_main else None
     names = [t.modality for t in model.specs.targets]
     end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)

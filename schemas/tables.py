@@ -198,7 +198,9 @@ def _check_list_lengths(name: str, table: pa.Table) -> None:
     if "transform" in table.schema.names and table.num_rows:
         lengths = pc.list_value_length(table.column("transform"))
         if pc.any(pc.not_equal(lengths, 6)).as_py():
-            raise ValueError(f"{name} table: every 'transform' must hold 6 values (a, b, c, d, e, f)")
+            raise ValueError(
+                f"{name} table: every 'transform' must hold 6 values (a, b, c, d, e, f)"
+            )
 
 
 def write_geoparquet(name: str, table: pa.Table, path: str | os.PathLike[str]) -> Path:

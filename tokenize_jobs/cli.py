@@ -43,16 +43,40 @@ def add_train_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default tokenizers/<modality>)")
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
     p.add_argument("--batch", type=int, default=16, help="crops per step and rank (default 16)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     p.add_argument("--warmup", type=int, default=100, help="linear warmup steps (default 100)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
-    p.add_argument("--crop", type=int, default=CROP_PX, help=f"training crop side, multiple of 16 (default {CROP_PX})")
-    p.add_argument("--width", type=int, default=64, help="base channel width (default 64)")
-    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the exported weights")
-    p.add_argument("--ckpt-every", type=int, default=500, help="checkpoint period in steps (default 500)")
+    p.add_argument(
+        "--crop",
+        type=int,
+        default=CROP_PX,
+        help=f"training crop side, multiple of 16 (default {CROP_PX})",
+    )
+    p.add_argument(
+        "--width",
+        type=int,
+        default=32,
+        help="base channel width; the low-resolution stages use 4x (default 32)",
+    )
+    p.add_argument(
+        "--entropy-weight",
+        type=float,
+        default=0.1,
+        help="FSQ codebook-usage regulariser weight (default 0.1, 0 = off)",
+    )
+    p.add_argument(
+        "--ema-decay", type=float, default=0.999, help="EMA decay of the exported weights"
+    )
+    p.add_argument(
+        "--ckpt-every", type=int, default=500, help="checkpoint period in steps (default 500)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of init and crop sampling (default 0)")
-    p.add_argument("--eval-samples", type=int, default=32, help="val rows in the eval report (default 32)")
-    p.add_argument("--vocab-size", type=int, default=None, help="CAPTION vocabulary size (default: registry)")
+    p.add_argument(
+        "--eval-samples", type=int, default=32, help="val rows in the eval report (default 32)"
+    )
+    p.add_argument(
+        "--vocab-size", type=int, default=None, help="CAPTION vocabulary size (default: registry)"
+    )
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
@@ -73,7 +97,9 @@ def run_train(args: argparse.Namespace) -> int:
     except UnknownModalityError as exc:
         return fail(str(exc))
     if not m.has_tokens:
-        return fail(f"{m.name} has no tokenizer; tokenized modalities: {', '.join(t.name for t in modalities(tokens=True))}")
+        return fail(
+            f"{m.name} has no tokenizer; tokenized modalities: {', '.join(t.name for t in modalities(tokens=True))}"
+        )
     corpus = Path(args.corpus)
     if not corpus.is_dir():
         return fail(f"corpus directory {corpus} does not exist")
@@ -89,6 +115,7 @@ def run_train(args: argparse.Namespace) -> int:
             device=args.device,
             crop_px=args.crop,
             width=args.width,
+            entropy_weight=args.entropy_weight,
             ema_decay=args.ema_decay,
             ckpt_every=args.ckpt_every,
             seed=args.seed,

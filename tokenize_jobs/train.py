@@ -54,7 +54,7 @@ class TrainConfig:
     modality: str
     steps: int = 2000
     batch: int = 16
-    lr: float = 1e-3
+    lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 100
     weight_decay: float = 1e-4
@@ -64,16 +64,21 @@ class TrainConfig:
     ema_decay: float = 0.999
     crop_px: int = CROP_PX
     flips: bool = True
-    width: int = 64
-    channel_mult: tuple[int, ...] = (1, 2, 2, 4)
+    #: Encoder/decoder shape (see ``ConvNetConfig``): by default a 4x pixel-unshuffle
+    #: stem, then stride-2 stages at 1/8 and 1/16 with 4 * width channels.
+    width: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
     blocks: tuple[int, ...] = (0, 1, 1, 2)
-    unshuffle: int = 0
+    unshuffle: int = 2
+    skip: str = "bicubic"
     decoder: str = "conv"
     #: FSQ channel grouping (None: the modality default, see ``DEFAULT_FSQ_GROUPS``).
     fsq_groups: tuple[int, ...] | None = None
     #: Weight of the FSQ codebook-usage (entropy) regulariser; 0 disables it.
-    entropy_weight: float = 0.0
+    entropy_weight: float = 0.1
     entropy_temperature: float = 0.5
+    #: Entropy of the joint codes (True) or of each channel's levels (False).
+    entropy_joint: bool = True
     #: Per-band weights of the reconstruction loss (None = equal).
     band_weights: tuple[float, ...] | None = None
     seed: int = 0
@@ -234,7 +239,9 @@ def _train_image(config: TrainConfig, corpus: Path, out: Path, stop_at_step: int
     dist_info = _init_distributed(config.device)
     device = resolve_device(config.device, dist_info)
     torch.manual_seed(config.seed)
-    cfg = FSQVAEConfig.for_modality(config.modality, config.net(), config.decoder, config.fsq_groups)
+    cfg = FSQVAEConfig.for_modality(
+        config.modality, config.net(), config.decoder, config.fsq_groups
+    )
     model = FSQVAE(cfg).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(
@@ -254,7 +261,7 @@ def _train_image(config: TrainConfig, corpus: Path, out: Path, stop_at_step: int
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start, history = int(ckpt["step"]), list(ckpt["history"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
     net: torch.nn.Module = model
     if dist_info.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -294,7 +301,9 @@ def _train_image(config: TrainConfig, corpus: Path, out: Path, stop_at_step: int
         recon_loss = reconstruction_loss(cfg, recon, batch, config.band_weights)
         loss = recon_loss
         if config.entropy_weight:
-            ent = model.fsq.entropy_loss(z.permute(0, 2, 3, 1), config.entropy_temperature)
+            ent = model.fsq.entropy_loss(
+                z.permute(0, 2, 3, 1), config.entropy_temperature, joint=config.entropy_joint
+            )
             loss = loss + config.entropy_weight * ent
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -331,6 +331,24 @@ _RORBIT_RE = re.compile(r"_R(\d{3})_")
 _MGRS_RE = re.compile(r"(?:^|_)T?(\d{1,2}[C-X][A-Z]{2})(?:_|$)")
 
 
+def _raster_band(asset: Mapping[str, Any]) -> dict[str, Any]:
+    """First band's nodata/scale/offset from STAC 1.0 ``raster:bands`` or STAC 1.1 ``bands``.
+
+    APIs serving STAC 1.1 (and pystac migrating on read) move ``raster:bands`` into the
+    common ``bands`` list with ``raster:``-prefixed fields; both spellings mean the same.
+    """
+    legacy = asset.get("raster:bands")
+    if legacy:
+        return dict(legacy[0])
+    bands = asset.get("bands") or [{}]
+    first = bands[0] if isinstance(bands[0], Mapping) else {}
+    out = {k.removeprefix("raster:"): v for k, v in first.items()}
+    for k in ("nodata", "raster:scale", "raster:offset"):  # asset-level in STAC 1.1
+        if k in asset:
+            out.setdefault(k.removeprefix("raster:"), asset[k])
+    return out
+
+
 def _processing_baseline(props: Mapping[str, Any], hrefs: Iterable[str]) -> str | None:
     for k in ("s2:processing_baseline", "processing:version"):
         if props.get(k):
@@ -438,7 +456,7 @@ def item_from_stac(
                 href = s3_to_https(href, d, a)
             if signer is not None:
                 href = signer(href)
-            rb = (a.get("raster:bands") or [{}])[0]
+            rb = _raster_band(a)
             epsg = None if gcps else (_proj_epsg(a) or item_epsg)
             transform = (
                 None if gcps else _floats(a.get("proj:transform") or props.get("proj:transform"), 6)

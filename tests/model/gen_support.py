@@ -11,22 +11,19 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import torch
 import zarr
 
 from model.config import ModelConfig
 from model.transformer import TerraloomModel
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # one intra-op thread per xdist worker: two workers x two threads on two cores spin
-    # against each other and make small CPU kernels many times slower
-    torch.set_num_threads(1)
 
 MODALITIES = ("S2L2A", "S1GRD", "DEM", "LULC", "GEO")
 CROP = 64
@@ -39,6 +36,19 @@ class Stack:
     corpus: Path
     tokenizers: Path
     tokens: Path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread while a module of these tests runs.
+
+    The ops here are small; on a shared 2-core machine (xdist workers, other jobs) several
+    spinning OpenMP threads per process make them many times slower.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_model_config(**kw: object) -> ModelConfig:

@@ -24,5 +24,13 @@ def test_cli_config_and_errors(tmp_path, capsys) -> None:
     assert counts["encoder_blocks"] == 12 * 7_079_424 and counts["decoder_blocks"] == 12 * 9_440_256
     assert main(["config", "--set", "model.bogus=1"]) == 2
     assert "unknown keys" in capsys.readouterr().err
-    assert main(["train", "--set", "data.tokens=" + str(tmp_path / "missing"), "--quiet"]) == 2
+    bad = [
+        "train",
+        "--out-dir",
+        str(tmp_path / "run"),
+        "--set",
+        f"data.tokens={tmp_path / 'missing'}",
+    ]
+    assert main([*bad, "--quiet"]) == 2
     assert "error" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start

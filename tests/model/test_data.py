@@ -20,6 +20,7 @@ from model.data import (
     open_token_store,
 )
 from schemas.modalities import get_modality
+from tokenize_jobs.crops import apply_crop
 
 TOKEN_ARRAYS = ("S2L2A", "S1GRD", "LULC", "NDVI", "GEO", "CAPTION")
 
@@ -50,15 +51,15 @@ def test_corpus_rows_and_patches_match_a_manual_crop(toy_world) -> None:
         assert np.array_equal(fast(row), np.asarray(arr[row]))
     px = CorpusPixels(path, 224, 16)
     m = get_modality("S2L2A")
-    crops = np.array([[10, 30, 224, 224, 0], [40, 3, 224, 224, 1]])
-    pos = [np.array([0, 13, 14, 195]), np.array([1, 100])]
-    got = px.patches("S2L2A", np.array([3, 7]), crops, pos)
+    crops = np.array(
+        [[10, 30, 224, 224, 0], [40, 3, 224, 224, 1], [0, 40, 224, 224, 2], [7, 9, 224, 224, 3]]
+    )
+    pos = [np.array([0, 13, 14, 195]), np.array([1, 100]), np.array([2, 190]), np.array([0, 57])]
+    rows = (3, 7, 16, 31)
+    got = px.patches("S2L2A", np.array(rows), crops, pos)
     want = []
-    for row, crop, ps in zip((3, 7), crops, pos):
-        t, left, _, _, flip = crop
-        c = np.asarray(arr[row])[:, t : t + 224, left : left + 224].astype(np.float32)
-        if flip:
-            c = c[:, :, ::-1]
+    for row, crop, ps in zip(rows, crops, pos):
+        c = apply_crop(np.asarray(arr[row]), crop).astype(np.float32)  # the encoder's own cut
         c = (c - np.asarray(m.mean, np.float32)[:, None, None]) / np.asarray(m.std, np.float32)[
             :, None, None
         ]

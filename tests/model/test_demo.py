@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from gen_support import shared_root  # noqa: F401  (sets one torch thread per xdist worker)
+from gen_support import one_thread  # noqa: F401  (autouse: one torch thread)
 
 from model.demo import QUICK, STAGES, DemoConfig, Stage, main, run_stages
 

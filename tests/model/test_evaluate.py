@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from gen_support import Stack, shared_root, tiny_model, toy_stack
+from gen_support import Stack, one_thread, shared_root, tiny_model, toy_stack  # noqa: F401
 
 from model.cli import main as cli_main
 from model.evaluate import (

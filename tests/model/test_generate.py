@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from gen_support import CROP, Stack, shared_root, tiny_model, toy_stack
+from gen_support import CROP, Stack, one_thread, shared_root, tiny_model, toy_stack  # noqa: F401
 
 from model.cli import main as cli_main
 from model.data import _gather_patches
@@ -396,3 +396,27 @@ def test_generation_decodes_with_the_tokenizers(stack: Stack, cond: Conditioning
     assert px.shape == (3, 12, CROP, CROP)
     latlon = decode_tokens(toks["GEO"], "GEO", g.tokens["GEO"], g.lengths["GEO"])
     assert latlon.shape == (3, 2) and bool((latlon[:, 0].abs() <= 90).all())
+
+
+def test_generate_cli_from_a_geotiff_keeps_its_grid(stack: Stack, tmp_path: Path) -> None:
+    import rasterio
+
+    reader = SampleReader(stack.corpus, stack.tokens, "val")
+    rows = reader.valid_rows[:1]
+    big = np.array([[0, 0, 96, 96, 0]])  # a 96 px window: the CLI takes its centred 64 px
+    ref = reader.refs(rows, big)[0]
+    src = write_geotiff(
+        tmp_path / "s1.tif", reader.pixels("S1GRD", rows, big)[0].numpy(), ref, "S1GRD"
+    )
+    ckpt = tmp_path / "ckpt"
+    tiny_model().save_pretrained(ckpt)
+    rc = cli_main([
+        "generate", "--checkpoint", str(ckpt), "--input", f"S1GRD={src}", "--target", "LULC",
+        "--out", str(tmp_path / "o"), "--tokenizers", str(stack.tokenizers), "--steps", "1",
+    ])  # fmt: skip
+    assert rc == 0
+    with rasterio.open(src) as a, rasterio.open(tmp_path / "o" / "s1" / "LULC.tif") as b:
+        assert b.crs == a.crs
+        assert (b.width, b.height) == (CROP, CROP)
+        assert b.transform.c == pytest.approx(a.transform.c + 16 * a.transform.a)
+        assert b.transform.f == pytest.approx(a.transform.f + 16 * a.transform.e)

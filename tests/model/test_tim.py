@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from gen_support import Stack, shared_root, tiny_model, toy_stack
+from gen_support import Stack, one_thread, shared_root, tiny_model, toy_stack  # noqa: F401
 
 from model.config import Kind
 from model.generate import SamplingConfig, generate

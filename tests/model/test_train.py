@@ -21,7 +21,14 @@ def test_lr_schedule_warms_up_then_decays(train_config, tmp_path) -> None:
 
 
 def test_loss_decreases_on_the_toy_world(train_config, tmp_path) -> None:
-    cfg = train_config(tmp_path, steps=16, log_every=4, eval_every=16, eval_batches=2, optim=OptimConfig(lr=5e-3, warmup_steps=2))
+    cfg = train_config(
+        tmp_path,
+        steps=16,
+        log_every=4,
+        eval_every=16,
+        eval_batches=2,
+        optim=OptimConfig(lr=5e-3, warmup_steps=2),
+    )
     result = train(cfg, progress=False, echo=False)
     losses = np.array(result.losses)
     assert len(losses) == 16 and np.isfinite(losses).all()
@@ -29,7 +36,9 @@ def test_loss_decreases_on_the_toy_world(train_config, tmp_path) -> None:
     val = [h for h in result.history if h["split"] == "val"]
     assert len(val) == 1 and val[0]["loss"] < losses[:2].mean() - 1.0
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("step,split,loss,lr,grad_norm,samples_per_s,tokens_per_s,mfu,loss/S1GRD")
+    assert rows[0].startswith(
+        "step,split,loss,lr,grad_norm,samples_per_s,tokens_per_s,mfu,loss/S1GRD"
+    )
     assert len(rows) == 1 + 4 + 1  # header, four train windows, one val row
 
 
@@ -48,8 +57,13 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(train_config, tmp_path)
 
 
 def test_two_process_ddp_and_fsdp_match_single_process(train_config, tmp_path) -> None:
-    single = train(train_config(tmp_path / "one", steps=3, ckpt_every=3), progress=False, echo=False)
-    cfgs = [train_config(tmp_path / mode, steps=3, ckpt_every=3, parallel=mode) for mode in ("ddp", "fsdp")]
+    single = train(
+        train_config(tmp_path / "one", steps=3, ckpt_every=3), progress=False, echo=False
+    )
+    cfgs = [
+        train_config(tmp_path / mode, steps=3, ckpt_every=3, parallel=mode)
+        for mode in ("ddp", "fsdp")
+    ]
     runs = run_data_parallel(cfgs, world=2)  # gloo, global batch 8 = 2 x 4 per rank
     a = load_file(str(latest_checkpoint(tmp_path / "one") / "model.safetensors"))
     for cfg, losses in zip(cfgs, runs):

@@ -76,7 +76,9 @@ def test_entropy_loss_rewards_spread_and_confident_codes() -> None:
     # pre-activations on the level grid: confident and spread over many codes
     codes = fsq.indices_to_codes(torch.randint(0, fsq.codebook_size, (512,), generator=g))
     bounded = codes.double() * fsq._half_width.double()
-    spread = (torch.atanh((bounded + fsq._offset.double()) / fsq._half_l.double()) - fsq._shift.double()).float()
+    spread = (
+        torch.atanh((bounded + fsq._offset.double()) / fsq._half_l.double()) - fsq._shift.double()
+    ).float()
     assert fsq.entropy_loss(spread) < fsq.entropy_loss(collapsed) - 3.0
     z = collapsed.clone().requires_grad_(True)
     fsq.entropy_loss(z, max_tokens=128).backward()

@@ -178,5 +178,7 @@ def test_grouped_fsq_keeps_the_code_index() -> None:
     assert torch.equal(g[:, 1:], f[:, 3:])
     assert torch.equal(grouped.codes_to_indices(grouped.indices_to_codes(idx)), idx)
     cfg = FSQVAEConfig.for_modality("DEM", TINY)
-    assert cfg.fsq_groups == (3, 1, 1) and cfg.quant_levels == (512, 6, 5) and cfg.vocab_size == 15360
+    assert (
+        cfg.fsq_groups == (3, 1, 1) and cfg.quant_levels == (512, 6, 5) and cfg.vocab_size == 15360
+    )
     assert FSQVAEConfig.for_modality("DEM", TINY, fsq_groups=()).quant_levels == levels

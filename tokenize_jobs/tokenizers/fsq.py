@@ -25,6 +25,10 @@ def round_ste(z: torch.Tensor) -> torch.Tensor:
     return torch.round(z).detach() + (z - z.detach())
 
 
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * torch.log(p.clamp_min(1e-12))).sum()
+
+
 class FSQ(nn.Module):
     """Quantise the last dimension of ``z`` (size ``len(levels)``) to a finite grid.
 
@@ -83,7 +87,14 @@ class FSQ(nn.Module):
         level_idx = (indices.unsqueeze(-1) // self._basis) % self._levels
         return (level_idx.float() - self._half_width) / self._half_width
 
-    def entropy_loss(self, z: torch.Tensor, temperature: float = 0.5, max_tokens: int = 1024) -> torch.Tensor:
+    def entropy_loss(
+        self,
+        z: torch.Tensor,
+        temperature: float = 0.5,
+        max_tokens: int = 1024,
+        joint: bool = True,
+        max_levels: int = 64,
+    ) -> torch.Tensor:
         """Codebook-usage regulariser: mean per-token entropy minus the entropy of the
         batch-average code distribution (as MAGVIT-v2's LFQ entropy loss).
 
@@ -92,20 +103,31 @@ class FSQ(nn.Module):
         product. Minimising it makes tokens commit to one code while the batch spreads
         over many, i.e. it spends the fixed bit budget instead of leaving codes unused.
         At most ``max_tokens`` evenly strided tokens are used (memory ~ tokens x codes).
+        ``joint=False`` spreads each channel's levels separately (sum of the marginals'
+        entropies) instead of the joint codes: weaker, but it does not push channels
+        apart. Channels with more than ``max_levels`` levels (grouped fine scalars such
+        as DEM's 512-level elevation) are left out: they are regression channels whose
+        spread is the data's, and the pull towards level centres would fight precision.
         """
         u = self.bound(z.float()).reshape(-1, self.dim)
         if u.shape[0] > max_tokens:
             u = u[:: -(-u.shape[0] // max_tokens)]
-        joint = u.new_ones(u.shape[0], 1)
+        product = u.new_ones(u.shape[0], 1)
         per_token = u.new_zeros(())
+        batch_entropy = u.new_zeros(())
         for c, n_levels in enumerate(self.levels):
+            if n_levels > max_levels:
+                continue
             values = torch.arange(n_levels, device=u.device, dtype=u.dtype) - self._half_width[c]
             logits = -(u[:, c : c + 1] - values).square() / temperature
             p = torch.softmax(logits, dim=-1)
             per_token = per_token - (p * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
-            joint = (joint.unsqueeze(-1) * p.unsqueeze(1)).reshape(u.shape[0], -1)
-        avg = joint.mean(0)
-        batch_entropy = -(avg * torch.log(avg.clamp_min(1e-12))).sum()
+            if joint:
+                product = (product.unsqueeze(-1) * p.unsqueeze(1)).reshape(u.shape[0], -1)
+            else:
+                batch_entropy = batch_entropy + _entropy(p.mean(0))
+        if joint:
+            batch_entropy = _entropy(product.mean(0))
         return per_token - batch_entropy
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

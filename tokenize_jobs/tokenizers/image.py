@@ -56,7 +56,9 @@ def group_levels(levels: tuple[int, ...], groups: tuple[int, ...]) -> tuple[int,
     if not groups:
         return tuple(levels)
     if min(groups) < 1 or sum(groups) != len(levels):
-        raise ValueError(f"FSQ groups {groups} must be positive and cover the {len(levels)} levels {levels}")
+        raise ValueError(
+            f"FSQ groups {groups} must be positive and cover the {len(levels)} levels {levels}"
+        )
     out, i = [], 0
     for g in groups:
         out.append(math.prod(levels[i : i + g]))
@@ -118,7 +120,9 @@ class FSQVAEConfig:
             net=net or ConvNetConfig(),
             decoder=decoder,
             patch_size=m.patch_size,
-            fsq_groups=DEFAULT_FSQ_GROUPS.get(m.name, ()) if fsq_groups is None else tuple(fsq_groups),
+            fsq_groups=DEFAULT_FSQ_GROUPS.get(m.name, ())
+            if fsq_groups is None
+            else tuple(fsq_groups),
         )
 
     @property
@@ -146,7 +150,9 @@ class FSQVAEConfig:
         net = d.pop("net")
         nodata = d.pop("nodata")
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        net_fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in net.items()}
+        net_fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in net.items()
+        }
         return cls(
             **fields,
             nodata=float(nodata) if nodata is not None else None,

@@ -1,11 +1,15 @@
 """Convolutional encoder and decoder of the FSQ-VAE tokenizers.
 
-The encoder halves the resolution four times with stride-2 convolutions (224 -> 14, one
-latent per 16 x 16 patch); the decoder mirrors it with pixel-shuffle upsampling. Neither
-runs a convolution at full resolution except the decoder's last one, which keeps the
-default model cheap enough to train on a CPU. The decoder sits behind the small
-:class:`Decoder` interface so a diffusion or adversarial decoder can replace it later
-without touching the encoder, the quantiser or the checkpoint format.
+The encoder reduces the resolution 16x (224 -> 14, one latent per 16 x 16 patch): a
+pixel-unshuffle stem (4x by default) and stride-2 convolutions; the decoder mirrors it
+with pixel-shuffle upsampling, so no convolution runs at full resolution and the
+default model trains on a CPU. Both have a linear low-frequency path (patch means in,
+smoothly interpolated latents out) so that "quantised patch level + smooth
+interpolation" is the starting point and the convolutions learn the detail. Norms are
+per pixel (no statistics over space), so a code depends only on its neighbourhood,
+never on the crop size. The decoder sits behind the small :class:`Decoder` interface so
+a diffusion or adversarial decoder can replace it without touching the encoder, the
+quantiser or the checkpoint format.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ class ChannelNorm(nn.Module):
 
     Unlike GroupNorm it uses no statistics over space, so a patch's code does not depend
     on the crop size or on the rest of the crop (training on small crops transfers to
-    224 px), and a sample's absolute level (DEM elevation) is not normalised away.
+    224 px) and a sample's overall level is not removed with a spatial mean.
     """
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
@@ -73,14 +77,15 @@ class ConvNetConfig:
     latent grid, where residual blocks are cheapest.
     """
 
-    width: int = 64
-    channel_mult: tuple[int, ...] = (1, 2, 2, 4)
+    width: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
     blocks: tuple[int, ...] = (0, 1, 1, 2)
     #: The first ``unshuffle`` halvings are pixel-(un)shuffles instead of convolutions
     #: (stages below it are skipped): much cheaper at high resolution.
-    unshuffle: int = 0
-    #: Low-frequency path of the decoder: a linear map of the quantised latents,
-    #: upsampled with this ``F.interpolate`` mode and added to the output ("none": off).
+    unshuffle: int = 2
+    #: Low-frequency paths: the encoder adds a linear map of each patch's mean input to
+    #: the latents; the decoder adds a linear map of the quantised latents upsampled
+    #: with this ``F.interpolate`` mode to its output ("none": neither).
     skip: str = "bicubic"
 
     def __post_init__(self) -> None:
@@ -99,10 +104,18 @@ class ConvNetConfig:
 
 
 class Encoder(nn.Module):
-    """(B, C_in, H, W) model-space input -> (B, d, H/16, W/16) continuous latents."""
+    """(B, C_in, H, W) model-space input -> (B, d, H/16, W/16) continuous latents.
+
+    With ``net.skip`` set, a linear map of each patch's mean input is added to the
+    latents: the per-pixel norm before the read-out keeps the latent scale bounded but
+    divides out feature magnitudes, so without this path an absolute level (DEM
+    elevation, S2 brightness) could only be encoded through a nonlinear detour.
+    """
 
     def __init__(self, in_channels: int, latent_dim: int, net: ConvNetConfig) -> None:
         super().__init__()
+        self.patch = 2**N_DOWN
+        self.skip = nn.Conv2d(in_channels, latent_dim, 1) if net.skip != "none" else None
         k = net.unshuffle
         layers: list[nn.Module] = [nn.PixelUnshuffle(2**k)] if k else []
         prev = in_channels * 4**k
@@ -114,7 +127,10 @@ class Encoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        z = self.net(x)
+        if self.skip is not None:
+            z = z + self.skip(F.avg_pool2d(x, self.patch))
+        return z
 
 
 class Decoder(nn.Module):
@@ -163,7 +179,9 @@ class ConvDecoder(Decoder):
             if self.skip_mode == "nearest":
                 low = F.interpolate(low, scale_factor=self.factor, mode="nearest")
             else:
-                low = F.interpolate(low, scale_factor=self.factor, mode=self.skip_mode, align_corners=False)
+                low = F.interpolate(
+                    low, scale_factor=self.factor, mode=self.skip_mode, align_corners=False
+                )
             out = out + low
         return out
 

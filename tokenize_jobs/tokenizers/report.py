@@ -82,7 +82,11 @@ def _reconstruct(
 
 
 def _band_metrics(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, rng: torch.Tensor, ssim_every: int = 1
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    rng: torch.Tensor,
+    ssim_every: int = 1,
 ) -> dict[str, Any]:
     """PSNR and MAE over all crops; SSIM (the costly one) over every ``ssim_every``-th crop."""
     psnr = M.psnr(pred, target, mask, rng)

@@ -207,3 +207,22 @@ def test_helpers() -> None:
                 ' "properties": {"datetime": "2021-01-01T00:00:00Z"}, "assets": {"data": {"href": "x.tif"}}}'
             )
         )
+
+
+def test_stac_1_1_bands_spelling_reads_like_raster_bands() -> None:
+    """STAC 1.1 items carry nodata/scale/offset in ``bands`` with ``raster:`` prefixes."""
+
+    def item(asset: dict) -> dict:
+        return {
+            "id": "dem",
+            "collection": "cop-dem-glo-30",
+            "geometry": {"type": "Point", "coordinates": [15.0, 45.0]},
+            "properties": {"datetime": "2021-04-22T00:00:00Z", "proj:code": "EPSG:4326"},
+            "assets": {"data": {"href": "https://example.org/dem.tif", **asset}},
+        }
+
+    legacy = item({"raster:bands": [{"nodata": -32767, "scale": 2.0, "offset": -0.5}]})
+    v11 = item({"bands": [{"nodata": -32767, "raster:scale": 2.0, "raster:offset": -0.5}]})
+    asset_level = item({"nodata": -32767, "raster:scale": 2.0, "raster:offset": -0.5})
+    got = [item_from_stac(d).assets["elevation"] for d in (legacy, v11, asset_level)]
+    assert [(a.nodata, a.scale, a.offset) for a in got] == [(-32767.0, 2.0, -0.5)] * 3
