@@ -15,13 +15,13 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,ee]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,ee,bench]"
 	touch $@
 
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/python -m model.demo --out $(DEMO_OUT)
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/python -m model.demo --out $(DEMO_OUT)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

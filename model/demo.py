@@ -71,7 +71,7 @@ class DemoConfig:
     heads: int = 4
     input_budget: int = 128
     target_budget: int = 64
-    train_steps: int = 300
+    train_steps: int = 1200
     batch_size: int = 16
     lr: float = 2e-3
     warmup: int = 50

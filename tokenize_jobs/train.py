@@ -128,7 +128,7 @@ class TrainConfig:
 
     def net(self) -> ConvNetConfig:
         return ConvNetConfig(
-            self.width, tuple(self.channel_mult), tuple(self.blocks), self.unshuffle
+            self.width, tuple(self.channel_mult), tuple(self.blocks), self.unshuffle, self.skip
         )
 
     @classmethod
