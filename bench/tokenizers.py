@@ -24,8 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, bench/ is sys.path[0] and this file would shadow Hugging Face's
+# ``tokenizers`` package (the CAPTION tokenizer imports it): drop bench/, add the root.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 from schemas.modalities import get_modality  # noqa: E402
 
