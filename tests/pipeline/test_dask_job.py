@@ -7,9 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import os
+
+import dask
 import xarray as xr
 
 from pipeline.build import run_build
+from pipeline.dask_job import NANNY_ENV_OVERRIDES
 from pipeline.verify import array_digests
 from schemas.tables import read_table
 
@@ -25,11 +29,15 @@ def test_dask_agrees_with_the_beam_reference(
     plan, config = tiny_plan
     shard = tiny_reference["shard_samples"]
     want_index = sorted(tiny_reference["index"], key=lambda r: (r["split"], r["row"]))
+    environ = dict(os.environ)
     for engine in ("dask",):
         out = tmp_path / engine
         summary = run_build(
             plan, out, engine=engine, workers=2, config=config, shard_samples=shard, progress=False
         )
+        # the nanny's pre-spawn variables must not leak into this process (and so into
+        # the worker processes of a later Beam build or process pool)
+        assert dict(os.environ) == environ
         assert summary.blocks_run == tiny_reference["n_blocks"]
         assert summary.counters["samples_accepted"] == tiny_reference["accepted"], engine
         assert summary.counters.get("samples_rejected", 0) == tiny_reference["rejected"], engine
@@ -58,3 +66,17 @@ def test_reference_corpus_opens_with_xarray_and_geopandas(tiny_reference: dict[s
     geo = ds["GEO"].isel(sample=int(rows[0])).values
     first = index[index["split"] == split].iloc[0]
     assert abs(geo[0] - first["center_lat"]) < 1e-6 and abs(geo[1] - first["center_lon"]) < 1e-6
+
+
+def test_workers_keep_glibc_malloc_trimming_default() -> None:
+    """MALLOC_TRIM_THRESHOLD_=65536 (Dask's default) doubles the build's CPU per sample."""
+    from distributed.nanny import _get_env_variables
+
+    key = "distributed.nanny.pre-spawn-environ"
+    assert "MALLOC_TRIM_THRESHOLD_" in _get_env_variables(key) or (
+        "MALLOC_TRIM_THRESHOLD_" in os.environ
+    )  # the default this override exists for
+    with dask.config.set(NANNY_ENV_OVERRIDES):
+        env = _get_env_variables(key)
+    assert "MALLOC_TRIM_THRESHOLD_" not in env or "MALLOC_TRIM_THRESHOLD_" in os.environ
+    assert env.get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS", "1")
