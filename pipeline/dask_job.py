@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 from pipeline.build import BuildJob, process_block, sum_counters
 from pipeline.corpus_writer import BlockKey, BlockOutcome
 
-
 #: Dask's nanny exports ``MALLOC_TRIM_THRESHOLD_=65536`` to its workers by default, and
 #: writes it into this process's environment, where later worker processes (a Beam
 #: build, a process pool) inherit it. A block allocates and frees many 0.1-10 MB arrays

@@ -4,10 +4,9 @@ multi-processing mode writes part of the store in the SIGKILL test of test_build
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
-
-import os
 
 import dask
 import xarray as xr
