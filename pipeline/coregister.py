@@ -41,6 +41,7 @@ __all__ = [
     "gdal_resampling",
     "mosaic_first_valid",
     "PointSampler",
+    "SeparableSampler",
     "point_sampler",
     "power_to_db",
     "resample_points",
@@ -420,6 +421,79 @@ class PointSampler:
         return out.reshape(b, *self.shape)
 
 
+class SeparableSampler:
+    """:class:`PointSampler` for an axis-aligned source (same CRS, north-up lattices): a
+    target row maps to one source row coordinate and a target column to one source
+    column coordinate, so bilinear weights factor into a row pass and a column pass.
+
+    Same results as :class:`PointSampler` (to float rounding) at a fraction of the cost:
+    two strided 2-tap passes instead of four gathers per pixel. Data with nodata (NaN)
+    needs per-pixel renormalisation; it goes to the general sampler, built on demand.
+    """
+
+    def __init__(self, rows: np.ndarray, cols: np.ndarray, src_shape: tuple[int, int]) -> None:
+        h, w = src_shape
+        self.src_shape = (h, w)
+        self.shape = (len(rows), len(cols))
+        self._rows, self._cols = rows, cols
+        iny = (rows >= 0) & (rows <= h)
+        inx = (cols >= 0) & (cols <= w)
+        self.inside = (iny[:, None] & inx[None, :]).ravel()
+        self._y = self._taps(rows, h)
+        self._x = self._taps(cols, w)
+        ty, tx = self._y[4], self._x[4]
+        self.total = (ty[:, None] * tx[None, :]).ravel()
+        self.bilinear_ok = self.inside & (self.total > 1e-5)
+        self._iy = np.clip(np.floor(rows), 0, h - 1).astype(np.intp)
+        self._ix = np.clip(np.floor(cols), 0, w - 1).astype(np.intp)
+        self._general: PointSampler | None = None
+
+    @staticmethod
+    def _taps(coord: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
+        """Two neighbours and their renormalised weights along one axis, and the raw total."""
+        c0 = np.floor(coord - 0.5)
+        f = (coord - 0.5 - c0).astype(np.float32)
+        c0i = c0.astype(np.intp)
+        w0 = np.where((c0i >= 0) & (c0i < n), 1 - f, np.float32(0))
+        w1 = np.where((c0i >= -1) & (c0i < n - 1), f, np.float32(0))
+        total = (w0 + w1).astype(np.float32)
+        safe = np.where(total > 1e-5, total, np.float32(1))
+        i0 = np.clip(c0i, 0, n - 1)
+        i1 = np.clip(c0i + 1, 0, n - 1)
+        return i0, i1, (w0 / safe).astype(np.float32), (w1 / safe).astype(np.float32), total
+
+    def general(self) -> PointSampler:
+        if self._general is None:
+            rows = np.broadcast_to(self._rows[:, None], self.shape)
+            cols = np.broadcast_to(self._cols[None, :], self.shape)
+            self._general = PointSampler(rows, cols, self.src_shape)
+        return self._general
+
+    def sample(
+        self, data: np.ndarray, resampling: GdalResampling, weight: np.ndarray | None = None
+    ) -> np.ndarray:
+        """As :meth:`PointSampler.sample`."""
+        b = data.shape[0]
+        if resampling is GdalResampling.nearest:
+            out = data[:, self._iy][:, :, self._ix].astype(np.float32, copy=False)
+            out = out.reshape(b, -1).copy()
+            out[:, ~self.inside] = np.nan
+            if weight is not None:
+                weight.reshape(b, -1)[:] = np.isfinite(out)
+            return out.reshape(b, *self.shape)
+        if np.isnan(data).any():
+            return self.general().sample(data, resampling, weight)
+        y0, y1, wy0, wy1, _ = self._y
+        x0, x1, wx0, wx1, _ = self._x
+        rows = data[:, y0] * wy0[None, :, None] + data[:, y1] * wy1[None, :, None]
+        full = rows[:, :, x0] * wx0 + rows[:, :, x1] * wx1
+        region = self.bilinear_ok if weight is None else self.total > 1e-5
+        out = np.where(region, full.reshape(b, -1), np.float32(np.nan)).astype(np.float32)
+        if weight is not None:
+            weight.reshape(b, -1)[:] = np.where(region, self.total, np.float32(0))
+        return out.reshape(b, *self.shape)
+
+
 def resample_points(
     data: np.ndarray, rows: np.ndarray, cols: np.ndarray, resampling: GdalResampling
 ) -> np.ndarray:
@@ -433,7 +507,7 @@ def point_sampler(
     src_shape: tuple[int, ...] | None = None,
     *,
     tps: bool = True,
-) -> PointSampler | None:
+) -> PointSampler | SeparableSampler | None:
     """A sampler for ``src`` -> ``grid``, or None when the source is finer than the grid
     (then an area-aware GDAL kernel is needed) or when a plain slice suffices."""
     if _integer_offset(src, grid) is not None:
@@ -442,7 +516,15 @@ def point_sampler(
     if not scale <= _MAX_POINT_SCALE:
         return None
     shape = tuple(src_shape) if src_shape is not None else src.shape
-    return PointSampler(rows, cols, (int(shape[-2]), int(shape[-1])))
+    hw = (int(shape[-2]), int(shape[-1]))
+    if _separable(rows, cols):
+        return SeparableSampler(rows[:, 0].copy(), cols[0, :].copy(), hw)
+    return PointSampler(rows, cols, hw)
+
+
+def _separable(rows: np.ndarray, cols: np.ndarray, tol: float = 1e-6) -> bool:
+    """True when source rows depend on the target row only and columns on the column."""
+    return bool(np.abs(rows - rows[:, :1]).max() <= tol and np.abs(cols - cols[:1, :]).max() <= tol)
 
 
 def warp_to_grid(
@@ -452,7 +534,7 @@ def warp_to_grid(
     *,
     data: np.ndarray | None = None,
     gcp_tps: bool = True,
-    sampler: PointSampler | None = None,
+    sampler: PointSampler | SeparableSampler | None = None,
     use_gdal: bool = False,
     weight: np.ndarray | None = None,
 ) -> np.ndarray:

@@ -44,6 +44,7 @@ from rasterio.enums import Resampling as GdalResampling
 from pipeline.caption import Captioner, caption_to_bytes, sample_stats
 from pipeline.coregister import (
     PointSampler,
+    SeparableSampler,
     TargetGrid,
     cluster_windows,
     modality_resampling,
@@ -239,17 +240,24 @@ class _Plane:
     source, so tile edges leave no seam.
     """
 
-    __slots__ = ("data", "partials", "rank")
+    __slots__ = ("data", "empty", "partials", "rank")
 
     def __init__(self, h: int, w: int) -> None:
         self.data = np.full((h, w), np.nan, np.float32)
         self.rank = np.full((h, w), 255, np.uint8)
         #: scene rank -> (weighted values, weights) of its partial kernels
         self.partials: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.empty = True
 
     def add(self, layer: np.ndarray, rank: int, weight: np.ndarray | None = None) -> None:
         valid = np.isfinite(layer)
         complete = valid if weight is None else valid & (weight >= 1 - 1e-4)
+        if self.empty and complete.all():  # the usual case: one scene covers the sample
+            np.copyto(self.data, layer)
+            self.rank.fill(rank)
+            self.empty = False
+            return
+        self.empty = False
         take = complete & (self.rank > rank)
         self.data[take] = layer[take]
         self.rank[take] = rank
@@ -491,11 +499,14 @@ class _SamplerCache:
 
     def __init__(self) -> None:
         self.geometry: tuple | None = None
-        self.items: dict[tuple, PointSampler | None] = {}
+        self.items: dict[tuple, PointSampler | SeparableSampler | None] = {}
 
     def get(
-        self, geometry: tuple, key: tuple, make: Callable[[], PointSampler | None]
-    ) -> PointSampler | None:
+        self,
+        geometry: tuple,
+        key: tuple,
+        make: Callable[[], PointSampler | SeparableSampler | None],
+    ) -> PointSampler | SeparableSampler | None:
         if geometry != self.geometry:
             self.geometry = geometry
             self.items.clear()

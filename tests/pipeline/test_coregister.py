@@ -11,6 +11,8 @@ from rasterio.windows import Window
 from sample_kit import grid_transform, smooth_field
 
 from pipeline.coregister import (
+    PointSampler,
+    SeparableSampler,
     TargetGrid,
     cluster_windows,
     mosaic_first_valid,
@@ -199,3 +201,51 @@ def test_finer_categorical_source_takes_the_majority_class() -> None:
     src = _window(classes, 32633, Affine(2.5, 0, 499_900, 0, -2.5, 5_000_100))
     out = warp_to_grid(src, GRID, R.nearest)
     assert (out == 2.0).all()
+
+
+@pytest.mark.parametrize("resampling", [R.bilinear, R.nearest])
+@pytest.mark.parametrize("with_weight", [False, True])
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_separable_sampler_matches_the_general_sampler(resampling, with_weight, with_nan) -> None:
+    """The axis-aligned fast path gives the general sampler's values, footprint and weights,
+    including points beyond the source edge (partial kernels) and NaN nodata."""
+    rng = np.random.default_rng(3)
+    data = rng.normal(1000, 200, (3, 40, 50)).astype(np.float32)
+    if with_nan:
+        data[:, 10:13, 20:24] = np.nan
+    # 20 m source -> 10 m target, shifted so some targets fall beyond each edge
+    rows = (np.arange(90) + 0.5) * 0.5 - 2.2
+    cols = (np.arange(110) + 0.5) * 0.5 - 1.7
+    fast = SeparableSampler(rows, cols, (40, 50))
+    slow = PointSampler(
+        np.broadcast_to(rows[:, None], (90, 110)),
+        np.broadcast_to(cols[None, :], (90, 110)),
+        (40, 50),
+    )
+    w_fast = np.zeros((3, 90, 110), np.float32) if with_weight else None
+    w_slow = np.zeros((3, 90, 110), np.float32) if with_weight else None
+    a = fast.sample(data, resampling, w_fast)
+    b = slow.sample(data, resampling, w_slow)
+    assert np.array_equal(np.isnan(a), np.isnan(b))
+    assert np.isnan(a).any() and np.isfinite(a).any()  # the footprint edge is exercised
+    np.testing.assert_allclose(a[np.isfinite(a)], b[np.isfinite(b)], rtol=1e-5)
+    if with_weight:
+        np.testing.assert_allclose(w_fast, w_slow, rtol=1e-5, atol=1e-6)
+
+
+def test_point_sampler_picks_the_separable_path_for_axis_aligned_grids() -> None:
+    t_src = Affine(20.0, 0, 600000.0, 0, -20.0, 5000000.0)
+    src = RasterWindow(
+        data=np.zeros((30, 30), np.float32), crs=CRS.from_epsg(32633), transform=t_src
+    )
+    grid = TargetGrid(32633, Affine(10.0, 0, 600105.0, 0, -10.0, 4999895.0), 40, 40)
+    assert isinstance(point_sampler(src, grid), SeparableSampler)
+    # the neighbouring zone's grid is rotated against this source: the general sampler
+    rotated = TargetGrid(32634, Affine(10.0, 0, 180105.0, 0, -10.0, 4999895.0), 40, 40)
+    x0, y0 = Transformer.from_crs(32634, 32633, always_xy=True).transform(180105.0, 4999895.0)
+    src_other_zone = RasterWindow(
+        data=np.zeros((40, 40), np.float32),
+        crs=CRS.from_epsg(32633),
+        transform=Affine(20.0, 0, round(x0) - 100.0, 0, -20.0, round(y0) + 100.0),
+    )
+    assert type(point_sampler(src_other_zone, rotated)) is PointSampler
