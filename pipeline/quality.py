@@ -9,6 +9,7 @@ corpus holds no holes and the index says how many pixels were invented.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,11 +52,18 @@ def nodata_fraction(arr: np.ndarray) -> float:
     return float(m.mean()) if m.size else 1.0
 
 
-def is_constant(arr: np.ndarray) -> bool:
+def is_constant(arr: np.ndarray, uniform_ok: Sequence[int] = ()) -> bool:
     """True when some band holds a single value over all its valid pixels (fill, dead
-    detector); an image with fewer than two valid pixels is constant too."""
+    detector); an image with fewer than two valid pixels is constant too.
+
+    Bands in ``uniform_ok`` (indices) may legitimately be uniform, e.g. Sentinel-2's
+    B10 cirrus band over a clear sky; they are skipped unless every band is constant.
+    """
     a = _as3d(arr)
-    for band in a:
+    skip = set(uniform_ok) if len(uniform_ok) < a.shape[0] else set()
+    for i, band in enumerate(a):
+        if i in skip:
+            continue
         v = band[np.isfinite(band)]
         if v.size < 2 or float(v.max()) == float(v.min()):
             return True
@@ -85,6 +93,7 @@ def check_image(
     max_nodata_fraction: float,
     bad_px: int = 0,
     check_constant: bool = True,
+    uniform_ok: Sequence[int] = (),
 ) -> Issue | None:
     """The per-modality rules, in order: non-finite source values, nodata, constant."""
     a = _as3d(arr)
@@ -106,7 +115,7 @@ def check_image(
             modality,
             f"{modality}: nodata fraction {frac:.4f} > {max_nodata_fraction:g}",
         )
-    if check_constant and is_constant(a):
+    if check_constant and is_constant(a, uniform_ok):
         return Issue(
             RejectReason.CONSTANT,
             modality,

@@ -93,6 +93,9 @@ SCL_BAND = "SCL"
 DEFAULT_REQUIRED: tuple[str, ...] = ("S2L2A", "S1GRD", "DEM", "LULC")
 #: Modalities whose constant images are legitimate (a sample all in one land-cover class).
 _CONSTANT_OK = ("LULC",)
+#: Bands that may be uniform over a whole sample without the image being broken: B10
+#: (cirrus, 1375 nm) sees nothing but cirrus, so a clear sky gives one flat value.
+_UNIFORM_OK_BANDS: dict[str, tuple[str, ...]] = {"S2L1C": ("B10",)}
 
 
 @dataclass(frozen=True)
@@ -780,6 +783,7 @@ def _finish(
             max_nodata_fraction=config.max_nodata_fraction,
             bad_px=s.bad_px.get(m_name, 0),
             check_constant=m_name not in _CONSTANT_OK,
+            uniform_ok=[i for i, b in enumerate(bands) if b in _UNIFORM_OK_BANDS.get(m_name, ())],
         )
         if issue is not None:
             if m_name in required:

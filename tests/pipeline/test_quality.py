@@ -59,6 +59,13 @@ def test_rules_give_the_right_reason() -> None:
     issue = check_image("S2L2A", const, max_nodata_fraction=0.01)
     assert issue is not None and issue.reason is RejectReason.CONSTANT
     assert check_image("LULC", const, max_nodata_fraction=0.01, check_constant=False) is None
+    # a band allowed to be uniform (S2 B10 cirrus under a clear sky) is not a broken image,
+    # another constant band still is, and so is an image whose every band is constant
+    assert not is_constant(const, uniform_ok=[1])
+    assert check_image("S2L1C", const, max_nodata_fraction=0.01, uniform_ok=[1]) is None
+    assert is_constant(const, uniform_ok=[0])
+    flat = np.full_like(ok, 3.0)
+    assert is_constant(flat, uniform_ok=list(range(flat.shape[0])))
 
 
 def test_cloud_and_delta_rules() -> None:
