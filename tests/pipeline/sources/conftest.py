@@ -28,7 +28,9 @@ REAL = _repo_root().parent / "shared" / "real"
 def real_dir() -> Path:
     if not REAL.is_dir():
         pytest.skip(f"real fixtures not found at ../shared/real ({REAL})")
-    return REAL
+    # resolved: pystac resolves symlinks in absolute hrefs, so a ../shared that is a link
+    # would otherwise give the two sides of a comparison different (equivalent) paths
+    return REAL.resolve()
 
 
 # --- a minimal STAC API over HTTP, served from item dicts by the test itself ---------------------
