@@ -101,6 +101,13 @@ def _wrap_lon(lon: float) -> float:
     return ((lon + 180.0) % 360.0) - 180.0
 
 
+def _col_edge(m: int, c: int) -> float:
+    """West edge of column ``c`` of a row with ``m`` columns, rounded once (``c * 360 / m``,
+    not ``c * (360 / m)``), so the -180 edge is exactly -180 and ``col_of`` and ``bounds``
+    agree on every edge."""
+    return c * 360.0 / m
+
+
 @dataclass(frozen=True)
 class MajorTomGrid:
     """The Major TOM grid for a cell size ``dist_km`` (10 km for terraloom)."""
@@ -160,12 +167,11 @@ class MajorTomGrid:
 
     def col_of(self, row: int, lon: float) -> int:
         m = self.n_cols(row)
-        w = 360.0 / m
         x = _wrap_lon(lon)
-        c = math.floor(x / w)
-        if c * w > x:
+        c = math.floor(x * m / 360.0)
+        if _col_edge(m, c) > x:
             c -= 1
-        elif (c + 1) * w <= x:
+        elif _col_edge(m, c + 1) <= x:
             c += 1
         if c < -(m // 2):
             c += m  # the antimeridian column of an odd row
@@ -178,10 +184,10 @@ class MajorTomGrid:
 
     def bounds(self, cell: str | CellId) -> CellBounds:
         c = self.cell(cell)
-        w = 360.0 / self.n_cols(c.row)
+        m = self.n_cols(c.row)
         south = self.row_south(c.row)
         north = min(self.row_south(c.row + 1), 90.0)
-        return CellBounds(c.col * w, south, (c.col + 1) * w, north)
+        return CellBounds(_col_edge(m, c.col), south, _col_edge(m, c.col + 1), north)
 
     def cells_in_bbox(self, west: float, south: float, east: float, north: float) -> list[CellId]:
         """Cells whose area intersects a lon/lat box (``west > east`` crosses the antimeridian)."""

@@ -1,0 +1,16 @@
+"""Suite-wide settings.
+
+Hypothesis draws its examples from a fixed seed (``derandomize``) so that every run of the
+suite, CI included, checks the same cases: a failure is reproducible, never a coin toss.
+Set ``HYPOTHESIS_PROFILE=explore`` to search with fresh random examples locally.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import settings
+
+settings.register_profile("default", derandomize=True)
+settings.register_profile("explore", derandomize=False, max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
