@@ -34,7 +34,7 @@ import torch
 
 from model.config import PIXEL_SUFFIX, TOKEN_SUFFIX, Kind, TargetSpec
 from model.transformer import Encoded, Queries, TerraloomModel
-from schemas.modalities import GEO_BIN_DEG, Layout, get_modality
+from schemas.modalities import GEO_BIN_DEG, LULC_COLORS, Layout, get_modality
 
 SCHEDULES = ("cosine", "linear")
 S2_DN_SCALE = 10000.0
@@ -962,19 +962,6 @@ def read_geotiff(
 
 # --------------------------------------------------------------------------- panels
 
-#: Esri 10 m land-cover palette in legend order (LULC_CLASSES).
-LULC_COLOURS: dict[int, tuple[int, int, int]] = {
-    1: (65, 155, 223),
-    2: (57, 125, 73),
-    4: (122, 135, 198),
-    5: (228, 150, 53),
-    7: (196, 40, 27),
-    8: (165, 155, 143),
-    9: (168, 235, 255),
-    10: (97, 97, 97),
-    11: (227, 226, 195),
-}
-
 
 def render(name: str, values: np.ndarray, limits: tuple[float, float] | None = None) -> np.ndarray:
     """(C, H, W) stored values -> (H, W, 3) uint8 quicklook with a fixed, comparable stretch.
@@ -1001,7 +988,7 @@ def render(name: str, values: np.ndarray, limits: tuple[float, float] | None = N
         return (np.nan_to_num(rgb).clip(0, 1) * 255).astype(np.uint8)
     if m.name == "LULC":
         lut = np.zeros((256, 3), np.uint8)
-        for v, c in LULC_COLOURS.items():
+        for v, c in LULC_COLORS.items():
             lut[v] = c
         return lut[np.nan_to_num(x[0]).astype(np.uint8)]
     if m.name == "NDVI":

@@ -19,20 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from schemas.modalities import LULC_CLASS_NAMES, LULC_CLASSES, Layout, get_modality
+from schemas.modalities import LULC_CLASS_NAMES, LULC_CLASSES, LULC_COLORS, Layout, get_modality
 
-#: Esri io-lulc 9-class legend colours, by class value.
-LULC_COLORS: dict[int, tuple[int, int, int]] = {
-    1: (65, 155, 223),
-    2: (57, 125, 73),
-    4: (122, 135, 198),
-    5: (228, 150, 53),
-    7: (196, 40, 27),
-    8: (165, 155, 143),
-    9: (168, 235, 255),
-    10: (97, 97, 97),
-    11: (227, 226, 195),
-}
 CLOUD_COLORS: dict[int, tuple[int, int, int]] = {
     0: (40, 120, 40),
     1: (245, 245, 245),

@@ -188,6 +188,18 @@ LULC_CLASS_NAMES: tuple[str, ...] = (
     "clouds",
     "rangeland",
 )
+#: The legend's display colours (Esri's palette), by class value: quicklooks, panels, reports.
+LULC_COLORS: dict[int, tuple[int, int, int]] = {
+    1: (65, 155, 223),
+    2: (57, 125, 73),
+    4: (122, 135, 198),
+    5: (228, 150, 53),
+    7: (196, 40, 27),
+    8: (165, 155, 143),
+    9: (168, 235, 255),
+    10: (97, 97, 97),
+    11: (227, 226, 195),
+}
 #: Sentinel-2 scene classification (SCL) values that count as cloud or shadow.
 SCL_CLOUD_SHADOW: tuple[int, ...] = (3, 8, 9, 10)
 SCL_NODATA = 0

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from schemas.modalities import CROP_PX, get_modality
+from schemas.modalities import CROP_PX, LULC_COLORS, get_modality
 from tokenize_jobs.corpus_reader import open_split, read_rows, valid_rows
 from tokenize_jobs.crops import apply_crops, draw_crops, row_key
 from tokenize_jobs.tokenizers import metrics as M
@@ -33,18 +33,6 @@ HEADLINE: dict[str, tuple[str, bool]] = {
     "DEM": ("mae", False),
     "NDVI": ("mae", False),
     "LULC": ("pixel_accuracy", True),
-}
-
-_LULC_COLOURS = {
-    1: "#419bdf",
-    2: "#397d49",
-    4: "#7a87c6",
-    5: "#e49635",
-    7: "#c4281b",
-    8: "#a59b8f",
-    9: "#a8ebff",
-    10: "#616161",
-    11: "#e3e2c3",
 }
 
 
@@ -243,10 +231,10 @@ def _display(modality: str, x: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray,
     if modality == "NDVI":
         return x[0].astype(np.float32), {"cmap": "RdYlGn", "vmin": -0.2, "vmax": 0.9}
     if modality == "LULC":
-        values = list(_LULC_COLOURS)
+        values = list(LULC_COLORS)
         lut = np.zeros(256, np.int64)
         lut[values] = np.arange(len(values))
-        cmap = ListedColormap(list(_LULC_COLOURS.values()))
+        cmap = ListedColormap([tuple(v / 255 for v in c) for c in LULC_COLORS.values()])
         idx = lut[np.nan_to_num(x[0], nan=0).astype(np.uint8)]
         return idx, {"cmap": cmap, "vmin": 0, "vmax": len(values) - 1, "interpolation": "nearest"}
     return x[0].astype(np.float32), {"cmap": "viridis"}
