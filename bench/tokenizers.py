@@ -51,8 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=96, help="training crop (eval always uses 224)")
     p.add_argument("--width", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--entropy-weight", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--entropy-weight",
+        type=float,
+        default=None,
+        help="codebook-usage regulariser (default: the modality's, see TrainConfig)",
+    )
     p.add_argument(
         "--eval-samples", type=int, default=48, help="val rows evaluated (toy val split size)"
     )
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# tokenizer bench on {label}")
     print(
         f"# recipe: {args.steps} steps x batch {args.batch} of {args.crop} px crops, width {args.width}, "
-        f"lr {args.lr}, entropy weight {args.entropy_weight}; eval: {args.eval_samples} val rows x "
+        f"lr {args.lr}, entropy weight {'per modality' if args.entropy_weight is None else args.entropy_weight}; eval: {args.eval_samples} val rows x "
         f"{args.eval_crops} crops of 224 px; "
         f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default') if not args.threads else args.threads}"
     )

@@ -263,6 +263,14 @@ def token_layout(
 # --------------------------------------------------------------------------- creation
 
 
+#: zstd level of every compressed array (Blosc, byte shuffle). Level 1, not 3: on a
+#: corpus sample (S2L2A uint16) it encodes 2.2x faster (287 vs 133 MB/s on the 2-core
+#: dev machine) and decodes 1.5x faster, for files 24 % larger (ratio 2.93 vs 3.64);
+#: compression was a fifth of the build's CPU at level 3, and a corpus is written once
+#: and read by every training epoch. Stores record their codec, so readers need not know.
+ZSTD_LEVEL = 1
+
+
 def _codecs(spec: ArraySpec) -> dict[str, Any]:
     """Keyword arguments of ``zarr.create_array`` for a spec."""
     from zarr.codecs import BloscCodec, BloscShuffle
@@ -271,7 +279,9 @@ def _codecs(spec: ArraySpec) -> dict[str, Any]:
     if spec.shards is not None:
         kwargs["shards"] = spec.shards
     if spec.compressed:
-        kwargs["compressors"] = [BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle)]
+        kwargs["compressors"] = [
+            BloscCodec(cname="zstd", clevel=ZSTD_LEVEL, shuffle=BloscShuffle.shuffle)
+        ]
     else:
         kwargs["compressors"] = None
     kwargs["filters"] = None

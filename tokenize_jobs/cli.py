@@ -61,8 +61,8 @@ def add_train_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--entropy-weight",
         type=float,
-        default=0.1,
-        help="FSQ codebook-usage regulariser weight (default 0.1, 0 = off)",
+        default=None,
+        help="FSQ codebook-usage regulariser weight (default: 0.1, S2L2A 0; 0 = off)",
     )
     p.add_argument(
         "--ema-decay", type=float, default=0.999, help="EMA decay of the exported weights"
@@ -76,6 +76,12 @@ def add_train_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--vocab-size", type=int, default=None, help="CAPTION vocabulary size (default: registry)"
+    )
+    p.add_argument(
+        "--no-linear-init",
+        action="store_true",
+        help="start continuous tokenizers from random weights instead of the fitted linear "
+        "tokenizer (and weight bands equally)",
     )
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -123,6 +129,8 @@ def run_train(args: argparse.Namespace) -> int:
             vocab_size=args.vocab_size or int(m.vocab_size or 0),
             amp=not args.no_amp,
             progress=not args.no_progress,
+            linear_init=not args.no_linear_init,
+            balance_bands=not args.no_linear_init,
         )
         out = Path(args.out) if args.out else Path("tokenizers") / m.name.lower()
         train_tokenizer(config, corpus, out)

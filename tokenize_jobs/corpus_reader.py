@@ -77,6 +77,10 @@ def crop_batch(samples: np.ndarray, crops: np.ndarray) -> np.ndarray:
     return apply_crops(samples, crops)
 
 
+#: Rows read at once by :meth:`CropSampler.fixed_batches`.
+_FIXED_READ_ROWS = 32
+
+
 @dataclass
 class CropSampler:
     """Random crops with flips of one modality for training.
@@ -103,6 +107,7 @@ class CropSampler:
         if self.name not in self.group:
             raise KeyError(f"corpus split {self.split!r} has no {self.name} array")
         rows = valid_rows(self.group)
+        self.all_rows = rows
         self.rows = rows[self.rank :: self.world_size]
         if self.rows.size == 0:
             raise ValueError(
@@ -117,7 +122,28 @@ class CropSampler:
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(stored values (B, C, crop, crop), crops (B, 5)) for a training step."""
-        rng = np.random.default_rng([self.seed, step, self.rank])
+        return self._draw(np.random.default_rng([self.seed, step, self.rank]))
+
+    def fixed_batches(self, n_batches: int) -> np.ndarray:
+        """``n_batches`` x ``batch_size`` crops for statistics before training: drawn
+        with seed keys of another length than any step's (so no step repeats them), from
+        all valid rows and without the rank, so every rank of a DDP run gets the very
+        same crops."""
+        rng = np.random.default_rng([self.seed, max(n_batches, 1)])
+        n = max(n_batches, 1) * self.batch_size
+        rows = np.sort(rng.choice(self.all_rows.size, min(n, self.all_rows.size), replace=False))
+        src = np.sort(rng.integers(0, rows.size, n))  # each crop's row, grouped by row
+        crops = random_crops(rng, n, self.crop_px, self.sample_px, self.flips)
+        out = []
+        for lo in range(0, rows.size, _FIXED_READ_ROWS):  # bounded memory: a few rows at a time
+            hi = min(lo + _FIXED_READ_ROWS, rows.size)
+            sel = (src >= lo) & (src < hi)
+            if sel.any():
+                samples = read_rows(self.group, self.name, self.all_rows[rows[lo:hi]])
+                out.append(apply_crops(samples, crops[sel], src=src[sel] - lo))
+        return np.concatenate(out)
+
+    def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         pick = rng.integers(0, self.rows.size, self.batch_size)
         crops = random_crops(rng, self.batch_size, self.crop_px, self.sample_px, self.flips)
         if self._cache is not None:

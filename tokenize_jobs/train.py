@@ -40,8 +40,20 @@ from tokenize_jobs.tokenizers.io import (
     save_geo_tokenizer,
     save_image_tokenizer,
 )
+from tokenize_jobs.tokenizers.linear_init import (
+    band_balance_weights,
+    default_spread,
+    linear_init,
+)
 from tokenize_jobs.tokenizers.nets import ConvNetConfig
 from tokenize_jobs.tokenizers.report import evaluate_image_tokenizer, write_report
+
+#: Default weight of the codebook-usage regulariser per modality (others: 0.1). S2L2A:
+#: off. Its linear start spends the codes on three spectral components whose joint
+#: range fills few of the 15,360 cells; pushing the codes apart cost it 2.5 dB at weight
+#: 0.02 and 3.3 dB at 0.1 on the demo world (from 31.5 dB, above the patch-mean baseline,
+#: to below it) for 12-23 % of the codes instead of 2 %.
+DEFAULT_ENTROPY_WEIGHT: dict[str, float] = {"S2L2A": 0.0}
 
 CKPT_NAME = "ckpt.pt"
 CKPT_FORMAT = "terraloom-tokenizer-ckpt"
@@ -71,16 +83,33 @@ class TrainConfig:
     blocks: tuple[int, ...] = (0, 1, 1, 2)
     unshuffle: int = 2
     skip: str = "bicubic"
+    #: Decoder's linear path reads unbound latents (needed by ``linear_init``; not for
+    #: class maps).
+    linear_paths: bool = True
     decoder: str = "conv"
     #: FSQ channel grouping (None: the modality default, see ``DEFAULT_FSQ_GROUPS``).
     fsq_groups: tuple[int, ...] | None = None
     #: Weight of the FSQ codebook-usage (entropy) regulariser; 0 disables it.
-    entropy_weight: float = 0.1
+    entropy_weight: float | None = None
     entropy_temperature: float = 0.5
     #: Entropy of the joint codes (True) or of each channel's levels (False).
     entropy_joint: bool = True
-    #: Per-band weights of the reconstruction loss (None = equal).
+    #: Per-band weights of the reconstruction loss (None = equal, or balanced when
+    #: ``balance_bands``).
     band_weights: tuple[float, ...] | None = None
+    #: Continuous multi-band modalities: weight each band by 1 / its within-patch
+    #: variance (see ``linear_init.band_balance_weights``) unless ``band_weights`` is set.
+    balance_bands: bool = True
+    #: Continuous modalities: start from the linear tokenizer fitted on
+    #: ``init_crops`` crops of up to as many distinct rows (see
+    #: ``tokenize_jobs.tokenizers.linear_init``). The fit needs the corpus' whole range:
+    #: on the demo world 64 crops started S2L2A 3 dB below 256 crops.
+    linear_init: bool = True
+    init_crops: int = 256
+    #: Latent value of each fitted component's 99.9 % quantile (``linear_init``): lower
+    #: is finer (more uniform) quantisation of the bulk, higher uses more of the levels.
+    #: None: the modality's default (``linear_init.default_spread``).
+    init_spread: float | None = None
     seed: int = 0
     ckpt_every: int = 500
     #: "auto" = cuda (LOCAL_RANK) when available, else cpu.
@@ -126,9 +155,23 @@ class TrainConfig:
             d.pop(k, None)
         return json.loads(json.dumps(d))
 
+    def resolved_entropy_weight(self) -> float:
+        """``entropy_weight``, or the modality's default when it is None."""
+        if self.entropy_weight is not None:
+            return self.entropy_weight
+        return DEFAULT_ENTROPY_WEIGHT.get(self.modality, 0.1)
+
     def net(self) -> ConvNetConfig:
         return ConvNetConfig(
-            self.width, tuple(self.channel_mult), tuple(self.blocks), self.unshuffle, self.skip
+            self.width,
+            tuple(self.channel_mult),
+            tuple(self.blocks),
+            self.unshuffle,
+            self.skip,
+            # class maps have no linear start; their logits read the codes as they are
+            self.linear_paths
+            and self.skip != "none"
+            and get_modality(self.modality).tokenizer is not TokenizerKind.FSQ_VAE_CLASSES,
         )
 
     @classmethod
@@ -233,6 +276,40 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
+def _prepare_start(
+    config: TrainConfig,
+    cfg: FSQVAEConfig,
+    model: FSQVAE,
+    sampler: CropSampler,
+    device: torch.device,
+) -> tuple[tuple[float, ...] | None, dict[str, float] | None]:
+    """Loss band weights and, for a fresh continuous tokenizer, the linear start.
+
+    Both come from the same ``init_crops`` crops, drawn with keys no training step uses
+    and independent of the rank, so every DDP rank computes the very same values (and a
+    resumed run recomputes them exactly; the weights it loads then overwrite the init).
+    """
+    if cfg.is_classes or not (config.linear_init or config.balance_bands):
+        return config.band_weights, None
+    pixels = sampler.fixed_batches(-(-config.init_crops // config.batch))
+    batch = to_model_space(cfg, torch.from_numpy(pixels))
+    weights = config.band_weights
+    if weights is None and config.balance_bands and cfg.in_channels > 1:
+        w = band_balance_weights(batch.inputs, batch.mask, cfg.patch_size)
+        weights = tuple(round(float(v), 6) for v in w)
+    summary = None
+    if config.linear_init:
+        w_t = None if weights is None else torch.tensor(weights)
+        summary = linear_init(
+            model,
+            batch.inputs.to(device),
+            batch.mask.to(device),
+            w_t,
+            default_spread(cfg.modality) if config.init_spread is None else config.init_spread,
+        )
+    return weights, summary
+
+
 def _train_image(config: TrainConfig, corpus: Path, out: Path, stop_at_step: int | None) -> Path:
     from tqdm import tqdm
 
@@ -243,6 +320,19 @@ def _train_image(config: TrainConfig, corpus: Path, out: Path, stop_at_step: int
         config.modality, config.net(), config.decoder, config.fsq_groups
     )
     model = FSQVAE(cfg).to(device)
+    sampler = CropSampler(
+        corpus,
+        config.train_split,
+        config.modality,
+        crop_px=config.crop_px,
+        batch_size=config.batch,
+        seed=config.seed,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+        flips=config.flips,
+        cache_bytes=config.cache_bytes,
+    )
+    band_weights, init_summary = _prepare_start(config, cfg, model, sampler, device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(
         model.parameters(),
@@ -269,18 +359,7 @@ def _train_image(config: TrainConfig, corpus: Path, out: Path, stop_at_step: int
         net = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    sampler = CropSampler(
-        corpus,
-        config.train_split,
-        config.modality,
-        crop_px=config.crop_px,
-        batch_size=config.batch,
-        seed=config.seed,
-        rank=dist_info.rank,
-        world_size=dist_info.world_size,
-        flips=config.flips,
-        cache_bytes=config.cache_bytes,
-    )
+    entropy_weight = config.resolved_entropy_weight()
     use_amp = config.amp and device.type == "cuda"
     end = config.steps if stop_at_step is None else min(config.steps, stop_at_step)
     out.mkdir(parents=True, exist_ok=True)
@@ -298,13 +377,13 @@ def _train_image(config: TrainConfig, corpus: Path, out: Path, stop_at_step: int
         net.train()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             recon, _, z = net(batch.inputs)
-        recon_loss = reconstruction_loss(cfg, recon, batch, config.band_weights)
+        recon_loss = reconstruction_loss(cfg, recon, batch, band_weights)
         loss = recon_loss
-        if config.entropy_weight:
+        if entropy_weight:
             ent = model.fsq.entropy_loss(
                 z.permute(0, 2, 3, 1), config.entropy_temperature, joint=config.entropy_joint
             )
-            loss = loss + config.entropy_weight * ent
+            loss = loss + entropy_weight * ent
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -371,6 +450,8 @@ def _train_image(config: TrainConfig, corpus: Path, out: Path, stop_at_step: int
         if finished:
             training = {
                 **asdict(config),
+                "effective_band_weights": band_weights,
+                "linear_init_fit": init_summary,
                 "corpus": corpus.name,
                 "final_loss": history[-1] if history else None,
             }

@@ -72,3 +72,12 @@ def test_texts_and_missing_split(toy_corpus: Path) -> None:
         open_split(toy_corpus, "test")
     with pytest.raises(KeyError):
         CropSampler(toy_corpus, "train", "S1RTC")  # not in this toy corpus
+
+
+def test_fixed_batches_are_the_same_on_every_rank_and_unlike_steps(toy_corpus: Path) -> None:
+    kw = dict(crop_px=32, batch_size=3, seed=5)
+    r0 = CropSampler(toy_corpus, "train", "DEM", rank=0, world_size=2, **kw)  # type: ignore[arg-type]
+    r1 = CropSampler(toy_corpus, "train", "DEM", rank=1, world_size=2, **kw)  # type: ignore[arg-type]
+    a, b = r0.fixed_batches(2), r1.fixed_batches(2)
+    assert a.shape == (6, 1, 32, 32) and np.array_equal(a, b)
+    assert not np.array_equal(a[:3], r0.batch(0)[0]) and not np.array_equal(a[:3], r0.batch(1)[0])

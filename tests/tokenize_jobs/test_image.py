@@ -30,7 +30,7 @@ TINY = ConvNetConfig(width=8, channel_mult=(1, 1, 2, 2), blocks=(0, 0, 1, 1))
 @pytest.mark.parametrize("size", [64, 224])
 def test_one_code_per_16px_patch(size: int, unshuffle: int) -> None:
     net = ConvNetConfig(8, (1, 1, 2, 2), (0, 0, 1, 1), unshuffle)
-    model = FSQVAE(FSQVAEConfig.for_modality("S1GRD", net))
+    model = FSQVAE(FSQVAEConfig.for_modality("S1GRD", net, fsq_groups=()))
     x = torch.randn(2, 2, size, size)
     out, idx, z = model(x)
     assert z.shape == (2, 5, size // 16, size // 16)
@@ -160,7 +160,7 @@ def test_latents_are_local_and_independent_of_the_crop(unshuffle: int) -> None:
 
 
 def test_grouped_fsq_keeps_the_code_index() -> None:
-    """DEM's (3, 1, 1) grouping quantises a 512-level scalar, but an id still means the
+    """A (3, 1, 1) grouping quantises a 512-level scalar, but an id still means the
     same digits of the registry levels (8, 8, 8, 6, 5)."""
     levels = (8, 8, 8, 6, 5)
     assert group_levels(levels, (3, 1, 1)) == (512, 6, 5)
@@ -178,7 +178,5 @@ def test_grouped_fsq_keeps_the_code_index() -> None:
     assert torch.equal(g[:, 1:], f[:, 3:])
     assert torch.equal(grouped.codes_to_indices(grouped.indices_to_codes(idx)), idx)
     cfg = FSQVAEConfig.for_modality("DEM", TINY)
-    assert (
-        cfg.fsq_groups == (3, 1, 1) and cfg.quant_levels == (512, 6, 5) and cfg.vocab_size == 15360
-    )
+    assert cfg.fsq_groups == (5,) and cfg.quant_levels == (15360,) and cfg.vocab_size == 15360
     assert FSQVAEConfig.for_modality("DEM", TINY, fsq_groups=()).quant_levels == levels

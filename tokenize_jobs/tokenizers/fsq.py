@@ -74,6 +74,17 @@ class FSQ(nn.Module):
             raise ValueError(f"last dimension {z.shape[-1]} != number of FSQ levels {self.dim}")
         return round_ste(self.bound(z.float())) / self._half_width
 
+    def unbound(self, codes: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`bound` on quantised codes: the continuous latent whose bounded
+        value is the code's level.
+
+        A decoder that reads its linear path through this sees latents that are linear
+        in a linearly encoded input (up to rounding) instead of their tanh, so a linear
+        encoder/decoder pair round-trips exactly at every level, tails included.
+        """
+        u = (codes.float() * self._half_width + self._offset) / self._half_l
+        return torch.atanh(u) - self._shift
+
     def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
         """Quantised codes (..., d) -> int64 indices (...)."""
         level_idx = torch.round(codes.float() * self._half_width + self._half_width).long()

@@ -38,10 +38,21 @@ IGNORE_INDEX = 255
 """Class target of nodata / unknown legend values (ignored by the loss and metrics)."""
 
 
-#: Per-modality FSQ channel grouping. DEM spans thousands of metres while a patch varies
-#: by a few: three 8-level channels act as one 512-level elevation scalar (7 m steps over
-#: 3.5 km instead of 440 m), the 6- and 5-level channels carry the local shape.
-DEFAULT_FSQ_GROUPS: dict[str, tuple[int, ...]] = {"DEM": (3, 1, 1)}
+#: Per-modality FSQ channel grouping (see :func:`group_levels`). A patch's level must be
+#: nearly exact to beat the patch-mean baseline, and 8 levels per channel are far too
+#: coarse for it. DEM: one 15,360-level elevation scalar (sub-metre steps over its range
+#: instead of 440 m; its shape inside a patch comes from the neighbours' levels). NDVI and
+#: S1 (whose two bands move together): a 3,072-level scalar for the level and a 5-level
+#: channel for the rest (NDVI's main shape inside the patch, S1's second component).
+#: S2L2A, whose patch means have three strong principal components: (64, 8, 30) levels.
+#: LULC keeps the plain [7, 5, 5, 5, 5].
+DEFAULT_FSQ_GROUPS: dict[str, tuple[int, ...]] = {
+    "DEM": (5,),
+    "NDVI": (4, 1),
+    "S1GRD": (4, 1),
+    "S1RTC": (4, 1),
+    "S2L2A": (2, 1, 2),
+}
 
 
 def group_levels(levels: tuple[int, ...], groups: tuple[int, ...]) -> tuple[int, ...]:
@@ -189,7 +200,14 @@ class FSQVAE(nn.Module):
         """Model-space input -> (model-space output, code indices, pre-quantisation latents)."""
         z = self.encoder(x)
         z_q, idx = self.quantize(z)
-        return self.decoder.decode(z_q.to(x.dtype)), idx, z
+        return self.decode_codes(z_q.to(x.dtype)), idx, z
+
+    def decode_codes(self, z_q: torch.Tensor) -> torch.Tensor:
+        """(B, d, h, w) quantised codes -> model-space output."""
+        if not self.config.net.linear_paths:
+            return self.decoder.decode(z_q)
+        low_in = self.fsq.unbound(z_q.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).to(z_q.dtype)
+        return self.decoder.decode(z_q, low_in)
 
     def encode_indices(self, x: torch.Tensor) -> torch.Tensor:
         return self.quantize(self.encoder(x))[1]
@@ -198,7 +216,7 @@ class FSQVAE(nn.Module):
         # Same values and memory layout as the training path, so decode(encode(x)) is
         # bit-identical to the forward pass.
         z_q = self.fsq.indices_to_codes(idx).permute(0, 3, 1, 2).contiguous()
-        return self.decoder.decode(z_q)
+        return self.decode_codes(z_q)
 
 
 # --------------------------------------------------------------------------- spaces

@@ -87,6 +87,11 @@ class ConvNetConfig:
     #: the latents; the decoder adds a linear map of the quantised latents upsampled
     #: with this ``F.interpolate`` mode to its output ("none": neither).
     skip: str = "bicubic"
+    #: The linear paths the linear start (``linear_init``) needs: the encoder's is a
+    #: linear map of the whole 16 x 16 patch (a stride-16 convolution) instead of its
+    #: mean, and the decoder's reads the quantised latents through the inverse of the
+    #: FSQ bound (``FSQ.unbound``). False is the format of tokenizers trained before.
+    linear_paths: bool = False
 
     def __post_init__(self) -> None:
         if len(self.channel_mult) != N_DOWN or len(self.blocks) != N_DOWN:
@@ -97,6 +102,8 @@ class ConvNetConfig:
             raise ValueError(f"unshuffle must be in 0..{N_DOWN - 1}")
         if self.skip not in ("none", "nearest", "bilinear", "bicubic"):
             raise ValueError(f"skip must be none, nearest, bilinear or bicubic, got {self.skip!r}")
+        if self.linear_paths and self.skip == "none":
+            raise ValueError("linear_paths needs a low-frequency path (skip != 'none')")
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -106,8 +113,9 @@ class ConvNetConfig:
 class Encoder(nn.Module):
     """(B, C_in, H, W) model-space input -> (B, d, H/16, W/16) continuous latents.
 
-    With ``net.skip`` set, a linear map of each patch's mean input is added to the
-    latents: the per-pixel norm before the read-out keeps the latent scale bounded but
+    With ``net.skip`` set, a linear map of each patch's mean input (of the whole patch
+    with ``net.linear_paths``) is added to the latents: the per-pixel norm before the
+    read-out keeps the latent scale bounded but
     divides out feature magnitudes, so without this path an absolute level (DEM
     elevation, S2 brightness) could only be encoded through a nonlinear detour.
     """
@@ -115,7 +123,11 @@ class Encoder(nn.Module):
     def __init__(self, in_channels: int, latent_dim: int, net: ConvNetConfig) -> None:
         super().__init__()
         self.patch = 2**N_DOWN
-        self.skip = nn.Conv2d(in_channels, latent_dim, 1) if net.skip != "none" else None
+        self.skip_patch = net.linear_paths
+        self.skip: nn.Conv2d | None = None
+        if net.skip != "none":
+            kernel = self.patch if net.linear_paths else 1
+            self.skip = nn.Conv2d(in_channels, latent_dim, kernel, stride=kernel)
         k = net.unshuffle
         layers: list[nn.Module] = [nn.PixelUnshuffle(2**k)] if k else []
         prev = in_channels * 4**k
@@ -129,7 +141,13 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.net(x)
         if self.skip is not None:
-            z = z + self.skip(F.avg_pool2d(x, self.patch))
+            if self.skip_patch:
+                # a sum over the patch's pixels, scaled like a mean so that one optimizer
+                # step moves z as much as it does through the 1x1 map of the patch means
+                # (unscaled, Adam's per-weight steps add up coherently over 256 pixels)
+                z = z + self.skip(x) / self.patch**2
+            else:
+                z = z + self.skip(F.avg_pool2d(x, self.patch))
         return z
 
 
@@ -140,8 +158,10 @@ class Decoder(nn.Module):
     wrapper maps them back to stored values. Subclasses implement ``forward``.
     """
 
-    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        return self(z_q)
+    def decode(self, z_q: torch.Tensor, low_in: torch.Tensor | None = None) -> torch.Tensor:
+        """``low_in``: what the low-frequency path reads instead of ``z_q`` (the unbound
+        latents, see ``ConvNetConfig.linear_paths``); decoders without one ignore it."""
+        return self(z_q, low_in)
 
 
 def _upsample(c_in: int, c_out: int, factor: int = 2) -> nn.Sequential:
@@ -172,10 +192,10 @@ class ConvDecoder(Decoder):
         layers += [_norm(widths[k]), nn.SiLU(), _upsample(widths[k], out_channels, 2 ** (k + 1))]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z_q: torch.Tensor) -> torch.Tensor:
+    def forward(self, z_q: torch.Tensor, low_in: torch.Tensor | None = None) -> torch.Tensor:
         out = self.net(z_q)
         if self.skip is not None:
-            low = self.skip(z_q)
+            low = self.skip(z_q if low_in is None else low_in)
             if self.skip_mode == "nearest":
                 low = F.interpolate(low, scale_factor=self.factor, mode="nearest")
             else:
