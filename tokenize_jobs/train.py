@@ -135,6 +135,10 @@ class TrainConfig:
             raise ValueError("lr must be > 0 and ema_decay in [0, 1)")
         if self.crop_px % 16:
             raise ValueError(f"crop_px {self.crop_px} must be a multiple of 16")
+        if self.init_crops < 1 or (self.init_spread is not None and self.init_spread <= 0):
+            raise ValueError("init_crops must be >= 1 and init_spread > 0")
+        if self.entropy_weight is not None and self.entropy_weight < 0:
+            raise ValueError("entropy_weight must be >= 0")
 
     #: Fields that do not change the training trajectory (may differ on resume).
     _NON_SCHEDULE = (

@@ -23,7 +23,7 @@ from tokenize_jobs.tokenizers.image import (
     to_model_space,
 )
 from tokenize_jobs.tokenizers.io import load_tokenizer
-from tokenize_jobs.train import TrainConfig, lr_factor, train_tokenizer
+from tokenize_jobs.train import TrainConfig, _prepare_start, lr_factor, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -175,3 +175,32 @@ def test_two_process_ddp_run(toy_corpus: Path, tmp_path: Path) -> None:
     log = json.loads((tmp_path / "ddp" / "train_log.json").read_text())
     assert len(log["loss"]) == 4 and log["last_run"]["samples_per_s"] > 0
     assert load_tokenizer(tmp_path / "ddp").modality == "DEM"
+
+
+def test_modality_defaults_and_bad_start_options() -> None:
+    assert TrainConfig("S2L2A").resolved_entropy_weight() == 0.0
+    assert TrainConfig("DEM").resolved_entropy_weight() == 0.1
+    assert TrainConfig("S2L2A", entropy_weight=0.3).resolved_entropy_weight() == 0.3
+    assert TrainConfig("DEM").net().linear_paths and not TrainConfig("LULC").net().linear_paths
+    for bad in ({"init_crops": 0}, {"init_spread": 0.0}, {"entropy_weight": -1.0}):
+        with pytest.raises(ValueError):
+            TrainConfig("DEM", **bad)  # type: ignore[arg-type]
+
+
+def test_training_from_the_linear_start_keeps_its_quality(toy_corpus: Path, tmp_path: Path) -> None:
+    """The linear start is already good; training must not wreck it (an unscaled
+    whole-patch path once made Adam's first steps blow the loss up 50x)."""
+    cfg = tiny("S2L2A", steps=30, lr=1e-3, init_crops=32)
+    start = initial_model(cfg)
+    sampler = CropSampler(toy_corpus, "train", "S2L2A", crop_px=32, batch_size=cfg.batch)
+    weights, fit = _prepare_start(cfg, start.config, start, sampler, torch.device("cpu"))
+    assert weights is not None and len(weights) == 12 and fit is not None
+    random_loss = fixed_batch_loss(initial_model(cfg), toy_corpus)
+    start_loss = fixed_batch_loss(start, toy_corpus)
+    assert start_loss < 0.5 * random_loss
+    out = train_tokenizer(cfg, toy_corpus, tmp_path / "s2")
+    trained = load_tokenizer(out)
+    assert isinstance(trained, FSQImageTokenizer)
+    assert fixed_batch_loss(trained.model, toy_corpus) < 1.2 * start_loss
+    recorded = json.loads((out / "config.json").read_text())["training"]
+    assert recorded["effective_band_weights"] == list(weights)
