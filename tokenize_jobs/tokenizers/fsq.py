@@ -117,8 +117,9 @@ class FSQ(nn.Module):
         ``joint=False`` spreads each channel's levels separately (sum of the marginals'
         entropies) instead of the joint codes: weaker, but it does not push channels
         apart. Channels with more than ``max_levels`` levels (grouped fine scalars such
-        as DEM's 512-level elevation) are left out: they are regression channels whose
-        spread is the data's, and the pull towards level centres would fight precision.
+        as the level scalars of DEM, NDVI and S1) are left out: they are regression
+        channels whose spread is the data's, and the pull towards level centres would
+        fight precision.
         """
         u = self.bound(z.float()).reshape(-1, self.dim)
         if u.shape[0] > max_tokens:
