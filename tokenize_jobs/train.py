@@ -83,8 +83,8 @@ class TrainConfig:
     blocks: tuple[int, ...] = (0, 1, 1, 2)
     unshuffle: int = 2
     skip: str = "bicubic"
-    #: Decoder's linear path reads unbound latents (needed by ``linear_init``; not for
-    #: class maps).
+    #: Whole-patch encoder path and unbound decoder read-out (``ConvNetConfig``;
+    #: needed by ``linear_init``; never for class maps).
     linear_paths: bool = True
     decoder: str = "conv"
     #: FSQ channel grouping (None: the modality default, see ``DEFAULT_FSQ_GROUPS``).

@@ -5,15 +5,15 @@ Why: the patch-mean baseline (every 16 x 16 patch replaced by its per-band mean)
 to beat with 14 bits per patch. A randomly initialised encoder/decoder spends most of a
 short budget rediscovering "code = quantised patch level, decoder = smooth
 interpolation" and lands far from it in precision (a DEM tokenizer 10x worse than the
-baseline in metres). Both nets already have a linear low-frequency path (encoder: a 1x1
-map of the patch means added to the latents; decoder: a 1x1 map of the latents,
-bicubically upsampled). :func:`linear_init` fits those two maps on a sample of training
-crops and zeroes the last layer of both convolutional paths, so step 0 *is* the linear
-tokenizer:
+baseline in metres). With ``net.linear_paths`` both nets have a linear low-frequency
+path (encoder: a stride-16 linear map of each patch added to the latents; decoder: a 1x1
+map of the unbound latents, bicubically upsampled). :func:`linear_init` fits those two
+maps on a sample of training crops and zeroes the last layer of both convolutional
+paths, so step 0 *is* the linear tokenizer:
 
 * encoder: principal components of the (band-weighted) patch means, the strongest on
-  the channel with the most levels, scaled so the central 99.8 % of each spans
-  ``spread`` in latent units (``tanh(1.5)`` = 90 % of the levels). Channels left over
+  the channel with the most levels, scaled so each one's 99.9 % magnitude quantile maps
+  to ``spread`` in latent units (``tanh(1.0)`` = 76 % of the levels). Channels left over
   when a modality has fewer bands than channels (one-band DEM and NDVI) get the main
   component of what varies inside the patches (the DEM's slope), so every channel
   carries information and its levels are used from step 0;

@@ -115,9 +115,9 @@ class Encoder(nn.Module):
 
     With ``net.skip`` set, a linear map of each patch's mean input (of the whole patch
     with ``net.linear_paths``) is added to the latents: the per-pixel norm before the
-    read-out keeps the latent scale bounded but
-    divides out feature magnitudes, so without this path an absolute level (DEM
-    elevation, S2 brightness) could only be encoded through a nonlinear detour.
+    read-out keeps the latent scale bounded but divides out feature magnitudes, so
+    without this path an absolute level (DEM elevation, S2 brightness) could only be
+    encoded through a nonlinear detour.
     """
 
     def __init__(self, in_channels: int, latent_dim: int, net: ConvNetConfig) -> None:
