@@ -59,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="codebook-usage regulariser (default: the modality's, see TrainConfig)",
     )
     p.add_argument(
+        "--compand-alpha", type=float, default=None, help="compander shape (TrainConfig)"
+    )
+    p.add_argument("--compand-uniform", type=float, default=None)
+    p.add_argument("--compand-knots", type=int, default=None, help="0: no compander")
+    p.add_argument(
         "--eval-samples", type=int, default=48, help="val rows evaluated (toy val split size)"
     )
     p.add_argument("--eval-crops", type=int, default=4)
@@ -110,7 +115,13 @@ def train_one(modality: str, corpus: Path, args: argparse.Namespace) -> dict[str
         import shutil
 
         shutil.rmtree(out)
+    compand = {
+        f"compand_{k}": getattr(args, f"compand_{k}")
+        for k in ("alpha", "uniform", "knots")
+        if getattr(args, f"compand_{k}") is not None
+    }
     cfg = TrainConfig(
+        **compand,
         modality=modality,
         steps=args.steps,
         batch=args.batch,

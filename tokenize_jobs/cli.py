@@ -62,7 +62,7 @@ def add_train_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         "--entropy-weight",
         type=float,
         default=None,
-        help="FSQ codebook-usage regulariser weight (default: 0.1, S2L2A 0; 0 = off)",
+        help="FSQ codebook-usage regulariser weight (default: 0.1, S2L2A 0.02; 0 = off)",
     )
     p.add_argument(
         "--ema-decay", type=float, default=0.999, help="EMA decay of the exported weights"
@@ -82,6 +82,18 @@ def add_train_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         action="store_true",
         help="start continuous tokenizers from random weights instead of the fitted linear "
         "tokenizer (and weight bands equally)",
+    )
+    p.add_argument(
+        "--compand-alpha",
+        type=float,
+        default=None,
+        help="shape of the compander fitted by the linear start: 1 equalises the levels' "
+        "use, 1/3 minimises rounding error (default 1.0)",
+    )
+    p.add_argument(
+        "--no-compand",
+        action="store_true",
+        help="no compander in front of the quantiser (evenly spaced FSQ levels)",
     )
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -109,6 +121,8 @@ def run_train(args: argparse.Namespace) -> int:
     corpus = Path(args.corpus)
     if not corpus.is_dir():
         return fail(f"corpus directory {corpus} does not exist")
+    from tokenize_jobs.tokenizers.compand import DEFAULT_KNOTS
+    from tokenize_jobs.tokenizers.linear_init import DEFAULT_COMPAND_ALPHA
     from tokenize_jobs.train import TrainConfig, train_tokenizer
 
     try:
@@ -131,6 +145,10 @@ def run_train(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             linear_init=not args.no_linear_init,
             balance_bands=not args.no_linear_init,
+            compand_knots=0 if args.no_compand else DEFAULT_KNOTS,
+            compand_alpha=DEFAULT_COMPAND_ALPHA
+            if args.compand_alpha is None
+            else args.compand_alpha,
         )
         out = Path(args.out) if args.out else Path("tokenizers") / m.name.lower()
         train_tokenizer(config, corpus, out)

@@ -27,6 +27,7 @@ import torch
 from schemas.modalities import CAPTION_VOCAB, CROP_PX, TokenizerKind, get_modality
 from tokenize_jobs.corpus_reader import DEFAULT_CACHE_BYTES, CropSampler, read_texts
 from tokenize_jobs.tokenizers.caption import DEFAULT_SENTINELS, train_wordpiece
+from tokenize_jobs.tokenizers.compand import DEFAULT_KNOTS
 from tokenize_jobs.tokenizers.geo import GeoTokenizer
 from tokenize_jobs.tokenizers.image import (
     FSQVAE,
@@ -41,6 +42,8 @@ from tokenize_jobs.tokenizers.io import (
     save_image_tokenizer,
 )
 from tokenize_jobs.tokenizers.linear_init import (
+    DEFAULT_COMPAND_ALPHA,
+    DEFAULT_COMPAND_UNIFORM,
     band_balance_weights,
     default_spread,
     linear_init,
@@ -49,11 +52,10 @@ from tokenize_jobs.tokenizers.nets import ConvNetConfig
 from tokenize_jobs.tokenizers.report import evaluate_image_tokenizer, write_report
 
 #: Default weight of the codebook-usage regulariser per modality (others: 0.1). S2L2A:
-#: off. Its linear start spends the codes on three spectral components whose joint
-#: range fills few of the 15,360 cells; pushing the codes apart cost it 2.5 dB at weight
-#: 0.02 and 3.3 dB at 0.1 on the demo world (from 31.5 dB, above the patch-mean baseline,
-#: to below it) for 12-23 % of the codes instead of 2 %.
-DEFAULT_ENTROPY_WEIGHT: dict[str, float] = {"S2L2A": 0.0}
+#: 0.02. Its three spectral components fill few of the 15,360 cells jointly; without the
+#: compander pushing the codes apart cost 2.5 dB at 0.02 (below the patch-mean
+#: baseline), with it 0.15 dB for 29 % of the codes instead of 16 % (demo world).
+DEFAULT_ENTROPY_WEIGHT: dict[str, float] = {"S2L2A": 0.02}
 
 CKPT_NAME = "ckpt.pt"
 CKPT_FORMAT = "terraloom-tokenizer-ckpt"
@@ -110,6 +112,12 @@ class TrainConfig:
     #: is finer (more uniform) quantisation of the bulk, higher uses more of the levels.
     #: None: the modality's default (``linear_init.default_spread``).
     init_spread: float | None = None
+    #: Compander in front of the quantiser, fitted by the linear start (knots; 0: none)
+    #: and its shape (``compand.target_cdf``: ``alpha`` 1 equalises the levels' use,
+    #: 1/3 minimises rounding error; ``uniform`` keeps levels on the tails).
+    compand_knots: int = DEFAULT_KNOTS
+    compand_alpha: float = DEFAULT_COMPAND_ALPHA
+    compand_uniform: float = DEFAULT_COMPAND_UNIFORM
     seed: int = 0
     ckpt_every: int = 500
     #: "auto" = cuda (LOCAL_RANK) when available, else cpu.
@@ -139,6 +147,10 @@ class TrainConfig:
             raise ValueError("init_crops must be >= 1 and init_spread > 0")
         if self.entropy_weight is not None and self.entropy_weight < 0:
             raise ValueError("entropy_weight must be >= 0")
+        if self.compand_knots == 1 or self.compand_knots < 0:
+            raise ValueError("compand_knots must be 0 (no compander) or >= 2")
+        if not (0 <= self.compand_alpha <= 1 and 0 <= self.compand_uniform <= 1):
+            raise ValueError("compand_alpha and compand_uniform must lie in [0, 1]")
 
     #: Fields that do not change the training trajectory (may differ on resume).
     _NON_SCHEDULE = (
@@ -176,6 +188,18 @@ class TrainConfig:
             self.linear_paths
             and self.skip != "none"
             and get_modality(self.modality).tokenizer is not TokenizerKind.FSQ_VAE_CLASSES,
+        )
+
+    def model_config(self) -> FSQVAEConfig:
+        """The tokenizer this run trains (before its linear start is fitted)."""
+        net = self.net()
+        return FSQVAEConfig.for_modality(
+            self.modality,
+            net,
+            self.decoder,
+            self.fsq_groups,
+            # the compander is fitted by the linear start, so it comes only with one
+            compand_knots=self.compand_knots if self.linear_init and net.linear_paths else 0,
         )
 
     @classmethod
@@ -310,6 +334,8 @@ def _prepare_start(
             batch.mask.to(device),
             w_t,
             default_spread(cfg.modality) if config.init_spread is None else config.init_spread,
+            config.compand_alpha,
+            config.compand_uniform,
         )
     return weights, summary
 
@@ -320,9 +346,7 @@ def _train_image(config: TrainConfig, corpus: Path, out: Path, stop_at_step: int
     dist_info = _init_distributed(config.device)
     device = resolve_device(config.device, dist_info)
     torch.manual_seed(config.seed)
-    cfg = FSQVAEConfig.for_modality(
-        config.modality, config.net(), config.decoder, config.fsq_groups
-    )
+    cfg = config.model_config()
     model = FSQVAE(cfg).to(device)
     sampler = CropSampler(
         corpus,

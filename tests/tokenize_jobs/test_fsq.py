@@ -36,14 +36,20 @@ def test_quantize_reaches_every_code_exactly(levels: tuple[int, ...]) -> None:
     assert torch.equal(got, idx)
 
 
-def test_quantize_of_extreme_inputs_stays_in_range() -> None:
-    fsq = FSQ(FSQ_IMAGE_LEVELS)
-    z = torch.randn(4096, 5) * 50
+@pytest.mark.parametrize("levels", [FSQ_IMAGE_LEVELS, (3072, 5), (15360,), (64, 8, 30)])
+def test_quantize_of_extreme_inputs_stays_in_range(levels: tuple[int, ...]) -> None:
+    """Grouped scalars with thousands of levels included: the bound's 1 + eps stretch
+    once rounded saturated latents one level past the end (an invalid index, and NaN
+    from ``unbound``)."""
+    fsq = FSQ(levels)
+    d = len(levels)
+    z = torch.randn(4096, d) * 50
     z_q, idx = fsq(z)
     assert idx.min() >= 0 and idx.max() < fsq.codebook_size
     assert torch.equal(fsq.indices_to_codes(idx), z_q)
+    assert torch.isfinite(fsq.unbound(z_q)).all()
     # both ends of every level range are reached
-    big = torch.full((1, 5), 100.0)
+    big = torch.full((1, d), 100.0)
     assert torch.equal(fsq(big)[1], torch.tensor([fsq.codebook_size - 1]))
     assert torch.equal(fsq(-big)[1], torch.tensor([0]))
 

@@ -51,6 +51,8 @@ def test_train_geo_and_an_image_tokenizer(
         "1",
         "--device",
         "cpu",
+        "--compand-alpha",
+        "0.5",
         "--no-progress",
     ]
     assert main(argv) == 0
@@ -58,6 +60,11 @@ def test_train_geo_and_an_image_tokenizer(
     assert "NDVI tokenizer written to" in out and "| **mean** |" in out  # the eval table is printed
     cfg = json.loads((tmp_path / "ndvi" / "config.json").read_text())
     assert cfg["training"]["steps"] == 3 and cfg["model"]["net"]["width"] == 8
+    assert cfg["training"]["compand_alpha"] == 0.5 and cfg["model"]["compand_knots"] > 0
+    # --no-compand: evenly spaced levels, and a config without the compander
+    assert main([*argv[:6], str(tmp_path / "ndvi_plain"), *argv[7:], "--no-compand"]) == 0
+    plain = json.loads((tmp_path / "ndvi_plain" / "config.json").read_text())
+    assert "compand_knots" not in plain["model"] and plain["training"]["compand_knots"] == 0
 
 
 @pytest.mark.parametrize(
@@ -67,6 +74,7 @@ def test_train_geo_and_an_image_tokenizer(
         (["--modality", "S9"], "unknown modality"),
         (["--modality", "DEM", "--crop", "40"], "multiple of 16"),
         (["--modality", "DEM", "--steps", "0"], "steps"),
+        (["--modality", "DEM", "--compand-alpha", "2"], "compand_alpha"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(

@@ -18,7 +18,6 @@ from tokenize_jobs.corpus_reader import CropSampler, open_split, read_rows, vali
 from tokenize_jobs.tokenizers.image import (
     FSQVAE,
     FSQImageTokenizer,
-    FSQVAEConfig,
     reconstruction_loss,
     to_model_space,
 )
@@ -61,7 +60,7 @@ def fixed_batch_loss(model: FSQVAE, corpus: Path, crop_px: int = 32) -> float:
 
 def initial_model(cfg: TrainConfig) -> FSQVAE:
     torch.manual_seed(cfg.seed)  # the training run initialises the same way
-    return FSQVAE(FSQVAEConfig.for_modality(cfg.modality, cfg.net(), cfg.decoder, cfg.fsq_groups))
+    return FSQVAE(cfg.model_config())
 
 
 def test_short_training_lowers_the_loss_and_exports_a_tokenizer(
@@ -178,11 +177,22 @@ def test_two_process_ddp_run(toy_corpus: Path, tmp_path: Path) -> None:
 
 
 def test_modality_defaults_and_bad_start_options() -> None:
-    assert TrainConfig("S2L2A").resolved_entropy_weight() == 0.0
+    assert TrainConfig("S2L2A").resolved_entropy_weight() == 0.02
     assert TrainConfig("DEM").resolved_entropy_weight() == 0.1
     assert TrainConfig("S2L2A", entropy_weight=0.3).resolved_entropy_weight() == 0.3
     assert TrainConfig("DEM").net().linear_paths and not TrainConfig("LULC").net().linear_paths
-    for bad in ({"init_crops": 0}, {"init_spread": 0.0}, {"entropy_weight": -1.0}):
+    # the compander comes with the linear start of continuous modalities only
+    assert TrainConfig("S2L2A").model_config().compand_knots > 0
+    assert TrainConfig("S2L2A", linear_init=False).model_config().compand_knots == 0
+    assert TrainConfig("LULC").model_config().compand_knots == 0
+    for bad in (
+        {"init_crops": 0},
+        {"init_spread": 0.0},
+        {"entropy_weight": -1.0},
+        {"compand_knots": 1},
+        {"compand_alpha": 1.5},
+        {"compand_uniform": -0.1},
+    ):
         with pytest.raises(ValueError):
             TrainConfig("DEM", **bad)  # type: ignore[arg-type]
 
@@ -202,5 +212,9 @@ def test_training_from_the_linear_start_keeps_its_quality(toy_corpus: Path, tmp_
     trained = load_tokenizer(out)
     assert isinstance(trained, FSQImageTokenizer)
     assert fixed_batch_loss(trained.model, toy_corpus) < 1.2 * start_loss
+    # the fitted compander travels with the weights
+    assert start.compander is not None and trained.model.compander is not None
+    assert torch.equal(trained.model.compander.y_knots, start.compander.y_knots)
+    assert not torch.equal(start.compander.x_knots, start.compander.y_knots)
     recorded = json.loads((out / "config.json").read_text())["training"]
     assert recorded["effective_band_weights"] == list(weights)

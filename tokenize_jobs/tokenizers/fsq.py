@@ -16,13 +16,19 @@ import torch
 from torch import nn
 
 
-def round_ste(z: torch.Tensor) -> torch.Tensor:
-    """Round in the forward pass, identity in the backward pass.
+def round_ste(
+    z: torch.Tensor, low: torch.Tensor | None = None, high: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Round (and clamp to ``[low, high]`` if given) in the forward pass, identity in the
+    backward pass.
 
     Written as ``round(z) + (z - z.detach())`` so the forward value is exactly the
     rounded one (``z + (round(z) - z)`` can be off by an ulp).
     """
-    return torch.round(z).detach() + (z - z.detach())
+    r = torch.round(z)
+    if low is not None and high is not None:
+        r = torch.minimum(torch.maximum(r, low), high)
+    return r.detach() + (z - z.detach())
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
@@ -43,6 +49,8 @@ class FSQ(nn.Module):
     _offset: torch.Tensor
     _shift: torch.Tensor
     _half_width: torch.Tensor
+    _low: torch.Tensor
+    _high: torch.Tensor
 
     def __init__(self, levels: Sequence[int], eps: float = 1e-3) -> None:
         super().__init__()
@@ -63,6 +71,11 @@ class FSQ(nn.Module):
         self.register_buffer("_offset", offset.float(), persistent=False)
         self.register_buffer("_shift", torch.atanh(offset / half_l).float(), persistent=False)
         self.register_buffer("_half_width", (lv // 2).float(), persistent=False)
+        # Valid rounded levels. The bound's ``1 + eps`` stretch reaches past them once
+        # (L - 1) * eps / 2 > 0.5, i.e. for the grouped scalars of 3,072 and 15,360
+        # levels, when a latent saturates the tanh; the clamp keeps every code a code.
+        self.register_buffer("_low", -(lv // 2).float(), persistent=False)
+        self.register_buffer("_high", (lv - 1 - lv // 2).float(), persistent=False)
 
     def bound(self, z: torch.Tensor) -> torch.Tensor:
         """Squash each channel into (-L/2, L/2) so that rounding yields exactly L values."""
@@ -72,7 +85,7 @@ class FSQ(nn.Module):
         """Continuous (..., d) -> quantised codes (..., d) in [-1, 1], straight-through."""
         if z.shape[-1] != self.dim:
             raise ValueError(f"last dimension {z.shape[-1]} != number of FSQ levels {self.dim}")
-        return round_ste(self.bound(z.float())) / self._half_width
+        return round_ste(self.bound(z.float()), self._low, self._high) / self._half_width
 
     def unbound(self, codes: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`bound` on quantised codes: the continuous latent whose bounded

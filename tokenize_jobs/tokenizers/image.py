@@ -31,6 +31,7 @@ from schemas.modalities import (
     lulc_to_index,
 )
 from tokenize_jobs.protocol import TOKENIZER_FORMAT_VERSION
+from tokenize_jobs.tokenizers.compand import Compander
 from tokenize_jobs.tokenizers.fsq import FSQ
 from tokenize_jobs.tokenizers.nets import ConvNetConfig, Encoder, build_decoder
 
@@ -99,9 +100,14 @@ class FSQVAEConfig:
     #: Consecutive FSQ channels quantised jointly as one scalar with the product of their
     #: levels (empty: one scalar per channel). See :func:`group_levels`.
     fsq_groups: tuple[int, ...] = ()
+    #: Knots of the compander in front of the quantiser (0: none). See
+    #: ``tokenize_jobs.tokenizers.compand``; fitted by the linear start.
+    compand_knots: int = 0
 
     def __post_init__(self) -> None:
         group_levels(self.levels, self.fsq_groups)  # validates
+        if self.compand_knots and (self.compand_knots < 2 or self.is_classes):
+            raise ValueError("compand_knots must be 0 or >= 2, and 0 for class maps")
 
     @classmethod
     def for_modality(
@@ -110,6 +116,7 @@ class FSQVAEConfig:
         net: ConvNetConfig | None = None,
         decoder: str = "conv",
         fsq_groups: tuple[int, ...] | None = None,
+        compand_knots: int = 0,
     ) -> FSQVAEConfig:
         """Config of the tokenizer of a registry modality (levels, bands, statistics)."""
         m = get_modality(modality)
@@ -134,6 +141,7 @@ class FSQVAEConfig:
             fsq_groups=DEFAULT_FSQ_GROUPS.get(m.name, ())
             if fsq_groups is None
             else tuple(fsq_groups),
+            compand_knots=compand_knots,
         )
 
     @property
@@ -153,6 +161,9 @@ class FSQVAEConfig:
         d = asdict(self)
         if self.nodata is not None and math.isnan(self.nodata):
             d["nodata"] = "nan"
+        if not self.compand_knots:
+            # tokenizers from before companding keep their config digest (identity)
+            d.pop("compand_knots")
         return d
 
     @classmethod
@@ -190,24 +201,35 @@ class FSQVAE(nn.Module):
         self.encoder = Encoder(config.in_channels, d, config.net)
         self.fsq = FSQ(config.quant_levels)
         self.decoder = build_decoder(config.decoder, d, config.out_channels, config.net)
+        self.compander = Compander(d, config.compand_knots) if config.compand_knots else None
+
+    def compand(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, d, h, w) encoder latents -> the latents the quantiser rounds."""
+        if self.compander is None:
+            return z
+        return self.compander(z.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, d, h, w) latents -> quantised (B, d, h, w) and indices (B, h, w)."""
-        z_q, idx = self.fsq(z.permute(0, 2, 3, 1))
+        """(B, d, h, w) encoder latents -> quantised (B, d, h, w) and indices (B, h, w)."""
+        z_q, idx = self.fsq(self.compand(z).permute(0, 2, 3, 1))
         return z_q.permute(0, 3, 1, 2).contiguous(), idx
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Model-space input -> (model-space output, code indices, pre-quantisation latents)."""
-        z = self.encoder(x)
-        z_q, idx = self.quantize(z)
+        """Model-space input -> (model-space output, code indices, latents as the
+        quantiser sees them, i.e. companded)."""
+        z = self.compand(self.encoder(x))
+        z_q, idx = self.fsq(z.permute(0, 2, 3, 1))
+        z_q = z_q.permute(0, 3, 1, 2).contiguous()
         return self.decode_codes(z_q.to(x.dtype)), idx, z
 
     def decode_codes(self, z_q: torch.Tensor) -> torch.Tensor:
         """(B, d, h, w) quantised codes -> model-space output."""
         if not self.config.net.linear_paths:
             return self.decoder.decode(z_q)
-        low_in = self.fsq.unbound(z_q.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).to(z_q.dtype)
-        return self.decoder.decode(z_q, low_in)
+        low_in = self.fsq.unbound(z_q.permute(0, 2, 3, 1))
+        if self.compander is not None:
+            low_in = self.compander.inverse(low_in)
+        return self.decoder.decode(z_q, low_in.permute(0, 3, 1, 2).to(z_q.dtype))
 
     def encode_indices(self, x: torch.Tensor) -> torch.Tensor:
         return self.quantize(self.encoder(x))[1]
