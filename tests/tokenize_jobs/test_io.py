@@ -88,3 +88,26 @@ def test_every_kind_loads_through_one_function(tmp_path: Path) -> None:
     assert torch.equal(ids, cap.encode_batch(["Mostly water."], 16)[0])
     assert text.identity == cap.identity and text.identity["id"] == "CAPTION-wordpiece"
     assert geo.identity == GeoTokenizer().identity
+
+
+def test_a_fitted_compander_travels_with_the_weights(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    net = ConvNetConfig(width=8, channel_mult=(1, 1, 2, 2), blocks=(0, 0, 1, 1), linear_paths=True)
+    model = FSQVAE(FSQVAEConfig.for_modality("DEM", net, compand_knots=17))
+    assert model.compander is not None
+    model.compander.set_channel(0, torch.linspace(-3, 3, 17), torch.linspace(-1, 1, 17) ** 3 * 2)
+    out = tokenizer_dir(tmp_path, "dem")
+    save_image_tokenizer(model, out, training={"steps": 1})
+    tok = load_tokenizer(out)
+    assert isinstance(tok, FSQImageTokenizer) and tok.model.compander is not None
+    assert torch.equal(tok.model.compander.y_knots, model.compander.y_knots)
+    x = torch.rand(2, 1, 64, 64) * 3000
+    codes = tok.encode(x)
+    assert torch.equal(codes, FSQImageTokenizer(model).encode(x))
+    # a fresh (identity) compander would give other codes: the knots matter
+    fresh = FSQVAE(model.config)
+    fresh.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("compander.")},
+        strict=False,
+    )
+    assert not torch.equal(FSQImageTokenizer(fresh).encode(x), codes)
