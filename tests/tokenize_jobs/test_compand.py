@@ -23,7 +23,7 @@ def peaked(n: int, seed: int = 0) -> torch.Tensor:
 def fitted(levels: int, alpha: float, uniform: float, n: int = 20000) -> tuple[Compander, FSQ]:
     fsq = FSQ((levels,))
     comp = Compander(1)
-    x, y, gain = fit_knots(peaked(n), levels, float(fsq._shift[0]), alpha=alpha, uniform=uniform)
+    x, y, gain = fit_knots(peaked(n), levels, float(fsq.shift[0]), alpha=alpha, uniform=uniform)
     comp.set_channel(0, x / gain, y)  # in the values' own units
     return comp, fsq
 

@@ -77,6 +77,12 @@ class FSQ(nn.Module):
         self.register_buffer("_low", -(lv // 2).float(), persistent=False)
         self.register_buffer("_high", (lv - 1 - lv // 2).float(), persistent=False)
 
+    @property
+    def shift(self) -> torch.Tensor:
+        """(d,) offsets inside each channel's tanh (non-zero for even level counts, whose
+        levels straddle 0); a compander targets ``tanh(z + shift)``."""
+        return self._shift
+
     def bound(self, z: torch.Tensor) -> torch.Tensor:
         """Squash each channel into (-L/2, L/2) so that rounding yields exactly L values."""
         return torch.tanh(z + self._shift) * self._half_l - self._offset

@@ -174,7 +174,7 @@ def linear_init(
             knots_x, knots_y, gain = fit_knots(
                 z64[:, c],
                 cfg.quant_levels[c],
-                float(model.fsq._shift[c]),
+                float(model.fsq.shift[c]),
                 compander.x_knots.shape[1],
                 compand_alpha,
                 compand_uniform,
