@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from schemas.modalities import CROP_PX
@@ -121,8 +122,6 @@ def run_train(args: argparse.Namespace) -> int:
     corpus = Path(args.corpus)
     if not corpus.is_dir():
         return fail(f"corpus directory {corpus} does not exist")
-    from tokenize_jobs.tokenizers.compand import DEFAULT_KNOTS
-    from tokenize_jobs.tokenizers.linear_init import DEFAULT_COMPAND_ALPHA
     from tokenize_jobs.train import TrainConfig, train_tokenizer
 
     try:
@@ -145,11 +144,11 @@ def run_train(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             linear_init=not args.no_linear_init,
             balance_bands=not args.no_linear_init,
-            compand_knots=0 if args.no_compand else DEFAULT_KNOTS,
-            compand_alpha=DEFAULT_COMPAND_ALPHA
-            if args.compand_alpha is None
-            else args.compand_alpha,
         )
+        if args.no_compand:
+            config = replace(config, compand_knots=0)
+        if args.compand_alpha is not None:
+            config = replace(config, compand_alpha=args.compand_alpha)
         out = Path(args.out) if args.out else Path("tokenizers") / m.name.lower()
         train_tokenizer(config, corpus, out)
     except (ValueError, KeyError, FileNotFoundError) as exc:

@@ -211,15 +211,18 @@ class FSQVAE(nn.Module):
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, d, h, w) encoder latents -> quantised (B, d, h, w) and indices (B, h, w)."""
-        z_q, idx = self.fsq(self.compand(z).permute(0, 2, 3, 1))
+        return self._round(self.compand(z))
+
+    def _round(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """FSQ on (B, d, h, w) companded latents."""
+        z_q, idx = self.fsq(z.permute(0, 2, 3, 1))
         return z_q.permute(0, 3, 1, 2).contiguous(), idx
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Model-space input -> (model-space output, code indices, latents as the
         quantiser sees them, i.e. companded)."""
         z = self.compand(self.encoder(x))
-        z_q, idx = self.fsq(z.permute(0, 2, 3, 1))
-        z_q = z_q.permute(0, 3, 1, 2).contiguous()
+        z_q, idx = self._round(z)
         return self.decode_codes(z_q.to(x.dtype)), idx, z
 
     def decode_codes(self, z_q: torch.Tensor) -> torch.Tensor:

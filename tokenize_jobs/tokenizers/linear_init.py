@@ -167,9 +167,9 @@ def linear_init(
         w_enc[order[j]] = direction * scale
         b_enc[order[j]] = -(mu @ direction) * scale
         fitted.append(order[j])
+    z64 = fit @ w_enc.T + b_enc  # the step-0 latents of the fit patches
     compander = model.compander
     if compander is not None:
-        z64 = fit @ w_enc.T + b_enc
         for c in fitted:
             knots_x, knots_y, gain = fit_knots(
                 z64[:, c],
@@ -181,6 +181,7 @@ def linear_init(
             )
             w_enc[c] *= gain
             b_enc[c] *= gain
+            z64[:, c] *= gain
             compander.set_channel(c, knots_x, knots_y)
     enc_skip, dec_skip = model.encoder.skip, decoder.skip
     assert enc_skip is not None and enc_skip.bias is not None
@@ -195,7 +196,7 @@ def linear_init(
     _zero_last_conv(model.encoder.net, fitted)
     _zero_last_conv(decoder.net)
 
-    z = (fit @ w_enc.T + b_enc).float().to(enc_skip.weight.device)
+    z = z64.float().to(enc_skip.weight.device)
     if compander is not None:
         z = compander(z)
 
