@@ -208,6 +208,12 @@ def add_encode_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--prefetch", type=int, default=2, help="corpus shards read ahead (default 2)")
     p.add_argument("--read-threads", type=int, default=2, help="reader threads (default 2)")
+    p.add_argument(
+        "--verify-committed",
+        action="store_true",
+        help="on resume, re-read committed shards and compare their checksums (default: check "
+        "that their files exist with the recorded sizes); shards that fail are re-encoded",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_encode)
     return p
@@ -233,6 +239,7 @@ def run_encode(args: argparse.Namespace) -> int:
             modalities=args.modalities,
             splits=args.splits,
             progress=not args.no_progress,
+            verify_committed=args.verify_committed,
         )
         report = encode(args.corpus, args.tokenizers, args.out, cfg)
     except (EncodeError, FileNotFoundError, KeyError) as exc:
@@ -241,6 +248,8 @@ def run_encode(args: argparse.Namespace) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     tag = f"[rank {os.environ.get('RANK', '0')}/{world}] " if world > 1 else ""
     for s in report.splits:
+        for shard, why in s.redone:
+            print(f"{tag}{s.split}: committed shard {shard} failed its check ({why}); re-encoded")
         done = (
             "nothing to do"
             if not s.encoded_shards

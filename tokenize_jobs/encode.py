@@ -14,8 +14,11 @@ Three overlapping stages per split, so the device never waits on I/O:
 
 Work is assigned by whole corpus shards (token chunk = corpus shard), so ranks of a
 ``torchrun`` job never touch the same file; committed shards are skipped, so a killed
-job resumes and a finished job re-run does nothing. Rows stay aligned with the corpus:
-invalid corpus rows keep ``valid = False`` and zero tokens/crops.
+job resumes and a finished job re-run does nothing. A resume checks each committed
+shard before it skips it (every chunk file present with the size its marker recorded;
+``verify_committed`` compares the checksums too) and re-encodes, saying so, the shards
+that fail; the end of a split re-checks every shard it leaves committed. Rows stay aligned
+with the corpus: invalid corpus rows keep ``valid = False`` and zero tokens/crops.
 """
 
 from __future__ import annotations
@@ -38,7 +41,15 @@ import torch
 from schemas.layouts import CAPTION_MAX_TOKENS, SPLITS, TOKEN_MODALITIES, create_token_store
 from schemas.modalities import CROP_PX, SAMPLE_PX, Layout, get_modality
 from tokenize_jobs.crops import apply_crops, draw_crops, row_key
-from tokenize_jobs.store import LEN_SUFFIX, read_commits, shard_checksums, write_commit
+from tokenize_jobs.store import (
+    LEN_SUFFIX,
+    commit_problem,
+    drop_commit,
+    read_commits,
+    shard_checksums,
+    shard_file_sizes,
+    write_commit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +91,9 @@ class EncodeConfig:
     crop_on_device: bool | None = None
     #: Stop after this many shards per rank (tests and benchmarks); ``None`` = all.
     max_shards: int | None = None
+    #: On resume, re-read every committed shard and compare its checksums (a flipped byte),
+    #: not only the chunk files' presence and sizes.
+    verify_committed: bool = False
 
     def __post_init__(self) -> None:
         if self.n_crops < 1:
@@ -110,6 +124,8 @@ class SplitReport:
     n_samples: int
     n_shards: int
     already_committed: int
+    #: committed shards that failed their check on resume and were re-encoded: (shard, why)
+    redone: list[tuple[int, str]] = field(default_factory=list)
     encoded_shards: int = 0
     encoded_rows: int = 0
     valid_rows: int = 0
@@ -525,6 +541,7 @@ def write_shard(
         "rows": [lo, hi],
         "n_valid": int(np.asarray(blocks["valid"]).sum()),
         "checksums": shard_checksums(blocks),
+        "sizes": shard_file_sizes(store_path, shard),
         "tokenizers": {m: str(i.get("sha256")) for m, i in sorted(identities.items())},
         "crop_seed": seed,
     }
@@ -706,14 +723,24 @@ def encode_split(
         open_store(out_split, corpus_split, n_samples, shard_samples, names, identities, cfg, split)
 
     n_shards = -(-n_samples // shard_samples) if n_samples else 0
+    # each rank checks its share of the committed shards and withdraws the commits that fail
+    redone = recheck_commits(
+        out_split, n_samples, shard_samples, full=cfg.verify_committed, rank=d.rank, world=d.world
+    )
+    for shard, why in redone:
+        log.warning(
+            "%s: committed shard %d failed its check (%s); re-encoding it", split, shard, why
+        )
+    d.barrier()  # every failed commit is withdrawn before anyone lists them
     committed = set(read_commits(out_split))
     d.barrier()  # everyone has listed the commits before anyone writes new ones
     todo = [k for k in range(n_shards) if k not in committed][d.rank :: d.world]
     if cfg.max_shards is not None:
         todo = todo[: cfg.max_shards]
-    report = SplitReport(split, n_samples, n_shards, len(committed & set(range(n_shards))))
+    report = SplitReport(split, n_samples, n_shards, len(committed & set(range(n_shards))), redone)
     if not todo:
         d.barrier()
+        _check_finished(out_split, n_samples, shard_samples, d)
         return report
 
     if keys is None:
@@ -788,7 +815,57 @@ def encode_split(
             torch.cuda.synchronize(device)
         report.seconds = time.perf_counter() - t0
     d.barrier()
+    _check_finished(out_split, n_samples, shard_samples, d)
     return report
+
+
+def recheck_commits(
+    out_split: Path,
+    n_samples: int,
+    shard_samples: int,
+    *,
+    full: bool = False,
+    rank: int = 0,
+    world: int = 1,
+) -> list[tuple[int, str]]:
+    """Check this rank's share of the committed shards; withdraw the commits that fail.
+
+    A marker says a shard was complete when it was written, not that it still is: a chunk
+    file deleted or truncated since (or, with ``full``, a flipped byte) would otherwise be
+    skipped on every resume and trained on. Returns (shard, why) of each withdrawn commit.
+    """
+    n_shards = -(-n_samples // shard_samples) if n_samples else 0
+    failed: list[tuple[int, str]] = []
+    for shard, record in sorted(read_commits(out_split).items()):
+        if not 0 <= shard < n_shards or shard % world != rank:
+            continue
+        rows = (shard * shard_samples, min((shard + 1) * shard_samples, n_samples))
+        why = commit_problem(out_split, shard, record, rows, full=full)
+        if why is not None:
+            drop_commit(out_split, shard)
+            failed.append((shard, why))
+    return failed
+
+
+def _check_finished(out_split: Path, n_samples: int, shard_samples: int, d: Dist) -> None:
+    """A split whose shards are all committed is re-checked (cheaply) before it is reported
+    done: a shard changed by someone else while this job ran is an error, not a success."""
+    if d.rank != 0:
+        return
+    n_shards = -(-n_samples // shard_samples) if n_samples else 0
+    commits = read_commits(out_split)
+    if any(k not in commits for k in range(n_shards)):
+        return  # not finished (max_shards): the next run checks and completes it
+    bad = []
+    for k in range(n_shards):
+        rows = (k * shard_samples, min((k + 1) * shard_samples, n_samples))
+        why = commit_problem(out_split, k, commits[k], rows)
+        if why is not None:
+            bad.append(f"shard {k}: {why}")
+    if bad:
+        raise EncodeError(
+            f"{out_split} changed while it was being encoded ({'; '.join(bad[:3])}); is another encode writing to it? Re-run to repair it."
+        )
 
 
 def encode(

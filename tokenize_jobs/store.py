@@ -3,8 +3,10 @@
 Layout (``schemas.layouts.token_layout``): one Zarr v3 group per split,
 ``tokens/<split>.zarr``, with uncompressed chunks of one whole corpus shard of rows;
 commit markers ``tokens/_commits/<split>/shard-<k>.json`` hold the sha256 of every
-array's bytes in that shard and are written only after the data, atomically
-(tmp + rename), so a marker's presence means "this shard is complete and checked".
+array's bytes in that shard and the size of each chunk file, and are written only after
+the data, atomically (tmp + rename), so a marker's presence means "this shard was
+complete and checked". A resume does not take that on trust: :func:`commit_problem`
+re-checks each committed shard (file sizes always; checksums on request) before skipping it.
 
 :class:`TokenStore` reads chunk files directly (``np.memmap`` / ``np.fromfile`` of the
 raw little-endian C-order bytes the ``bytes`` codec writes), groups the requested rows
@@ -83,6 +85,81 @@ def write_commit(store_path: str | os.PathLike[str], shard: int, record: Mapping
     path = marker_path(store_path, shard)
     write_json_atomic(path, {"commit_version": COMMIT_VERSION, "shard": int(shard), **record})
     return path
+
+
+def drop_commit(store_path: str | os.PathLike[str], shard: int) -> None:
+    """Withdraw a shard's commit (before redoing it), so a kill mid-redo leaves it uncommitted."""
+    marker_path(store_path, shard).unlink(missing_ok=True)
+
+
+def shard_files(store_path: str | os.PathLike[str]) -> dict[str, _ArrayInfo]:
+    """Per array of a split store, what locates its chunk files (a token chunk = one shard)."""
+    root = Path(store_path)
+    out: dict[str, _ArrayInfo] = {}
+    for meta in sorted(root.glob("*/zarr.json")):
+        doc = _read_json(meta)
+        if doc.get("node_type") == "array":
+            out[meta.parent.name] = _ArrayInfo(root, meta.parent.name, doc)
+    return out
+
+
+def shard_file_sizes(store_path: str | os.PathLike[str], shard: int) -> dict[str, int]:
+    """Bytes of each array's chunk file of ``shard`` (recorded in its commit marker, so a
+    resume can check a committed shard without reading it)."""
+    return {
+        name: info.chunk_file(shard).stat().st_size
+        for name, info in shard_files(store_path).items()
+    }
+
+
+def commit_problem(
+    store_path: str | os.PathLike[str],
+    shard: int,
+    record: Mapping[str, Any],
+    rows: tuple[int, int],
+    *,
+    full: bool = False,
+) -> str | None:
+    """Why a committed shard cannot be trusted, or ``None`` when it passes.
+
+    The cheap check (every resume) stats one file per array: each chunk file the marker
+    vouches for exists and has the size the marker recorded (markers written before sizes
+    were recorded: exists). ``full`` also re-reads every array through zarr and compares
+    the sha256 the marker holds, which finds a flipped byte as well.
+    """
+    sums = record.get("checksums")
+    if list(record.get("rows") or []) != list(rows):
+        return f"its marker covers rows {record.get('rows')}, not {list(rows)}"
+    if not isinstance(sums, Mapping) or not sums:
+        return "its marker records no checksums"
+    files = shard_files(store_path)
+    sizes = record.get("sizes")
+    sizes = sizes if isinstance(sizes, Mapping) else {}
+    for name in sorted(sums):
+        info = files.get(name)
+        if info is None:
+            return f"array {name} is missing from the store"
+        try:
+            size = info.chunk_file(shard).stat().st_size
+        except FileNotFoundError:
+            return f"the {name} chunk file is missing"
+        if name in sizes and size != int(sizes[name]):
+            return f"the {name} chunk file has {size} bytes, its marker records {sizes[name]}"
+    if not full:
+        return None
+    import zarr
+
+    lo, hi = rows
+    for name in sorted(sums):
+        try:
+            values = np.asarray(zarr.open_array(str(files[name].dir), mode="r")[lo:hi])
+        except Exception as exc:  # a garbled chunk is a failed check, not a crash
+            return f"{name} cannot be read: {type(exc).__name__}: {exc}"
+        if array_checksum(values) != sums[name]:
+            return (
+                f"the {name} checksum differs from its marker (the data changed after the commit)"
+            )
+    return None
 
 
 def read_commits(store_path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:

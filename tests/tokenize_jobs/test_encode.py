@@ -40,6 +40,7 @@ from tokenize_jobs.encode import (
     load_tokenizers,
 )
 from tokenize_jobs.store import read_commits
+from tokenize_jobs.verify import verify_tokens
 
 IMAGE = [m for m in TOKEN_MODALITIES if get_modality(m).is_image]
 
@@ -271,3 +272,80 @@ def test_subset_of_modalities_and_corpus_without_index(env, tmp_path):
     np.testing.assert_array_equal(
         arrays["crops"][rows], draw_crops([f"train/row-{r}" for r in rows], 2, 32)
     )
+
+
+def _encode_cfg(**kw):
+    return EncodeConfig(n_crops=CROPS, crop_px=CROP_SIZE, batch=BATCH, progress=False, **kw)
+
+
+def _assert_same_store(a_dir, b_dir):
+    a, b = store_arrays(a_dir / "train.zarr"), store_arrays(b_dir / "train.zarr")
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_resume_redoes_committed_shards_whose_files_are_gone_or_truncated(env, tmp_path):
+    """Issue 15 item 5: markers are not trusted blindly; a deleted or truncated chunk file
+    under a committed marker is re-encoded on resume (and the CLI says so)."""
+    out = tmp_path / "tokens"
+    shutil.copytree(env["tokens"], out)
+    store = out / "train.zarr"
+    (store / "S2L2A" / "c" / "1" / "0" / "0").unlink()
+    crops = store / "crops" / "c" / "2" / "0" / "0"
+    crops.write_bytes(crops.read_bytes()[:-7])
+    res = run_cli(
+        "encode",
+        "--corpus",
+        str(env["corpus"]),
+        "--tokenizers",
+        str(env["tokenizers"]),
+        "--out",
+        str(out),
+        *ENCODE_ARGS,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "committed shard 1 failed its check (the S2L2A chunk file is missing)" in res.stdout
+    assert "committed shard 2 failed its check (the crops chunk file has" in res.stdout
+    assert "1 already committed; encoded 2 shards" in res.stdout
+    _assert_same_store(out, env["tokens"])
+    assert read_commits(store) == read_commits(env["tokens"] / "train.zarr")
+    assert verify_tokens(out).ok
+
+
+def test_verify_committed_redoes_a_flipped_shard(env, tmp_path):
+    """A flipped byte keeps the file size: the cheap check lets it pass, ``verify_committed``
+    compares the checksums and re-encodes the shard."""
+    out = tmp_path / "tokens"
+    shutil.copytree(env["tokens"], out)
+    chunk = out / "train.zarr" / "DEM" / "c" / "0" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[5] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    cheap = encode(env["corpus"], env["tokenizers"], out, _encode_cfg())
+    assert cheap.splits[0].redone == [] and cheap.encoded_shards == 0
+    full = encode(env["corpus"], env["tokenizers"], out, _encode_cfg(verify_committed=True))
+    assert [s for s, _ in full.splits[0].redone] == [0]
+    assert "DEM checksum differs" in full.splits[0].redone[0][1]
+    assert full.encoded_shards == 1
+    _assert_same_store(out, env["tokens"])
+    assert verify_tokens(out).ok
+
+
+def test_a_shard_changed_during_the_run_fails_the_split(env, tmp_path, monkeypatch):
+    """The end of a split re-checks what it leaves committed: a shard that another writer
+    damaged while this job ran is an error, not a finished store."""
+    import tokenize_jobs.encode as enc
+
+    out = tmp_path / "tokens"
+    real = enc.write_shard
+
+    def write_then_interfere(store_path, arrays, shard, *args, **kwargs):
+        path = real(store_path, arrays, shard, *args, **kwargs)
+        if shard == 2:
+            (store_path / "GEO" / "c" / "0" / "0" / "0").unlink()
+        return path
+
+    monkeypatch.setattr(enc, "write_shard", write_then_interfere)
+    with pytest.raises(EncodeError, match=r"changed while it was being encoded \(shard 0: the GEO"):
+        encode(env["corpus"], env["tokenizers"], out, _encode_cfg())
