@@ -1,0 +1,167 @@
+"""storage.lease: exclusive create, refusal with a one-line message, stale takeover, races."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from storage.lease import LeaseHeld, LeaseLost, acquire, is_stale, read_lease
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _foreign_record(
+    path: Path, *, expires_in: float, pid: int = 1, host: str = "elsewhere"
+) -> None:
+    now = time.time()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {
+                "format": "terraloom-lease",
+                "version": 1,
+                "token": "t-foreign",
+                "owner": {"pid": pid, "host": host, "job": "build"},
+                "ttl_s": 60,
+                "acquired_at": now - 10,
+                "expires_at": now + expires_in,
+            }
+        )
+    )
+
+
+def test_acquire_records_owner_and_refuses_a_second_holder(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "lease.json"
+    with acquire(path, {"job": "build"}, ttl=60) as lease:
+        rec = read_lease(path)
+        assert rec is not None
+        assert rec["token"] == lease.token
+        assert rec["owner"] == {"pid": os.getpid(), "host": socket.gethostname(), "job": "build"}
+        assert 59 < rec["expires_at"] - rec["acquired_at"] <= 60
+        with pytest.raises(LeaseHeld) as err:
+            acquire(path, {"job": "other"}, ttl=60)
+        msg = str(err.value)
+        assert "\n" not in msg and f"pid {os.getpid()}" in msg and "(build)" in msg
+        assert err.value.holder["token"] == lease.token
+    assert not path.exists()  # released on exit
+    acquire(path, ttl=60).release()  # free again
+
+
+def test_live_foreign_lease_is_refused_expired_one_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "lease.json"
+    _foreign_record(path, expires_in=30)
+    with pytest.raises(LeaseHeld, match="held by pid 1 on elsewhere"):
+        acquire(path, ttl=10)
+    assert read_lease(path)["token"] == "t-foreign"  # type: ignore[index]
+    _foreign_record(path, expires_in=-1)
+    lease = acquire(path, {"job": "new"}, ttl=10)
+    assert lease.took_over is not None and lease.took_over["token"] == "t-foreign"
+    assert read_lease(path)["token"] == lease.token  # type: ignore[index]
+    lease.release()
+    assert not path.exists() and not list(tmp_path.glob(".lease.json.takeover-*"))
+
+
+def test_lease_of_a_dead_process_on_this_host_is_stale_at_once(tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(dead.stdout)
+    path = tmp_path / "lease.json"
+    _foreign_record(path, expires_in=3600, pid=pid, host=socket.gethostname())
+    assert is_stale(read_lease(path) or {})
+    with acquire(path, ttl=10) as lease:
+        assert lease.took_over is not None and lease.took_over["owner"]["pid"] == pid
+
+
+def test_renew_extends_and_a_taken_over_holder_loses(tmp_path: Path) -> None:
+    path = tmp_path / "lease.json"
+    first = acquire(path, ttl=0.5)
+    before = first.expires_at
+    time.sleep(0.05)
+    first.renew()
+    assert first.expires_at > before and read_lease(path)["expires_at"] == first.expires_at  # type: ignore[index]
+    # let it expire while the holder stalls: another process (here: another lease) takes over
+    deadline = time.time() + 10
+    while time.time() < first.expires_at and time.time() < deadline:
+        time.sleep(0.05)
+    second = acquire(path, ttl=60)
+    with pytest.raises(LeaseLost):
+        first.renew()
+    first.release()  # must not delete the new holder's lease
+    assert read_lease(path)["token"] == second.token  # type: ignore[index]
+    second.release()
+
+
+def test_keep_alive_renews_in_the_background(tmp_path: Path) -> None:
+    path = tmp_path / "lease.json"
+    with acquire(path, ttl=0.3) as lease, lease.keep_alive(interval_s=0.05):
+        deadline = time.time() + 10
+        start = lease.expires_at
+        while lease.expires_at <= start + 0.2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert lease.expires_at > start + 0.2
+        with pytest.raises(LeaseHeld):
+            acquire(path, ttl=1)
+
+
+def test_unreadable_lease_is_held_until_older_than_the_ttl(tmp_path: Path) -> None:
+    path = tmp_path / "lease.json"
+    path.write_bytes(b"")  # a holder between create and write
+    with pytest.raises(LeaseHeld, match="being created"):
+        acquire(path, ttl=60)
+    old = time.time() - 120
+    os.utime(path, (old, old))  # ... or one killed right there, long ago
+    with acquire(path, ttl=60) as lease:
+        assert read_lease(path)["token"] == lease.token  # type: ignore[index]
+
+
+_RACER = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from storage.lease import LeaseHeld, acquire
+go = {go!r}
+deadline = time.time() + 30
+while not os.path.exists(go) and time.time() < deadline:
+    time.sleep(0.005)
+try:
+    lease = acquire({path!r}, {{"job": "racer"}}, ttl=60)
+except LeaseHeld:
+    print("held")
+else:
+    print("won")
+    time.sleep(0.5)  # hold it while the others try
+"""
+
+
+@pytest.mark.parametrize("stale_first", [False, True], ids=["fresh", "stale"])
+def test_racing_processes_exactly_one_wins(tmp_path: Path, stale_first: bool) -> None:
+    """Four real processes released at once onto a fresh path, or onto one stale lease."""
+    path = tmp_path / "lease.json"
+    if stale_first:
+        _foreign_record(path, expires_in=-5)
+    go = tmp_path / "go"
+    code = _RACER.format(root=str(ROOT), go=str(go), path=str(path))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    time.sleep(0.3)
+    go.touch()
+    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sorted(outs) == ["held", "held", "held", "won"]
+
+
+def test_bad_ttl(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="ttl"):
+        acquire(tmp_path / "l", ttl=0)
