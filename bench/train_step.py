@@ -57,7 +57,9 @@ TOKENS = ("S2L2A", "S1GRD", "S1RTC", "DEM", "LULC", "NDVI")
 
 
 def anchors_dir() -> Path:
-    return ROOT.parent / "shared" / "anchors"
+    """``../shared/anchors`` beside the checkout, or ``$TERRALOOM_ANCHORS`` (``bench/gpu.sh``
+    carries a copy to the GPU machine, where ``../shared`` does not travel)."""
+    return Path(os.environ.get("TERRALOOM_ANCHORS") or ROOT.parent / "shared" / "anchors")
 
 
 def terratorch_wheel(arg: str | None, cache: Path) -> Path:
