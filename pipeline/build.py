@@ -160,6 +160,21 @@ def config_to_json(config: Any) -> dict[str, Any]:
     return out
 
 
+def scope_config(config: Any, plan_path: str | os.PathLike[str]) -> Any:
+    """The config workers get: its href policy scoped with the plan's recorded source
+    scope (catalog root, schemes), so local hrefs stay under the catalog's root."""
+    from pipeline.hrefs import HrefPolicy, plan_scope
+
+    policy = getattr(config, "href_policy", None)
+    if not isinstance(policy, HrefPolicy):
+        return config
+    try:
+        scope = plan_scope(pq.read_schema(plan_path).metadata)
+    except (ValueError, OSError, pa.ArrowException) as exc:
+        raise BuildInputError(f"{plan_path}: {exc}") from exc
+    return dataclasses.replace(config, href_policy=policy.scoped(scope))
+
+
 def config_modalities(config: Any) -> tuple[str, ...]:
     return canonical_modalities(getattr(config, "modalities", None) or CORPUS_MODALITIES)
 
@@ -593,7 +608,7 @@ def run_build(
     manifest = prepare(plan, out, config, shard_samples)
     keys = all_blocks(manifest)
     pending = pending_blocks(out, manifest)
-    job = BuildJob(str(out), config, shard_samples, block_fn)
+    job = BuildJob(str(out), scope_config(config, plan), shard_samples, block_fn)
     counters: dict[str, int] = {}
     if pending:
         final_path(out).unlink(missing_ok=True)
@@ -651,6 +666,15 @@ def _config_kwargs(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str
         kwargs["max_cloud_fraction"] = args.max_cloud_fraction
     if args.max_nodata_fraction is not None:
         kwargs["max_nodata_fraction"] = args.max_nodata_fraction
+    if args.allow_href_root or args.allow_host or args.allow_private_hosts or args.allow_scheme:
+        from pipeline.hrefs import HrefPolicy
+
+        kwargs["href_policy"] = HrefPolicy(
+            roots=tuple(args.allow_href_root),
+            hosts=tuple(args.allow_host),
+            allow_private_hosts=args.allow_private_hosts,
+            extra_schemes=tuple(args.allow_scheme),
+        )
     return kwargs
 
 
@@ -695,6 +719,33 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--max-cloud-fraction", type=float, default=None)
     p.add_argument("--max-nodata-fraction", type=float, default=None)
+    # the href policy (docs/security.md): what catalog hrefs may point at, widened here
+    p.add_argument(
+        "--allow-href-root",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also read local asset files under PATH (repeatable; default: only the catalog's root)",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="admit this loopback/private host name or address in hrefs (repeatable)",
+    )
+    p.add_argument(
+        "--allow-private-hosts",
+        action="store_true",
+        help="admit every loopback, link-local and private-range host in hrefs",
+    )
+    p.add_argument(
+        "--allow-scheme",
+        action="append",
+        default=[],
+        metavar="SCHEME",
+        help="admit an href scheme the plan's source does not declare, e.g. memory (repeatable)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("pipeline_args", nargs="*", help="Beam pipeline options, after `--`")
     p.set_defaults(func=build_command)

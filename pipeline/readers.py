@@ -7,7 +7,9 @@ opened through an fsspec opener. Failures are classified once, here, into the re
 reasons the corpus records: a missing file or an HTTP/connection failure is
 ``UNREACHABLE_ASSET``; a file that exists but cannot be decoded (truncated COG, garbage)
 is ``UNREADABLE_ASSET``; georeferencing that disagrees with the item's ``proj:*`` is
-``CRS_MISMATCH``.
+``CRS_MISMATCH``; an href the :class:`~pipeline.hrefs.HrefPolicy` refuses (a file outside
+the catalog, a device, a ``/vsi`` chain, a loopback or private host, an undeclared
+scheme) is ``HREF_NOT_ALLOWED`` and is never opened, so it costs no I/O.
 
 A read returns a :class:`RasterWindow`: float32 values with NaN for nodata plus the
 window's own geolocation (an affine transform, or GCPs shifted into the window for radar
@@ -34,6 +36,7 @@ from rasterio.enums import Resampling as GdalResampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from pipeline.hrefs import HrefPolicy, href_refusal
 from schemas.tables import RejectReason
 
 __all__ = [
@@ -41,11 +44,13 @@ __all__ = [
     "Asset",
     "AssetError",
     "AssetInfo",
+    "HrefPolicy",
     "RasterWindow",
     "ReaderOptions",
     "check_georeferencing",
     "gdal_env",
     "gdal_path",
+    "check_href",
     "is_remote",
     "open_asset",
     "open_info",
@@ -185,14 +190,24 @@ def _classify(exc: BaseException, href: str) -> AssetError:
     return AssetError(RejectReason.UNREADABLE_ASSET, href, msg)
 
 
+def check_href(href: str, policy: HrefPolicy | None) -> None:
+    """Raise ``HREF_NOT_ALLOWED`` when ``policy`` refuses ``href`` (None: no policy)."""
+    if policy is None:
+        return
+    why = href_refusal(href, policy)
+    if why is not None:
+        raise AssetError(RejectReason.HREF_NOT_ALLOWED, href, why)
+
+
 @contextmanager
-def _open(href: str) -> Iterator[Any]:
+def _open(href: str, policy: HrefPolicy | None = None) -> Iterator[Any]:
     """Open a dataset, mapping every failure to an :class:`AssetError`.
 
-    Local files keep GDAL's directory reading so ``.aux.xml`` sidecars (which carry the
-    georeferencing of some JPEG2000 products) are found; remote files skip it, which
-    saves one listing request per open.
+    The href policy is checked first, before any I/O. Local files keep GDAL's directory
+    reading so ``.aux.xml`` sidecars (which carry the georeferencing of some JPEG2000
+    products) are found; remote files skip it, which saves one listing request per open.
     """
+    check_href(href, policy)
     path = gdal_path(href)
     remote = is_remote(href)
     opener = _fsspec_opener(href)
@@ -370,9 +385,13 @@ class Asset:
 
 
 @contextmanager
-def open_asset(href: str) -> Iterator[Asset]:
-    """Open an asset once for its info and any number of window reads."""
-    with _open(href) as ds:
+def open_asset(href: str, policy: HrefPolicy | None = None) -> Iterator[Asset]:
+    """Open an asset once for its info and any number of window reads.
+
+    ``policy`` checks the href first (the build always passes its config's); None
+    trusts the href, for callers that made it themselves.
+    """
+    with _open(href, policy) as ds:
         try:
             asset = Asset(ds, href)
         except (RasterioError, OSError, ValueError) as exc:
@@ -380,9 +399,9 @@ def open_asset(href: str) -> Iterator[Asset]:
         yield asset
 
 
-def open_info(href: str) -> AssetInfo:
+def open_info(href: str, policy: HrefPolicy | None = None) -> AssetInfo:
     """Open an asset and describe it. Raises :class:`AssetError`."""
-    with open_asset(href) as asset:
+    with open_asset(href, policy) as asset:
         return asset.info
 
 
@@ -474,9 +493,11 @@ def _to_float(raw: np.ndarray, nodata: float | None) -> tuple[np.ndarray, np.nda
     return out, bad
 
 
-def read_window(href: str, window: Window, **kwargs: Any) -> RasterWindow:
+def read_window(
+    href: str, window: Window, *, policy: HrefPolicy | None = None, **kwargs: Any
+) -> RasterWindow:
     """Open ``href`` and read one window (see :meth:`Asset.read`)."""
-    with open_asset(href) as asset:
+    with open_asset(href, policy) as asset:
         return asset.read(window, **kwargs)
 
 

@@ -76,6 +76,7 @@ from pipeline.readers import (
     Asset,
     AssetError,
     AssetInfo,
+    HrefPolicy,
     RasterWindow,
     ReaderOptions,
     check_georeferencing,
@@ -132,6 +133,9 @@ class BuildConfig:
     gdal_options: tuple[tuple[str, str], ...] = ()
     #: ``module:attribute`` of a zero-argument Captioner factory (a VLM captioner plugs in here).
     captioner: str = "pipeline.caption:StatisticsCaptioner"
+    #: Which asset hrefs may be opened (on by default; ``run_build`` scopes it with the
+    #: plan's catalog root and schemes). A refused href is an ``href_not_allowed`` reject.
+    href_policy: HrefPolicy = HrefPolicy()
 
     def __post_init__(self) -> None:
         mods = tuple(get_modality(m).name for m in self.modalities)
@@ -155,6 +159,8 @@ class BuildConfig:
             raise ValueError("s1_window_days must be >= 0")
         if self.io_threads < 1:
             raise ValueError("io_threads must be >= 1")
+        if not isinstance(self.href_policy, HrefPolicy):
+            raise TypeError("href_policy must be a pipeline.hrefs.HrefPolicy")
 
     def bands(self, modality: str) -> tuple[str, ...]:
         """Bands of a modality that are built."""
@@ -530,7 +536,7 @@ def _process_group(
         for href in sorted(group):
             uses = group[href]
             try:
-                asset = stack.enter_context(open_asset(href))
+                asset = stack.enter_context(open_asset(href, config.href_policy))
             except AssetError as exc:
                 _fail(samples, uses, exc.reason, exc.message)
                 continue

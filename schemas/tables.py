@@ -38,6 +38,7 @@ class RejectReason(enum.StrEnum):
     UNREADABLE_ASSET = "unreadable_asset"  # file exists but cannot be decoded
     UNREACHABLE_ASSET = "unreachable_asset"  # missing file, HTTP error, timeout
     CRS_MISMATCH = "crs_mismatch"  # asset georeferencing disagrees with item proj:*
+    HREF_NOT_ALLOWED = "href_not_allowed"  # href refused by the href policy, never opened
     INTERNAL_ERROR = "internal_error"  # a bug: kept as a row so nothing is lost
 
 
@@ -204,9 +205,13 @@ def _check_list_lengths(name: str, table: pa.Table) -> None:
 
 
 def write_geoparquet(name: str, table: pa.Table, path: str | os.PathLike[str]) -> Path:
-    """Write a plan/index/rejects table atomically (tmp file + rename) with ``geo`` metadata."""
+    """Write a plan/index/rejects table atomically (tmp file + rename) with ``geo`` metadata.
+
+    Extra ``terraloom:*`` schema metadata of ``table`` is kept (a plan's href scope).
+    """
+    extra = {k: v for k, v in (table.schema.metadata or {}).items() if k.startswith(b"terraloom:")}
     table = conform(name, table)
-    meta = dict(table.schema.metadata or {})
+    meta = {**extra, **dict(table.schema.metadata or {})}
     meta[b"geo"] = json.dumps(geo_metadata(table)).encode()
     table = table.replace_schema_metadata(meta)
     path = Path(path)

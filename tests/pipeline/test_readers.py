@@ -110,6 +110,23 @@ def test_missing_file_is_unreachable(tmp_path: Path) -> None:
     assert "not found" in e.value.message
 
 
+def test_an_href_the_policy_refuses_is_never_opened(tmp_path: Path) -> None:
+    from pipeline.hrefs import HrefPolicy
+
+    data = np.ones((8, 8), np.float32)
+    outside = write_raster(tmp_path / "outside" / "a.tif", data, crs=32633, transform=T)
+    policy = HrefPolicy(roots=(str(tmp_path / "catalog"),))
+    for href in (outside, "/dev/stdin", f"http://127.0.0.1:{_closed_port()}/a.tif"):
+        with pytest.raises(AssetError) as e:
+            open_info(href, policy)
+        assert e.value.reason is RejectReason.HREF_NOT_ALLOWED, href
+    with pytest.raises(AssetError) as e:
+        read_window(outside, Window(0, 0, 2, 2), policy=policy)
+    assert e.value.reason is RejectReason.HREF_NOT_ALLOWED
+    assert open_info(outside, HrefPolicy(roots=(str(tmp_path),))).width == 8
+    assert open_info(outside).width == 8  # no policy: the caller made the href itself
+
+
 def test_closed_port_https_is_unreachable() -> None:
     href = f"http://127.0.0.1:{_closed_port()}/scene/B04.tif"
     with (

@@ -21,7 +21,7 @@ from sample_kit import (
 )
 
 from pipeline.caption import SampleStats
-from pipeline.readers import gdal_path
+from pipeline.readers import HrefPolicy, gdal_path
 from pipeline.sample import BuildConfig, SampleResult, build_block, build_sample
 from schemas.layouts import corpus_layout
 from schemas.modalities import get_modality
@@ -29,7 +29,9 @@ from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA, RejectReason
 
 LON0, LAT0 = 15.3, 45.5
 EPSG = 32633
-FAST = BuildConfig(http_timeout_s=2, http_max_retry=0)
+#: The unreachable-asset cases use a closed port on 127.0.0.1: they opt in to loopback hrefs.
+LOOPBACK = HrefPolicy(hosts=("127.0.0.1",))
+FAST = BuildConfig(http_timeout_s=2, http_max_retry=0, href_policy=LOOPBACK)
 
 
 class ShoutingCaptioner:
@@ -422,7 +424,9 @@ def test_bad_inputs_built_from_the_world_are_rejected_and_the_run_completes(
     from schemas.tables import read_table
 
     plan = read_table("plan", tiny_plan[0]).to_pylist()
-    cfg = BuildConfig(required=("S2L2A", "S1GRD", "DEM"), http_timeout_s=2, http_max_retry=0)
+    cfg = BuildConfig(
+        required=("S2L2A", "S1GRD", "DEM"), http_timeout_s=2, http_max_retry=0, href_policy=LOOPBACK
+    )
     base = next(
         r for r in plan if build_sample(r, cfg).reject is None
     )  # a good sample of the world
