@@ -12,6 +12,7 @@ its block of the corpus without coordination.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from collections import Counter, defaultdict
@@ -27,7 +28,6 @@ from shapely.geometry import box
 from tqdm import tqdm
 
 from pipeline.grid import GRID, CellId, Region, SampleGrid
-from pipeline.hrefs import scope_metadata, source_scope
 from pipeline.matching import (
     S1_MODALITIES,
     S2_MODALITIES,
@@ -36,7 +36,7 @@ from pipeline.matching import (
     SampleMatch,
     match_sample,
 )
-from pipeline.sources.base import Source, SourceItem, TimeRange
+from pipeline.sources.base import SkippedItem, Source, SourceItem, TimeRange
 from schemas.layouts import SPLITS
 from schemas.modalities import REGISTRY, get_modality
 from schemas.tables import PLAN_SCHEMA, from_rows, write_geoparquet
@@ -311,10 +311,7 @@ def plan_samples(
             rows.extend(
                 plan_row(m) for m in match_block(block, items, time_range, config, bar, unavailable)
             )
-    table = finalize_plan(rows, config)
-    # where this source's hrefs may point: the build's href policy reads it back
-    scope = scope_metadata(source_scope(source))
-    return table.replace_schema_metadata({**(table.schema.metadata or {}), **scope})
+    return finalize_plan(rows, config)
 
 
 def write_plan(table: pa.Table, path: str | os.PathLike[str]) -> Path:
@@ -382,6 +379,58 @@ def summarize_plan(table: pa.Table, modalities: Sequence[str] | None = None) -> 
     )
 
 
+# --- report -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    """What planning left out of the plan and why: the malformed catalog items its source
+    skipped. Written next to ``plan.parquet`` so a skipped item is never a silent loss."""
+
+    source: str
+    samples: int
+    skipped: tuple[SkippedItem, ...] = ()
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        return dict(sorted(Counter(s.reason for s in self.skipped).items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "samples": self.samples,
+            "skipped_items": len(self.skipped),
+            "skipped_by_reason": self.skipped_by_reason(),
+            "skipped": [s.to_dict() for s in self.skipped],
+        }
+
+    def format(self) -> str:
+        if not self.skipped:
+            return "skipped catalog items: 0"
+        reasons = ", ".join(f"{r} {n}" for r, n in self.skipped_by_reason().items())
+        return f"skipped malformed catalog items: {len(self.skipped)} ({reasons})"
+
+
+def plan_report(source: Source, table: pa.Table) -> PlanReport:
+    """The report of a plan made from ``source`` (call it after :func:`plan_samples`)."""
+    return PlanReport(source.name, table.num_rows, tuple(source.skipped_items()))
+
+
+def report_path(plan_path: str | os.PathLike[str]) -> Path:
+    """``plan.parquet`` -> ``plan_report.json`` beside it (``x.parquet`` -> ``x_report.json``)."""
+    p = Path(plan_path)
+    return p.with_name(f"{p.stem}_report.json")
+
+
+def write_plan_report(report: PlanReport, plan_path: str | os.PathLike[str]) -> Path:
+    """Write the report beside the plan, atomically (tmp file + rename)."""
+    path = report_path(plan_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 __all__ = [
     "PLAN_SCHEMA",
     "SOURCE_MODALITIES",
@@ -395,4 +444,8 @@ __all__ = [
     "search_block",
     "summarize_plan",
     "write_plan",
+    "PlanReport",
+    "plan_report",
+    "report_path",
+    "write_plan_report",
 ]

@@ -1,7 +1,9 @@
 """The ``plan`` sub-command: ``terraloom-pipeline plan --source ... --out plan.parquet``.
 
-Bad input (unknown source, unreadable region, bad period, no credentials) is reported as one
-line on stderr with exit code 2, never as a traceback.
+Bad input (unknown source, unreadable region, bad period, no credentials, a source that cannot
+be read or does not answer within its timeout / deadline) is reported as one line on stderr
+with exit code 2, never as a traceback. Malformed items are skipped, counted in the summary and
+listed in ``<plan>_report.json`` beside the plan.
 """
 
 from __future__ import annotations
@@ -13,8 +15,16 @@ from typing import Any
 
 from pipeline.grid import GridError, Region
 from pipeline.matching import MatchConfig
-from pipeline.plan import SOURCE_MODALITIES, PlanConfig, plan_samples, summarize_plan, write_plan
-from pipeline.sources import SourceError, open_source, parse_time_range
+from pipeline.plan import (
+    SOURCE_MODALITIES,
+    PlanConfig,
+    plan_report,
+    plan_samples,
+    summarize_plan,
+    write_plan,
+    write_plan_report,
+)
+from pipeline.sources import SourceError, StacApiSource, open_source, parse_time_range
 from schemas.modalities import UnknownModalityError
 
 
@@ -90,6 +100,28 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--no-cache", action="store_true", help="do not read or write the STAC response cache"
     )
     p.add_argument(
+        "--timeout",
+        type=float,
+        default=StacApiSource.DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="STAC API: seconds one HTTP request may wait for the server (default: %(default)s)",
+    )
+    p.add_argument(
+        "--search-deadline",
+        type=float,
+        default=StacApiSource.DEFAULT_DEADLINE,
+        metavar="SECONDS",
+        help="STAC API: seconds one search may take in all, pages and retries included "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=StacApiSource.DEFAULT_RETRIES,
+        help="STAC API: retries of a request that timed out, failed to connect or got "
+        "429/5xx (default: %(default)s)",
+    )
+    p.add_argument(
         "--sign",
         default="auto",
         choices=("auto", "yes", "no"),
@@ -141,6 +173,9 @@ def run_plan(args: argparse.Namespace) -> int:
             use_cache=not args.no_cache,
             sign={"auto": None, "yes": True, "no": False}[args.sign],
             ee_project=args.ee_project,
+            timeout=args.timeout,
+            deadline=args.search_deadline,
+            max_retries=args.retries,
         )
         region = Region.parse(args.region) if args.region else opened.region
         period = parse_time_range(args.time) if args.time else opened.time_range
@@ -151,11 +186,14 @@ def run_plan(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         table = plan_samples(opened.source, region, period, config, progress=not args.no_progress)
         path = write_plan(table, args.out)
+        report = plan_report(opened.source, table)
+        report_file = write_plan_report(report, path)
     except (SourceError, GridError, UnknownModalityError, ValueError, OSError) as err:
         return _fail(str(err))
     elapsed = time.perf_counter() - t0
     summary = summarize_plan(table, config.modalities)
     print(summary.format())
+    print(f"{report.format()}; listed in {report_file}")
     rate = summary.samples / elapsed if elapsed > 0 else float("inf")
     print(f"wrote {path} ({summary.samples} samples in {elapsed:.1f} s, {rate:.0f} samples/s)")
     return 0

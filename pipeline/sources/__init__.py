@@ -113,8 +113,13 @@ def open_source(
     use_cache: bool = True,
     sign: bool | None = None,
     ee_project: str | None = None,
+    timeout: float | None = None,
+    deadline: float | None = None,
+    max_retries: int | None = None,
 ) -> OpenedSource:
-    """Open a source from its CLI spec (see the module docstring)."""
+    """Open a source from its CLI spec (see the module docstring). ``timeout`` (per HTTP
+    request), ``deadline`` (per search) and ``max_retries`` apply to STAC APIs; None keeps
+    :class:`StacApiSource`'s defaults."""
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
     if kind == "world":
@@ -128,7 +133,14 @@ def open_source(
         return OpenedSource(StaticSource(arg))
     if kind == "stac":
         url = STAC_ALIASES.get(arg.lower(), arg)
-        return OpenedSource(StacApiSource(url, cache_dir=cache_dir, use_cache=use_cache, sign=sign))
+        http: dict[str, Any] = {
+            k: v
+            for k, v in (("timeout", timeout), ("deadline", deadline), ("max_retries", max_retries))
+            if v is not None
+        }
+        return OpenedSource(
+            StacApiSource(url, cache_dir=cache_dir, use_cache=use_cache, sign=sign, **http)
+        )
     if kind == "ee":
         return OpenedSource(EarthEngineSource(project=ee_project or (arg or None)))
     raise SourceError(

@@ -10,6 +10,7 @@ or ``s3://``. Matching and the build must not care, so each source maps its item
 from __future__ import annotations
 
 import abc
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,6 +27,8 @@ from shapely.geometry.base import BaseGeometry
 from shapely.prepared import prep
 
 from schemas.modalities import REGISTRY, Modality, get_modality
+
+logger = logging.getLogger(__name__)
 
 TimeRange = tuple[datetime, datetime]
 DateTime = datetime  # for annotations inside SourceItem, whose field ``datetime`` shadows the type
@@ -58,6 +61,60 @@ class SourceError(RuntimeError):
 
     The CLI reports it as a message with exit code 2, never as a traceback.
     """
+
+
+#: Why a catalog item was skipped (``ItemError.reason``, ``SkippedItem.reason``).
+ITEM_REASONS = (
+    "bad_json",  # the item's file is not JSON
+    "not_an_item",  # JSON, but not an object with an id (a string, a list, a number...)
+    "no_collection",
+    "bad_datetime",  # no datetime / start_datetime / end_datetime, or an unreadable one
+    "no_geometry",  # geometry null and no bbox: the item is nowhere
+    "bad_geometry",
+    "bad_assets",  # assets not an object, an asset without a string href
+    "unreadable",  # the item's file cannot be opened (a dangling link)
+    "malformed",  # anything else a third-party catalog can get wrong
+)
+
+
+class ItemError(SourceError):
+    """One catalog item is malformed. Sources skip it and record a :class:`SkippedItem`:
+    a catalog of millions of items must not stop a plan for one bad record."""
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        item_id: str | None = None,
+        location: str | None = None,
+    ) -> None:
+        if reason not in ITEM_REASONS:
+            raise ValueError(f"unknown item reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+        self.item_id = item_id
+        #: where the item was (its file), when the source knows better than the caller
+        self.location = location
+
+
+@dataclass(frozen=True)
+class SkippedItem:
+    """A malformed item a source left out: where it was, and why (for the plan report)."""
+
+    reason: str
+    message: str
+    location: str
+    collection: str | None = None
+    item_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "collection": self.collection,
+            "item_id": self.item_id,
+            "location": self.location,
+            "message": self.message,
+        }
 
 
 @dataclass(frozen=True)
@@ -182,6 +239,24 @@ class Source(abc.ABC):
         """Collections this source serves, when it knows (``None``: unknown, ask anyway)."""
         return None
 
+    def skipped_items(self) -> list[SkippedItem]:
+        """Malformed items this source has skipped so far, each once, in the order met."""
+        return list(getattr(self, "_skipped", {}).values())
+
+    def _skip(self, skipped: SkippedItem) -> None:
+        """Record (and log, once) a skipped item; the same item met by two searches counts once."""
+        seen: dict[tuple[Any, ...], SkippedItem] = self.__dict__.setdefault("_skipped", {})
+        key = (skipped.reason, skipped.location, skipped.collection, skipped.item_id)
+        if key not in seen:
+            seen[key] = skipped
+            logger.warning(
+                "skipped STAC item %s at %s (%s): %s",
+                skipped.item_id or "?",
+                skipped.location,
+                skipped.reason,
+                skipped.message,
+            )
+
 
 # --- mapping STAC items -------------------------------------------------------------------------
 
@@ -286,7 +361,9 @@ def _absolute(href: str, base: str | None) -> str:
     if href.startswith("/"):
         return "file://" + href
     if base is None:
-        raise SourceError(f"relative asset href {href!r} without a self href to resolve it against")
+        raise ItemError(
+            "bad_assets", f"relative asset href {href!r} without a self href to resolve it against"
+        )
     if "://" not in base:
         base = "file://" + base if base.startswith("/") else base
     return urljoin(base, href)
@@ -404,7 +481,40 @@ def item_from_stac(
     ``s3://`` hrefs rewritten to https when ``rewrite_s3``, then ``signer`` applied (e.g.
     Planetary Computer SAS signing). GRD items get no EPSG and ``needs_gcps`` whatever their
     ``proj:*`` claims, because their pixels are in radar geometry.
+
+    Catalogs are third-party input: a malformed item raises :class:`ItemError` with a reason
+    code (never a bare ``TypeError`` from deep inside), so a source can skip it and go on.
     """
+    if isinstance(item, pystac.Item):
+        raw_id: Any = item.id
+    elif isinstance(item, Mapping):
+        raw_id = item.get("id")
+    else:
+        raise ItemError("not_an_item", f"a STAC item must be a JSON object, got {_kind(item)}")
+    item_id = str(raw_id) if isinstance(raw_id, (str, int)) and str(raw_id) else None
+    try:
+        return _item_from_stac(item, base_href, rewrite_s3, signer)
+    except ItemError as err:
+        err.item_id = err.item_id or item_id
+        raise
+    except SourceError as err:  # e.g. a signer that cannot sign
+        raise ItemError("malformed", f"item {item_id!r}: {err}", item_id) from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
+        raise ItemError(
+            "malformed", f"item {item_id!r} is malformed: {type(err).__name__}: {err}", item_id
+        ) from None
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _item_from_stac(
+    item: pystac.Item | Mapping[str, Any],
+    base_href: str | None,
+    rewrite_s3: bool,
+    signer: HrefRewriter | None,
+) -> SourceItem:
     if isinstance(item, pystac.Item):
         base_href = base_href or item.get_self_href()
         d: Mapping[str, Any] = item.to_dict(include_self_link=False, transform_hrefs=False)
@@ -412,33 +522,71 @@ def item_from_stac(
     else:
         d = item
         collection = d.get("collection")
-        if base_href is None:
+        links = d.get("links")
+        if base_href is None and isinstance(links, list):
             base_href = next(
-                (ln.get("href") for ln in d.get("links", []) if ln.get("rel") == "self"), None
+                (
+                    ln.get("href")
+                    for ln in links
+                    if isinstance(ln, Mapping) and ln.get("rel") == "self"
+                ),
+                None,
             )
-    item_id = str(d.get("id"))
-    if not collection:
-        raise SourceError(f"item {item_id!r} has no collection")
+    raw_id = d.get("id")
+    if not isinstance(raw_id, (str, int)) or not str(raw_id):
+        raise ItemError("not_an_item", f"a STAC item needs an id, got {_kind(raw_id)}")
+    item_id = str(raw_id)
+    if not collection or not isinstance(collection, str):
+        raise ItemError("no_collection", f"item {item_id!r} has no collection", item_id)
     props: Mapping[str, Any] = d.get("properties") or {}
-    dt = parse_datetime(props.get("datetime"))
-    start = parse_datetime(props.get("start_datetime"))
-    end = parse_datetime(props.get("end_datetime"))
+    if not isinstance(props, Mapping):
+        raise ItemError(
+            "malformed", f"item {item_id!r}: properties is a {_kind(props)}, not an object"
+        )
+    try:
+        dt = parse_datetime(props.get("datetime"))
+        start = parse_datetime(props.get("start_datetime"))
+        end = parse_datetime(props.get("end_datetime"))
+    except (TypeError, ValueError) as err:
+        raise ItemError(
+            "bad_datetime", f"item {item_id!r} has an unreadable datetime: {err}"
+        ) from None
     if dt is None:
         dt = start or end
     if dt is None:
-        raise SourceError(f"item {item_id!r} has neither datetime nor start/end_datetime")
+        raise ItemError(
+            "bad_datetime", f"item {item_id!r} has neither datetime nor start/end_datetime"
+        )
     geom_json = d.get("geometry")
     bbox_json = d.get("bbox")
     if geom_json:
+        if not isinstance(geom_json, Mapping):
+            raise ItemError(
+                "bad_geometry", f"item {item_id!r}: geometry is a {_kind(geom_json)}, not GeoJSON"
+            )
         geometry = _geometry(geom_json, item_id)
     elif bbox_json:
-        geometry = (
-            box(*bbox_json[:4])
-            if len(bbox_json) == 4
-            else box(bbox_json[0], bbox_json[1], bbox_json[3], bbox_json[4])
-        )
+        if not isinstance(bbox_json, list) or len(bbox_json) not in (4, 6):
+            raise ItemError("bad_geometry", f"item {item_id!r} has no geometry and a bad bbox")
+        try:
+            geometry = (
+                box(*(float(v) for v in bbox_json[:4]))
+                if len(bbox_json) == 4
+                else box(
+                    float(bbox_json[0]),
+                    float(bbox_json[1]),
+                    float(bbox_json[3]),
+                    float(bbox_json[4]),
+                )
+            )
+        except (TypeError, ValueError) as err:
+            raise ItemError("bad_geometry", f"item {item_id!r} has a bad bbox: {err}") from None
     else:
-        raise SourceError(f"item {item_id!r} has no geometry")
+        raise ItemError(
+            "no_geometry", f"item {item_id!r} has geometry {_kind(geom_json)} and no bbox"
+        )
+    if geometry.is_empty:
+        raise ItemError("bad_geometry", f"item {item_id!r} has an empty geometry")
     if not geometry.is_valid:
         geometry = shapely.make_valid(geometry)
     bbox = tuple(float(x) for x in geometry.bounds)
@@ -447,6 +595,7 @@ def item_from_stac(
     gcps = collection in GCP_COLLECTIONS
     item_epsg = None if gcps else _proj_epsg(props)
     raw_assets: Mapping[str, Mapping[str, Any]] = d.get("assets") or {}
+    _check_assets(raw_assets, item_id)
     assets: dict[str, SourceAsset] = {}
     if m is not None:
         for band, key in _band_asset_keys(m, raw_assets).items():
@@ -512,15 +661,32 @@ def item_from_stac(
     )
 
 
+def _check_assets(raw_assets: Any, item_id: str) -> None:
+    """Assets must be an object of objects each with a string href (the plan stores them)."""
+    if not isinstance(raw_assets, Mapping):
+        raise ItemError(
+            "bad_assets", f"item {item_id!r}: assets is a {_kind(raw_assets)}, not an object"
+        )
+    for key, a in raw_assets.items():
+        if not isinstance(a, Mapping):
+            raise ItemError(
+                "bad_assets", f"item {item_id!r}: asset {key!r} is a {_kind(a)}, not an object"
+            )
+        if not isinstance(a.get("href"), str) or not a["href"]:
+            raise ItemError("bad_assets", f"item {item_id!r}: asset {key!r} has no href")
+
+
 def _geometry(geom_json: Mapping[str, Any], item_id: str) -> BaseGeometry:
     """GeoJSON -> shapely, tolerating empty parts some real items carry (PC S1 EW scenes)."""
-    if geom_json.get("type") == "MultiPolygon":
-        parts = [p for p in geom_json.get("coordinates") or [] if p and p[0]]
-        geom_json = {"type": "MultiPolygon", "coordinates": parts}
     try:
+        if geom_json.get("type") == "MultiPolygon":
+            parts = [p for p in geom_json.get("coordinates") or [] if p and p[0]]
+            geom_json = {"type": "MultiPolygon", "coordinates": parts}
         return shape(geom_json)
     except Exception as err:  # shapely raises several types for malformed GeoJSON
-        raise SourceError(f"item {item_id!r} has an unreadable geometry: {err}") from None
+        raise ItemError(
+            "bad_geometry", f"item {item_id!r} has an unreadable geometry: {err}"
+        ) from None
 
 
 def _first_asset_epsg(assets: Mapping[str, SourceAsset]) -> int | None:

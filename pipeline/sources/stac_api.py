@@ -1,10 +1,16 @@
 """STAC API search (Planetary Computer, Earth Search, any STAC API) via pystac-client.
 
-Searches page through ``next`` links, retry with exponential backoff on connection errors and
-429/5xx answers, and are cached on disk keyed by a hash of the request, so a re-run of a plan
-(or a resumed one) asks the API nothing it already asked. The cache stores the raw item JSON,
-unsigned: Planetary Computer SAS tokens expire, so hrefs are signed when items are mapped, on
-every run, never stored signed in the cache.
+Searches page through ``next`` links, retry with exponential backoff on connection errors,
+timeouts and 429/5xx answers, and are cached on disk keyed by a hash of the request, so a
+re-run of a plan (or a resumed one) asks the API nothing it already asked. The cache stores
+the raw item JSON, unsigned: Planetary Computer SAS tokens expire, so hrefs are signed when
+items are mapped, on every run, never stored signed in the cache.
+
+Every request has a timeout and every search (all its pages and retries) a deadline: a server
+that accepts a connection and never answers must fail a plan, not hang it. pystac-client
+0.9's ``Client.open`` resets the ``StacApiIO`` timeout to its own ``timeout`` argument (None
+by default), so the IO here sets the timeout itself before each request, bounded by what is
+left of the deadline, and its retry policy stops retrying once the deadline has passed.
 """
 
 from __future__ import annotations
@@ -12,15 +18,24 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pystac_client.exceptions import APIError
+from pystac_client.stac_api_io import StacApiIO
 from shapely.geometry import box, mapping
 from shapely.geometry.base import BaseGeometry
+from urllib3.exceptions import MaxRetryError
+from urllib3.util.retry import Retry
 
 from pipeline.sources.base import (
+    ItemError,
+    SkippedItem,
     Source,
     SourceError,
     SourceItem,
@@ -59,6 +74,93 @@ def planetary_computer_signer(required: bool = True) -> Callable[[str], str] | N
     return sign
 
 
+class _Deadline:
+    """The end of the current search (monotonic seconds), shared by the IO and its retries."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+        self.seconds: float | None = None
+
+    def remaining(self) -> float | None:
+        return None if self.at is None else self.at - time.monotonic()
+
+    def passed(self) -> bool:
+        left = self.remaining()
+        return left is not None and left <= 0
+
+    @contextmanager
+    def running(self, seconds: float) -> Iterator[None]:
+        self.at, self.seconds = time.monotonic() + seconds, seconds
+        try:
+            yield
+        finally:
+            self.at = self.seconds = None
+
+
+class DeadlineExceeded(Exception):
+    """The search's deadline passed before it had its answer."""
+
+
+class _DeadlineRetry(Retry):
+    """urllib3's retry policy that also stops at the search's deadline and never sleeps past it
+    (a ``Retry-After: 3600`` must not park the plan for an hour)."""
+
+    deadline: _Deadline | None = None
+
+    def new(self, **kw: Any) -> _DeadlineRetry:
+        out = super().new(**kw)
+        out.deadline = self.deadline
+        return out
+
+    def increment(
+        self, method: str | None = None, url: str | None = None, *args: Any, **kw: Any
+    ) -> _DeadlineRetry:
+        # raises MaxRetryError once the retries are spent
+        out = super().increment(method, url, *args, **kw)
+        if self.deadline is not None and self.deadline.passed():
+            raise MaxRetryError(
+                kw.get("_pool"),  # type: ignore[arg-type]
+                url or "",
+                DeadlineExceeded(f"deadline of {self.deadline.seconds:g} s passed"),
+            )
+        return out
+
+    def _cap(self, seconds: float) -> float:
+        left = self.deadline.remaining() if self.deadline is not None else None
+        return seconds if left is None else max(0.0, min(seconds, left))
+
+    def get_backoff_time(self) -> float:
+        return self._cap(super().get_backoff_time())
+
+    def get_retry_after(self, response: Any) -> float | None:
+        after = super().get_retry_after(response)
+        return None if after is None else self._cap(after)
+
+
+class _DeadlineIO(StacApiIO):
+    """StacApiIO whose per-request timeout is set here, before every request, to the
+    configured timeout or what is left of the deadline if less; a request started after the
+    deadline fails at once. Setting it per request is what survives ``Client.open``'s reset."""
+
+    def __init__(self, *, timeout: float, deadline: _Deadline, **kw: Any) -> None:
+        super().__init__(timeout=timeout, **kw)
+        self.request_timeout = timeout
+        self.deadline = deadline
+
+    def request(
+        self,
+        href: str,
+        method: str | None = None,
+        headers: dict[str, str] | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> str:
+        left = self.deadline.remaining()
+        if left is not None and left <= 0:
+            raise APIError(f"deadline of {self.deadline.seconds:g} s passed")
+        self.timeout = self.request_timeout if left is None else min(self.request_timeout, left)
+        return super().request(href, method=method, headers=headers, parameters=parameters)
+
+
 def _format_dt(t: Any) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if t is not None else ".."
 
@@ -66,9 +168,17 @@ def _format_dt(t: Any) -> str:
 class StacApiSource(Source):
     """Items from a STAC API. ``sign``: None signs Planetary Computer hrefs when the
     ``planetary-computer`` package is installed, True requires it, False never signs;
-    ``signer`` overrides all of that with any ``href -> href`` function."""
+    ``signer`` overrides all of that with any ``href -> href`` function.
+
+    ``timeout`` bounds each HTTP request, ``deadline`` each search (pages and retries
+    included). Malformed items of an answer are skipped and listed by :meth:`skipped_items`.
+    One instance searches one request at a time (the deadline is per instance); parallel
+    planners each open their own."""
 
     name = "stac"
+    DEFAULT_TIMEOUT = 60.0
+    DEFAULT_DEADLINE = 300.0
+    DEFAULT_RETRIES = 5
 
     def __init__(
         self,
@@ -82,13 +192,20 @@ class StacApiSource(Source):
         limit: int = 100,
         method: str = "POST",
         max_items: int | None = None,
-        max_retries: int = 5,
+        max_retries: int = DEFAULT_RETRIES,
         backoff_factor: float = 0.5,
-        timeout: float = 60.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        deadline: float = DEFAULT_DEADLINE,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise SourceError(f"STAC API url must be http(s), got {url!r}")
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise SourceError(f"STAC API timeout must be > 0 seconds, got {timeout!r}")
+        if not (math.isfinite(deadline) and deadline > 0):
+            raise SourceError(f"STAC search deadline must be > 0 seconds, got {deadline!r}")
+        if max_retries < 0:
+            raise SourceError(f"STAC API retries must be >= 0, got {max_retries!r}")
         self.url = url.rstrip("/")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.use_cache = use_cache
@@ -100,7 +217,11 @@ class StacApiSource(Source):
         self.max_items = max_items
         self.max_retries = max_retries
         self.backoff_factor = backoff_factor
+        #: seconds one HTTP request may wait to connect, and then between bytes of the answer
         self.timeout = timeout
+        #: seconds one search (opening the API, all pages, all retries) may take in all
+        self.deadline = deadline
+        self._deadline = _Deadline()
         self.headers = dict(headers or {})
         self.requests = 0  # searches that went to the API (cache misses)
         if signer is not None:
@@ -121,36 +242,61 @@ class StacApiSource(Source):
         """Open the API lazily: a fully cached run never touches the network."""
         if self._client is None:
             from pystac_client import Client
-            from pystac_client.exceptions import APIError
-            from pystac_client.stac_api_io import StacApiIO
-            from urllib3.util.retry import Retry
 
-            retry = Retry(
+            retry = _DeadlineRetry(
                 total=self.max_retries,
                 backoff_factor=self.backoff_factor,
                 status_forcelist=RETRY_STATUS,
                 allowed_methods=None,  # retry POST searches too
                 raise_on_status=False,
             )
-            io = StacApiIO(headers=self.headers, timeout=self.timeout, max_retries=retry)
+            retry.deadline = self._deadline
+            io = _DeadlineIO(
+                headers=self.headers,
+                timeout=self.timeout,
+                deadline=self._deadline,
+                max_retries=retry,
+            )
             try:
-                self._client = Client.open(self.url, stac_io=io)
+                with self._deadline.running(self.deadline):
+                    # timeout= too: Client.open hands it to stac_io.update, which would
+                    # otherwise set None (the IO sets it per request anyway)
+                    self._client = Client.open(self.url, stac_io=io, timeout=self.timeout)
             except (APIError, OSError, ValueError) as err:
-                raise SourceError(f"cannot open STAC API {self.url}: {err}") from None
+                raise SourceError(f"cannot open STAC API {self.url}: {self._why(err)}") from None
         return self._client
 
-    def _fetch(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        from pystac_client.exceptions import APIError
+    def _why(self, err: Exception) -> str:
+        """A one-line reason for a failed request: the deadline, a timeout, or the error."""
+        text = " ".join(str(err).split())
+        if "DeadlineExceeded" in text or "deadline of" in text:
+            return (
+                f"no complete answer within the {self.deadline:g} s deadline "
+                f"(timeout {self.timeout:g} s per request)"
+            )
+        if "timed out" in text.lower():
+            return f"no answer within {self.timeout:g} s, {self.max_retries} retries ({text[:300]})"
+        return text[:500]
 
+    def _fetch(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         client = self._open()
         try:
-            search = client.search(**params, max_items=self.max_items, method=self.method)
-            return list(search.items_as_dicts())
+            with self._deadline.running(self.deadline):
+                search = client.search(**params, max_items=self.max_items, method=self.method)
+                return list(search.items_as_dicts())
         except NotImplementedError as err:
             raise SourceError(f"{self.url} does not support item search: {err}") from None
         except (APIError, OSError) as err:
             raise SourceError(
-                f"STAC search on {self.url} failed after {self.max_retries} retries: {err}"
+                f"STAC search on {self.url} failed after {self.max_retries} retries: "
+                f"{self._why(err)}"
+            ) from None
+        except (ValueError, TypeError, AttributeError, KeyError) as err:
+            # a page that is not JSON, or JSON that is not a FeatureCollection: the answer
+            # itself is unreadable, not one item of it
+            raise SourceError(
+                f"STAC search on {self.url} returned an unreadable page: "
+                f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
             ) from None
 
     # -- cache ---------------------------------------------------------------------------------
@@ -194,11 +340,17 @@ class StacApiSource(Source):
         cached = self._cache_get(key)
         if cached is not None:
             return [str(c["id"]) for c in cached]
+        client = self._open()
         try:
-            ids = [c.id for c in self._open().get_collections()]
-        except SourceError:
-            raise
-        except Exception:  # an API without /collections: matching reports misses generically
+            with self._deadline.running(self.deadline):
+                ids = [c.id for c in client.get_collections()]
+        except APIError as err:
+            if err.status_code is None:  # no answer at all (timeout, refused): say so now
+                raise SourceError(
+                    f"cannot list the collections of {self.url}: {self._why(err)}"
+                ) from None
+            return None  # an API without /collections: matching reports misses generically
+        except Exception:
             return None
         self.requests += 1
         self._cache_put(key, {"collections-list": True}, [{"id": i} for i in ids])
@@ -249,6 +401,12 @@ class StacApiSource(Source):
     ) -> list[SourceItem]:
         out = []
         for d in self.search_dicts(collection, geometry, time_range, query):
-            d.setdefault("collection", collection)
-            out.append(item_from_stac(d, rewrite_s3=self.rewrite_s3, signer=self.signer))
+            if isinstance(d, dict):
+                d.setdefault("collection", collection)
+            try:
+                out.append(item_from_stac(d, rewrite_s3=self.rewrite_s3, signer=self.signer))
+            except ItemError as err:
+                self._skip(
+                    SkippedItem(err.reason, str(err), f"{self.url}/search", collection, err.item_id)
+                )
         return out

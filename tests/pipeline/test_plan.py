@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from pipeline.sources.base import Source, SourceItem, TimeRange, filter_items
 from pipeline.sources.static import StaticSource
 from schemas.modalities import SCL_CLOUD_SHADOW
 from schemas.tables import PLAN_SCHEMA, read_table
+from tests.pipeline.sources.catalog_kit import MALFORMED, write_catalog
 
 REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 REAL = REPO.parent / "shared" / "real"
@@ -333,3 +335,32 @@ def test_cli_plan_writes_the_plan_and_a_summary(
         == 2
     )
     assert "earthengine authenticate" in capsys.readouterr().err
+
+
+def test_cli_plan_skips_malformed_catalog_items_and_lists_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One bad item (not JSON, geometry null, assets a string) used to abort the whole plan
+    with a traceback; now each is skipped, counted in the summary and listed in the report."""
+    catalog = write_catalog(tmp_path / "cat")
+    out = tmp_path / "out" / "plan.parquet"
+    rc = main(["plan", "--source", f"catalog:{catalog}", "--region", "15.2,45.98,15.4,46.08",
+               "--time", "2023-08-01/2023-08-31", "--modalities", "DEM", "--val-fraction", "0",
+               "--out", str(out), "--no-progress"])  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "skipped malformed catalog items: 3 (bad_assets 1, bad_json 1, no_geometry 1)" in printed
+    assert "plan_report.json" in printed
+    report = json.loads((out.parent / "plan_report.json").read_text())
+    assert report["samples"] == read_table("plan", out).num_rows > 0
+    listed = {Path(s["location"]).name: s["reason"] for s in report["skipped"]}
+    assert listed == {name: reason for name, (_, reason) in MALFORMED.items()}
+
+    # A catalog that cannot be read at all is one line and exit code 2.
+    (tmp_path / "cat" / "catalog.json").write_text('{"type": "Catalog", ')
+    rc = main(["plan", "--source", f"catalog:{catalog}", "--region", "15.2,45.98,15.4,46.08",
+               "--time", "2023-08-01/2023-08-31", "--out", str(tmp_path / "x.parquet")])  # fmt: skip
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("terraloom-pipeline plan: error: cannot read STAC file")
+    assert err.count("\n") == 1

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,12 +53,25 @@ class StacServer:
     answer the first ``fail_first`` searches with 503 to exercise retries."""
 
     def __init__(
-        self, items: list[dict[str, Any]], fail_first: int = 0, fail_always: bool = False
+        self,
+        items: list[dict[str, Any]],
+        fail_first: int = 0,
+        fail_always: bool = False,
+        junk: list[Any] = (),  # type: ignore[assignment]
+        bad_page: bool = False,
+        hang_search: bool = False,
     ) -> None:
+        """``junk``: features added as they are (malformed items) to the first page of every
+        search; ``bad_page``: searches answer a body that is not JSON; ``hang_search``:
+        searches are accepted and never answered (until the server stops)."""
         self.items = sorted(items, key=lambda d: (d["collection"], d["id"]))
         self.requests: Counter[str] = Counter()
         self.fail_first = fail_first
         self.fail_always = fail_always
+        self.junk = list(junk)
+        self.bad_page = bad_page
+        self.hang_search = hang_search
+        self.stopped = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -113,11 +128,25 @@ class StacServer:
                 404, {"code": "NotFound"}
             )
         elif path == "/search":
+            if self.hang_search:
+                self.stopped.wait(timeout=60)  # bounded: the server's stop releases it
+                return
             if self.fail_always or self.fail_first > 0:
                 self.fail_first -= 1
                 h._send(503, {"code": "Unavailable", "description": "try again"})
                 return
-            h._send(200, self.search(method, params))
+            if self.bad_page:
+                body = b'{"type": "FeatureCollection", "features": [{"id": '
+                h.send_response(200)
+                h.send_header("Content-Type", "application/json")
+                h.send_header("Content-Length", str(len(body)))
+                h.end_headers()
+                h.wfile.write(body)
+                return
+            page = self.search(method, params)
+            if not params.get("token"):
+                page["features"] = [*self.junk, *page["features"]]
+            h._send(200, page)
         else:
             h._send(404, {"code": "NotFound"})
 
@@ -232,8 +261,74 @@ class StacServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.stopped.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class Blackhole:
+    """A TCP server on 127.0.0.1 that accepts every connection and never answers a byte.
+
+    Bounded: it holds connections until stopped or until ``lifetime`` seconds have passed,
+    then closes them, so a client without a timeout is released by EOF, not left forever."""
+
+    def __init__(self, lifetime: float = 90.0) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.lifetime = lifetime
+        self.accepted = 0
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        end = time.monotonic() + self.lifetime
+        while not self._stop.is_set() and time.monotonic() < end:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.accepted += 1
+            self._held.append(conn)
+        for conn in self._held:
+            conn.close()
+        self.sock.close()
+
+    def __enter__(self) -> Blackhole:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def blackhole() -> Iterator[Blackhole]:
+    with Blackhole() as hole:
+        yield hole
+
+
+def finishes(fn: Any, *args: Any, guard: float = 60.0, **kw: Any) -> Any:
+    """``fn(*args, **kw)`` in a thread: its result, or its exception re-raised here; a call
+    still running after ``guard`` seconds fails the test (a hang is a failure, not a stall)."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn(*args, **kw)
+        except BaseException as err:  # handed to the test thread
+            out["error"] = err
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(guard)
+    if t.is_alive():
+        pytest.fail(f"{getattr(fn, '__name__', fn)} still running after {guard:g} s: it hangs")
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
 
 
 @pytest.fixture
@@ -248,3 +343,9 @@ def stac_server_factory() -> Iterator[Any]:
     yield make
     for s in servers:
         s.__exit__(None, None, None)
+
+
+@pytest.fixture
+def no_hang() -> Any:
+    """:func:`finishes`: run a call that must not hang under a generous guard."""
+    return finishes

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import json
 from datetime import UTC, datetime
 
 import pystac
 import pytest
 
+from pipeline.cli import main
 from pipeline.grid import Region
 from pipeline.plan import PlanConfig, plan_samples
 from pipeline.sources import open_source
@@ -15,11 +17,14 @@ from pipeline.sources.base import SourceError
 from pipeline.sources.stac_api import PLANETARY_COMPUTER, StacApiSource
 from pipeline.sources.static import StaticSource
 from pipeline.world.generate import cached_world
+from schemas.tables import read_table
+from tests.pipeline.sources.catalog_kit import DEM, dem_item
 
 PERIOD = (datetime(2023, 8, 1, tzinfo=UTC), datetime(2023, 8, 31, 23, 59, 59, tzinfo=UTC))
 REGION = Region.from_bbox(15.2, 45.98, 15.4, 46.08)  # on both 33TWL and 33TWM
 CONFIG = PlanConfig(modalities=("S2L2A",), val_fraction=0.0)
 WORLD_CONFIG = PlanConfig(samples_per_cell=9)
+TIF = "https://example.com/dem.tif"  # never read: planning a DEM reads no pixels
 
 
 def api_items(real_dir) -> list[dict]:
@@ -153,3 +158,122 @@ def test_world_plan_over_a_local_stac_api_is_served_from_the_cache(
     assert plan2.equals(plan1)
     static = plan_samples(opened.source, opened.region, opened.time_range, WORLD_CONFIG)
     assert plan1.column("scenes").to_pylist() == static.column("scenes").to_pylist()
+
+
+# --- a server that never answers: timeouts, retries, the deadline -----------------------------
+
+
+def test_a_server_that_never_answers_fails_after_its_retries(blackhole, tmp_path, no_hang) -> None:
+    """pystac-client's Client.open resets the IO timeout to None: without a timeout set per
+    request this call never returns (the guard fails the test instead of hanging the suite)."""
+    src = StacApiSource(
+        blackhole.url, cache_dir=tmp_path, timeout=0.3, max_retries=2, backoff_factor=0.001
+    )
+    with pytest.raises(SourceError, match=r"cannot open STAC API .*no answer within 0.3 s"):
+        no_hang(src.search, DEM, REGION.geometry, PERIOD)
+    assert blackhole.accepted == 3  # the first try and both retries fired
+
+
+def test_a_search_that_never_answers_times_out_and_retries(
+    stac_server_factory, tmp_path, no_hang
+) -> None:
+    server = stac_server_factory([dem_item("good", href=TIF)], hang_search=True)
+    src = StacApiSource(
+        server.url, cache_dir=tmp_path, timeout=0.3, max_retries=2, backoff_factor=0.001
+    )
+    with pytest.raises(SourceError, match=r"failed after 2 retries: no answer within 0.3 s"):
+        no_hang(src.search, DEM, REGION.geometry, PERIOD)
+    assert server.searches == 3
+    assert src.skipped_items() == [] and not list(tmp_path.rglob("*.json.gz"))  # nothing cached
+
+
+def test_the_deadline_bounds_a_search_whatever_its_retries(
+    stac_server_factory, tmp_path, no_hang
+) -> None:
+    server = stac_server_factory([dem_item("good", href=TIF)], hang_search=True)
+    src = StacApiSource(
+        server.url,
+        cache_dir=tmp_path,
+        timeout=0.4,
+        max_retries=1000,
+        deadline=1.0,
+        backoff_factor=0.001,
+    )
+    with pytest.raises(SourceError, match=r"within the 1 s deadline"):
+        no_hang(src.search, DEM, REGION.geometry, PERIOD)
+    # every try waits its full 0.4 s timeout, so the 1 s deadline stops the retries by the third
+    assert 1 <= server.searches <= 3
+    for bad in ({"timeout": 0}, {"deadline": -1.0}, {"max_retries": -1}):
+        with pytest.raises(SourceError, match="must be"):
+            StacApiSource(server.url, **bad)
+
+
+def test_cli_plan_on_a_silent_server_is_one_line_and_exit_2(
+    blackhole, tmp_path, no_hang, capsys
+) -> None:
+    args = ["plan", "--source", f"stac:{blackhole.url}", "--region", "15.2,45.98,15.4,46.08",
+            "--time", "2023-08-01/2023-08-31", "--modalities", "DEM", "--out",
+            str(tmp_path / "plan.parquet"), "--timeout", "0.3", "--retries", "1",
+            "--search-deadline", "30", "--no-cache", "--no-progress"]  # fmt: skip
+    assert no_hang(main, args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("terraloom-pipeline plan: error: cannot open STAC API")
+    assert "no answer within 0.3 s" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert blackhole.accepted == 2
+    assert not (tmp_path / "plan.parquet").exists()
+
+
+# --- malformed items ----------------------------------------------------------------------------
+
+#: what an API can serve of each malformed kind (a broken JSON text inside a valid page is a
+#: string feature; a page that is not JSON at all is the next test) and the reason it gets
+API_JUNK = [
+    ('{"type": "Feature", "id": "bad_json", "geometry": ', "not_an_item"),
+    (dem_item("null_geometry", href=TIF, geometry=None, bbox=None), "no_geometry"),
+    (dem_item("oops_assets", assets="oops"), "bad_assets"),
+]
+
+
+def test_malformed_api_items_are_skipped_counted_and_reported(
+    stac_server_factory, tmp_path, caplog, capsys
+) -> None:
+    server = stac_server_factory([dem_item("good", href=TIF)], junk=[j for j, _ in API_JUNK])
+    src = StacApiSource(server.url, cache_dir=tmp_path / "cache")
+    assert [it.id for it in src.search(DEM, REGION.geometry, None)] == ["good"]
+    assert [s.reason for s in src.skipped_items()] == [r for _, r in API_JUNK]
+    assert {s.collection for s in src.skipped_items()} == {DEM}
+    assert src.skipped_items()[2].item_id == "oops_assets"
+    assert "(bad_assets)" in caplog.text
+    src.search(DEM, REGION.geometry, None)  # met again (from the cache): counted once
+    assert len(src.skipped_items()) == 3
+
+    out = tmp_path / "plan.parquet"
+    args = ["plan", "--source", f"stac:{server.url}", "--region", "15.2,45.98,15.4,46.08",
+            "--time", "2023-08-01/2023-08-31", "--modalities", "DEM", "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache2"), "--no-progress", "--val-fraction", "0"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "skipped malformed catalog items: 3 (bad_assets 1, no_geometry 1, not_an_item 1)" in (
+        printed
+    )
+    report = json.loads((tmp_path / "plan_report.json").read_text())
+    assert report["skipped_by_reason"] == {"bad_assets": 1, "no_geometry": 1, "not_an_item": 1}
+    assert {s["item_id"] for s in report["skipped"]} == {None, "null_geometry", "oops_assets"}
+    table = read_table("plan", out)
+    assert table.num_rows > 0
+    assert {sc[0]["item_id"] for sc in table.column("scenes").to_pylist()} == {"good"}
+
+
+def test_an_api_page_that_is_not_json_is_one_line_and_exit_2(
+    stac_server_factory, tmp_path, capsys
+) -> None:
+    server = stac_server_factory([dem_item("good", href=TIF)], bad_page=True)
+    with pytest.raises(SourceError, match="returned an unreadable page"):
+        StacApiSource(server.url, cache_dir=tmp_path).search(DEM, REGION.geometry, PERIOD)
+    args = ["plan", "--source", f"stac:{server.url}", "--region", "15.2,45.98,15.4,46.08",
+            "--time", "2023-08-01/2023-08-31", "--modalities", "DEM", "--out",
+            str(tmp_path / "plan.parquet"), "--no-cache", "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("terraloom-pipeline plan: error: STAC search on")
+    assert err.count("\n") == 1 and "Traceback" not in err
