@@ -5,14 +5,23 @@ by ``TerraloomModel.from_pretrained``) and ``train_state.pt`` (step, optimizer, 
 state, RNG states). A checkpoint is written to a temporary directory and renamed, and
 ``<out_dir>/latest`` names the newest complete one, so a run killed mid-write resumes from
 the previous checkpoint. Under FSDP the full (unsharded) state is gathered to rank 0.
+
+A run directory is data, never code: ``train_state.pt`` holds only tensors and plain
+containers (RNG states as tensors) and is read with ``torch.load(weights_only=True)``, so a
+pickle that would run code is refused; ``latest`` must name a checkpoint inside the run
+directory. ``config.json`` records the data paths absolute, so a run can be used from any
+working directory.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +35,31 @@ STATE_FILE = "train_state.pt"
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 LATEST = "latest"
+_STEP_NAME = re.compile(r"step_\d{8,}")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or run directory that cannot be trusted or read (bad input, exit 2)."""
 
 
 def rng_state() -> dict[str, Any]:
+    """The global RNG states as tensors and plain numbers (loadable with ``weights_only``)."""
+    mt, key, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 - the legacy global state is what libraries use
+    version, internal, gauss_next = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),  # noqa: NPY002 - the legacy global state is what libraries use
-        "python": random.getstate(),
+        "numpy": {
+            "algorithm": str(mt),
+            "key": torch.from_numpy(np.asarray(key, np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -41,10 +68,31 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (
+            n["algorithm"],
+            np.asarray(n["key"].numpy(), np.uint32),
+            int(n["pos"]),
+            int(n["has_gauss"]),
+            float(n["cached_gaussian"]),
+        )
+    )
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(py["state"].tolist()), py["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def anchored_data(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with local data paths made absolute, so a run's recorded config does not
+    depend on the working directory it was trained from (URLs stay as they are)."""
+
+    def anchor(path: str) -> str:
+        return path if not path or "://" in path else str(Path(path).expanduser().resolve())
+
+    d = cfg.data
+    return replace(cfg, data=replace(d, tokens=anchor(d.tokens), corpus=anchor(d.corpus)))
 
 
 def _is_fsdp(model: nn.Module) -> bool:
@@ -113,7 +161,7 @@ def save_checkpoint(
         str(tmp / MODEL_FILE),
         metadata={"format": "terraloom-model", "version": "1", "step": str(step)},
     )
-    (tmp / CONFIG_FILE).write_text(json.dumps(to_dict(cfg), indent=2))
+    (tmp / CONFIG_FILE).write_text(json.dumps(to_dict(anchored_data(cfg)), indent=2))
     torch.save(
         {
             "step": step,
@@ -141,16 +189,59 @@ def _prune(out: Path, keep: int) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def _inside(out: Path, p: Path) -> bool:
+    """Whether ``p`` (symlinks followed) lies inside the run directory ``out``."""
+    return p.resolve().is_relative_to(out.resolve())
+
+
 def latest_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
-    """The newest complete checkpoint of a run directory, or None."""
+    """The newest complete checkpoint of a run directory, or None.
+
+    ``latest`` must hold the bare name of a ``step_*`` directory that resolves inside the
+    run directory; anything else (an absolute path, ``..``, a symlink out of the run) is
+    refused with :class:`CheckpointError` rather than followed.
+    """
     out = Path(out_dir)
     marker = out / LATEST
-    if marker.exists():
-        p = out / marker.read_text().strip()
+    if marker.is_file():
+        name = marker.read_text().strip()
+        if not _STEP_NAME.fullmatch(name):
+            raise CheckpointError(
+                f"{marker} names {name[:80]!r}, not a step_<n> checkpoint of this run; refusing to follow it"
+            )
+        p = out / name
+        if p.exists() and not _inside(out, p):
+            raise CheckpointError(
+                f"{marker} names {name}, which resolves outside the run directory; refusing to follow it"
+            )
         if (p / STATE_FILE).exists():
             return p
     ckpts = sorted(p for p in out.glob("step_*") if (p / STATE_FILE).exists())
+    if ckpts and not _inside(out, ckpts[-1]):
+        raise CheckpointError(
+            f"{ckpts[-1]} resolves outside the run directory; refusing to follow it"
+        )
     return ckpts[-1] if ckpts else None
+
+
+def read_train_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``train_state.pt`` of a checkpoint directory, read without running any code.
+
+    ``weights_only=True`` refuses every pickled object but tensors and plain containers; a
+    file that needs more (a crafted pickle, or a checkpoint written before train states
+    were plain data) is a :class:`CheckpointError`, never unpickled.
+    """
+    f = Path(path) / STATE_FILE
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError) as exc:
+        raise CheckpointError(
+            f"{f}: refusing to load a train state that holds more than tensors and plain data "
+            "(an untrusted or pre-safe-format checkpoint); start a new run (--no-resume or another --out-dir)"
+        ) from exc
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{f}: not a terraloom train state (no integer 'step')")
+    return state
 
 
 def load_checkpoint(
@@ -165,7 +256,7 @@ def load_checkpoint(
 
     p = Path(path)
     weights: dict[str, Any] = load_file(str(p / MODEL_FILE))
-    state = torch.load(p / STATE_FILE, map_location="cpu", weights_only=False)
+    state = read_train_state(p)
     if _is_fsdp(model):
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from model.config import MODEL_PRESETS, load_config, modality_specs, save_config, to_dict
 
@@ -30,6 +31,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from model.train import train
 
+    for flag, value in (("--steps", args.steps), ("--max-steps", args.max_steps)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     overrides = list(args.overrides)
     if args.out_dir:
         overrides.append(f"out_dir={args.out_dir}")
@@ -45,13 +49,18 @@ def _run_train(args: argparse.Namespace) -> int:
 
         if dist.is_initialized():  # launched by torchrun
             dist.destroy_process_group()
-    last = next((r for r in reversed(result.history) if r.get("split") == "train"), None)
-    if last is not None:
-        print(
-            json.dumps(
-                {"steps": result.steps_done, "loss": last["loss"], "out_dir": str(result.out_dir)}
-            )
+    last: dict[str, Any] = next(
+        (r for r in reversed(result.history) if r.get("split") == "train"), {}
+    )
+    print(
+        json.dumps(
+            {
+                "steps": result.steps_done,
+                "loss": last.get("loss"),  # null when this call trained nothing
+                "out_dir": str(result.out_dir),
+            }
         )
+    )
     return 0
 
 

@@ -393,6 +393,10 @@ def _normalise(
 # --------------------------------------------------------------------------- order + dataset
 
 
+class TooFewRowsError(ValueError):
+    """A split holds fewer valid rows than one global batch (a validation split may degrade)."""
+
+
 @dataclass(frozen=True)
 class EpochOrder:
     """Which rows and crops make up each global batch; rank slices are equal parts."""
@@ -410,7 +414,7 @@ class EpochOrder:
                 f"global batch {self.global_batch} is not divisible by world size {self.world}"
             )
         if len(self.rows) < self.global_batch:
-            raise ValueError(
+            raise TooFewRowsError(
                 f"split has {len(self.rows)} valid rows, fewer than one global batch of {self.global_batch}"
             )
 

@@ -1204,12 +1204,21 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
 
 
 def checkpoint_data_paths(ckpt: Path) -> dict[str, str]:
-    """``data.tokens`` / ``data.corpus`` recorded in a training checkpoint's config, if any."""
+    """``data.tokens`` / ``data.corpus`` recorded in a training checkpoint's config, if any.
+
+    Training records them absolute; a relative one (an older or hand-written checkpoint) is
+    taken relative to the run directory (the checkpoint's parent) when it exists there, so
+    a run moved together with its data keeps working from any working directory.
+    """
     import json
 
     meta = json.loads((ckpt / "config.json").read_text())
     data = meta.get("data") or {}
-    return {k: str(data[k]) for k in ("tokens", "corpus") if data.get(k)}
+    out = {k: str(data[k]) for k in ("tokens", "corpus") if data.get(k)}
+    for k, v in out.items():
+        if "://" not in v and not Path(v).is_absolute() and (ckpt.parent / v).exists():
+            out[k] = str(ckpt.parent / v)
+    return out
 
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> TerraloomModel:

@@ -27,9 +27,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
+from model.checkpoint import (
+    anchored_data,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    unwrap,
+)
 from model.config import TrainConfig, save_config
-from model.data import MaskedBatches, TokenLoader, split_path
+from model.data import MaskedBatches, TokenLoader, TooFewRowsError, split_path
 from model.transformer import TerraloomModel
 
 
@@ -180,6 +186,24 @@ class MetricsLog:
             except ImportError:
                 print("tensorboard is not installed; logging to CSV only")
 
+    def truncate(self, step: int) -> None:
+        """Drop the rows logged after ``step`` (a resume replays them), keeping the header;
+        a run starting from scratch starts a new file."""
+        if self.path is None or not self.path.exists():
+            return
+        if step <= 0:
+            self.path.unlink()
+            return
+        with self.path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            return
+        kept = [rows[0], *(r for r in rows[1:] if _logged_step(r) <= step)]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            csv.writer(f).writerows(kept)
+        tmp.replace(self.path)
+
     def write(self, row: dict[str, Any]) -> None:
         if self.path is not None:
             new = not self.path.exists()
@@ -196,8 +220,16 @@ class MetricsLog:
                 w.writerow(row)
         if self.tb is not None:
             for k, v in row.items():
-                if k not in ("step", "split") and isinstance(v, int | float):
+                if k not in ("step", "split") and isinstance(v, int | float) and math.isfinite(v):
                     self.tb.add_scalar(f"{row.get('split', 'train')}/{k}", v, row["step"])
+
+
+def _logged_step(row: list[str]) -> float:
+    """The step of a metrics.csv row; a row that has none sorts after every step."""
+    try:
+        return int(row[0])
+    except (IndexError, ValueError):
+        return math.inf
 
 
 @dataclass
@@ -222,9 +254,20 @@ def _mean_over_modalities(mod_sum: torch.Tensor, count: torch.Tensor) -> float:
 
 
 def evaluate(
-    model: nn.Module, loader: TokenLoader, cfg: TrainConfig, device: torch.device, info: DistInfo
-) -> dict[str, float]:
-    """Mean-over-modalities cross-entropy on ``loader``'s batches, plus per-modality values."""
+    model: nn.Module,
+    loader: TokenLoader,
+    cfg: TrainConfig,
+    device: torch.device,
+    info: DistInfo,
+    *,
+    replicated: bool = False,
+) -> dict[str, float | None]:
+    """Mean-over-modalities cross-entropy on ``loader``'s batches, plus per-modality values
+    (None for a modality that got no targets).
+
+    ``replicated``: every rank evaluates the same whole batches (a split smaller than the
+    world size), so the sums are not all-reduced.
+    """
     core = unwrap(model)
     assert isinstance(core, TerraloomModel)
     names = [t.modality for t in core.specs.targets]
@@ -240,46 +283,94 @@ def evaluate(
                 _, s, c = model(b, enc_any_pad=any_pad)
             tot += s.double()
             cnt += c.double()
-    if info.world > 1:
+    if info.world > 1 and not replicated:
         dist.all_reduce(tot)
         dist.all_reduce(cnt)
     model.train(was)
-    out = {"loss": _mean_over_modalities(tot.cpu(), cnt.cpu())}
+    out: dict[str, float | None] = {"loss": _mean_over_modalities(tot.cpu(), cnt.cpu())}
     for j, n in enumerate(names):
-        out[f"loss/{n}"] = float(tot[j] / cnt[j]) if cnt[j] > 0 else float("nan")
+        out[f"loss/{n}"] = float(tot[j] / cnt[j]) if cnt[j] > 0 else None
     return out
 
 
-def _loader(
+def _dataset(
     cfg: TrainConfig,
     split: str,
-    info: DistInfo,
-    device: torch.device,
+    rank: int,
+    world: int,
     *,
-    max_batches: int | None = None,
+    shrink_batch: bool = False,
     seed_offset: int = 0,
-) -> TokenLoader:
+) -> MaskedBatches:
     d = cfg.data
     if not d.tokens:
         raise ValueError("data.tokens (token-store root) is not set")
-    ds = MaskedBatches(
+    return MaskedBatches(
         split_path(d.tokens, split),
         split_path(d.corpus, split) if d.corpus else None,
         cfg.model,
         cfg.masking,
         global_batch=cfg.batch_size,
         seed=cfg.seed + seed_offset,
-        rank=info.rank,
-        world=info.world,
+        rank=rank,
+        world=world,
         pixel_dtype=getattr(torch, d.pixel_dtype),
-        shrink_batch=max_batches is not None,
+        shrink_batch=shrink_batch,
     )
+
+
+def _token_loader(
+    ds: MaskedBatches, cfg: TrainConfig, device: torch.device, max_batches: int | None = None
+) -> TokenLoader:
+    d = cfg.data
     return TokenLoader(
         ds,
         num_workers=d.num_workers,
         prefetch_factor=d.prefetch_factor,
         pin_memory=d.pin_memory and device.type == "cuda",
         max_batches=max_batches,
+    )
+
+
+@dataclass(frozen=True)
+class ValPlan:
+    """How this run validates: the dataset (None: no validation) and whether every rank
+    evaluates the whole split (``replicated``) instead of its share."""
+
+    dataset: MaskedBatches | None
+    replicated: bool = False
+    note: str = ""
+
+
+def plan_validation(cfg: TrainConfig, info: DistInfo) -> ValPlan:
+    """Open the val split before training so a run never dies at its last evaluation.
+
+    A split smaller than one global batch gets one smaller batch; one with fewer valid rows
+    than data-parallel ranks is evaluated whole on every rank (identical results, no
+    reduction); an empty one turns validation off. Any other defect (missing modalities,
+    wrong crop size) is an error before training.
+    """
+    if not cfg.eval_every:
+        return ValPlan(None)
+    path = split_path(cfg.data.tokens, cfg.data.val_split)
+    if not path.exists():
+        return ValPlan(None)
+    try:
+        ds = _dataset(
+            cfg, cfg.data.val_split, info.rank, info.world, shrink_batch=True, seed_offset=1
+        )
+        return ValPlan(ds)
+    except TooFewRowsError:
+        pass
+    try:
+        ds = _dataset(cfg, cfg.data.val_split, 0, 1, shrink_batch=True, seed_offset=1)
+    except TooFewRowsError:
+        return ValPlan(None, note=f"validation off: {path} has no valid rows")
+    n = len(ds.order.rows)
+    return ValPlan(
+        ds,
+        replicated=True,
+        note=f"{path} has {n} valid rows, fewer than the {info.world} ranks: every rank evaluates all of them",
     )
 
 
@@ -297,16 +388,24 @@ def train(
     run is interrupted in tests; ``resume`` continues from the newest checkpoint of
     ``cfg.out_dir``.
     """
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    if cfg.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {cfg.steps}: a run of no steps trains nothing")
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     info = init_distributed(device.type)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
-    loader = _loader(cfg, cfg.data.train_split, info, device)  # validates the data first
+    # validate the data first: nothing is written for a run that cannot start
+    loader = _token_loader(_dataset(cfg, cfg.data.train_split, info.rank, info.world), cfg, device)
+    val_plan = plan_validation(cfg, info)
+    if echo and info.is_main and val_plan.note:
+        print(val_plan.note)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
+        save_config(anchored_data(cfg), out_dir / "config.yaml")
     model = TerraloomModel(cfg.model).to(device)
     model.activation_checkpointing = cfg.activation_checkpointing
     if cfg.compile:
@@ -323,7 +422,6 @@ def train(
             loader.load_state_dict(state["loader"])
         if echo and info.is_main:
             print(f"resumed from {ckpt} at step {start}")
-    has_val = bool(cfg.eval_every) and split_path(cfg.data.tokens, cfg.data.val_split).exists()
 
     peak = (
         cfg.peak_tflops * 1e12
@@ -333,8 +431,12 @@ def train(
         )
     )
     log = MetricsLog(out_dir, cfg.csv_log, cfg.tensorboard) if info.is_main else None
+    if log is not None:
+        log.truncate(start)  # rows logged after the checkpoint are replayed below
     names = [t.modality for t in model.specs.targets]
     end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
+    if start >= end and echo and info.is_main:
+        print(f"nothing to train: {out_dir} is at step {start}, the run stops at step {end}")
     result = TrainResult(out_dir, start)
     bar = None
     if progress and info.is_main and end > start:
@@ -410,13 +512,15 @@ def train(
                 "mfu": win_flops * info.world / dt / peak,
             }
             cnt = win_cnt.cpu()
-            for j, n in enumerate(names):
-                row[f"loss/{n}"] = float(win_sum[j] / cnt[j]) if cnt[j] > 0 else float("nan")
+            for j, n in enumerate(names):  # absent (blank) when the modality had no targets
+                row[f"loss/{n}"] = float(win_sum[j] / cnt[j]) if cnt[j] > 0 else None
             result.history.append(row)
             if log is not None:
                 log.write(row)
             if echo and info.is_main:
-                mods = " ".join(f"{n}={row[f'loss/{n}']:.3f}" for n in names)
+                mods = " ".join(
+                    f"{n}={row[f'loss/{n}']:.3f}" for n in names if row[f"loss/{n}"] is not None
+                )
                 msg = f"step {step} loss {mean_loss:.4f} lr {lr:.2e} {row['samples_per_s']:.1f} samples/s {row['tokens_per_s']:.0f} tok/s mfu {row['mfu']:.1%} | {mods}"
                 (bar.write if bar is not None else print)(msg)
             win_losses = []
@@ -424,28 +528,7 @@ def train(
             win_cnt.zero_()
             win_flops, win_samples, win_tokens, win_steps = 0.0, 0, 0, 0
             t0 = time.perf_counter()
-        if has_val and (step % cfg.eval_every == 0 or step == end):
-            val = evaluate(
-                wrapped,
-                _loader(
-                    cfg,
-                    cfg.data.val_split,
-                    info,
-                    device,
-                    max_batches=cfg.eval_batches,
-                    seed_offset=1,
-                ),
-                cfg,
-                device,
-                info,
-            )
-            vrow = {"step": step, "split": "val", **val}
-            result.history.append(vrow)
-            if log is not None:
-                log.write(vrow)
-            if echo and info.is_main:
-                (bar.write if bar is not None else print)(f"step {step} val loss {val['loss']:.4f}")
-            t0 = time.perf_counter()
+        # the checkpoint first: a failing evaluation never costs the steps before it
         if cfg.ckpt_every and (step % cfg.ckpt_every == 0 or step == end):
             path = save_checkpoint(
                 out_dir,
@@ -458,6 +541,22 @@ def train(
                 keep=cfg.keep_ckpts,
             )
             result.checkpoints.append(path)
+            t0 = time.perf_counter()
+        if val_plan.dataset is not None and (step % cfg.eval_every == 0 or step == end):
+            val = evaluate(
+                wrapped,
+                _token_loader(val_plan.dataset, cfg, device, max_batches=cfg.eval_batches),
+                cfg,
+                device,
+                info,
+                replicated=val_plan.replicated,
+            )
+            vrow = {"step": step, "split": "val", **val}
+            result.history.append(vrow)
+            if log is not None:
+                log.write(vrow)
+            if echo and info.is_main:
+                (bar.write if bar is not None else print)(f"step {step} val loss {val['loss']:.4f}")
             t0 = time.perf_counter()
     if bar is not None:
         bar.close()

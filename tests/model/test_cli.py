@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+
+import pytest
+from gen_support import Stack, one_thread, shared_root, tiny_model_config, toy_stack  # noqa: F401
 
 from model.cli import main
-from model.config import save_config
+from model.config import DataConfig, MaskingConfig, TrainConfig, save_config
 
 
 def test_cli_train_writes_checkpoint_and_metrics(train_config, tmp_path, capsys) -> None:
@@ -34,3 +39,71 @@ def test_cli_config_and_errors(tmp_path, capsys) -> None:
     assert main([*bad, "--quiet"]) == 2
     assert "error" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
+
+
+def test_cli_train_refuses_zero_and_negative_step_counts(train_config, tmp_path, capsys) -> None:
+    path = tmp_path / "run.yaml"
+    save_config(train_config(tmp_path / "out", steps=2), path)
+    for flags in (["--steps", "0"], ["--max-steps", "-3"], ["--max-steps", "0"]):
+        assert main(["train", "-c", str(path), "--quiet", *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert flags[0] in err and "must be >= 1" in err and len(err.splitlines()) == 1
+    assert main(["train", "-c", str(path), "--quiet", "--set", "steps=0"]) == 2
+    assert "trains nothing" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_train_says_when_there_is_nothing_to_train(train_config, tmp_path, capsys) -> None:
+    path = tmp_path / "run.yaml"
+    save_config(train_config(tmp_path / "out", steps=2, ckpt_every=2), path)
+    assert main(["train", "-c", str(path), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["train", "-c", str(path), "--quiet"]) == 0  # already at step 2 of 2
+    out = capsys.readouterr().out
+    assert "nothing to train" in out
+    assert json.loads(out.strip().splitlines()[-1]) == {
+        "steps": 2,
+        "loss": None,
+        "out_dir": str(tmp_path / "out"),
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    return toy_stack(shared_root(tmp_path_factory))
+
+
+def test_a_moved_run_generates_from_another_directory(stack, tmp_path, monkeypatch) -> None:
+    mods = ("S2L2A", "S1GRD", "DEM", "LULC", "GEO")
+    cfg = TrainConfig(
+        model=tiny_model_config(token_inputs=mods, targets=mods),
+        masking=MaskingConfig(input_budget=16, target_budget=16),
+        data=DataConfig(tokens="tokens", corpus="corpus", num_workers=0),  # relative to the cwd
+        out_dir=str(tmp_path / "run"),
+        steps=1,
+        batch_size=4,
+        eval_every=0,
+        ckpt_every=1,
+        peak_tflops=1.0,
+    )
+    save_config(cfg, tmp_path / "run.yaml")
+    monkeypatch.chdir(stack.tokens.parent)
+    assert main(["train", "-c", str(tmp_path / "run.yaml"), "--quiet"]) == 0
+    moved = tmp_path / "moved" / "run"
+    shutil.copytree(tmp_path / "run", moved)
+    shutil.rmtree(tmp_path / "run")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    gen = ["generate", "--checkpoint", str(moved), "--input", "S1GRD=val-000", "--target", "LULC"]
+    gen += ["--steps", "1"]
+    assert main([*gen, "--out", "a"]) == 0
+    assert (tmp_path / "elsewhere" / "a" / "val-000" / "LULC.tif").exists()
+    # the flags override what the checkpoint records
+    assert main([*gen, "--out", "b", "--corpus", str(tmp_path / "no-corpus")]) == 2
+    # a relative path in a checkpoint is taken relative to its run directory
+    config = moved / "step_00000001" / "config.json"
+    meta = json.loads(config.read_text())
+    for key in ("tokens", "corpus"):
+        meta["data"][key] = os.path.relpath(meta["data"][key], moved)
+    config.write_text(json.dumps(meta))
+    assert main([*gen, "--out", "c"]) == 0

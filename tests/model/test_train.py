@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import csv
+import shutil
+from dataclasses import replace
+
 import numpy as np
+import pytest
 import torch
+import zarr
 from safetensors.torch import load_file
 
 from model.checkpoint import latest_checkpoint
-from model.config import OptimConfig
-from model.testing import run_data_parallel
-from model.train import lr_at, train
+from model.config import AlphaMixture, DataConfig, MaskingConfig, OptimConfig
+from model.testing import ToyWorld, make_toy_world, run_data_parallel
+from model.train import DistInfo, lr_at, plan_validation, train
 
 
 def test_lr_schedule_warms_up_then_decays(train_config, tmp_path) -> None:
@@ -72,3 +78,94 @@ def test_two_process_ddp_and_fsdp_match_single_process(train_config, tmp_path) -
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def _metrics(out_dir) -> list[dict[str, str]]:
+    with (out_dir / "metrics.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_resume_truncates_metrics_to_the_resumed_step(train_config, tmp_path) -> None:
+    cfg = train_config(tmp_path, steps=4, ckpt_every=2)
+    train(cfg, max_steps=3, progress=False, echo=False)  # logs steps 1..3
+    assert [r["step"] for r in _metrics(tmp_path)] == ["1", "2", "3"]
+    # killed after logging step 3, before its checkpoint: the newest one is step 2
+    shutil.rmtree(tmp_path / "step_00000003")
+    (tmp_path / "latest").write_text("step_00000002")
+    train(cfg, progress=False, echo=False)  # resumes at 2: step 3 is trained (and logged) again
+    assert [r["step"] for r in _metrics(tmp_path)] == ["1", "2", "3", "4"]
+    train(cfg, resume=False, max_steps=1, progress=False, echo=False)  # a fresh start
+    assert [r["step"] for r in _metrics(tmp_path)] == ["1"]
+
+
+def test_a_modality_without_targets_is_logged_as_absent(train_config, tmp_path, capsys) -> None:
+    only_s1 = MaskingConfig(
+        input_budget=48,
+        target_budget=48,
+        mixtures=(AlphaMixture("s1_only", 1.0, 0.5, 0.5, target_only=("S1GRD",)),),
+    )
+    cfg = train_config(tmp_path, steps=2, masking=only_s1, eval_every=2, eval_batches=1)
+    result = train(cfg, progress=False, echo=True)
+    out = capsys.readouterr().out
+    assert "S1GRD=" in out and "LULC" not in out and "nan" not in out
+    for row in result.history:
+        assert row["loss/S1GRD"] > 0 and row["loss/LULC"] is None
+    rows = _metrics(tmp_path)
+    assert [r["split"] for r in rows] == ["train", "train", "val"]
+    assert all(r["loss/LULC"] == "" and float(r["loss/S1GRD"]) > 0 for r in rows)
+
+
+def test_zero_or_negative_step_counts_are_refused(train_config, tmp_path) -> None:
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        train(train_config(tmp_path / "a", steps=0), progress=False, echo=False)
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        train(train_config(tmp_path / "b"), max_steps=-3, progress=False, echo=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.fixture(scope="module")
+def one_val_row_world(tmp_path_factory: pytest.TempPathFactory) -> ToyWorld:
+    """A toy world whose val split holds a single valid row (the tiny world under DDP)."""
+    world = make_toy_world(tmp_path_factory.mktemp("onerow"), n_samples=8, n_crops=1, seed=1)
+    valid = zarr.open_group(str(world.tokens / "val.zarr"), mode="r+")["valid"]
+    valid[:] = np.arange(8) == 3
+    return world
+
+
+def _on(world: ToyWorld, cfg):  # noqa: ANN001, ANN202 - a TrainConfig reading ``world``
+    return replace(cfg, data=DataConfig(str(world.tokens), str(world.corpus), num_workers=0))
+
+
+def test_validation_plan_degrades_on_small_splits(
+    one_val_row_world, train_config, tmp_path
+) -> None:
+    cfg = _on(one_val_row_world, train_config(tmp_path, batch_size=4, eval_every=1))
+    one = plan_validation(cfg, DistInfo())
+    assert one.dataset is not None and not one.replicated and one.dataset.order.global_batch == 1
+    two = plan_validation(cfg, DistInfo(rank=1, world=2))
+    assert two.replicated and "fewer than the 2 ranks" in two.note
+    assert two.dataset is not None and two.dataset.order.world == 1
+    valid = zarr.open_group(str(one_val_row_world.tokens / "val.zarr"), mode="r+")["valid"]
+    valid[:] = False
+    try:
+        off = plan_validation(cfg, DistInfo())
+    finally:
+        valid[:] = np.arange(8) == 3
+    assert off.dataset is None and "validation off" in off.note
+
+
+def test_two_process_ddp_finishes_with_a_one_row_val_split(
+    one_val_row_world, train_config, tmp_path
+) -> None:
+    cfg = _on(
+        one_val_row_world,
+        train_config(tmp_path / "ddp", steps=2, batch_size=4, eval_every=2, ckpt_every=2),
+    )
+    single = train(replace(cfg, out_dir=str(tmp_path / "one")), progress=False, echo=False)
+    (losses,) = run_data_parallel([cfg], world=2)  # used to die at the final validation
+    np.testing.assert_allclose(losses, single.losses, rtol=1e-5)
+    assert latest_checkpoint(cfg.out_dir).name == "step_00000002"
+    val = [r for r in _metrics(tmp_path / "ddp") if r["split"] == "val"]
+    ref = [r for r in single.history if r["split"] == "val"]
+    assert len(val) == 1 == len(ref)
+    assert float(val[0]["loss"]) == pytest.approx(ref[0]["loss"], rel=1e-4)
