@@ -3,7 +3,8 @@
 ``BuildCorpus`` is ``Create(block keys) -> Reshuffle -> ParDo(ProcessBlock)``. The
 reshuffle breaks fusion with ``Create`` so a distributed runner spreads blocks over its
 workers. Counters (namespace ``terraloom``): ``samples_accepted``,
-``samples_rejected_<reason>``, ``blocks_written``/``blocks_skipped``, ``bytes_read``,
+``samples_rejected_<reason>``, ``missing_<modality>_<reason>`` (accepted samples without an
+optional modality), ``blocks_written``/``blocks_skipped``, ``bytes_read``,
 ``bytes_written`` and ``msec_<stage>`` for every stage ``build_block`` and the writer time.
 
 Locally the DirectRunner runs in-process (``--workers 1``) or with

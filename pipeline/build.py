@@ -106,6 +106,8 @@ class BuildSummary:
     blocks_skipped: int
     seconds: float
     counters: dict[str, int] = field(default_factory=dict)
+    #: Per split, accepted samples without an optional modality: modality -> reason -> n.
+    missing: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     @property
     def samples_processed(self) -> int:
@@ -126,6 +128,12 @@ class BuildSummary:
             lines.append(
                 f"{split:<8}{self.planned[split]:>9}{self.accepted.get(split, 0):>10}{sum(rej.values()):>10}  {reasons}"
             )
+        for split, by_modality in self.missing.items():
+            for modality, reasons_m in by_modality.items():
+                why = ", ".join(f"{k} {v}" for k, v in sorted(reasons_m.items()))
+                lines.append(
+                    f"{split}: {sum(reasons_m.values())} accepted samples without {modality} ({why})"
+                )
         lines.append(
             f"blocks: {self.blocks_total} total, {self.blocks_run} written now, {self.blocks_skipped} already committed"
         )
@@ -440,6 +448,22 @@ def process_block(job: BuildJob, key: BlockKey) -> BlockOutcome:
 # --------------------------------------------------------------------------- finalize
 
 
+def missing_modality_counts(index: pa.Table, split: str) -> dict[str, dict[str, int]]:
+    """Accepted samples of ``split`` without an optional modality: modality -> reason -> n."""
+    if "missing_modalities" not in index.schema.names:
+        return {}
+    counts: Counter[tuple[str, str]] = Counter()
+    for s, entries in zip(
+        index.column("split").to_pylist(), index.column("missing_modalities").to_pylist()
+    ):
+        if s == split:
+            counts.update((e["modality"], e["reason"]) for e in entries or [])
+    out: dict[str, dict[str, int]] = {}
+    for (modality, reason), n in sorted(counts.items()):
+        out.setdefault(modality, {})[reason] = n
+    return out
+
+
 def finalize(out: str | os.PathLike[str], manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge the block parts into ``index.parquet`` and ``rejects.parquet`` (atomically).
 
@@ -482,6 +506,7 @@ def finalize(out: str | os.PathLike[str], manifest: dict[str, Any] | None = None
             "planned": info["n_samples"],
             "accepted": len(acc),
             "rejected": dict(sorted(reasons.items())),
+            "missing": missing_modality_counts(index, split),
         }
     write_geoparquet("index", index, Path(out) / "index.parquet")
     write_geoparquet("rejects", rejects, Path(out) / "rejects.parquet")
@@ -636,6 +661,7 @@ def run_build(
         planned={s: v["planned"] for s, v in final["splits"].items()},
         accepted={s: v["accepted"] for s, v in final["splits"].items()},
         rejected={s: v["rejected"] for s, v in final["splits"].items()},
+        missing={s: v.get("missing", {}) for s, v in final["splits"].items()},
         blocks_total=len(keys),
         blocks_run=run,
         blocks_skipped=len(keys) - len(pending),

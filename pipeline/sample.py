@@ -745,6 +745,39 @@ def _when(value: Any) -> dt.datetime | None:
     return None
 
 
+def _missing(modality: str, reason: RejectReason | str, message: str) -> dict[str, str]:
+    """One ``missing_modalities`` entry: the reason code a required modality would have
+    been rejected with, and its message."""
+    return {"modality": modality, "reason": str(reason), "message": message}
+
+
+def _unplanned(s: _Sample, modality: str) -> dict[str, str]:
+    """Why the plan has no scene of an optional modality (its ``unmatched`` entry, if any)."""
+    u = next((u for u in s.row.get("unmatched") or [] if u.get("modality") == modality), None)
+    if u is not None:
+        return _missing(
+            modality, _reason(u.get("reason")), u.get("message") or f"{modality}: no scene"
+        )
+    return _missing(modality, RejectReason.NO_MATCH, f"{modality}: no scene in the plan")
+
+
+def _not_derived(
+    config: BuildConfig, missing: list[dict[str, str]], derived: dict[str, np.ndarray | None]
+) -> list[dict[str, str]]:
+    """Derived image modalities left at their fill value because a source is missing."""
+    gone = {e["modality"]: e for e in missing}
+    out: list[dict[str, str]] = []
+    for name, value in derived.items():
+        if name not in config.modalities or value is not None:
+            continue
+        src = next((m for m in get_modality(name).derived_from if m in gone), None)
+        if src is not None:
+            out.append(
+                _missing(name, gone[src]["reason"], f"{name}: not derived, {src} is missing")
+            )
+    return out
+
+
 def _finish(
     s: _Sample, config: BuildConfig, captioner: Captioner
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Issue:
@@ -757,6 +790,8 @@ def _finish(
     images: dict[str, np.ndarray] = {}  # source modality -> (B, H, W) float32, judged + filled
     times: dict[str, dt.datetime | None] = {}
     filled_total = 0
+    #: optional modalities this sample goes without, and why (index ``missing_modalities``)
+    missing: list[dict[str, str]] = []
     for m_name in config.source_modalities:
         m = get_modality(m_name)
         bands = config.bands(m_name)
@@ -765,11 +800,13 @@ def _finish(
             if m_name in required:
                 return fail
             quality[f"available_{m_name}"] = 0.0
+            missing.append(_missing(m_name, fail.reason, fail.message))
             continue
         if not s.scenes.get(m_name):
             if m_name in required:
                 return Issue(RejectReason.NO_MATCH, m_name, f"{m_name}: no scene in the plan")
             quality[f"available_{m_name}"] = 0.0
+            missing.append(_unplanned(s, m_name))
             continue
         arr = np.stack(
             [
@@ -795,6 +832,7 @@ def _finish(
             if m_name in required:
                 return issue
             quality[f"available_{m_name}"] = 0.0
+            missing.append(_missing(m_name, issue.reason, issue.message))
             continue
         if config.fill_small_gaps:
             arr, n = fill_small_gaps(arr)
@@ -908,6 +946,7 @@ def _finish(
             return Issue(
                 RejectReason.NO_MATCH, name, f"{name}: cannot be derived (S2L2A bands missing)"
             )
+    missing += _not_derived(config, missing, {"S2RGB": rgb, "NDVI": ndvi_arr})
     arrays["cloud_mask"] = cloud_mask
     arrays["epsg"] = np.asarray(s.grid.epsg, np.int32)
     arrays["transform"] = np.asarray(row["transform"][:6], np.float64)
@@ -932,6 +971,7 @@ def _finish(
         "quality": {
             k: float(v) for k, v in sorted(quality.items()) if v is not None and math.isfinite(v)
         },
+        "missing_modalities": missing,
         "caption": caption,
     }
     return arrays, index_row
@@ -1006,6 +1046,10 @@ def build_block(plan_rows: list[dict[str, Any]], config: BuildConfig) -> list[Sa
             )
         else:
             arrays, index_row = outcome
+            for e in index_row.get("missing_modalities") or []:
+                # counted per modality and reason: Beam counters, the Dask sums, block markers
+                key = f"missing_{e['modality']}_{e['reason']}"
+                stats[key] = stats.get(key, 0.0) + 1.0
             results.append(
                 SampleResult(
                     row["sample_id"], row["split"], int(row["row"]), arrays, index_row, None, stats

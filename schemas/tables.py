@@ -117,6 +117,10 @@ INDEX_SCHEMA = pa.schema(
         pa.field("s1_s2_delta_days", pa.float64()),
         pa.field("nodata_filled_px", pa.int32()),  # small gaps filled by nearest neighbour
         pa.field("quality", pa.map_(pa.string(), pa.float64())),  # named quality metrics
+        # optional modalities the sample goes without: (modality, RejectReason code the
+        # sample would have been rejected with were it required, message); empty: none
+        # missing; null: the builder did not say
+        pa.field("missing_modalities", pa.list_(UNMATCHED)),
         pa.field("caption", pa.string()),
         pa.field("checksums", pa.map_(pa.string(), pa.string())),  # array -> hex digest
     ],
@@ -222,10 +226,19 @@ def write_geoparquet(name: str, table: pa.Table, path: str | os.PathLike[str]) -
     return path
 
 
+#: Nullable columns added after a table's version was fixed: a table written before them
+#: reads with the column all null ("not recorded") instead of failing.
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"index": ("missing_modalities",)}
+
+
 def read_table(name: str, path: str | os.PathLike[str]) -> pa.Table:
     """Read a table and check it is the named kind of terraloom table."""
     table = pq.read_table(path)
     kind = (table.schema.metadata or {}).get(b"terraloom:table", b"").decode()
     if kind and kind != name:
         raise ValueError(f"{path} is a {kind!r} table, expected {name!r}")
+    for col in ADDED_COLUMNS.get(name, ()):
+        if col not in table.schema.names:
+            field = TABLES[name].field(col)
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
     return conform(name, table.select(TABLES[name].names))

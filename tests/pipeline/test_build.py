@@ -354,3 +354,58 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(
     assert array_digests(out) == tiny_reference["digests"], f"kill points {kill_points}"
     assert read_table("index", out / "index.parquet").to_pylist() == tiny_reference["index"]
     assert read_table("rejects", out / "rejects.parquet").to_pylist() == tiny_reference["rejects"]
+
+
+def test_optional_modalities_that_fail_are_counted_in_the_summary_and_counters(
+    tiny_plan: tuple[Path, Any], tmp_path: Path
+) -> None:
+    """Issue 15 item 6: a truncated optional S1RTC COG is recorded per sample in the index
+    (``missing_modalities``), counted in the engine counters and in the build summary."""
+    import pyarrow.compute as pc
+    import rasterio
+
+    from pipeline.hrefs import HrefPolicy
+    from pipeline.readers import gdal_path
+
+    table = pa.parquet.read_table(tiny_plan[0])  # keeps the plan's own metadata
+    split = table.column("split")[0].as_py()
+    table = table.filter(pc.and_(pc.equal(table["split"], split), pc.less(table["row"], 4)))
+    rows = table.to_pylist()
+    truncated: dict[str, str] = {}
+    for row in rows:
+        for sc in row["scenes"]:
+            for a in sc["assets"]:
+                if sc["modality"] == "S1RTC" and a["band"] == "VV":
+                    if a["href"] not in truncated:
+                        src = Path(gdal_path(a["href"]))
+                        with rasterio.open(src) as ds:  # cut inside the first image tile
+                            cut = int(ds.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1)) + 16
+                        dst = src.with_name(f"{src.stem}-truncated-{tmp_path.name}.tif")
+                        dst.write_bytes(src.read_bytes()[:cut])
+                        truncated[a["href"]] = dst.as_uri()
+                    a["href"] = truncated[a["href"]]
+    assert len(rows) == 4 and truncated
+    plan = tmp_path / "plan.parquet"
+    pa.parquet.write_table(pa.Table.from_pylist(rows, schema=table.schema), plan)
+    world = Path(gdal_path(next(iter(truncated)))).parents[2]  # <world>/<collection>/<item>/
+    cfg = BuildConfig(
+        http_timeout_s=2, http_max_retry=0, href_policy=HrefPolicy(roots=(str(world),))
+    )
+    summary = run_build(
+        plan, tmp_path / "out", engine="beam", config=cfg, shard_samples=4, progress=False
+    )
+    index = read_table("index", tmp_path / "out" / "index.parquet").to_pylist()
+    lost = [e for r in index for e in r["missing_modalities"] if e["modality"] == "S1RTC"]
+    assert index and len(lost) == len(index)  # every accepted sample lost S1RTC, and says so
+    assert {e["reason"] for e in lost} == {"unreadable_asset"}
+    assert summary.counters["missing_S1RTC_unreadable_asset"] == len(index)
+    assert summary.missing[split]["S1RTC"] == {"unreadable_asset": len(index)}
+    assert (
+        f"{split}: {len(index)} accepted samples without S1RTC (unreadable_asset {len(index)})"
+        in summary.table()
+    )
+    # a finished build re-run reports the same counts from its final record
+    again = run_build(
+        plan, tmp_path / "out", engine="beam", config=cfg, shard_samples=4, progress=False
+    )
+    assert again.missing == summary.missing

@@ -502,3 +502,63 @@ def test_bad_inputs_built_from_the_world_are_rejected_and_the_run_completes(
     for (reason, modality, _), r in zip(variants, results[1:]):
         assert r.reject is not None, (reason, r.index_row)
         assert (r.reject["reason"], r.reject["modality"]) == (reason.value, modality), r.reject
+
+
+def test_an_optional_modality_that_fails_is_recorded_with_its_reason(
+    tiny_plan: tuple[Path, Any], world: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 15 item 6: a truncated optional S1RTC COG no longer vanishes without a trace;
+    the accepted sample lists it in ``missing_modalities`` and the block stats count it."""
+    from schemas.tables import INDEX_SCHEMA, read_table
+
+    cfg = BuildConfig(http_timeout_s=2, http_max_retry=0)  # S1RTC is optional by default
+    assert "S1RTC" not in cfg.required_sources
+    plan = read_table("plan", tiny_plan[0]).to_pylist()
+    base = next(r for r in plan if any(s["modality"] == "S1RTC" for s in r["scenes"]))
+    good = _accepted(build_sample(base, cfg))
+    assert good.index_row is not None
+    assert not any(e["modality"] == "S1RTC" for e in good.index_row["missing_modalities"])
+
+    import rasterio
+
+    vv = _world_asset(base, "S1RTC", "VV")
+    with rasterio.open(gdal_path(vv["href"])) as ds:  # cut inside the first image tile
+        first_tile = int(ds.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+    truncated = tmp_path / "rtc" / "VV.tif"
+    truncated.parent.mkdir()
+    truncated.write_bytes(Path(gdal_path(vv["href"])).read_bytes()[: first_tile + 16])
+    row = copy.deepcopy(base)
+    _world_asset(row, "S1RTC", "VV").update(href=truncated.as_uri())
+    r = _accepted(build_sample(row, cfg))
+    assert r.index_row is not None and r.arrays is not None
+    rtc = [e for e in r.index_row["missing_modalities"] if e["modality"] == "S1RTC"]
+    assert len(rtc) == 1
+    assert rtc[0]["reason"] == RejectReason.UNREADABLE_ASSET.value
+    assert "S1RTC VV" in rtc[0]["message"] and "VV.tif" in rtc[0]["message"]
+    assert r.index_row["quality"]["available_S1RTC"] == 0.0
+    assert r.stats["missing_S1RTC_unreadable_asset"] == 1.0
+    assert np.isnan(r.arrays["S1RTC"].astype(np.float32)).all()
+    pa.Table.from_pylist([r.index_row], schema=INDEX_SCHEMA)  # the index column's type
+
+    # an optional modality the plan found no scene for carries the plan's reason, and the
+    # modalities derived from a missing source are listed too
+    no_s2 = [sc for sc in world["scenes"] if sc["modality"] != "S2L2A"]
+    unmatched = [{"modality": "S2L2A", "reason": "no_coverage", "message": "S2L2A: partial"}]
+    opt = BuildConfig(required=("S1GRD", "DEM"), http_timeout_s=2, http_max_retry=0)
+    r2 = _accepted(build_sample(_row(world, 0, no_s2, unmatched=unmatched), opt))
+    assert r2.index_row is not None
+    s2_family = ("S2L2A", "S2RGB", "NDVI")
+    assert [e for e in r2.index_row["missing_modalities"] if e["modality"] in s2_family] == [
+        {"modality": "S2L2A", "reason": "no_coverage", "message": "S2L2A: partial"},
+        {
+            "modality": "S2RGB",
+            "reason": "no_coverage",
+            "message": "S2RGB: not derived, S2L2A is missing",
+        },
+        {
+            "modality": "NDVI",
+            "reason": "no_coverage",
+            "message": "NDVI: not derived, S2L2A is missing",
+        },
+    ]
+    assert r2.stats["missing_S2L2A_no_coverage"] == 1.0

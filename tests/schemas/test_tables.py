@@ -153,3 +153,31 @@ def test_transform_must_have_six_values(tmp_path):
     row["transform"] = [10.0, 0.0, 0.0, 0.0, -10.0]
     with pytest.raises(ValueError, match="6 values"):
         write_geoparquet("plan", from_rows("plan", [row]), tmp_path / "p.parquet")
+
+
+def test_an_index_written_before_missing_modalities_reads_with_nulls(tmp_path):
+    """The ``missing_modalities`` column came later: older index files still read, with the
+    column null ("not recorded"), and new rows keep their lists."""
+    row = {
+        "sample_id": "a",
+        "split": "train",
+        "row": 0,
+        "cell_id": "0U_0R",
+        "geometry": shapely.to_wkb(shapely.box(0, 0, 1, 1)),
+        "center_lon": 0.5,
+        "center_lat": 0.5,
+        "epsg": 32631,
+        "transform": [10, 0, 0, 0, -10, 0],
+        "missing_modalities": [
+            {"modality": "S1RTC", "reason": "unreadable_asset", "message": "truncated"}
+        ],
+    }
+    idx = from_rows("index", [row])
+    write_geoparquet("index", idx, tmp_path / "new.parquet")
+    assert read_table("index", tmp_path / "new.parquet").column(
+        "missing_modalities"
+    ).to_pylist() == [row["missing_modalities"]]
+    pq.write_table(idx.drop_columns(["missing_modalities"]), tmp_path / "old.parquet")
+    old = read_table("index", tmp_path / "old.parquet")
+    assert old.column("missing_modalities").to_pylist() == [None]
+    assert old.column("sample_id").to_pylist() == ["a"]
