@@ -17,12 +17,15 @@ Work is assigned by whole corpus shards (token chunk = corpus shard), so ranks o
 job resumes and a finished job re-run does nothing. A resume checks each committed
 shard before it skips it (every chunk file present with the size its marker recorded;
 ``verify_committed`` compares the checksums too) and re-encodes, saying so, the shards
-that fail; the end of a split re-checks every shard it leaves committed. Rows stay aligned
-with the corpus: invalid corpus rows keep ``valid = False`` and zero tokens/crops.
+that fail; the end of a split re-checks every shard it leaves committed. One job at a time
+writes an output: rank 0 holds its lease (``storage.lease``), a second job is refused with
+one line. Rows stay aligned with the corpus: invalid corpus rows keep ``valid = False``
+and zero tokens/crops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -40,8 +43,11 @@ import torch
 
 from schemas.layouts import CAPTION_MAX_TOKENS, SPLITS, TOKEN_MODALITIES, create_token_store
 from schemas.modalities import CROP_PX, SAMPLE_PX, Layout, get_modality
+from storage.lease import Lease, LeaseHeld, LeaseLost
+from storage.lease import acquire as acquire_lease
 from tokenize_jobs.crops import apply_crops, draw_crops, row_key
 from tokenize_jobs.store import (
+    COMMITS_DIR,
     LEN_SUFFIX,
     commit_problem,
     drop_commit,
@@ -62,6 +68,17 @@ class EncodeError(ValueError):
 
 class TokenizerMismatchError(EncodeError):
     """The store was written with other tokenizers than the ones given."""
+
+
+class EncodeBusyError(EncodeError):
+    """Another encode job holds the output's lease (one line; the CLI exits with code 2)."""
+
+
+#: The output's lease (``storage.lease``): one encode job at a time writes a token store.
+LEASE_NAME = "lease.json"
+#: Lease time-to-live; rank 0 renews it every third of this while the job runs, so only a
+#: dead job's lease expires (on the same host a dead pid frees it at once).
+LEASE_TTL_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -891,6 +908,7 @@ def encode(
         if not (corpus_root / f"{s}.zarr" / "zarr.json").is_file():
             raise EncodeError(f"corpus split {corpus_root / (s + '.zarr')} does not exist")
     d = Dist.from_env(cfg.device)
+    lease: Lease | None = None
     try:
         toks = (
             dict(tokenizers)
@@ -898,11 +916,45 @@ def encode(
             else load_tokenizers(tokenizers, cfg.modality_names)
         )
         out_root.mkdir(parents=True, exist_ok=True)
+        busy: EncodeError | None = None
+        if d.rank == 0:  # the job's ranks share rank 0's lease
+            try:
+                lease = acquire_encode_lease(out_root)
+            except EncodeError as exc:
+                busy = exc
+        busy = d.agree(busy)
+        if busy is not None:
+            raise busy
         report = EncodeReport()
-        for s in splits:
-            report.splits.append(
-                encode_split(corpus_root / f"{s}.zarr", out_root / f"{s}.zarr", toks, cfg, dist_=d)
-            )
+        with lease.keep_alive() if lease is not None else contextlib.nullcontext():
+            for s in splits:
+                report.splits.append(
+                    encode_split(
+                        corpus_root / f"{s}.zarr", out_root / f"{s}.zarr", toks, cfg, dist_=d
+                    )
+                )
+        if lease is not None:
+            try:
+                lease.renew()  # still ours: no other job wrote meanwhile
+            except LeaseLost as exc:
+                raise EncodeBusyError(str(exc)) from exc
         return report
     finally:
+        if lease is not None:
+            lease.release()
         d.close()
+
+
+def lease_path(out_dir: str | os.PathLike[str]) -> Path:
+    """``tokens/_commits/lease.json``: beside the commit markers it guards."""
+    return Path(out_dir) / COMMITS_DIR / LEASE_NAME
+
+
+def acquire_encode_lease(out_dir: str | os.PathLike[str], ttl: float = LEASE_TTL_S) -> Lease:
+    """The exclusive lease of one encode job on ``out_dir``; :class:`EncodeBusyError` (one
+    line: who holds it, until when) while another live job holds it. A stale lease (expired,
+    or of a dead process on this host) is taken over."""
+    try:
+        return acquire_lease(lease_path(out_dir), {"job": "terraloom-tokenize encode"}, ttl=ttl)
+    except LeaseHeld as exc:
+        raise EncodeBusyError(f"another encode is writing this token store: {exc}") from exc

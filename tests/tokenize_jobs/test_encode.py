@@ -349,3 +349,50 @@ def test_a_shard_changed_during_the_run_fails_the_split(env, tmp_path, monkeypat
     monkeypatch.setattr(enc, "write_shard", write_then_interfere)
     with pytest.raises(EncodeError, match=r"changed while it was being encoded \(shard 0: the GEO"):
         encode(env["corpus"], env["tokenizers"], out, _encode_cfg())
+
+
+def test_a_second_encode_is_refused_while_another_holds_the_output(env, tmp_path):
+    """Issue 15 item 10: a second encode into an output that a live job holds stops with
+    one line naming the holder (exit 2), instead of a misleading layout error or a race;
+    once the holder is gone (SIGKILLed: its lease is stale) the next encode takes over."""
+    out = tmp_path / "tokens"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from tokenize_jobs.encode import acquire_encode_lease as a; "
+            f"lease = a({str(out)!r}); print('held', flush=True); sys.stdin.read()",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        args = (
+            "encode",
+            "--corpus",
+            str(env["corpus"]),
+            "--tokenizers",
+            str(env["tokenizers"]),
+            "--out",
+            str(out),
+            *ENCODE_ARGS,
+        )
+        refused = run_cli(*args)
+        assert refused.returncode == 2, refused.stderr
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1, refused.stderr
+        assert "another encode is writing this token store" in lines[0]
+        assert f"pid {holder.pid}" in lines[0] and "Traceback" not in refused.stderr
+        assert not (out / "train.zarr").exists()  # refused before touching the store
+    finally:
+        holder.kill()
+        holder.wait()
+    resumed = run_cli(*args)  # the holder died with its lease held: stale, taken over
+    assert resumed.returncode == 0, resumed.stderr
+    assert "encoded 3 shards" in resumed.stdout
+    assert verify_tokens(out).ok
+    assert not (out / "_commits" / "lease.json").exists()  # released at the end
