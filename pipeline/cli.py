@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from pipeline.build import add_build_parser
 from pipeline.plan_cli import add_plan_parser
+from pipeline.publish import add_publish_parser
+from pipeline.publish.verify import add_published_option
 from pipeline.quicklook import add_quicklook_parser
 from pipeline.verify import add_verify_parser
 from pipeline.world import add_world_parser
@@ -19,14 +21,15 @@ from pipeline.world import add_world_parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="terraloom-pipeline",
-        description="terraloom corpus pipeline: plan, build, verify, quicklook.",
+        description="terraloom corpus pipeline: plan, build, verify, quicklook, publish.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_world_parser(subparsers)
     add_plan_parser(subparsers)
     add_build_parser(subparsers)
-    add_verify_parser(subparsers)
+    add_published_option(add_verify_parser(subparsers))
     add_quicklook_parser(subparsers)
+    add_publish_parser(subparsers)
     return parser
 
 

@@ -1,0 +1,153 @@
+"""Typed configuration of a publish run and the corpus facts every writer reads.
+
+``PublishConfig`` is what the user chooses (name, version, formats, licence, citation);
+``CorpusFacts`` is what the corpus says about itself (tables, plan provenance, counts),
+read once so that STAC, Croissant, the card and the shards all describe the same corpus.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas.layouts import CORPUS_FORMAT_VERSION
+
+FORMATS = ("zarr", "webdataset")
+#: Samples per WebDataset tar, TerraMesh's shard size.
+WDS_SHARD_SAMPLES = 10240
+PUBLISH_FORMAT = "terraloom-published"
+PUBLISH_FORMAT_VERSION = 1
+
+
+class PublishInputError(ValueError):
+    """Bad user input (not a finished corpus, bad option, version clash): CLI exit 2."""
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """What to publish and how to describe it."""
+
+    name: str = "terraloom-corpus"
+    version: str = "1.0.0"
+    formats: tuple[str, ...] = FORMATS
+    title: str | None = None
+    description: str = (
+        "A multimodal Earth-observation pretraining corpus built by terraloom: co-registered "
+        "264 x 264 px samples at 10 m of Sentinel-2 L1C/L2A, Sentinel-1 GRD/RTC, Copernicus "
+        "DEM, Esri land cover, NDVI, location and a caption (TerraMind/TerraMesh modalities)."
+    )
+    license: str = "CC-BY-4.0"
+    citation: str = "@misc{terraloom_corpus, title={terraloom corpus}, note={Built with terraloom}, year={2025}}"
+    #: Samples shown in the card's gallery.
+    gallery_samples: int = 6
+    #: Samples that get a quicklook PNG (and a STAC quicklook asset); None = all.
+    quicklooks: int | None = None
+    #: Samples per WebDataset tar (TerraMesh: 10,240).
+    wds_shard_samples: int = WDS_SHARD_SAMPLES
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise PublishInputError(
+                f"unknown format(s) {bad or '(none)'}; choose from {', '.join(FORMATS)}"
+            )
+        if not self.version or "/" in self.version or self.version.startswith("."):
+            raise PublishInputError(f"bad --version {self.version!r}: a plain name like 1.0.0")
+        if not self.name or "/" in self.name:
+            raise PublishInputError(f"bad --name {self.name!r}")
+        if self.wds_shard_samples < 1 or self.wds_shard_samples > WDS_SHARD_SAMPLES:
+            raise PublishInputError(f"wds_shard_samples must be in 1..{WDS_SHARD_SAMPLES}")
+
+    @property
+    def display_title(self) -> str:
+        return self.title or self.name
+
+
+@dataclass(frozen=True)
+class CorpusFacts:
+    """A finished corpus as the publishers see it (rows as plain dicts, sorted by split/row)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    final: dict[str, Any]
+    index: list[dict[str, Any]]
+    rejects: list[dict[str, Any]]
+    scenes: dict[str, list[dict[str, Any]]]  # sample_id -> the plan's scenes
+    fingerprint: str
+    modalities: tuple[str, ...] = field(default=())
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    def accepted(self, split: str) -> list[dict[str, Any]]:
+        return [r for r in self.index if r["split"] == split]
+
+    @property
+    def format_versions(self) -> dict[str, Any]:
+        return {
+            "corpus_format_version": CORPUS_FORMAT_VERSION,
+            "build_manifest_version": self.manifest.get("version"),
+            "publish_format_version": PUBLISH_FORMAT_VERSION,
+        }
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_corpus(corpus: str | os.PathLike[str]) -> CorpusFacts:
+    """Read a finished corpus (``build`` output); raise PublishInputError if it is not one."""
+    from pipeline.build import final_path, frozen_plan_path, manifest_path
+    from schemas.tables import read_table
+
+    path = Path(corpus)
+    needed = [
+        manifest_path(path),
+        final_path(path),
+        path / "index.parquet",
+        path / "rejects.parquet",
+    ]
+    missing = [str(p.relative_to(path)) for p in needed if not p.is_file()]
+    if missing:
+        raise PublishInputError(
+            f"{path} is not a finished corpus (missing {', '.join(missing)}); run `build` to the end first"
+        )
+    try:
+        manifest = json.loads(manifest_path(path).read_text())
+        final = json.loads(final_path(path).read_text())
+        index = read_table("index", path / "index.parquet").to_pylist()
+        rejects = read_table("rejects", path / "rejects.parquet").to_pylist()
+    except (OSError, ValueError) as exc:
+        raise PublishInputError(f"{path}: cannot read the corpus tables: {exc}") from exc
+    scenes: dict[str, list[dict[str, Any]]] = {}
+    plan = frozen_plan_path(path)
+    if plan.is_file():
+        import pyarrow.parquet as pq
+
+        for r in pq.read_table(plan, columns=["sample_id", "scenes"]).to_pylist():
+            scenes[r["sample_id"]] = r["scenes"] or []
+    index.sort(key=lambda r: (r["split"], int(r["row"])))
+    rejects.sort(key=lambda r: (r["split"], int(r["row"])))
+    h = hashlib.sha256()
+    for p in needed:
+        h.update(p.name.encode())
+        h.update(_file_digest(p).encode())
+    return CorpusFacts(
+        path=path,
+        manifest=manifest,
+        final=final,
+        index=index,
+        rejects=rejects,
+        scenes=scenes,
+        fingerprint=h.hexdigest(),
+        modalities=tuple(manifest.get("modalities", ())),
+    )
