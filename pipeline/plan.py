@@ -28,6 +28,7 @@ from shapely.geometry import box
 from tqdm import tqdm
 
 from pipeline.grid import GRID, CellId, Region, SampleGrid
+from pipeline.hrefs import scope_metadata, source_scope
 from pipeline.matching import (
     S1_MODALITIES,
     S2_MODALITIES,
@@ -311,7 +312,10 @@ def plan_samples(
             rows.extend(
                 plan_row(m) for m in match_block(block, items, time_range, config, bar, unavailable)
             )
-    return finalize_plan(rows, config)
+    table = finalize_plan(rows, config)
+    # where this source's hrefs may point: the build's href policy reads it back
+    scope = scope_metadata(source_scope(source))
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **scope})
 
 
 def write_plan(table: pa.Table, path: str | os.PathLike[str]) -> Path:
