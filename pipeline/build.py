@@ -14,17 +14,27 @@ Output layout::
     out/_build/manifest.json              plan fingerprint, shard size, build config
     out/_build/plan.parquet               the plan, sorted by (split, row), row group = block
     out/_build/final.json                 written after the merge: a re-run is a no-op
+    out/_build/lease.json                 while a build runs: who holds the output (storage.lease)
     out/_parts/<split>/block-<k>.{index,rejects}.parquet, block-<k>.done
+
+One build at a time owns an output: ``run_build`` holds an exclusive lease on it from
+prepare to finalize, so a second build refuses (one line, exit 2) instead of racing. A
+resume does not trust its commit markers blindly: each committed block is checked against
+the file sizes its marker records (``--verify-committed``: against its checksums) and
+redone if it fails; a finished output is re-finalized if its tables do not match
+``final.json``. Credentials never reach the manifest or a message (``storage.redact``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import functools
 import hashlib
 import importlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -44,13 +54,17 @@ from pipeline.corpus_writer import (
     PARTS_DIR,
     BlockKey,
     BlockOutcome,
+    MarkerError,
     assemble_block,
     canonical_modalities,
+    check_committed_block,
     create_split_store,
     is_committed,
+    marker_path,
     merge_parts,
     n_blocks,
     outcome_from_marker,
+    read_marker,
     split_store_path,
     store_layout,
     write_block,
@@ -58,8 +72,16 @@ from pipeline.corpus_writer import (
 )
 from schemas.layouts import CORPUS_MODALITIES, DEFAULT_SHARD_SAMPLES, SPLITS
 from schemas.tables import PLAN_SCHEMA, read_table, write_geoparquet
+from storage.lease import Lease, LeaseHeld, LeaseLost
+from storage.lease import acquire as acquire_lease
+from storage.redact import redact
+
+log = logging.getLogger(__name__)
 
 BUILD_DIR = "_build"
+#: Lease time-to-live; the driver renews it every third of this while it runs, so only a
+#: dead build's lease expires (on the same host a dead pid frees it at once).
+LEASE_TTL_S = 120.0
 MANIFEST_FORMAT = "terraloom-build"
 MANIFEST_VERSION = 1
 ENGINES = ("beam", "dask")
@@ -69,6 +91,10 @@ BlockFn = Callable[[list[dict[str, Any]], Any], list[Any]]
 
 class BuildInputError(ValueError):
     """Bad user input (missing/invalid plan, output built from another plan): CLI exit 2."""
+
+
+class BuildBusyError(BuildInputError):
+    """Another build holds (or took over) the output's lease: CLI exit 2, one line."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +134,10 @@ class BuildSummary:
     counters: dict[str, int] = field(default_factory=dict)
     #: Per split, accepted samples without an optional modality: modality -> reason -> n.
     missing: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    #: Committed blocks that failed their check on this resume and were redone: (key, why).
+    blocks_redone: list[tuple[str, str]] = field(default_factory=list)
+    #: Why index/rejects were merged again although the build was finished ("" if not).
+    tables_rewritten: str = ""
 
     @property
     def samples_processed(self) -> int:
@@ -137,6 +167,15 @@ class BuildSummary:
         lines.append(
             f"blocks: {self.blocks_total} total, {self.blocks_run} written now, {self.blocks_skipped} already committed"
         )
+        if self.blocks_redone:
+            shown_redone = "; ".join(why for _, why in self.blocks_redone[:3])
+            more = len(self.blocks_redone) - 3
+            lines.append(
+                f"redone: {len(self.blocks_redone)} committed blocks failed their check: {shown_redone}"
+                + (f"; +{more} more" if more > 0 else "")
+            )
+        if self.tables_rewritten:
+            lines.append(f"index/rejects merged again: {self.tables_rewritten}")
         lines.append(
             f"engine: {self.engine} ({self.workers} worker{'s' if self.workers != 1 else ''}); {self.seconds:.1f} s; {self.samples_per_second:.2f} samples/s"
         )
@@ -158,14 +197,58 @@ def default_config() -> Any:
 
 
 def config_to_json(config: Any) -> dict[str, Any]:
-    """A JSON-comparable view of a config dataclass (tuples -> lists)."""
+    """A JSON-comparable view of a config dataclass (tuples -> lists), credentials redacted.
+
+    This is what the manifest stores and what clash messages show, so it never holds a
+    secret (``gdal_options`` may carry an ``Authorization`` header or a cloud key)."""
     data = (
         dataclasses.asdict(config)
         if dataclasses.is_dataclass(config) and not isinstance(config, type)
         else dict(config)
     )
-    out: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    out: dict[str, Any] = redact(json.loads(json.dumps(data, default=str)))
     return out
+
+
+def config_digest(config_json: dict[str, Any]) -> str:
+    """sha256 of a (redacted) config's canonical JSON: what a resume compares."""
+    canon = json.dumps(redact(config_json), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def _short(v: Any, n: int = 60) -> str:
+    text = json.dumps(v, default=str)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _as_mapping(v: Any) -> dict[str, Any] | None:
+    """A dict, or a list of (key, value) pairs such as ``gdal_options``, as a dict."""
+    if isinstance(v, dict):
+        return v
+    if isinstance(v, list) and v and all(isinstance(p, list) and len(p) == 2 for p in v):
+        return {str(p[0]): p[1] for p in v}
+    return None
+
+
+def _config_differences(old: Any, new: dict[str, Any]) -> str:
+    """``field: old -> new`` for each differing field, one level into mappings and pair
+    lists (``gdal_options.KEY: ...``); both sides redacted."""
+    old = redact(old) if isinstance(old, dict) else {}
+    diffs = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        ma, mb = _as_mapping(a), _as_mapping(b)
+        if ma is not None and mb is not None:
+            diffs += [
+                f"{k}.{sub}: {_short(ma.get(sub))} -> {_short(mb.get(sub))}"
+                for sub in sorted(set(ma) | set(mb))
+                if ma.get(sub) != mb.get(sub)
+            ] or [f"{k}: order differs"]
+        else:
+            diffs.append(f"{k}: {_short(a)} -> {_short(b)}")
+    return "; ".join(diffs)
 
 
 def scope_config(config: Any, plan_path: str | os.PathLike[str]) -> Any:
@@ -220,9 +303,27 @@ def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
         raise BuildInputError(
             f"{out} is not a terraloom build output (no {BUILD_DIR}/manifest.json)"
         )
-    with open(path) as f:
-        data: dict[str, Any] = json.load(f)
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BuildInputError(f"{path} is damaged (not JSON: {exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise BuildInputError(f"{path} is not a {MANIFEST_FORMAT} manifest")
     return data
+
+
+def lease_path(out: str | os.PathLike[str]) -> Path:
+    return build_dir(out) / "lease.json"
+
+
+def acquire_build_lease(out: str | os.PathLike[str], ttl: float = LEASE_TTL_S) -> Lease:
+    """The exclusive lease of one build on ``out``; :class:`BuildBusyError` if another
+    live build holds it."""
+    try:
+        return acquire_lease(lease_path(out), {"job": "terraloom-pipeline build"}, ttl=ttl)
+    except LeaseHeld as exc:
+        raise BuildBusyError(f"another build is running on {out}: {exc}") from exc
 
 
 def _load_plan(plan_path: Path) -> pa.Table:
@@ -294,29 +395,49 @@ def prepare(
     out: str | os.PathLike[str],
     config: Any,
     shard_samples: int = DEFAULT_SHARD_SAMPLES,
+    lease: Lease | None = None,
 ) -> dict[str, Any]:
     """Validate the plan, freeze it into ``out``, create all split stores; return the manifest.
 
     Idempotent: against an existing output, the plan fingerprint, shard size and build
-    config must match (else :class:`BuildInputError`), and nothing is rewritten.
+    config (compared redacted, by digest) must match (else :class:`BuildInputError`), and
+    nothing is rewritten. Runs under the build's ``lease``; without one it takes the
+    lease itself for its own duration (:class:`BuildBusyError` if another build holds it).
     """
     if shard_samples < 1:
         raise BuildInputError("shard_samples must be >= 1")
     plan_path = Path(plan_path)
     if not plan_path.exists():
         raise BuildInputError(f"plan {plan_path} does not exist")
+    if not manifest_path(out).exists():
+        _check_fresh_out(Path(out))  # before the lease creates anything in a foreign dir
+    if lease is None:
+        with acquire_build_lease(out) as own:
+            return prepare(plan_path, out, config, shard_samples, own)
     sha = file_sha256(plan_path)
     cfg = config_to_json(config)
     modality_names = config_modalities(config)
     mpath = manifest_path(out)
     if mpath.exists():
         manifest = read_manifest(out)
-        want = {"plan_sha256": sha, "shard_samples": shard_samples, "config": cfg}
-        clash = {k: (manifest.get(k), v) for k, v in want.items() if manifest.get(k) != v}
+        stored_cfg = manifest.get("config")
+        got = {
+            "plan_sha256": manifest.get("plan_sha256"),
+            "shard_samples": manifest.get("shard_samples"),
+            "config": config_digest(stored_cfg) if isinstance(stored_cfg, dict) else None,
+        }
+        want = {"plan_sha256": sha, "shard_samples": shard_samples, "config": config_digest(cfg)}
+        clash = sorted(k for k in want if got[k] != want[k])
         if clash:
-            names = ", ".join(sorted(clash))
+            details = []
+            if "plan_sha256" in clash:
+                details.append(f"plan sha256 {str(got['plan_sha256'])[:12]} -> {sha[:12]}")
+            if "shard_samples" in clash:
+                details.append(f"shard_samples {got['shard_samples']} -> {shard_samples}")
+            if "config" in clash:
+                details.append(f"config {_config_differences(stored_cfg, cfg)}")
             raise BuildInputError(
-                f"{out} was built from a different {names}; build into a fresh --out directory (differences: {clash})"
+                f"{out} was built from a different {', '.join(clash)}; build into a fresh --out directory (differences: {'; '.join(details)})"
             )
     else:
         _check_fresh_out(Path(out))
@@ -329,10 +450,11 @@ def prepare(
             "format": MANIFEST_FORMAT,
             "version": MANIFEST_VERSION,
             "plan_sha256": sha,
-            "plan_source": str(plan_path),
+            "plan_source": redact(str(plan_path)),
             "shard_samples": shard_samples,
             "modalities": list(modality_names),
             "config": cfg,
+            "config_sha256": config_digest(cfg),
             "splits": {
                 s: {
                     "n_samples": n,
@@ -387,6 +509,26 @@ def pending_blocks(
     return [k for k in all_blocks(manifest) if not is_committed(out, k)]
 
 
+def check_committed(
+    out: str | os.PathLike[str], manifest: dict[str, Any], *, full: bool = False
+) -> list[tuple[BlockKey, str]]:
+    """Committed blocks that fail their check (cheap: marker parses, file sizes as
+    recorded; ``full``: checksums and part row counts too), with the reason."""
+    import zarr
+
+    failed: list[tuple[BlockKey, str]] = []
+    groups: dict[str, Any] = {}
+    for key in all_blocks(manifest):
+        if not is_committed(out, key):
+            continue
+        if key.split not in groups:
+            groups[key.split] = zarr.open_group(str(split_store_path(out, key.split)), mode="r")
+        why = check_committed_block(out, key, groups[key.split], full=full)
+        if why is not None:
+            failed.append((key, why))
+    return failed
+
+
 # --------------------------------------------------------------------------- one block
 
 
@@ -432,7 +574,10 @@ def process_block(job: BuildJob, key: BlockKey) -> BlockOutcome:
     import zarr
 
     if is_committed(job.out, key):
-        return outcome_from_marker(job.out, key)
+        try:
+            return outcome_from_marker(job.out, key)
+        except MarkerError:
+            pass  # a damaged marker commits nothing: write the block again
     manifest = read_manifest(job.out)
     rows = read_plan_block(job.out, key, manifest)
     t0 = time.perf_counter()
@@ -477,8 +622,18 @@ def finalize(out: str | os.PathLike[str], manifest: dict[str, Any] | None = None
         raise RuntimeError(
             f"cannot finalize: {len(missing)} blocks are not committed, e.g. {missing[:3]}"
         )
-    index = merge_parts(out, keys, "index")
-    rejects = merge_parts(out, keys, "rejects")
+    committed: dict[str, Counter[str]] = {s: Counter() for s in manifest["splits"]}
+    try:
+        for k in keys:
+            m = read_marker(out, k)
+            committed[k.split]["index"] += int(m["accepted"])
+            committed[k.split]["rejects"] += sum(int(v) for v in m["rejected"].values())
+        index = merge_parts(out, keys, "index")
+        rejects = merge_parts(out, keys, "rejects")
+    except (MarkerError, OSError, ValueError, pa.ArrowException) as exc:
+        raise RuntimeError(
+            f"cannot finalize: a block part or marker is damaged ({exc}); re-run the build with --verify-committed to redo it"
+        ) from exc
     counts: dict[str, Any] = {}
     for split, info in manifest["splits"].items():
         acc = [
@@ -495,6 +650,11 @@ def finalize(out: str | os.PathLike[str], manifest: dict[str, Any] | None = None
             raise RuntimeError(
                 f"split {split!r}: accepted ({len(acc)}) + rejected ({len(rej)}) rows do not cover the {info['n_samples']} planned rows exactly once"
             )
+        want = committed[split]
+        if (len(acc), len(rej)) != (want["index"], want["rejects"]):
+            raise RuntimeError(
+                f"split {split!r}: the parts hold {len(acc)} accepted and {len(rej)} rejected rows, the commit markers {want['index']} and {want['rejects']}; re-run the build with --verify-committed"
+            )
         reasons = Counter(
             r
             for s, r in zip(
@@ -508,23 +668,67 @@ def finalize(out: str | os.PathLike[str], manifest: dict[str, Any] | None = None
             "rejected": dict(sorted(reasons.items())),
             "missing": missing_modality_counts(index, split),
         }
-    write_geoparquet("index", index, Path(out) / "index.parquet")
-    write_geoparquet("rejects", rejects, Path(out) / "rejects.parquet")
-    final = {"plan_sha256": manifest["plan_sha256"], "blocks": len(keys), "splits": counts}
+    tables: dict[str, dict[str, Any]] = {}
+    for name, table in (("index", index), ("rejects", rejects)):
+        path = write_geoparquet(name, table, Path(out) / f"{name}.parquet")
+        rows = pq.ParquetFile(path).metadata.num_rows  # what was written reads back whole
+        if rows != table.num_rows:
+            raise RuntimeError(f"{path} reads back {rows} rows, {table.num_rows} were written")
+        tables[name] = {
+            "rows": table.num_rows,
+            "bytes": path.stat().st_size,
+            "sha256": file_sha256(path),
+        }
+    final = {
+        "plan_sha256": manifest["plan_sha256"],
+        "blocks": len(keys),
+        "splits": counts,
+        "tables": tables,
+    }
     write_json_atomic(final_path(out), final)
     return final
 
 
-def is_finalized(out: str | os.PathLike[str], manifest: dict[str, Any]) -> bool:
+def finalized_problem(
+    out: str | os.PathLike[str], manifest: dict[str, Any], *, full: bool = False
+) -> str | None:
+    """Why ``out`` is not a sound finished build (``None`` if it is): ``final.json`` is
+    readable and of this plan, and index/rejects have the row count, size (``full``: the
+    sha256) it recorded and a readable footer."""
     fp = final_path(out)
-    if not (
-        fp.exists()
-        and (Path(out) / "index.parquet").exists()
-        and (Path(out) / "rejects.parquet").exists()
-    ):
-        return False
-    with open(fp) as f:
-        return bool(json.load(f).get("plan_sha256") == manifest["plan_sha256"])
+    if not fp.exists():
+        return "not finalized"
+    try:
+        final = json.loads(fp.read_bytes())
+        tables = final["tables"]
+        plan_ok = final["plan_sha256"] == manifest["plan_sha256"]
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"{fp.name} is damaged or of an older format ({type(exc).__name__})"
+    if not plan_ok:
+        return f"{fp.name} is of another plan"
+    for name in ("index", "rejects"):
+        path = Path(out) / f"{name}.parquet"
+        try:
+            want = tables[name]
+            size = path.stat().st_size
+            if size != want["bytes"]:
+                return f"{path.name} is {size} bytes, {want['bytes']} were written"
+            rows = pq.ParquetFile(path).metadata.num_rows
+            if rows != want["rows"]:
+                return f"{path.name} has {rows} rows, {want['rows']} were written"
+            if full and file_sha256(path) != want["sha256"]:
+                return f"{path.name} sha256 differs from the one written"
+        except FileNotFoundError:
+            return f"{path.name} is missing"
+        except (KeyError, TypeError) as exc:
+            return f"{fp.name} is damaged ({type(exc).__name__})"
+        except (OSError, pa.ArrowException) as exc:
+            return f"{path.name} cannot be read: {exc}"
+    return None
+
+
+def is_finalized(out: str | os.PathLike[str], manifest: dict[str, Any]) -> bool:
+    return finalized_problem(out, manifest) is None
 
 
 # --------------------------------------------------------------------------- run
@@ -622,37 +826,59 @@ def run_build(
     scheduler: str | None = None,
     progress: bool = True,
     block_fn: BlockFn | None = None,
+    verify_committed: bool = False,
 ) -> BuildSummary:
-    """Build (or resume) a corpus from a plan; a finished output is left untouched."""
+    """Build (or resume) a corpus from a plan; a sound finished output is left untouched.
+
+    Holds the output's lease throughout (:class:`BuildBusyError` if another build runs
+    on it). Committed blocks that fail their check (``verify_committed``: the full
+    checksums) are redone, and damaged index/rejects of a finished build merged again;
+    the summary says which and why.
+    """
     if engine not in ENGINES:
         raise BuildInputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if workers < 1:
         raise BuildInputError("--workers must be >= 1")
     t0 = time.perf_counter()
     config = config if config is not None else default_config()
-    manifest = prepare(plan, out, config, shard_samples)
-    keys = all_blocks(manifest)
-    pending = pending_blocks(out, manifest)
-    job = BuildJob(str(out), scope_config(config, plan), shard_samples, block_fn)
-    counters: dict[str, int] = {}
-    if pending:
-        final_path(out).unlink(missing_ok=True)
-        with MarkerProgress(out, len(keys), len(keys) - len(pending), enabled=progress):
-            _, counters = run_engine(
-                engine,
-                job,
-                pending,
-                workers=workers,
-                runner=runner,
-                pipeline_args=pipeline_args,
-                scheduler=scheduler,
-            )
-    if pending or not is_finalized(out, manifest):
-        final = finalize(out, manifest)
-    else:
-        with open(final_path(out)) as f:
-            final = json.load(f)
-    still = pending_blocks(out, manifest)
+    if not manifest_path(out).exists():
+        _check_fresh_out(Path(out))  # before the lease creates anything in a foreign dir
+    with acquire_build_lease(out) as lease, lease.keep_alive():
+        manifest = prepare(plan, out, config, shard_samples, lease)
+        keys = all_blocks(manifest)
+        redone = check_committed(out, manifest, full=verify_committed)
+        for key, why in redone:
+            log.warning("redoing committed block %s: %s", key, why)
+            marker_path(out, key).unlink(missing_ok=True)
+        pending = pending_blocks(out, manifest)
+        job = BuildJob(str(out), scope_config(config, plan), shard_samples, block_fn)
+        counters: dict[str, int] = {}
+        if pending:
+            final_path(out).unlink(missing_ok=True)
+            with MarkerProgress(out, len(keys), len(keys) - len(pending), enabled=progress):
+                _, counters = run_engine(
+                    engine,
+                    job,
+                    pending,
+                    workers=workers,
+                    runner=runner,
+                    pipeline_args=pipeline_args,
+                    scheduler=scheduler,
+                )
+        was_final = final_path(out).exists()
+        problem = None if pending else finalized_problem(out, manifest, full=verify_committed)
+        if pending or problem:
+            if problem and was_final:
+                log.warning("%s: %s; merging index/rejects again", out, problem)
+            try:
+                lease.renew()  # never finalize over a build that took the output over
+            except LeaseLost as exc:
+                raise BuildBusyError(str(exc)) from exc
+            final = finalize(out, manifest)
+        else:
+            with open(final_path(out)) as f:
+                final = json.load(f)
+        still = pending_blocks(out, manifest)
     run = len(pending) - len(still)
     return BuildSummary(
         out=str(out),
@@ -667,6 +893,8 @@ def run_build(
         blocks_skipped=len(keys) - len(pending),
         seconds=time.perf_counter() - t0,
         counters=counters,
+        blocks_redone=[(str(k), why) for k, why in redone],
+        tables_rewritten=(problem or "") if was_final else "",
     )
 
 
@@ -772,6 +1000,12 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="SCHEME",
         help="admit an href scheme the plan's source does not declare, e.g. memory (repeatable)",
     )
+    p.add_argument(
+        "--verify-committed",
+        action="store_true",
+        help="on resume, check committed blocks against their checksums (reads them back) "
+        "instead of only their file sizes; blocks that fail are redone",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("pipeline_args", nargs="*", help="Beam pipeline options, after `--`")
     p.set_defaults(func=build_command)
@@ -794,9 +1028,49 @@ def build_command(args: argparse.Namespace) -> int:
             pipeline_args=tuple(args.pipeline_args),
             scheduler=args.scheduler,
             progress=not args.no_progress,
+            verify_committed=args.verify_committed,
         )
     except BuildInputError as exc:
-        print(f"terraloom-pipeline build: error: {exc}", file=sys.stderr)
+        print(f"terraloom-pipeline build: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        print(
+            f"terraloom-pipeline build: error: no space left on the device of {args.out} "
+            f"({_committed_count(args.out)} blocks committed); the output is resumable: "
+            "free space and re-run the same command",
+            file=sys.stderr,
+        )
+        return 1
     print(summary.table())
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True if ``exc`` or anything in its cause/context chain is ENOSPC (engines wrap a
+    worker's exception, Beam sometimes only in the message)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        text = str(e)
+        if "No space left on device" in text or f"[Errno {errno.ENOSPC}]" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _committed_count(out: str | os.PathLike[str]) -> str:
+    try:
+        manifest = read_manifest(out)
+    except BuildInputError:
+        return "0"
+    keys = all_blocks(manifest)
+    return f"{sum(1 for k in keys if is_committed(out, k))} of {len(keys)}"

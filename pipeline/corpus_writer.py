@@ -11,6 +11,12 @@ atomically (tmp + rename) after the shard data and the block's index/rejects par
 block without a marker is simply written again (whole shards are overwritten), which is
 what makes a killed build resumable and a finished build's re-run a no-op.
 
+A marker is a claim, not a proof: it records the size of every file of its block (each
+array's shard and both table parts; ``None`` for a shard zarr elided because it holds
+only fill values), so a resume can check each committed block with a few ``stat`` calls
+(:func:`check_committed_block`) and, on request, against the block checksums, and redo
+a block whose files were deleted, truncated, replaced or whose marker is damaged.
+
 Checksums are CRC-32 (``zlib.crc32``, 8 hex digits) of the C-order little-endian bytes of
 each array's value as stored: per sample (the index row's ``checksums`` map, one entry per
 array) and per block (the marker, covering rejected rows' fill values too). CRC-32 catches
@@ -21,6 +27,7 @@ canonical form so that a chunk of fill NaNs hashes the same whether zarr elided 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -40,7 +47,8 @@ from schemas.tables import RejectReason, from_rows, write_geoparquet
 
 CHECKSUM_ALGORITHM = "crc32"
 MARKER_FORMAT = "terraloom-block-commit"
-MARKER_VERSION = 1
+#: 2: the marker records the size of each of the block's files (``files``).
+MARKER_VERSION = 2
 PARTS_DIR = "_parts"
 
 
@@ -340,13 +348,148 @@ def assemble_block(
 
 
 def is_committed(out: str | os.PathLike[str], key: BlockKey) -> bool:
+    """A marker exists (whether it is sound is :func:`check_committed_block`'s question)."""
     return marker_path(out, key).exists()
 
 
+class MarkerError(ValueError):
+    """A commit marker that cannot be read or does not describe its block."""
+
+
 def read_marker(out: str | os.PathLike[str], key: BlockKey) -> dict[str, Any]:
-    with open(marker_path(out, key)) as f:
-        data: dict[str, Any] = json.load(f)
+    """The commit marker of ``key``; :class:`MarkerError` if it is damaged or not its own."""
+    path = marker_path(out, key)
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MarkerError(f"{key}: commit marker is damaged (not JSON: {exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != MARKER_FORMAT:
+        raise MarkerError(f"{key}: commit marker is damaged (not a {MARKER_FORMAT} object)")
+    try:
+        ok = (
+            data["split"] == key.split
+            and int(data["block"]) == key.block
+            and int(data["row_stop"]) > int(data["row_start"]) >= 0
+            and int(data["accepted"]) >= 0
+            and isinstance(data["rejected"], dict)
+            and isinstance(data["checksums"], dict)
+        )
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise MarkerError(f"{key}: commit marker is damaged (fields missing or not its block)")
     return data
+
+
+def block_storage_keys(group: Any, key: BlockKey) -> dict[str, list[str]]:
+    """Per array, the store keys (``<array>/c/<k>/0/...``) of the shards holding block ``key``.
+
+    Every array is stored in units of one block along the sample axis (a shard, or a chunk
+    for the small per-row arrays); the other axes may span several units.
+    """
+    out: dict[str, list[str]] = {}
+    for name in sorted(group.array_keys()):
+        arr = group[name]
+        md = arr.metadata
+        unit = tuple(md.chunk_grid.chunk_shape)
+        rest = [range(-(-int(n) // int(c))) for n, c in zip(arr.shape[1:], unit[1:])]
+        out[name] = [
+            f"{name}/{md.encode_chunk_key((key.block, *idx))}" for idx in itertools.product(*rest)
+        ]
+    return out
+
+
+def block_files(out: str | os.PathLike[str], key: BlockKey, group: Any) -> dict[str, int | None]:
+    """Size of every file of a block (``None``: absent), keyed by path relative to ``out``."""
+    root = Path(out)
+    store = split_store_path(out, key.split).name
+    rels = [f"{store}/{k}" for keys in block_storage_keys(group, key).values() for k in keys]
+    rels += [part_path(out, key, t).relative_to(root).as_posix() for t in ("index", "rejects")]
+    sizes: dict[str, int | None] = {}
+    for rel in rels:
+        try:
+            sizes[rel] = (root / rel).stat().st_size
+        except FileNotFoundError:
+            sizes[rel] = None
+    return sizes
+
+
+def discard_block_shards(out: str | os.PathLike[str], key: BlockKey, group: Any) -> None:
+    """Delete whatever an earlier attempt left of a block's shards before it is rewritten:
+    zarr's sharding codec reads an existing shard even when a write covers all of it, so
+    a torn (killed mid-write) or damaged shard would otherwise make the rewrite fail."""
+    store = split_store_path(out, key.split)
+    for keys in block_storage_keys(group, key).values():
+        for k in keys:
+            (store / k).unlink(missing_ok=True)
+
+
+def _describe(rel: str, got: int | None, want: int | None) -> str:
+    if want is not None and got is None:
+        return f"{rel} is missing"
+    if want is None:
+        return f"{rel} exists ({got} bytes) but was absent (all fill) at commit"
+    return f"{rel} is {got} bytes, committed {want}"
+
+
+def check_committed_block(
+    out: str | os.PathLike[str], key: BlockKey, group: Any = None, *, full: bool = False
+) -> str | None:
+    """Why the committed block ``key`` cannot be trusted, or ``None`` if it checks out.
+
+    Cheap by default: the marker parses and every file of the block has the size it
+    recorded. ``full`` also reads the block back and compares its checksums and the
+    table parts' row counts with the marker. A block without a marker is not committed and
+    not this function's business (``None``).
+    """
+    if not is_committed(out, key):
+        return None
+    try:
+        marker = read_marker(out, key)
+    except (MarkerError, OSError) as exc:
+        return str(exc) if isinstance(exc, MarkerError) else f"{key}: marker unreadable: {exc}"
+    if group is None:
+        import zarr
+
+        group = zarr.open_group(str(split_store_path(out, key.split)), mode="r")
+    recorded = marker.get("files")
+    if isinstance(recorded, dict):
+        now = block_files(out, key, group)
+        bad = [
+            _describe(r, now.get(r), recorded.get(r))
+            for r in sorted(set(now) | set(recorded))
+            if now.get(r) != recorded.get(r)
+        ]
+        if bad:
+            more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
+            return f"{key}: {bad[0]}{more}"
+    else:  # a version-1 marker records no sizes: at least the parts must be there
+        for t in ("index", "rejects"):
+            if not part_path(out, key, t).exists():
+                return f"{key}: {part_path(out, key, t).name} is missing"
+    if not full:
+        return None
+    a, b = int(marker["row_start"]), int(marker["row_stop"])
+    want = marker["checksums"]
+    for name in sorted(group.array_keys()):
+        try:
+            got = checksum(group[name][a:b])
+        except Exception as exc:  # a corrupt shard, whatever the codec raises
+            return f"{key}: array {name!r} cannot be read: {type(exc).__name__}: {exc}"
+        if want.get(name) != got:
+            return f"{key}: array {name!r} checksum {got} != committed {want.get(name)}"
+    from schemas.tables import read_table
+
+    n_rejected = sum(int(v) for v in marker["rejected"].values())
+    for t, n in (("index", int(marker["accepted"])), ("rejects", n_rejected)):
+        try:
+            rows = read_table(t, part_path(out, key, t)).num_rows
+        except Exception as exc:  # a damaged part, whatever pyarrow raises
+            return f"{key}: {t} part cannot be read: {type(exc).__name__}: {exc}"
+        if rows != n:
+            return f"{key}: {t} part has {rows} rows, the marker says {n}"
+    return None
 
 
 def outcome_from_marker(
@@ -367,10 +510,12 @@ def write_block(group: Any, block: AssembledBlock, out: str | os.PathLike[str]) 
     """Write one assembled block: shard data, index/rejects parts, then the commit marker.
 
     Each array gets exactly one region write covering its whole shard (or the last,
-    partial one), so a re-run overwrites whatever a killed attempt left behind.
+    partial one), after the block's old shard files are deleted, so a re-run replaces
+    whatever a killed attempt (or a damage found on resume) left behind.
     """
     key = block.key
     t0 = time.perf_counter()
+    discard_block_shards(out, key, group)
     for name, value in block.arrays.items():
         group[name][block.start : block.stop] = value
     t1 = time.perf_counter()
@@ -387,7 +532,9 @@ def write_block(group: Any, block: AssembledBlock, out: str | os.PathLike[str]) 
         "msec_parts": (t2 - t1) * 1e3,
         "bytes_written": float(sum(v.nbytes for v in block.arrays.values())),
     }
+    files = block_files(out, key, group)
     marker = {
+        "files": files,
         "format": MARKER_FORMAT,
         "version": MARKER_VERSION,
         "split": key.split,

@@ -21,11 +21,20 @@ import numpy as np
 from pipeline.build import (
     BuildInputError,
     all_blocks,
+    finalized_problem,
     manifest_path,
     read_manifest,
     read_plan_block,
 )
-from pipeline.corpus_writer import block_rows, checksum, is_committed, read_marker, split_store_path
+from pipeline.corpus_writer import (
+    MarkerError,
+    block_rows,
+    check_committed_block,
+    checksum,
+    is_committed,
+    read_marker,
+    split_store_path,
+)
 from schemas.layouts import validate_corpus
 from schemas.tables import read_table
 
@@ -70,6 +79,10 @@ def verify_corpus(
             tables[name] = read_table(name, out / f"{name}.parquet")
         except (OSError, ValueError) as exc:
             f.append(f"{name}.parquet: cannot read: {exc}")
+    if tables:
+        problem = finalized_problem(out, manifest, full=checksums)
+        if problem is not None:
+            f.append(f"index/rejects: {problem}; re-run build to merge them again")
     index = _rows_by_split(tables["index"]) if "index" in tables else {}
     rejects = _rows_by_split(tables["rejects"]) if "rejects" in tables else {}
     keys = all_blocks(manifest)
@@ -107,6 +120,17 @@ def verify_corpus(
                 if bar is not None:
                     bar.update()
                 continue
+            try:
+                marker = read_marker(out, key)
+            except (MarkerError, OSError) as exc:
+                why = str(exc) if isinstance(exc, MarkerError) else f"{key}: {exc}"
+                f.append(f"{why}; re-run build to redo the block")
+                if bar is not None:
+                    bar.update()
+                continue
+            damage = check_committed_block(out, key, group)  # files there, sizes as committed
+            if damage is not None:
+                f.append(f"{damage}; re-run build to redo the block")
             a, b = block_rows(key, n, s)
             plan_ids = {int(r["row"]): r["sample_id"] for r in read_plan_block(out, key, manifest)}
             for row in range(a, b):
@@ -116,7 +140,7 @@ def verify_corpus(
                         f"{key}: row {row} is {got['sample_id']!r} in the tables but {plan_ids[row]!r} in the plan"
                     )
             if checksums:
-                _verify_block(group, key, a, b, read_marker(out, key), acc, report)
+                _verify_block(group, key, a, b, marker, acc, report)
             report.blocks_checked += 1
             if bar is not None:
                 bar.update()

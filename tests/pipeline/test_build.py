@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import json
 import os
 import random
 import signal
@@ -409,3 +412,275 @@ def test_optional_modalities_that_fail_are_counted_in_the_summary_and_counters(
         plan, tmp_path / "out", engine="beam", config=cfg, shard_samples=4, progress=False
     )
     assert again.missing == summary.missing
+
+
+# --------------------------------------------------------------------------- one build per output
+
+
+_GATED_BUILD = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from pipeline.build import run_build
+from pipeline.sample import BuildConfig, build_block
+
+def gated(rows, config):
+    open({started!r}, "w").close()
+    deadline = time.time() + 60
+    while not os.path.exists({go!r}) and time.time() < deadline:
+        time.sleep(0.02)
+    return build_block(rows, config)
+
+cfg = BuildConfig(modalities=("S2L2A", "DEM"), required=("S2L2A",))
+run_build({plan!r}, {out!r}, engine="beam", config=cfg, shard_samples=4, progress=False, block_fn=gated)
+"""
+
+
+def _cli_build(plan: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [sys.executable, "-m", "pipeline", "build", "--plan", str(plan), "--out", str(out)]
+    cmd += ["--shard-samples", "4", "--modalities", "S2L2A,DEM", "--required", "S2L2A"]
+    cmd += ["--no-progress", *extra]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_a_second_build_on_a_busy_output_refuses_with_one_line(tmp_path: Path) -> None:
+    """Issue 15.4: two real build processes on one fresh output, different configs. The
+    second one refuses (exit 2, one line, no traceback) while the first holds the lease;
+    the manifest and the rejects carry the first one's config only."""
+    plan = synthetic_plan(tmp_path / "plan.parquet", {"train": 6})
+    out = tmp_path / "corpus"
+    started, go = tmp_path / "started", tmp_path / "go"
+    code = _GATED_BUILD.format(
+        root=str(ROOT), started=str(started), go=str(go), plan=str(plan), out=str(out)
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.time() + 120
+        while not started.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert started.exists(), "the first build never reached its blocks"
+        second = _cli_build(plan, out, "--max-cloud-fraction", "0.5")
+        assert second.returncode == 2, second.stderr
+        err = second.stderr.strip()
+        assert "Traceback" not in err and len(err.splitlines()) == 1, err
+        assert "another build is running" in err and f"pid {first.pid}" in err
+    finally:
+        go.touch()
+        _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err
+    manifest = json.loads((out / "_build" / "manifest.json").read_text())
+    assert manifest["config"]["max_cloud_fraction"] == CFG.max_cloud_fraction
+    assert not (out / "_build" / "lease.json").exists()  # released
+    # now free, the second build's config clashes: still one line, exit 2
+    again = _cli_build(plan, out, "--max-cloud-fraction", "0.5")
+    assert again.returncode == 2 and "max_cloud_fraction: 0.2 -> 0.5" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1, again.stderr
+    # and the same config resumes: a no-op on the finished output
+    same = _cli_build(plan, out)
+    assert same.returncode == 0, same.stderr
+    assert "0 written now" in same.stdout
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+SECRETS = ("Bearer sekrit-bearer-token-1", "sekrit-aws-key-2")
+
+
+def _secret_config(**kw: Any) -> BuildConfig:
+    return BuildConfig(
+        modalities=("S2L2A", "DEM"),
+        required=("S2L2A",),
+        gdal_options=(
+            ("GDAL_HTTP_HEADERS", f"Authorization: {SECRETS[0]}"),
+            ("GS_SECRET_ACCESS_KEY", SECRETS[1]),  # rasterio.Env refuses AWS_* keys
+            ("GDAL_HTTP_TIMEOUT", "33"),
+        ),
+        **kw,
+    )
+
+
+def test_credentials_never_reach_a_file_or_a_message(tmp_path: Path) -> None:
+    """Issue 15.8: secrets in gdal_options are not in any file of the output (manifest
+    included), nor in the config-clash error, which still names what differs; a resume
+    whose only change is a rotated secret is the same build."""
+    plan = synthetic_plan(tmp_path / "plan.parquet", {"train": 6})
+    out = tmp_path / "corpus"
+    run_build(plan, out, engine="beam", config=_secret_config(), shard_samples=4, progress=False)
+    for path in out.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not any(s.encode() in data for s in SECRETS), path
+    cfg = json.loads((out / "_build" / "manifest.json").read_text())["config"]
+    assert ["GDAL_HTTP_HEADERS", "<redacted>"] in cfg["gdal_options"]
+    assert ["GS_SECRET_ACCESS_KEY", "<redacted>"] in cfg["gdal_options"]
+    assert ["GDAL_HTTP_TIMEOUT", "33"] in cfg["gdal_options"]
+    with pytest.raises(BuildInputError) as err:
+        prepare(plan, out, _secret_config(max_cloud_fraction=0.5), shard_samples=4)
+    msg = str(err.value)
+    assert not any(s in msg for s in SECRETS), msg
+    assert "max_cloud_fraction: 0.2 -> 0.5" in msg and "\n" not in msg
+    rotated = dataclasses.replace(
+        _secret_config(),
+        gdal_options=(("GDAL_HTTP_HEADERS", "Authorization: Bearer new"),)
+        + _secret_config().gdal_options[1:],
+    )
+    prepare(plan, out, rotated, shard_samples=4)  # same job: accepted
+    other = dataclasses.replace(_secret_config(), gdal_options=_secret_config().gdal_options[:2])
+    with pytest.raises(BuildInputError, match="GDAL_HTTP_TIMEOUT"):
+        prepare(plan, out, other, shard_samples=4)  # a real setting changed: refused
+
+
+# --------------------------------------------------------------------------- disk full
+
+
+def test_disk_full_is_one_line_and_the_rerun_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15.10: ENOSPC while writing block 2 of 3 -> exit 1 with one line saying the
+    output is resumable; the re-run writes only what was not committed and equals a build
+    that never failed."""
+    import pipeline.build as build
+
+    plan = synthetic_plan(tmp_path / "plan.parquet", {"train": 10})
+    args = ["build", "--plan", str(plan), "--shard-samples", "4", "--no-progress"]
+    args += ["--modalities", "S2L2A,DEM", "--required", "S2L2A"]
+    real_write = build.write_block
+    calls = {"n": 0}
+
+    def full_disk(group: Any, block: Any, out: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))
+        return real_write(group, block, out)
+
+    monkeypatch.setattr(build, "write_block", full_disk)
+    out = tmp_path / "corpus"
+    assert cli_main([*args, "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "no space left" in err and "resumable" in err and "1 of 3 blocks committed" in err
+    monkeypatch.setattr(build, "write_block", real_write)
+    assert cli_main([*args, "--out", str(out)]) == 0
+    assert "2 written now, 1 already committed" in capsys.readouterr().out
+    clean = tmp_path / "clean"
+    assert cli_main([*args, "--out", str(clean)]) == 0
+    for name in ("index", "rejects"):
+        got = read_table(name, out / f"{name}.parquet").to_pylist()
+        assert got == read_table(name, clean / f"{name}.parquet").to_pylist()
+    assert array_digests(out) == array_digests(clean)
+
+
+# --------------------------------------------------------------------------- resume checks
+
+
+@pytest.fixture()
+def built(tiny_reference: dict[str, Any], tmp_path: Path) -> Path:
+    import shutil
+
+    out = tmp_path / "corpus"
+    shutil.copytree(tiny_reference["out"], out)
+    return out
+
+
+def _first_accepted_block(ref: dict[str, Any]) -> BlockKey:
+    first = ref["index"][0]
+    return BlockKey(first["split"], first["row"] // ref["shard_samples"])
+
+
+def _shard(out: Path, key: BlockKey, array: str) -> Path:
+    top = out / f"{key.split}.zarr" / array / "c" / str(key.block)
+    return top if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())[0]
+
+
+def _resume(tiny_plan: tuple[Path, Any], ref: dict[str, Any], out: Path, *extra: str) -> str:
+    args = ["build", "--plan", str(tiny_plan[0]), "--out", str(out), "--no-progress"]
+    args += ["--shard-samples", str(ref["shard_samples"]), *ref["cli_config_args"], *extra]
+    assert cli_main(args) == 0
+    return ""
+
+
+def _assert_like_reference(out: Path, ref: dict[str, Any]) -> None:
+    from pipeline.verify import verify_corpus
+
+    assert array_digests(out) == ref["digests"]
+    assert read_table("index", out / "index.parquet").to_pylist() == ref["index"]
+    assert read_table("rejects", out / "rejects.parquet").to_pylist() == ref["rejects"]
+    report = verify_corpus(out)
+    assert report.ok, report.findings
+
+
+@pytest.mark.parametrize(
+    "damage", ["deleted_shard", "truncated_shard", "truncated_part", "damaged_marker"]
+)
+def test_resume_redoes_a_committed_block_that_fails_its_cheap_check(
+    built: Path,
+    tiny_plan: tuple[Path, Any],
+    tiny_reference: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+    damage: str,
+) -> None:
+    """Issues 15.5 and 15.9: under a commit marker, a deleted or truncated shard, a
+    truncated table part or a damaged marker is found by the resume's cheap check (sizes
+    recorded in the marker), the block redone and the summary says so."""
+    key = _first_accepted_block(tiny_reference)
+    if damage == "deleted_shard":
+        _shard(built, key, "S2L2A").unlink()
+    elif damage == "truncated_shard":
+        p = _shard(built, key, "DEM")
+        p.write_bytes(p.read_bytes()[:-100])
+    elif damage == "truncated_part":
+        p = built / "_parts" / key.split / f"block-{key.block}.index.parquet"
+        p.write_bytes(p.read_bytes()[:-50])
+    else:
+        marker_path(built, key).write_text('{"format": "terraloom-block-co')
+    capsys.readouterr()
+    _resume(tiny_plan, tiny_reference, built)
+    table = capsys.readouterr().out
+    assert "1 written now" in table, table
+    assert f"redone: 1 committed blocks failed their check: {key}" in table, table
+    _assert_like_reference(built, tiny_reference)
+
+
+def test_verify_committed_redoes_a_flipped_shard_the_cheap_check_cannot_see(
+    built: Path,
+    tiny_plan: tuple[Path, Any],
+    tiny_reference: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    key = _first_accepted_block(tiny_reference)
+    p = _shard(built, key, "S2L2A")
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    p.write_bytes(bytes(data))
+    capsys.readouterr()
+    _resume(tiny_plan, tiny_reference, built)
+    assert "0 written now" in capsys.readouterr().out  # same size: the cheap check passes
+    _resume(tiny_plan, tiny_reference, built, "--verify-committed")
+    table = capsys.readouterr().out
+    assert "1 written now" in table and f"{key}: array 'S2L2A'" in table, table
+    _assert_like_reference(built, tiny_reference)
+
+
+@pytest.mark.parametrize("table", ["index", "rejects"])
+def test_a_finished_build_with_a_damaged_table_merges_it_again(
+    built: Path,
+    tiny_plan: tuple[Path, Any],
+    tiny_reference: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+    table: str,
+) -> None:
+    """Issue 15.5: a truncated index.parquet (or rejects) of a finished build is noticed by
+    the re-run (row count and size recorded in final.json) and merged again from the parts."""
+    p = built / f"{table}.parquet"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    capsys.readouterr()
+    _resume(tiny_plan, tiny_reference, built)
+    out = capsys.readouterr().out
+    assert "0 written now" in out and f"index/rejects merged again: {table}.parquet" in out, out
+    _assert_like_reference(built, tiny_reference)

@@ -19,9 +19,12 @@ import zarr
 
 from pipeline.corpus_writer import (
     BlockKey,
+    MarkerError,
     assemble_block,
+    block_files,
     block_rows,
     canonical_modalities,
+    check_committed_block,
     checksum,
     create_split_store,
     is_committed,
@@ -29,6 +32,7 @@ from pipeline.corpus_writer import (
     merge_parts,
     n_blocks,
     part_path,
+    read_marker,
     store_layout,
     write_block,
 )
@@ -241,3 +245,63 @@ def test_merge_parts_sorts_by_split_and_row(tmp_path: Path) -> None:
     rejects = merge_parts(tmp_path, keys, "rejects")
     assert index.column("row").to_pylist() == [1, 2, 4, 5, 7, 8]
     assert rejects.column("row").to_pylist() == [0, 3, 6, 9]
+
+
+def _written(tmp_path: Path, key: BlockKey) -> Any:
+    g = make_store(tmp_path)
+    a, b = block_rows(key, 10, 4)
+    rows = [plan_row("train", r) for r in range(a, b)]
+    res = [fake_result(p, reject=p["row"] == a + 1) for p in rows]
+    write_block(g, assemble_block(store_layout(g), key, rows, res), tmp_path)
+    return g
+
+
+def test_marker_records_block_file_sizes_and_the_cheap_check_uses_them(tmp_path: Path) -> None:
+    key = BlockKey("train", 1)
+    g = _written(tmp_path, key)
+    files = json.loads(marker_path(tmp_path, key).read_text())["files"]
+    assert files == block_files(tmp_path, key, g)
+    assert (
+        files["train.zarr/S2L2A/c/1/0/0/0"]
+        == (tmp_path / "train.zarr/S2L2A/c/1/0/0/0").stat().st_size
+    )
+    assert files["_parts/train/block-1.index.parquet"] > 0
+    assert check_committed_block(tmp_path, key, g) is None
+    assert check_committed_block(tmp_path, key, g, full=True) is None
+    assert check_committed_block(tmp_path, BlockKey("train", 0), g) is None  # not committed
+    shard = tmp_path / "train.zarr/DEM/c/1/0/0/0"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-1])
+    assert check_committed_block(tmp_path, key, g) == (
+        f"train/block-1: train.zarr/DEM/c/1/0/0/0 is {len(data) - 1} bytes, committed {len(data)}"
+    )
+    shard.unlink()
+    assert "DEM/c/1/0/0/0 is missing" in (check_committed_block(tmp_path, key, g) or "")
+    shard.write_bytes(bytes(len(data)))  # same size, other bytes: only the full check sees it
+    assert check_committed_block(tmp_path, key, g) is None
+    assert "array 'DEM'" in (check_committed_block(tmp_path, key, g, full=True) or "")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"format": "terraloom-block-co', "[]", '{"format": "terraloom-block-commit"}', "\xff"],
+)
+def test_a_damaged_marker_is_a_reason_not_a_crash(tmp_path: Path, text: str) -> None:
+    key = BlockKey("train", 0)
+    g = _written(tmp_path, key)
+    marker_path(tmp_path, key).write_bytes(text.encode("latin-1"))
+    with pytest.raises(MarkerError, match="commit marker is damaged"):
+        read_marker(tmp_path, key)
+    assert "commit marker is damaged" in (check_committed_block(tmp_path, key, g) or "")
+
+
+def test_rewriting_a_block_over_a_torn_shard_works(tmp_path: Path) -> None:
+    """zarr reads an existing shard even for a whole-shard write: a torn one must be
+    discarded first, or the resume of a block killed mid-write fails."""
+    key = BlockKey("train", 0)
+    g = _written(tmp_path, key)
+    shard = tmp_path / "train.zarr/S2L2A/c/0/0/0/0"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    marker_path(tmp_path, key).unlink()
+    g = _written(tmp_path, key)
+    assert check_committed_block(tmp_path, key, g, full=True) is None

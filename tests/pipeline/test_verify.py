@@ -88,3 +88,32 @@ def test_missing_marker_and_table_edits_are_found(
 def test_verify_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["verify", str(tmp_path)]) == 2
     assert "not a corpus" in capsys.readouterr().err
+
+
+def test_damaged_marker_is_a_finding_not_a_crash(
+    corpus: Path, tiny_reference: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15.9: verify used to raise JSONDecodeError on a torn commit marker."""
+    key = BlockKey(*tiny_reference["first_block"])
+    marker_path(corpus, key).write_text('{"format": "terraloom-block-co')
+    report = verify_corpus(corpus)
+    assert any(f.startswith(f"{key}: commit marker is damaged") for f in report.findings), (
+        report.findings
+    )
+    assert cli_main(["verify", str(corpus), "--no-progress"]) == 1
+    assert "commit marker is damaged" in capsys.readouterr().out
+
+
+def test_without_checksums_a_deleted_shard_or_truncated_index_is_still_found(
+    corpus: Path, tiny_reference: dict[str, Any]
+) -> None:
+    first = tiny_reference["index"][0]
+    block = first["row"] // tiny_reference["shard_samples"]
+    _shard_file(corpus, first["split"], "S2L2A", block).unlink()
+    index = corpus / "index.parquet"
+    index.write_bytes(index.read_bytes()[:-200])
+    findings = verify_corpus(corpus, checksums=False).findings
+    assert any(f"{first['split']}/block-{block}" in f and "is missing" in f for f in findings), (
+        findings
+    )
+    assert any(f.startswith("index") for f in findings), findings
