@@ -11,7 +11,7 @@ DEMO_OUT ?= demo_out
 
 .PHONY: demo test lint format typecheck schemas clean install
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml .importlinter
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
@@ -21,24 +21,31 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/python -m model.demo --out $(DEMO_OUT)
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/python -m terraloom.orchestration --out $(DEMO_OUT)
 
 test: $(BIN)/.installed
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(BIN)/.installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# mypy cannot follow setuptools' editable import hook, so it reads the packages through a link
+# tree that spells the installed names (build/typecheck/terraloom/<stage> -> <stage>).
+STAGES := schemas storage pipeline tokenize_jobs model orchestration
 typecheck: $(BIN)/.installed
+	@mkdir -p build/typecheck/terraloom
+	@for s in $(STAGES); do ln -sfn ../../../$$s build/typecheck/terraloom/$$s; done
 	$(BIN)/mypy
 
 schemas: $(BIN)/.installed
-	$(BIN)/python -m schemas export
+	$(BIN)/python -m terraloom.schemas export
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_OUT) build/typecheck .pytest_cache .mypy_cache .ruff_cache

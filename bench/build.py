@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from schemas.modalities import get_modality  # noqa: E402
-from schemas.tables import read_table, write_geoparquet  # noqa: E402
+from terraloom.schemas.modalities import get_modality  # noqa: E402
+from terraloom.schemas.tables import read_table, write_geoparquet  # noqa: E402
 
 #: Modalities odc.stac can load onto the sample grid (S1GRD needs GCP warping, derived
 #: modalities are computed by the build), with the resampling of the registry.
@@ -125,9 +125,9 @@ def make_plan(
     work: Path, world: str, seed: int, samples_per_cell: int, cache_dir: str | None = None
 ) -> tuple[Path, Path]:
     """Generate (or reuse) the world and write its plan; return (plan path, world dir)."""
-    from pipeline.plan import PlanConfig, plan_samples, write_plan
-    from pipeline.sources import open_source
-    from pipeline.world.generate import cached_world
+    from terraloom.pipeline.plan import PlanConfig, plan_samples, write_plan
+    from terraloom.pipeline.sources import open_source
+    from terraloom.pipeline.world.generate import cached_world
 
     world_dir = cached_world(world, seed, cache_dir=cache_dir, progress=True)
     plan_path = work / f"plan-{world}-{seed}-spc{samples_per_cell}.parquet"
@@ -190,7 +190,7 @@ def run_engine_build(
     config: Any,
     label: str = "",
 ) -> Run:
-    from pipeline.build import run_build
+    from terraloom.pipeline.build import run_build
 
     shutil.rmtree(out, ignore_errors=True)
     with RssMonitor() as mon:
@@ -414,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
     )
 
-    from pipeline.sample import BuildConfig
+    from terraloom.pipeline.sample import BuildConfig
 
     config = (
         BuildConfig()
@@ -456,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             " all-mod",
         )
         shutil.rmtree(work / "corpus-full", ignore_errors=True)
-    from pipeline.verify import array_digests
+    from terraloom.pipeline.verify import array_digests
 
     digests = [json.dumps(array_digests(p), sort_keys=True) for p in largest.values()]
     indexes = [read_table("index", p / "index.parquet").to_pylist() for p in largest.values()]

@@ -37,26 +37,26 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from schemas.layouts import CAPTION_MAX_TOKENS, TOKEN_MODALITIES, create_token_store  # noqa: E402
-from schemas.modalities import SAMPLE_PX, Layout, get_modality  # noqa: E402
-from tokenize_jobs.crops import apply_crops, draw_crops  # noqa: E402
-from tokenize_jobs.encode import EncodeConfig, encode, load_tokenizers, sample_keys  # noqa: E402
-from tokenize_jobs.store import TokenStore, array_checksum, write_commit  # noqa: E402
+from terraloom.schemas.layouts import CAPTION_MAX_TOKENS, TOKEN_MODALITIES, create_token_store  # noqa: E402
+from terraloom.schemas.modalities import SAMPLE_PX, Layout, get_modality  # noqa: E402
+from terraloom.tokenize_jobs.crops import apply_crops, draw_crops  # noqa: E402
+from terraloom.tokenize_jobs.encode import EncodeConfig, encode, load_tokenizers, sample_keys  # noqa: E402
+from terraloom.tokenize_jobs.store import TokenStore, array_checksum, write_commit  # noqa: E402
 
 
 def build_tokenizers(out: Path, corpus: Path, width: int, seed: int = 0) -> Path:
     """Untrained FSQ-VAE tokenizers (fixed seed; same compute as trained ones) + GEO + CAPTION."""
     import zarr
 
-    from tokenize_jobs.tokenizers.caption import train_wordpiece
-    from tokenize_jobs.tokenizers.geo import GeoTokenizer
-    from tokenize_jobs.tokenizers.image import FSQVAE, FSQVAEConfig
-    from tokenize_jobs.tokenizers.io import (
+    from terraloom.tokenize_jobs.tokenizers.caption import train_wordpiece
+    from terraloom.tokenize_jobs.tokenizers.geo import GeoTokenizer
+    from terraloom.tokenize_jobs.tokenizers.image import FSQVAE, FSQVAEConfig
+    from terraloom.tokenize_jobs.tokenizers.io import (
         save_caption_tokenizer,
         save_geo_tokenizer,
         save_image_tokenizer,
     )
-    from tokenize_jobs.tokenizers.nets import ConvNetConfig
+    from terraloom.tokenize_jobs.tokenizers.nets import ConvNetConfig
 
     for i, name in enumerate(TOKEN_MODALITIES):
         m = get_modality(name)
@@ -179,7 +179,7 @@ def bench_encode(args: argparse.Namespace, work: Path) -> float:
     device = torch.device(args.device)
     corpus = args.corpus
     if corpus is None:
-        from tokenize_jobs.testing import make_toy_corpus
+        from terraloom.tokenize_jobs.testing import make_toy_corpus
 
         corpus = work / "corpus"
         if not (corpus / f"{args.split}.zarr").exists():

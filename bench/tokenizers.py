@@ -31,7 +31,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from schemas.modalities import get_modality  # noqa: E402
+from terraloom.schemas.modalities import get_modality  # noqa: E402
 
 IMAGE_MODALITIES = ("S2L2A", "S1GRD", "S1RTC", "DEM", "NDVI", "LULC")
 REQUIRED_USAGE = 0.25
@@ -83,7 +83,7 @@ def corpus_for(args: argparse.Namespace) -> tuple[Path, str]:
         if not (args.corpus / "train.zarr").is_dir():
             raise SystemExit(f"error: {args.corpus} has no train.zarr")
         return args.corpus, f"corpus {args.corpus}"
-    from tokenize_jobs.testing import make_toy_corpus
+    from terraloom.tokenize_jobs.testing import make_toy_corpus
 
     n = args.toy or 96
     n_val = max(8, args.eval_samples)
@@ -108,7 +108,7 @@ def corpus_for(args: argparse.Namespace) -> tuple[Path, str]:
 
 
 def train_one(modality: str, corpus: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from tokenize_jobs.train import TrainConfig, train_tokenizer
+    from terraloom.tokenize_jobs.train import TrainConfig, train_tokenizer
 
     out = args.workdir / "tokenizers" / modality.lower()
     if args.fresh and out.exists():

@@ -46,10 +46,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from model.config import MaskingConfig, ModelConfig, modality_specs, model_preset  # noqa: E402
-from model.masking import assemble, plan_masks  # noqa: E402
-from model.train import measure_matmul_peak  # noqa: E402
-from model.transformer import TerraloomModel  # noqa: E402
+from terraloom.model.config import MaskingConfig, ModelConfig, modality_specs, model_preset  # noqa: E402
+from terraloom.model.masking import assemble, plan_masks  # noqa: E402
+from terraloom.model.train import measure_matmul_peak  # noqa: E402
+from terraloom.model.transformer import TerraloomModel  # noqa: E402
 
 TT_VERSION = "1.2.11"
 PIXELS = ("S2L2A", "S1GRD", "S1RTC", "DEM")
@@ -181,8 +181,8 @@ def loader_rate(
     cfg: ModelConfig, masking: MaskingConfig, batch: int, workers: int, n_batches: int, cache: Path
 ) -> float:
     """Samples/s of the real loader (token store + corpus pixels + masking) on a toy world."""
-    from model.data import MaskedBatches, TokenLoader
-    from model.testing import make_toy_world
+    from terraloom.model.data import MaskedBatches, TokenLoader
+    from terraloom.model.testing import make_toy_world
 
     n = max(2 * batch, 32)
     root = cache / f"toy_world_{n}"

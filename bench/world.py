@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.world import generate_world  # noqa: E402
+from terraloom.pipeline.world import generate_world  # noqa: E402
 
 TARGETS = {"tiny": (10.0, None, 20), "demo": (120.0, 1e9, 300), "bench": (None, None, 2000)}
 
@@ -52,7 +52,7 @@ def samples(world_json: Path) -> dict[int, int | None]:
     """Samples centred in the regions' bboxes, per samples-per-cell layout (pipeline.grid)."""
     doc = json.loads(world_json.read_text())
     try:
-        from pipeline.grid import Region
+        from terraloom.pipeline.grid import Region
     except ImportError:
         return {k: None for k in (1, 4, 9)}
     return {

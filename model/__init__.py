@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from model.config import (
+from terraloom.model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from terraloom.model.config import (
     MODEL_PRESETS,
     AlphaMixture,
     DataConfig,
@@ -16,10 +16,10 @@ from model.config import (
     model_preset,
     save_config,
 )
-from model.data import MaskedBatches, TokenLoader, ZarrTokenReader, open_token_store
-from model.masking import assemble, plan_masks, span_mask, split_budget
-from model.train import TrainResult, evaluate, train
-from model.transformer import Encoded, Queries, TerraloomModel
+from terraloom.model.data import MaskedBatches, TokenLoader, ZarrTokenReader, open_token_store
+from terraloom.model.masking import assemble, plan_masks, span_mask, split_budget
+from terraloom.model.train import TrainResult, evaluate, train
+from terraloom.model.transformer import Encoded, Queries, TerraloomModel
 
 __all__ = [
     "MODEL_PRESETS",

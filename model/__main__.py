@@ -1,9 +1,9 @@
-"""``python -m model ...`` runs the ``terraloom-model`` CLI."""
+"""``python -m terraloom.model ...`` runs the ``terraloom-model`` CLI."""
 
 from __future__ import annotations
 
 import sys
 
-from model.cli import main
+from terraloom.model.cli import main
 
 sys.exit(main())

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.config import TrainConfig, to_dict
+from terraloom.model.config import TrainConfig, to_dict
 
 STATE_FILE = "train_state.pt"
 MODEL_FILE = "model.safetensors"

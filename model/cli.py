@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from model.config import MODEL_PRESETS, load_config, modality_specs, save_config, to_dict
+from terraloom.model.config import MODEL_PRESETS, load_config, modality_specs, save_config, to_dict
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from model.train import train
+    from terraloom.model.train import train
 
     for flag, value in (("--steps", args.steps), ("--max-steps", args.max_steps)):
         if value is not None and value < 1:
@@ -98,7 +98,7 @@ def _run_config(args: argparse.Namespace) -> int:
     if args.params:
         import torch
 
-        from model.transformer import TerraloomModel
+        from terraloom.model.transformer import TerraloomModel
 
         with torch.device("meta"):  # shapes only: no memory, no init cost
             m = TerraloomModel(cfg.model)
@@ -163,21 +163,15 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from model.generate import run_generate_command
+    from terraloom.model.generate import run_generate_command
 
     return run_generate_command(args)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from model.evaluate import run_evaluate_command
+    from terraloom.model.evaluate import run_evaluate_command
 
     return run_evaluate_command(args)
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    from model.demo import run_demo_command
-
-    return run_demo_command(args)
 
 
 def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -250,25 +244,11 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     return p
 
 
-def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from model.demo import add_demo_args
-
-    p = subparsers.add_parser(
-        "demo",
-        help="the whole mission on the embedded world (what `make demo` runs)",
-        description="world -> plan -> build -> tokenizers -> encode -> train -> TiM -> evaluate -> generate -> report; resumable per stage.",
-    )
-    add_demo_args(p)
-    p.set_defaults(func=_run_demo)
-    return p
-
-
 PARSERS = [
     add_train_parser,
     add_config_parser,
     add_generate_parser,
     add_evaluate_parser,
-    add_demo_parser,
 ]
 
 

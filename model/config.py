@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from schemas.layouts import CAPTION_MAX_TOKENS, n_image_tokens
-from schemas.modalities import CROP_PX, PATCH_PX, Layout, get_modality
+from terraloom.schemas.layouts import CAPTION_MAX_TOKENS, n_image_tokens
+from terraloom.schemas.modalities import CROP_PX, PATCH_PX, Layout, get_modality
 
 PIXEL_SUFFIX = "@px"
 TOKEN_SUFFIX = "@tok"

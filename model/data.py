@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from model.config import Kind, MaskingConfig, ModalitySpecs, ModelConfig, modality_specs
-from model.masking import assemble, plan_masks
-from schemas.modalities import Layout, get_modality
+from terraloom.model.config import Kind, MaskingConfig, ModalitySpecs, ModelConfig, modality_specs
+from terraloom.model.masking import assemble, plan_masks
+from terraloom.schemas.modalities import Layout, get_modality
 
 _SEED_TAG_ORDER = 0x5EED
 _SEED_TAG_MASK = 0x3A5C
@@ -167,7 +167,7 @@ class _ZarrRows:
 def open_token_store(path: str | os.PathLike[str]) -> Any:
     """The project's ``TokenStore`` when available (issue 7), else :class:`ZarrTokenReader`."""
     try:
-        from tokenize_jobs.store import TokenStore  # type: ignore[import-not-found]
+        from terraloom.tokenize_jobs.store import TokenStore  # type: ignore[import-not-found]
     except ImportError:
         return ZarrTokenReader(path)
     return _TorchStoreAdapter(TokenStore(path))

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from model.config import Kind, ModalitySpecs, ModelConfig
+from terraloom.model.config import Kind, ModalitySpecs, ModelConfig
 
 
 def sincos_1d(n: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.generate import GREEDY, SampleReader, SamplingConfig, decode_tokens, generate
-from model.tim import confusion, iou_scores
-from model.transformer import TerraloomModel
-from schemas.modalities import LULC_CLASSES, lulc_to_index
+from terraloom.model.generate import GREEDY, SampleReader, SamplingConfig, decode_tokens, generate
+from terraloom.model.tim import confusion, iou_scores
+from terraloom.model.transformer import TerraloomModel
+from terraloom.schemas.modalities import LULC_CLASSES, lulc_to_index
 
 EARTH_RADIUS_KM = 6371.0088
 S2_SCALE = 10000.0
@@ -463,7 +463,7 @@ def _cpu(x: Any) -> Any:
 
 def run_evaluate_command(args: Any) -> int:
     """``terraloom-model evaluate`` (see ``model.cli``): prints the Markdown table."""
-    from model.generate import checkpoint_data_paths, load_tokenizers, resolve_checkpoint
+    from terraloom.model.generate import checkpoint_data_paths, load_tokenizers, resolve_checkpoint
 
     ckpt = resolve_checkpoint(args.checkpoint)
     model = TerraloomModel.from_pretrained(ckpt, map_location=args.device).eval()

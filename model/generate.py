@@ -32,9 +32,9 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from model.config import PIXEL_SUFFIX, TOKEN_SUFFIX, Kind, TargetSpec
-from model.transformer import Encoded, Queries, TerraloomModel
-from schemas.modalities import GEO_BIN_DEG, LULC_COLORS, Layout, get_modality
+from terraloom.model.config import PIXEL_SUFFIX, TOKEN_SUFFIX, Kind, TargetSpec
+from terraloom.model.transformer import Encoded, Queries, TerraloomModel
+from terraloom.schemas.modalities import GEO_BIN_DEG, LULC_COLORS, Layout, get_modality
 
 SCHEDULES = ("cosine", "linear")
 S2_DN_SCALE = 10000.0
@@ -674,7 +674,7 @@ def load_tokenizers(
     root: str | os.PathLike[str], names: Sequence[str], device: str | torch.device = "cpu"
 ) -> dict[str, Any]:
     """``root/<modality lowercase>/`` tokenizers (``tokenize_jobs.load_tokenizer``) by name."""
-    from tokenize_jobs.tokenizers.io import load_tokenizer, tokenizer_dir
+    from terraloom.tokenize_jobs.tokenizers.io import load_tokenizer, tokenizer_dir
 
     out = {}
     for n in names:
@@ -760,7 +760,7 @@ class SampleReader:
         self.group: Any = cast(Any, zarr.open_group(str(path), mode="r"))
         self.store: Any = None
         if tokens is not None:
-            from tokenize_jobs.store import TokenStore
+            from terraloom.tokenize_jobs.store import TokenStore
 
             self.store = TokenStore(Path(tokens) / f"{split}.zarr")
         self.valid = np.asarray(self.group["valid"][:], bool)
@@ -774,7 +774,7 @@ class SampleReader:
 
     def crops(self, rows: np.ndarray, crop_idx: int = 0) -> np.ndarray:
         """(B, 5) crops: the token store's when there is one, else the centred crop."""
-        from tokenize_jobs.crops import centre_crop
+        from terraloom.tokenize_jobs.crops import centre_crop
 
         if self.store is not None:
             return self.store.batch(rows, crop_idx, [])["crops"].numpy()
@@ -782,7 +782,7 @@ class SampleReader:
 
     def pixels(self, name: str, rows: np.ndarray, crops: np.ndarray) -> torch.Tensor:
         """(B, C, h, w) stored values of the crops (flips applied as stored)."""
-        from tokenize_jobs.crops import apply_crops
+        from terraloom.tokenize_jobs.crops import apply_crops
 
         m = get_modality(name)
         arr = self.group[m.name]
@@ -1189,7 +1189,7 @@ def reference_values(
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     """A checkpoint directory (``model.safetensors`` + ``config.json``) or a run directory."""
-    from model.checkpoint import latest_checkpoint
+    from terraloom.model.checkpoint import latest_checkpoint
 
     p = Path(path)
     if (p / "model.safetensors").is_file() and (p / "config.json").is_file():

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.config import Kind, MaskingConfig, ModalitySpecs
+from terraloom.model.config import Kind, MaskingConfig, ModalitySpecs
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from schemas.layouts import (
+from terraloom.schemas.layouts import (
     CAPTION_MAX_TOKENS,
     TOKEN_MODALITIES,
     create_corpus_store,
     create_token_store,
 )
-from schemas.modalities import CROP_PX, PATCH_PX, SAMPLE_PX, Layout, get_modality
+from terraloom.schemas.modalities import CROP_PX, PATCH_PX, SAMPLE_PX, Layout, get_modality
 
 
 @dataclass(frozen=True)
@@ -179,8 +179,8 @@ def _ddp_worker(rank: int, world: int, port: int, cfgs_json: str, max_steps: int
     import torch
     import torch.distributed as dist
 
-    from model.config import TrainConfig, from_dict
-    from model.train import train
+    from terraloom.model.config import TrainConfig, from_dict
+    from terraloom.model.train import train
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -214,7 +214,7 @@ def run_data_parallel(
 
     import torch.multiprocessing as mp
 
-    from model.config import to_dict
+    from terraloom.model.config import to_dict
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

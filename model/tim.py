@@ -26,10 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import Kind, ModelConfig
-from model.generate import Conditioning, SampleReader, SamplingConfig, encoder_batch, generate
-from model.transformer import TerraloomModel
-from schemas.modalities import LULC_CLASS_NAMES, get_modality, lulc_to_index
+from terraloom.model.config import Kind, ModelConfig
+from terraloom.model.generate import (
+    Conditioning,
+    SampleReader,
+    SamplingConfig,
+    encoder_batch,
+    generate,
+)
+from terraloom.model.transformer import TerraloomModel
+from terraloom.schemas.modalities import LULC_CLASS_NAMES, get_modality, lulc_to_index
 
 IGNORE = 255
 

@@ -27,16 +27,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from model.checkpoint import (
+from terraloom.model.checkpoint import (
     anchored_data,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
     unwrap,
 )
-from model.config import TrainConfig, save_config
-from model.data import MaskedBatches, TokenLoader, TooFewRowsError, split_path
-from model.transformer import TerraloomModel
+from terraloom.model.config import TrainConfig, save_config
+from terraloom.model.data import MaskedBatches, TokenLoader, TooFewRowsError, split_path
+from terraloom.model.transformer import TerraloomModel
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from model.config import Kind, ModelConfig, from_dict, modality_specs, to_dict
-from model.embeddings import InputEmbedding, QueryEmbedding
+from terraloom.model.config import Kind, ModelConfig, from_dict, modality_specs, to_dict
+from terraloom.model.embeddings import InputEmbedding, QueryEmbedding
 
 try:  # FlexAttention (torch >= 2.5)
     from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention

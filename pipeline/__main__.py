@@ -1,8 +1,8 @@
-"""``python -m pipeline ...`` = ``terraloom-pipeline ...``."""
+"""``python -m terraloom.pipeline ...`` = ``terraloom-pipeline ...``."""
 
 from __future__ import annotations
 
-from pipeline.cli import main
+from terraloom.pipeline.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

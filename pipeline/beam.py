@@ -25,8 +25,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.build import BuildJob, process_block
-from pipeline.corpus_writer import BlockKey, BlockOutcome
+from terraloom.pipeline.build import BuildJob, process_block
+from terraloom.pipeline.corpus_writer import BlockKey, BlockOutcome
 
 NAMESPACE = "terraloom"
 DIRECT_RUNNERS = ("DirectRunner", "direct", "SwitchingDirectRunner")

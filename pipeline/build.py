@@ -50,7 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.corpus_writer import (
+from terraloom.pipeline.corpus_writer import (
     PARTS_DIR,
     BlockKey,
     BlockOutcome,
@@ -70,11 +70,11 @@ from pipeline.corpus_writer import (
     write_block,
     write_json_atomic,
 )
-from schemas.layouts import CORPUS_MODALITIES, DEFAULT_SHARD_SAMPLES, SPLITS
-from schemas.tables import PLAN_SCHEMA, read_table, write_geoparquet
-from storage.lease import Lease, LeaseHeld, LeaseLost
-from storage.lease import acquire as acquire_lease
-from storage.redact import redact
+from terraloom.schemas.layouts import CORPUS_MODALITIES, DEFAULT_SHARD_SAMPLES, SPLITS
+from terraloom.schemas.tables import PLAN_SCHEMA, read_table, write_geoparquet
+from terraloom.storage.lease import Lease, LeaseHeld, LeaseLost
+from terraloom.storage.lease import acquire as acquire_lease
+from terraloom.storage.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class BuildJob:
     def resolve_block_fn(self) -> BlockFn:
         if self.block_fn is not None:
             return self.block_fn
-        fn: BlockFn = importlib.import_module("pipeline.sample").build_block
+        fn: BlockFn = importlib.import_module("terraloom.pipeline.sample").build_block
         return fn
 
 
@@ -191,7 +191,7 @@ class BuildSummary:
 
 
 def default_config() -> Any:
-    from pipeline.sample import BuildConfig
+    from terraloom.pipeline.sample import BuildConfig
 
     return BuildConfig()
 
@@ -254,7 +254,7 @@ def _config_differences(old: Any, new: dict[str, Any]) -> str:
 def scope_config(config: Any, plan_path: str | os.PathLike[str]) -> Any:
     """The config workers get: its href policy scoped with the plan's recorded source
     scope (catalog root, schemes), so local hrefs stay under the catalog's root."""
-    from pipeline.hrefs import HrefPolicy, plan_scope
+    from terraloom.pipeline.hrefs import HrefPolicy, plan_scope
 
     policy = getattr(config, "href_policy", None)
     if not isinstance(policy, HrefPolicy):
@@ -794,13 +794,13 @@ def run_engine(
 ) -> tuple[list[BlockOutcome], dict[str, int]]:
     """Run ``process_block`` over ``keys`` on an engine; return outcomes and counters."""
     if engine == "beam":
-        from pipeline.beam import run_beam
+        from terraloom.pipeline.beam import run_beam
 
         return run_beam(job, keys, runner=runner, workers=workers, pipeline_args=pipeline_args)
     if engine == "dask":
         if runner is not None or pipeline_args:
             raise BuildInputError("--runner and pipeline options apply to --engine beam only")
-        from pipeline.dask_job import run_dask
+        from terraloom.pipeline.dask_job import run_dask
 
         return run_dask(job, keys, workers=workers, scheduler=scheduler)
     raise BuildInputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -902,7 +902,7 @@ def run_build(
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
-    from pipeline.sample import BuildConfig
+    from terraloom.pipeline.sample import BuildConfig
 
     kwargs: dict[str, Any] = {}
     try:
@@ -921,7 +921,7 @@ def _config_kwargs(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str
     if args.max_nodata_fraction is not None:
         kwargs["max_nodata_fraction"] = args.max_nodata_fraction
     if args.allow_href_root or args.allow_host or args.allow_private_hosts or args.allow_scheme:
-        from pipeline.hrefs import HrefPolicy
+        from terraloom.pipeline.hrefs import HrefPolicy
 
         kwargs["href_policy"] = HrefPolicy(
             roots=tuple(args.allow_href_root),

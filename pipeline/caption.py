@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from schemas.modalities import CAPTION_MAX_BYTES, LULC_CLASS_NAMES, LULC_CLASSES
+from terraloom.schemas.modalities import CAPTION_MAX_BYTES, LULC_CLASS_NAMES, LULC_CLASSES
 
 __all__ = [
     "Captioner",

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from pipeline.build import add_build_parser
-from pipeline.plan_cli import add_plan_parser
-from pipeline.publish import add_publish_parser
-from pipeline.publish.verify import add_published_option
-from pipeline.quicklook import add_quicklook_parser
-from pipeline.verify import add_verify_parser
-from pipeline.world import add_world_parser
+from terraloom.pipeline.build import add_build_parser
+from terraloom.pipeline.plan_cli import add_plan_parser
+from terraloom.pipeline.publish import add_publish_parser
+from terraloom.pipeline.publish.verify import add_published_option
+from terraloom.pipeline.quicklook import add_quicklook_parser
+from terraloom.pipeline.verify import add_verify_parser
+from terraloom.pipeline.world import add_world_parser
 
 
 def build_parser() -> argparse.ArgumentParser:

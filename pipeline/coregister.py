@@ -32,8 +32,8 @@ from rasterio.warp import reproject
 from rasterio.warp import transform as warp_points
 from rasterio.windows import Window
 
-from pipeline.readers import AssetInfo, RasterWindow, affine_xy
-from schemas.modalities import RESOLUTION_M, SAMPLE_PX, Modality, Resampling
+from terraloom.pipeline.readers import AssetInfo, RasterWindow, affine_xy
+from terraloom.schemas.modalities import RESOLUTION_M, SAMPLE_PX, Modality, Resampling
 
 __all__ = [
     "TargetGrid",
@@ -81,7 +81,7 @@ class TargetGrid:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        from pipeline.readers import pixel_bounds
+        from terraloom.pipeline.readers import pixel_bounds
 
         return pixel_bounds(self.transform, self.height, self.width)
 

@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from schemas.layouts import ArraySpec, StoreLayout, corpus_layout, create_corpus_store
-from schemas.modalities import MODALITY_NAMES
-from schemas.tables import RejectReason, from_rows, write_geoparquet
+from terraloom.schemas.layouts import ArraySpec, StoreLayout, corpus_layout, create_corpus_store
+from terraloom.schemas.modalities import MODALITY_NAMES
+from terraloom.schemas.tables import RejectReason, from_rows, write_geoparquet
 
 CHECKSUM_ALGORITHM = "crc32"
 MARKER_FORMAT = "terraloom-block-commit"
@@ -479,7 +479,7 @@ def check_committed_block(
             return f"{key}: array {name!r} cannot be read: {type(exc).__name__}: {exc}"
         if want.get(name) != got:
             return f"{key}: array {name!r} checksum {got} != committed {want.get(name)}"
-    from schemas.tables import read_table
+    from terraloom.schemas.tables import read_table
 
     n_rejected = sum(int(v) for v in marker["rejected"].values())
     for t, n in (("index", int(marker["accepted"])), ("rejects", n_rejected)):
@@ -556,7 +556,7 @@ def write_block(group: Any, block: AssembledBlock, out: str | os.PathLike[str]) 
 
 def merge_parts(out: str | os.PathLike[str], keys: Sequence[BlockKey], table: str) -> pa.Table:
     """Concatenate the per-block parts of ``table`` ('index' or 'rejects'), sorted by (split, row)."""
-    from schemas.tables import empty_table, read_table
+    from terraloom.schemas.tables import empty_table, read_table
 
     parts = [read_table(table, part_path(out, k, table)) for k in sorted(keys)]
     parts = [p for p in parts if p.num_rows]

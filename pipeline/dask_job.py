@@ -13,8 +13,8 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 
-from pipeline.build import BuildJob, process_block, sum_counters
-from pipeline.corpus_writer import BlockKey, BlockOutcome
+from terraloom.pipeline.build import BuildJob, process_block, sum_counters
+from terraloom.pipeline.corpus_writer import BlockKey, BlockOutcome
 
 #: Dask's nanny exports ``MALLOC_TRIM_THRESHOLD_=65536`` to its workers by default, and
 #: writes it into this process's environment, where later worker processes (a Beam

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.modalities import SCL_CLOUD_SHADOW, SCL_NODATA
+from terraloom.schemas.modalities import SCL_CLOUD_SHADOW, SCL_NODATA
 
 __all__ = [
     "CLOUD_MASK_CLEAR",

@@ -34,7 +34,7 @@ from shapely.geometry import Polygon, box, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.prepared import prep
 
-from schemas.modalities import RESOLUTION_M, SAMPLE_PX
+from terraloom.schemas.modalities import RESOLUTION_M, SAMPLE_PX
 
 EARTH_RADIUS_KM = 6378.137
 GRID_DIST_KM = 10.0

@@ -268,8 +268,8 @@ def _refusal(href: str, policy: HrefPolicy, resolve: Resolver) -> str | None:
 def source_scope(source: Any) -> HrefScope:
     """The scope of a planning source: a static catalog's directories and the schemes
     each kind of source produces (an unknown source gets remote schemes only)."""
-    from pipeline.sources.earthengine import EarthEngineSource
-    from pipeline.sources.static import StaticSource
+    from terraloom.pipeline.sources.earthengine import EarthEngineSource
+    from terraloom.pipeline.sources.static import StaticSource
 
     if isinstance(source, StaticSource):
         roots = tuple(dict.fromkeys(str(os.path.dirname(_norm_root(p))) for p in source.paths))

@@ -37,10 +37,10 @@ import numpy as np
 from pyproj import Transformer
 from shapely.geometry.base import BaseGeometry
 
-from pipeline.grid import SampleGrid
-from pipeline.sources.base import SCL_BAND, SourceItem
-from schemas.modalities import SCL_CLOUD_SHADOW, SCL_NODATA, get_modality
-from schemas.tables import RejectReason
+from terraloom.pipeline.grid import SampleGrid
+from terraloom.pipeline.sources.base import SCL_BAND, SourceItem
+from terraloom.schemas.modalities import SCL_CLOUD_SHADOW, SCL_NODATA, get_modality
+from terraloom.schemas.tables import RejectReason
 
 S2_MODALITIES = ("S2L2A", "S2L1C")
 S1_MODALITIES = ("S1GRD", "S1RTC")

@@ -27,9 +27,9 @@ import shapely
 from shapely.geometry import box
 from tqdm import tqdm
 
-from pipeline.grid import GRID, CellId, Region, SampleGrid
-from pipeline.hrefs import scope_metadata, source_scope
-from pipeline.matching import (
+from terraloom.pipeline.grid import GRID, CellId, Region, SampleGrid
+from terraloom.pipeline.hrefs import scope_metadata, source_scope
+from terraloom.pipeline.matching import (
     S1_MODALITIES,
     S2_MODALITIES,
     MatchConfig,
@@ -37,10 +37,10 @@ from pipeline.matching import (
     SampleMatch,
     match_sample,
 )
-from pipeline.sources.base import SkippedItem, Source, SourceItem, TimeRange
-from schemas.layouts import SPLITS
-from schemas.modalities import REGISTRY, get_modality
-from schemas.tables import PLAN_SCHEMA, from_rows, write_geoparquet
+from terraloom.pipeline.sources.base import SkippedItem, Source, SourceItem, TimeRange
+from terraloom.schemas.layouts import SPLITS
+from terraloom.schemas.modalities import REGISTRY, get_modality
+from terraloom.schemas.tables import PLAN_SCHEMA, from_rows, write_geoparquet
 
 #: Modalities read from a source (derived ones, S2RGB/NDVI/GEO/CAPTION, come from these).
 SOURCE_MODALITIES: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.collections)

@@ -13,9 +13,9 @@ import sys
 import time
 from typing import Any
 
-from pipeline.grid import GridError, Region
-from pipeline.matching import MatchConfig
-from pipeline.plan import (
+from terraloom.pipeline.grid import GridError, Region
+from terraloom.pipeline.matching import MatchConfig
+from terraloom.pipeline.plan import (
     SOURCE_MODALITIES,
     PlanConfig,
     plan_report,
@@ -24,8 +24,8 @@ from pipeline.plan import (
     write_plan,
     write_plan_report,
 )
-from pipeline.sources import SourceError, StacApiSource, open_source, parse_time_range
-from schemas.modalities import UnknownModalityError
+from terraloom.pipeline.sources import SourceError, StacApiSource, open_source, parse_time_range
+from terraloom.schemas.modalities import UnknownModalityError
 
 
 def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from schemas.tables import RejectReason
+from terraloom.schemas.tables import RejectReason
 
 __all__ = [
     "Issue",

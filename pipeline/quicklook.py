@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from schemas.modalities import LULC_CLASS_NAMES, LULC_CLASSES, LULC_COLORS, Layout, get_modality
+from terraloom.schemas.modalities import (
+    LULC_CLASS_NAMES,
+    LULC_CLASSES,
+    LULC_COLORS,
+    Layout,
+    get_modality,
+)
 
 CLOUD_COLORS: dict[int, tuple[int, int, int]] = {
     0: (40, 120, 40),
@@ -186,7 +192,7 @@ def render_corpus(
     """One PNG per accepted sample (index.parquet order): ``dest/<split>/<sample_id>.png``."""
     import zarr
 
-    from schemas.tables import read_table
+    from terraloom.schemas.tables import read_table
 
     corpus = Path(corpus)
     index = (

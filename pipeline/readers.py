@@ -36,8 +36,8 @@ from rasterio.enums import Resampling as GdalResampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from pipeline.hrefs import HrefPolicy, href_refusal
-from schemas.tables import RejectReason
+from terraloom.pipeline.hrefs import HrefPolicy, href_refusal
+from terraloom.schemas.tables import RejectReason
 
 __all__ = [
     "affine_xy",

@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 from rasterio.enums import Resampling as GdalResampling
 
-from pipeline.caption import Captioner, caption_to_bytes, sample_stats
-from pipeline.coregister import (
+from terraloom.pipeline.caption import Captioner, caption_to_bytes, sample_stats
+from terraloom.pipeline.coregister import (
     PointSampler,
     SeparableSampler,
     TargetGrid,
@@ -55,7 +55,7 @@ from pipeline.coregister import (
     to_linear_power,
     warp_to_grid,
 )
-from pipeline.derive import (
+from terraloom.pipeline.derive import (
     cloud_fraction,
     cloud_mask_from_scl,
     geo_vector,
@@ -64,7 +64,7 @@ from pipeline.derive import (
     s2_reflectance_params,
     s2rgb,
 )
-from pipeline.quality import (
+from terraloom.pipeline.quality import (
     Issue,
     check_cloud,
     check_image,
@@ -72,7 +72,7 @@ from pipeline.quality import (
     fill_small_gaps,
     nodata_fraction,
 )
-from pipeline.readers import (
+from terraloom.pipeline.readers import (
     Asset,
     AssetError,
     AssetInfo,
@@ -83,9 +83,9 @@ from pipeline.readers import (
     gdal_env,
     open_asset,
 )
-from schemas.layouts import CORPUS_MODALITIES
-from schemas.modalities import SAMPLE_PX, Layout, Modality, Resampling, get_modality
-from schemas.tables import TIMED_MODALITIES, RejectReason
+from terraloom.schemas.layouts import CORPUS_MODALITIES
+from terraloom.schemas.modalities import SAMPLE_PX, Layout, Modality, Resampling, get_modality
+from terraloom.schemas.tables import TIMED_MODALITIES, RejectReason
 
 __all__ = ["DEFAULT_REQUIRED", "BuildConfig", "SampleResult", "build_block", "build_sample"]
 
@@ -132,7 +132,7 @@ class BuildConfig:
     #: Extra GDAL configuration options as (key, value) pairs.
     gdal_options: tuple[tuple[str, str], ...] = ()
     #: ``module:attribute`` of a zero-argument Captioner factory (a VLM captioner plugs in here).
-    captioner: str = "pipeline.caption:StatisticsCaptioner"
+    captioner: str = "terraloom.pipeline.caption:StatisticsCaptioner"
     #: Which asset hrefs may be opened (on by default; ``run_build`` scopes it with the
     #: plan's catalog root and schemes). A refused href is an ``href_not_allowed`` reject.
     href_policy: HrefPolicy = HrefPolicy()

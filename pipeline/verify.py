@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.build import (
+from terraloom.pipeline.build import (
     BuildInputError,
     all_blocks,
     finalized_problem,
@@ -26,7 +26,7 @@ from pipeline.build import (
     read_manifest,
     read_plan_block,
 )
-from pipeline.corpus_writer import (
+from terraloom.pipeline.corpus_writer import (
     MarkerError,
     block_rows,
     check_committed_block,
@@ -35,8 +35,8 @@ from pipeline.corpus_writer import (
     read_marker,
     split_store_path,
 )
-from schemas.layouts import validate_corpus
-from schemas.tables import read_table
+from terraloom.schemas.layouts import validate_corpus
+from terraloom.schemas.tables import read_table
 
 
 @dataclass

@@ -3,7 +3,7 @@
 No I/O beyond creating and validating stores; importing this package is cheap.
 """
 
-from schemas.layouts import (
+from terraloom.schemas.layouts import (
     CORPUS_FORMAT_VERSION,
     CORPUS_MODALITIES,
     DEFAULT_SHARD_SAMPLES,
@@ -18,7 +18,7 @@ from schemas.layouts import (
     validate_corpus,
     validate_tokens,
 )
-from schemas.modalities import (
+from terraloom.schemas.modalities import (
     CROP_PX,
     MODALITY_NAMES,
     PATCH_PX,
@@ -35,7 +35,7 @@ from schemas.modalities import (
     get_modality,
     modalities,
 )
-from schemas.tables import (
+from terraloom.schemas.tables import (
     INDEX_SCHEMA,
     PLAN_SCHEMA,
     REJECTS_SCHEMA,

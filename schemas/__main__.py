@@ -1,5 +1,5 @@
 import sys
 
-from schemas.cli import main
+from terraloom.schemas.cli import main
 
 sys.exit(main())

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from schemas.jsonschema import JSON_DIR, export, out_of_sync
-from schemas.layouts import validate_corpus, validate_tokens
-from schemas.modalities import REGISTRY
+from terraloom.schemas.jsonschema import JSON_DIR, export, out_of_sync
+from terraloom.schemas.layouts import validate_corpus, validate_tokens
+from terraloom.schemas.modalities import REGISTRY
 
 
 def modality_table() -> str:

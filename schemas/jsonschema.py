@@ -13,15 +13,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from schemas.layouts import (
+from terraloom.schemas.layouts import (
     CORPUS_FORMAT_VERSION,
     TOKENS_FORMAT_VERSION,
     StoreLayout,
     corpus_layout,
     token_layout,
 )
-from schemas.modalities import REGISTRY
-from schemas.tables import TABLES, RejectReason
+from terraloom.schemas.modalities import REGISTRY
+from terraloom.schemas.tables import TABLES, RejectReason
 
 JSON_DIR = Path(__file__).parent / "json"
 DRAFT = "https://json-schema.org/draft/2020-12/schema"

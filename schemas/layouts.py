@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas.modalities import (
+from terraloom.schemas.modalities import (
     CROP_PX,
     PATCH_PX,
     SAMPLE_PX,

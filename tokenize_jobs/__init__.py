@@ -1,7 +1,7 @@
 """terraloom tokenize_jobs: tokenizer models, tokenizer training and the pre-tokenization
 job that turns a corpus into a token store.
 
-The public names are imported lazily so that ``python -m tokenize_jobs --help`` and
+The public names are imported lazily so that ``python -m terraloom.tokenize_jobs --help`` and
 light users (the token store reader) do not pay for importing torch.
 """
 
@@ -11,15 +11,15 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "load_tokenizer": "tokenize_jobs.tokenizers.io",
-    "tokenizer_dir": "tokenize_jobs.tokenizers.io",
-    "FSQImageTokenizer": "tokenize_jobs.tokenizers.image",
-    "GeoTokenizer": "tokenize_jobs.tokenizers.geo",
-    "CaptionTokenizer": "tokenize_jobs.tokenizers.caption",
-    "TrainConfig": "tokenize_jobs.train",
-    "train_tokenizer": "tokenize_jobs.train",
-    "make_toy_corpus": "tokenize_jobs.testing",
-    "CropSampler": "tokenize_jobs.corpus_reader",
+    "load_tokenizer": "terraloom.tokenize_jobs.tokenizers.io",
+    "tokenizer_dir": "terraloom.tokenize_jobs.tokenizers.io",
+    "FSQImageTokenizer": "terraloom.tokenize_jobs.tokenizers.image",
+    "GeoTokenizer": "terraloom.tokenize_jobs.tokenizers.geo",
+    "CaptionTokenizer": "terraloom.tokenize_jobs.tokenizers.caption",
+    "TrainConfig": "terraloom.tokenize_jobs.train",
+    "train_tokenizer": "terraloom.tokenize_jobs.train",
+    "make_toy_corpus": "terraloom.tokenize_jobs.testing",
+    "CropSampler": "terraloom.tokenize_jobs.corpus_reader",
 }
 
 __all__ = sorted(_EXPORTS)

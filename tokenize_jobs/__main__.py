@@ -1,9 +1,9 @@
-"""``python -m tokenize_jobs``: the ``terraloom-tokenize`` command line."""
+"""``python -m terraloom.tokenize_jobs``: the ``terraloom-tokenize`` command line."""
 
 from __future__ import annotations
 
 import sys
 
-from tokenize_jobs.cli import main
+from terraloom.tokenize_jobs.cli import main
 
 sys.exit(main())

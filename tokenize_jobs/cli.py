@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from schemas.modalities import CROP_PX
+from terraloom.schemas.modalities import CROP_PX
 
 SubParsers = Any  # argparse._SubParsersAction
 
@@ -28,7 +28,7 @@ def _csv(value: str) -> tuple[str, ...]:
 
 
 def add_train_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
-    from schemas.modalities import modalities
+    from terraloom.schemas.modalities import modalities
 
     names = ", ".join(m.name for m in modalities(tokens=True))
     p = subparsers.add_parser(
@@ -105,7 +105,7 @@ def add_train_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
 def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from schemas.modalities import UnknownModalityError, get_modality, modalities
+    from terraloom.schemas.modalities import UnknownModalityError, get_modality, modalities
 
     def fail(message: str) -> int:
         print(f"terraloom-tokenize train: error: {message}", file=sys.stderr)
@@ -122,7 +122,7 @@ def run_train(args: argparse.Namespace) -> int:
     corpus = Path(args.corpus)
     if not corpus.is_dir():
         return fail(f"corpus directory {corpus} does not exist")
-    from tokenize_jobs.train import TrainConfig, train_tokenizer
+    from terraloom.tokenize_jobs.train import TrainConfig, train_tokenizer
 
     try:
         config = TrainConfig(
@@ -222,7 +222,7 @@ def add_encode_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
 def run_encode(args: argparse.Namespace) -> int:
     import torch
 
-    from tokenize_jobs.encode import EncodeConfig, EncodeError, encode
+    from terraloom.tokenize_jobs.encode import EncodeConfig, EncodeError, encode
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -279,7 +279,7 @@ def add_verify_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from tokenize_jobs.verify import verify_tokens
+    from terraloom.tokenize_jobs.verify import verify_tokens
 
     try:
         report = verify_tokens(args.tokens, args.corpus)

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from schemas.modalities import CROP_PX, SAMPLE_PX, get_modality
-from tokenize_jobs.crops import apply_crops
+from terraloom.schemas.modalities import CROP_PX, SAMPLE_PX, get_modality
+from terraloom.tokenize_jobs.crops import apply_crops
 
 DEFAULT_CACHE_BYTES = 1 << 30
 

@@ -24,7 +24,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from schemas.modalities import CROP_PX, SAMPLE_PX
+from terraloom.schemas.modalities import CROP_PX, SAMPLE_PX
 
 CROP_FIELDS = ("top", "left", "h", "w", "flip")
 FLIP_X = 1

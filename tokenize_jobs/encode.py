@@ -41,12 +41,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from schemas.layouts import CAPTION_MAX_TOKENS, SPLITS, TOKEN_MODALITIES, create_token_store
-from schemas.modalities import CROP_PX, SAMPLE_PX, Layout, get_modality
-from storage.lease import Lease, LeaseHeld, LeaseLost
-from storage.lease import acquire as acquire_lease
-from tokenize_jobs.crops import apply_crops, draw_crops, row_key
-from tokenize_jobs.store import (
+from terraloom.schemas.layouts import (
+    CAPTION_MAX_TOKENS,
+    SPLITS,
+    TOKEN_MODALITIES,
+    create_token_store,
+)
+from terraloom.schemas.modalities import CROP_PX, SAMPLE_PX, Layout, get_modality
+from terraloom.storage.lease import Lease, LeaseHeld, LeaseLost
+from terraloom.storage.lease import acquire as acquire_lease
+from terraloom.tokenize_jobs.crops import apply_crops, draw_crops, row_key
+from terraloom.tokenize_jobs.store import (
     COMMITS_DIR,
     LEN_SUFFIX,
     commit_problem,
@@ -169,7 +174,7 @@ def load_tokenizers(
     directory: str | os.PathLike[str], modality_names: Sequence[str] = TOKEN_MODALITIES
 ) -> dict[str, Any]:
     """``tokenizers/<modality lowercase>/`` for each modality, via ``load_tokenizer`` (on the CPU)."""
-    from tokenize_jobs.tokenizers.io import load_tokenizer
+    from terraloom.tokenize_jobs.tokenizers.io import load_tokenizer
 
     root = Path(directory)
     if not root.is_dir():

@@ -28,8 +28,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from schemas.layouts import TOKENS_FORMAT
-from schemas.modalities import Layout, get_modality
+from terraloom.schemas.layouts import TOKENS_FORMAT
+from terraloom.schemas.modalities import Layout, get_modality
 
 COMMITS_DIR = "_commits"
 COMMIT_VERSION = 1

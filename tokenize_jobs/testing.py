@@ -17,8 +17,13 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from schemas.layouts import CORPUS_MODALITIES, create_corpus_store
-from schemas.modalities import CAPTION_MAX_BYTES, LULC_CLASS_NAMES, LULC_CLASSES, SAMPLE_PX
+from terraloom.schemas.layouts import CORPUS_MODALITIES, create_corpus_store
+from terraloom.schemas.modalities import (
+    CAPTION_MAX_BYTES,
+    LULC_CLASS_NAMES,
+    LULC_CLASSES,
+    SAMPLE_PX,
+)
 
 # Surface reflectance x 10^4 per LULC class (index order), bands B01..B12 without B10.
 _S2_SIGNATURES = np.array(

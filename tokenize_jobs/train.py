@@ -24,32 +24,32 @@ from typing import Any
 import numpy as np
 import torch
 
-from schemas.modalities import CAPTION_VOCAB, CROP_PX, TokenizerKind, get_modality
-from tokenize_jobs.corpus_reader import DEFAULT_CACHE_BYTES, CropSampler, read_texts
-from tokenize_jobs.tokenizers.caption import DEFAULT_SENTINELS, train_wordpiece
-from tokenize_jobs.tokenizers.compand import DEFAULT_KNOTS
-from tokenize_jobs.tokenizers.geo import GeoTokenizer
-from tokenize_jobs.tokenizers.image import (
+from terraloom.schemas.modalities import CAPTION_VOCAB, CROP_PX, TokenizerKind, get_modality
+from terraloom.tokenize_jobs.corpus_reader import DEFAULT_CACHE_BYTES, CropSampler, read_texts
+from terraloom.tokenize_jobs.tokenizers.caption import DEFAULT_SENTINELS, train_wordpiece
+from terraloom.tokenize_jobs.tokenizers.compand import DEFAULT_KNOTS
+from terraloom.tokenize_jobs.tokenizers.geo import GeoTokenizer
+from terraloom.tokenize_jobs.tokenizers.image import (
     FSQVAE,
     FSQImageTokenizer,
     FSQVAEConfig,
     reconstruction_loss,
     to_model_space,
 )
-from tokenize_jobs.tokenizers.io import (
+from terraloom.tokenize_jobs.tokenizers.io import (
     save_caption_tokenizer,
     save_geo_tokenizer,
     save_image_tokenizer,
 )
-from tokenize_jobs.tokenizers.linear_init import (
+from terraloom.tokenize_jobs.tokenizers.linear_init import (
     DEFAULT_COMPAND_ALPHA,
     DEFAULT_COMPAND_UNIFORM,
     band_balance_weights,
     default_spread,
     linear_init,
 )
-from tokenize_jobs.tokenizers.nets import ConvNetConfig
-from tokenize_jobs.tokenizers.report import evaluate_image_tokenizer, write_report
+from terraloom.tokenize_jobs.tokenizers.nets import ConvNetConfig
+from terraloom.tokenize_jobs.tokenizers.report import evaluate_image_tokenizer, write_report
 
 #: Default weight of the codebook-usage regulariser per modality (others: 0.1). S2L2A:
 #: 0.02. Its three spectral components fill few of the 15,360 cells jointly; without the
@@ -540,7 +540,7 @@ def _train_caption(config: TrainConfig, corpus: Path, out: Path) -> Path:
 def _train_geo(config: TrainConfig, corpus: Path, out: Path) -> Path:
     tok = GeoTokenizer()
     save_geo_tokenizer(tok, out)
-    from tokenize_jobs.corpus_reader import open_split, read_rows, valid_rows
+    from terraloom.tokenize_jobs.corpus_reader import open_split, read_rows, valid_rows
 
     try:
         group = open_split(corpus, config.eval_split)

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from schemas.layouts import CAPTION_MAX_TOKENS, validate_tokens
-from schemas.modalities import SAMPLE_PX, Layout, get_modality
-from tokenize_jobs.crops import centre_crop, draw_crops
-from tokenize_jobs.store import LEN_SUFFIX, array_checksum, commits_dir, split_name
+from terraloom.schemas.layouts import CAPTION_MAX_TOKENS, validate_tokens
+from terraloom.schemas.modalities import SAMPLE_PX, Layout, get_modality
+from terraloom.tokenize_jobs.crops import centre_crop, draw_crops
+from terraloom.tokenize_jobs.store import LEN_SUFFIX, array_checksum, commits_dir, split_name
 
 MAX_FINDINGS_PER_KIND = 20
 
@@ -62,7 +62,7 @@ def verify_store(store: Path, corpus: Path | None = None) -> VerifyReport:
     """Check one split store (``tokens/<split>.zarr``); see :func:`verify_tokens`."""
     import zarr
 
-    from tokenize_jobs.store import read_commits
+    from terraloom.tokenize_jobs.store import read_commits
 
     rep = VerifyReport()
     prefix = f"{store.name}: "
@@ -122,7 +122,7 @@ def verify_store(store: Path, corpus: Path | None = None) -> VerifyReport:
     elif not (csplit / "zarr.json").is_file():
         rep.findings.append(prefix + f"corpus split {csplit} does not exist")
     else:
-        from tokenize_jobs.encode import sample_keys
+        from terraloom.tokenize_jobs.encode import sample_keys
 
         cgroup = zarr.open_group(str(csplit), mode="r")
         ca: dict[str, Any] = dict(cgroup.attrs)

@@ -4,10 +4,19 @@
 checks one; ``ingest_terramesh`` reads a TerraMesh-layout dataset into a terraloom corpus.
 """
 
-from pipeline.publish.config import CorpusFacts, PublishConfig, PublishInputError, load_corpus
-from pipeline.publish.publish import PublishSummary, add_publish_parser, publish_corpus
-from pipeline.publish.verify import PublishedReport, verify_published
-from pipeline.publish.webdataset import IngestSummary, TerraMeshFormatError, ingest_terramesh
+from terraloom.pipeline.publish.config import (
+    CorpusFacts,
+    PublishConfig,
+    PublishInputError,
+    load_corpus,
+)
+from terraloom.pipeline.publish.publish import PublishSummary, add_publish_parser, publish_corpus
+from terraloom.pipeline.publish.verify import PublishedReport, verify_published
+from terraloom.pipeline.publish.webdataset import (
+    IngestSummary,
+    TerraMeshFormatError,
+    ingest_terramesh,
+)
 
 __all__ = [
     "CorpusFacts",

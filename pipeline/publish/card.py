@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from pipeline.publish.config import CorpusFacts, PublishConfig
-from pipeline.publish.provenance import source_collections
+from terraloom.pipeline.publish.config import CorpusFacts, PublishConfig
+from terraloom.pipeline.publish.provenance import source_collections
 
 CARD_FILE = "README.md"
 COVERAGE_FILE = "coverage.png"

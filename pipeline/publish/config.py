@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.layouts import CORPUS_FORMAT_VERSION
+from terraloom.schemas.layouts import CORPUS_FORMAT_VERSION
 
 FORMATS = ("zarr", "webdataset")
 #: Samples per WebDataset tar, TerraMesh's shard size.
@@ -106,8 +106,8 @@ def _file_digest(path: Path) -> str:
 
 def load_corpus(corpus: str | os.PathLike[str]) -> CorpusFacts:
     """Read a finished corpus (``build`` output); raise PublishInputError if it is not one."""
-    from pipeline.build import final_path, frozen_plan_path, manifest_path
-    from schemas.tables import read_table
+    from terraloom.pipeline.build import final_path, frozen_plan_path, manifest_path
+    from terraloom.schemas.tables import read_table
 
     path = Path(corpus)
     needed = [

@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.publish.config import CorpusFacts, PublishConfig
-from schemas.modalities import SAMPLE_PX, Layout, get_modality
+from terraloom.pipeline.publish.config import CorpusFacts, PublishConfig
+from terraloom.schemas.modalities import SAMPLE_PX, Layout, get_modality
 
 CROISSANT_FILE = "croissant.json"
 CONFORMS_TO = "http://mlcommons.org/croissant/1.1"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.modalities import get_modality
+from terraloom.schemas.modalities import get_modality
 
 
 @dataclass(frozen=True)

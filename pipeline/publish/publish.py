@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.publish.card import COVERAGE_FILE, write_card
-from pipeline.publish.checksums import SUMS_NAME, write_sums
-from pipeline.publish.config import (
+from terraloom.pipeline.publish.card import COVERAGE_FILE, write_card
+from terraloom.pipeline.publish.checksums import SUMS_NAME, write_sums
+from terraloom.pipeline.publish.config import (
     PUBLISH_FORMAT,
     PUBLISH_FORMAT_VERSION,
     CorpusFacts,
@@ -36,11 +36,11 @@ from pipeline.publish.config import (
     PublishInputError,
     load_corpus,
 )
-from pipeline.publish.coverage import render_coverage
-from pipeline.publish.croissant import write_croissant
-from pipeline.publish.stac import write_stac
-from pipeline.publish.stats import corpus_stats, stats_document
-from pipeline.publish.webdataset import METADATA_SCHEMA, _metadata_row, export_webdataset
+from terraloom.pipeline.publish.coverage import render_coverage
+from terraloom.pipeline.publish.croissant import write_croissant
+from terraloom.pipeline.publish.stac import write_stac
+from terraloom.pipeline.publish.stats import corpus_stats, stats_document
+from terraloom.pipeline.publish.webdataset import METADATA_SCHEMA, _metadata_row, export_webdataset
 
 MARKER = "_published.json"
 STATS_FILE = "stats.json"
@@ -152,7 +152,7 @@ def _write_version(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.quicklook import render_corpus
+    from terraloom.pipeline.quicklook import render_corpus
 
     for name in ("index.parquet", "rejects.parquet"):
         shutil.copy2(facts.path / name, root / name)

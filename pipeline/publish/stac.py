@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pipeline.publish.config import CorpusFacts, PublishConfig
-from pipeline.publish.provenance import source_collections
-from schemas.modalities import RESOLUTION_M, SAMPLE_PX, Layout, get_modality
+from terraloom.pipeline.publish.config import CorpusFacts, PublishConfig
+from terraloom.pipeline.publish.provenance import source_collections
+from terraloom.schemas.modalities import RESOLUTION_M, SAMPLE_PX, Layout, get_modality
 
 STAC_VERSION = "1.1.0"
 EO = "https://stac-extensions.github.io/eo/v2.0.0/schema.json"

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas.modalities import Layout, Modality, get_modality
+from terraloom.schemas.modalities import Layout, Modality, get_modality
 
 PERCENTILES = (1.0, 99.0)
 _BINS = 1 << 16

@@ -13,10 +13,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.publish.checksums import SUMS_NAME, verify_sums
-from pipeline.publish.croissant import validate_croissant
-from pipeline.publish.publish import MARKER
-from pipeline.publish.stac import COLLECTION_FILE, ITEMS_PARQUET, STAC_DIR, validate_stac
+from terraloom.pipeline.publish.checksums import SUMS_NAME, verify_sums
+from terraloom.pipeline.publish.croissant import validate_croissant
+from terraloom.pipeline.publish.publish import MARKER
+from terraloom.pipeline.publish.stac import COLLECTION_FILE, ITEMS_PARQUET, STAC_DIR, validate_stac
 
 
 @dataclass
@@ -41,8 +41,8 @@ def published_versions(dest: str | os.PathLike[str]) -> list[Path]:
 
 def _consistency(root: Path) -> list[str]:
     """The index, the STAC items (JSON and GeoParquet) and the marker list the same samples."""
-    from pipeline.publish.stac import read_geoparquet_items
-    from schemas.tables import read_table
+    from terraloom.pipeline.publish.stac import read_geoparquet_items
+    from terraloom.schemas.tables import read_table
 
     f: list[str] = []
     try:

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.modalities import SAMPLE_PX, Layout, get_modality
+from terraloom.schemas.modalities import SAMPLE_PX, Layout, get_modality
 
 SHARD_PREFIX = "terraloom"
 ZIP_EXT = "zarr.zip"
@@ -374,11 +374,11 @@ def ingest_terramesh(
     modality's tars keeps that array's fill value. Of a multi-temporal zip the first time
     step is taken. Band names must match the registry (case-insensitive).
     """
-    from pipeline.corpus_writer import canonical_modalities, checksum, write_json_atomic
-    from pipeline.grid import GRID, SampleGrid
-    from schemas.layouts import create_corpus_store
-    from schemas.modalities import MODALITY_NAMES
-    from schemas.tables import empty_table, from_rows, write_geoparquet
+    from terraloom.pipeline.corpus_writer import canonical_modalities, checksum, write_json_atomic
+    from terraloom.pipeline.grid import GRID, SampleGrid
+    from terraloom.schemas.layouts import create_corpus_store
+    from terraloom.schemas.modalities import MODALITY_NAMES
+    from terraloom.schemas.tables import empty_table, from_rows, write_geoparquet
 
     src, out = Path(src), Path(out)
     if not src.is_dir():

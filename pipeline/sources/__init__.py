@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.grid import Region
-from pipeline.sources.base import (
+from terraloom.pipeline.grid import Region
+from terraloom.pipeline.sources.base import (
     Source,
     SourceAsset,
     SourceError,
@@ -29,9 +29,9 @@ from pipeline.sources.base import (
     parse_datetime,
     parse_time_range,
 )
-from pipeline.sources.earthengine import EarthEngineSource, item_from_ee, pixel_grid
-from pipeline.sources.stac_api import EARTH_SEARCH, PLANETARY_COMPUTER, StacApiSource
-from pipeline.sources.static import StaticSource
+from terraloom.pipeline.sources.earthengine import EarthEngineSource, item_from_ee, pixel_grid
+from terraloom.pipeline.sources.stac_api import EARTH_SEARCH, PLANETARY_COMPUTER, StacApiSource
+from terraloom.pipeline.sources.static import StaticSource
 
 STAC_ALIASES = {"pc": PLANETARY_COMPUTER, "es": EARTH_SEARCH}
 

@@ -26,7 +26,7 @@ from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.prepared import prep
 
-from schemas.modalities import REGISTRY, Modality, get_modality
+from terraloom.schemas.modalities import REGISTRY, Modality, get_modality
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from shapely.geometry import Polygon, box, shape
 from shapely.geometry.base import BaseGeometry
 
-from pipeline.sources.base import (
+from terraloom.pipeline.sources.base import (
     SCL_BAND,
     Source,
     SourceAsset,

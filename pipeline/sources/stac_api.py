@@ -33,7 +33,7 @@ from shapely.geometry.base import BaseGeometry
 from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
-from pipeline.sources.base import (
+from terraloom.pipeline.sources.base import (
     ItemError,
     SkippedItem,
     Source,

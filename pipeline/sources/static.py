@@ -20,7 +20,7 @@ import pystac
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from pipeline.sources.base import (
+from terraloom.pipeline.sources.base import (
     ItemError,
     SkippedItem,
     Source,

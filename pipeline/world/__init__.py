@@ -9,11 +9,11 @@ ground-truth function for co-registration tests.
 
 from __future__ import annotations
 
-from pipeline.world.cli import add_world_parser
-from pipeline.world.generate import WorldInfo, cached_world, generate_world
-from pipeline.world.regions import GENERATOR_VERSION, PRESETS
-from pipeline.world.stac import offline_validator
-from pipeline.world.world import RegionInfo, World, load_world
+from terraloom.pipeline.world.cli import add_world_parser
+from terraloom.pipeline.world.generate import WorldInfo, cached_world, generate_world
+from terraloom.pipeline.world.regions import GENERATOR_VERSION, PRESETS
+from terraloom.pipeline.world.stac import offline_validator
+from terraloom.pipeline.world.world import RegionInfo, World, load_world
 
 __all__ = [
     "GENERATOR_VERSION",

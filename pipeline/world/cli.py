@@ -1,4 +1,4 @@
-"""``terraloom-pipeline world``: write the embedded synthetic world (also ``python -m pipeline.world``)."""
+"""``terraloom-pipeline world``: write the embedded synthetic world (also ``python -m terraloom.pipeline.world``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.world.regions import PRESETS
+from terraloom.pipeline.world.regions import PRESETS
 
 
 def _nonneg_int(text: str) -> int:
@@ -48,7 +48,7 @@ def add_world_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_world(args: argparse.Namespace) -> int:
-    from pipeline.world.generate import generate_world
+    from terraloom.pipeline.world.generate import generate_world
 
     try:
         info = generate_world(

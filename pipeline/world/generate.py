@@ -20,19 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.world import grids as gr
-from pipeline.world import products as pr
-from pipeline.world import sensors as sn
-from pipeline.world import stac
-from pipeline.world.regions import (
+from terraloom.pipeline.world import grids as gr
+from terraloom.pipeline.world import products as pr
+from terraloom.pipeline.world import sensors as sn
+from terraloom.pipeline.world import stac
+from terraloom.pipeline.world.regions import (
     DATA_MARGIN_M,
     GENERATOR_VERSION,
     Preset,
     region_specs,
     spec_to_dict,
 )
-from pipeline.world.regions import preset as get_preset
-from pipeline.world.tasks import (
+from terraloom.pipeline.world.regions import preset as get_preset
+from terraloom.pipeline.world.tasks import (
     BLOCK_ROWS,
     Task,
     TaskResult,

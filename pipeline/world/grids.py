@@ -21,9 +21,9 @@ import numpy as np
 import shapely
 from shapely.geometry import Polygon, box
 
-from pipeline.world.noise import Grid, Points
-from pipeline.world.regions import Frame, transformer, zone_lon_range
-from pipeline.world.sensors import LookGeometry
+from terraloom.pipeline.world.noise import Grid, Points
+from terraloom.pipeline.world.regions import Frame, transformer, zone_lon_range
+from terraloom.pipeline.world.sensors import LookGeometry
 
 S2_LATTICE_M = 10_000.0
 S2_TILE_M = 10_500.0

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.world.noise import (
+from terraloom.pipeline.world.noise import (
     Blocks,
     CosineField,
     Geometry,
@@ -29,7 +29,7 @@ from pipeline.world.noise import (
     smoothstep,
     smoothstep_grad,
 )
-from pipeline.world.regions import RegionSpec
+from terraloom.pipeline.world.regions import RegionSpec
 
 # Esri 9-class legend (io-lulc-9-class)
 WATER, TREES, FLOODED, CROPS, BUILT, BARE, SNOW, CLOUDS, RANGELAND = 1, 2, 4, 5, 7, 8, 9, 10, 11

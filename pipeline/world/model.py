@@ -7,10 +7,10 @@ from datetime import datetime
 
 import numpy as np
 
-from pipeline.world import sensors as sn
-from pipeline.world.landscape import CLOUDS, Landscape, Latent
-from pipeline.world.noise import CosineField, Geometry, rng_for, smoothstep, stable_hash
-from pipeline.world.regions import (
+from terraloom.pipeline.world import sensors as sn
+from terraloom.pipeline.world.landscape import CLOUDS, Landscape, Latent
+from terraloom.pipeline.world.noise import CosineField, Geometry, rng_for, smoothstep, stable_hash
+from terraloom.pipeline.world.regions import (
     Acquisition,
     Frame,
     Preset,
@@ -50,7 +50,7 @@ class RegionModel:
         self._cloud_cache: dict[str, sn.CloudState] = {}
         rc = rng_for(seed, spec.name, "lulc-clouds")
         self.lulc_cloud = CosineField.random(rc, 24, 300.0, 5000.0, hurst=1.0)
-        from pipeline.world.landscape import _q
+        from terraloom.pipeline.world.landscape import _q
 
         self.lulc_cloud_t = _q(LULC_CLOUD_FRAC)
 

@@ -13,14 +13,14 @@ import shapely
 from rasterio.control import GroundControlPoint
 from shapely.geometry import Polygon, box
 
-from pipeline.world import grids as gr
-from pipeline.world import sensors as sn
-from pipeline.world import stac
-from pipeline.world.cog import round_mantissa, write_cog
-from pipeline.world.model import DEM_NOISE_M, RegionModel
-from pipeline.world.noise import rng_for
-from pipeline.world.regions import Acquisition, transformer, zone_lon_range
-from pipeline.world.tasks import (
+from terraloom.pipeline.world import grids as gr
+from terraloom.pipeline.world import sensors as sn
+from terraloom.pipeline.world import stac
+from terraloom.pipeline.world.cog import round_mantissa, write_cog
+from terraloom.pipeline.world.model import DEM_NOISE_M, RegionModel
+from terraloom.pipeline.world.noise import rng_for
+from terraloom.pipeline.world.regions import Acquisition, transformer, zone_lon_range
+from terraloom.pipeline.world.tasks import (
     BLOCK_ROWS,
     RTC_NODATA,
     S2_10M,

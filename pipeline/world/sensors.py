@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.world.landscape import (
+from terraloom.pipeline.world.landscape import (
     BARE,
     BUILT,
     CROPS,
@@ -27,8 +27,8 @@ from pipeline.world.landscape import (
     Landscape,
     Latent,
 )
-from pipeline.world.noise import CosineField, Geometry, Grid, Points, rng_for, smoothstep
-from pipeline.world.regions import Acquisition, doy
+from terraloom.pipeline.world.noise import CosineField, Geometry, Grid, Points, rng_for, smoothstep
+from terraloom.pipeline.world.regions import Acquisition, doy
 
 # --- Sentinel-2 ----------------------------------------------------------------------------
 
@@ -339,7 +339,7 @@ def cloud_state(ls: Landscape, day_key: str, clear: bool) -> CloudState:
     u = r.uniform()
     # most passes are fairly clear, some very cloudy; one pass per region is kept clear
     cover = 0.03 * u if clear else 0.6 * u * u + 0.02
-    from pipeline.world.landscape import _q
+    from terraloom.pipeline.world.landscape import _q
 
     cirrus = float(r.uniform(0.01, 0.05)) if r.uniform() < 0.4 else 0.0
     return CloudState(

@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.world import grids as gr
-from pipeline.world import sensors as sn
-from pipeline.world.landscape import Latent
-from pipeline.world.model import RegionModel
-from pipeline.world.noise import Blocks, Grid, rng_for
-from pipeline.world.regions import preset as get_preset
-from pipeline.world.regions import region_specs
+from terraloom.pipeline.world import grids as gr
+from terraloom.pipeline.world import sensors as sn
+from terraloom.pipeline.world.landscape import Latent
+from terraloom.pipeline.world.model import RegionModel
+from terraloom.pipeline.world.noise import Blocks, Grid, rng_for
+from terraloom.pipeline.world.regions import preset as get_preset
+from terraloom.pipeline.world.regions import region_specs
 
 S2_10M = ("B02", "B03", "B04", "B08")
 S2_20M = ("B05", "B06", "B07", "B8A", "B11", "B12")

@@ -16,16 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.world.model import TRUTH_MODALITIES, RegionModel
-from pipeline.world.noise import Grid, Points
-from pipeline.world.regions import (
+from terraloom.pipeline.world.model import TRUTH_MODALITIES, RegionModel
+from terraloom.pipeline.world.noise import Grid, Points
+from terraloom.pipeline.world.regions import (
     GENERATOR_VERSION,
     Acquisition,
     Preset,
     RegionSpec,
     spec_from_dict,
 )
-from pipeline.world.regions import preset as get_preset
+from terraloom.pipeline.world.regions import preset as get_preset
 
 #: bands returned by ``truth`` per modality
 TRUTH_BANDS: dict[str, int] = {
@@ -118,7 +118,7 @@ class World:
     @classmethod
     def from_preset(cls, preset: str = "tiny", seed: int = 0) -> World:
         """The world ``generate_world(preset, seed)`` writes, without writing it."""
-        from pipeline.world.regions import region_specs
+        from terraloom.pipeline.world.regions import region_specs
 
         p = get_preset(preset)
         return cls(seed, p, region_specs(p))
@@ -168,7 +168,7 @@ class World:
         return out
 
     def _dem_bbox(self, m: RegionModel) -> tuple[float, float, float, float]:
-        from pipeline.world.grids import dem_tiles
+        from terraloom.pipeline.world.grids import dem_tiles
 
         boxes = [t.bbox for t in dem_tiles(m.frame)]
         return (
@@ -236,7 +236,7 @@ class World:
         rr, cc = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
         xs = c + cc * a + rr * b
         ys = f + cc * d + rr * e
-        from pipeline.world.regions import transformer
+        from terraloom.pipeline.world.regions import transformer
 
         lon, lat = transformer(epsg, 4326).transform(xs, ys)
         return self.truth(modality, lon, lat, time)
@@ -246,7 +246,7 @@ class World:
     ) -> RegionModel | None:
         if region is not None:
             return self.models[region]
-        from pipeline.world.regions import transformer
+        from terraloom.pipeline.world.regions import transformer
 
         cx = t[2] + t[0] * shape[1] / 2
         cy = t[5] + t[4] * shape[0] / 2

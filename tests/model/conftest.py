@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from model.config import DataConfig, MaskingConfig, ModelConfig, OptimConfig, TrainConfig
-from model.testing import ToyWorld, make_toy_world
+from terraloom.model.config import DataConfig, MaskingConfig, ModelConfig, OptimConfig, TrainConfig
+from terraloom.model.testing import ToyWorld, make_toy_world
 
 #: Reduced tiny config for fast CPU tests: few modalities (small tables/heads), shallow.
 SMALL_MODEL = ModelConfig(

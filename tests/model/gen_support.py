@@ -22,8 +22,8 @@ import pytest
 import torch
 import zarr
 
-from model.config import ModelConfig
-from model.transformer import TerraloomModel
+from terraloom.model.config import ModelConfig
+from terraloom.model.transformer import TerraloomModel
 
 MODALITIES = ("S2L2A", "S1GRD", "DEM", "LULC", "GEO")
 CROP = 64
@@ -72,13 +72,13 @@ def tiny_model(seed: int = 0, **kw: object) -> TerraloomModel:
 
 
 def _build(base: Path) -> None:
-    from schemas.modalities import get_modality
-    from tokenize_jobs.encode import EncodeConfig, encode
-    from tokenize_jobs.testing import make_toy_corpus
-    from tokenize_jobs.tokenizers.geo import GeoTokenizer
-    from tokenize_jobs.tokenizers.image import FSQVAE, FSQVAEConfig
-    from tokenize_jobs.tokenizers.io import save_geo_tokenizer, save_image_tokenizer
-    from tokenize_jobs.tokenizers.nets import ConvNetConfig
+    from terraloom.schemas.modalities import get_modality
+    from terraloom.tokenize_jobs.encode import EncodeConfig, encode
+    from terraloom.tokenize_jobs.testing import make_toy_corpus
+    from terraloom.tokenize_jobs.tokenizers.geo import GeoTokenizer
+    from terraloom.tokenize_jobs.tokenizers.image import FSQVAE, FSQVAEConfig
+    from terraloom.tokenize_jobs.tokenizers.io import save_geo_tokenizer, save_image_tokenizer
+    from terraloom.tokenize_jobs.tokenizers.nets import ConvNetConfig
 
     corpus = base / "corpus"
     make_toy_corpus(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import (
+from terraloom.model.checkpoint import (
     STATE_FILE,
     CheckpointError,
     latest_checkpoint,
@@ -21,10 +21,10 @@ from model.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from model.cli import main
-from model.config import TrainConfig, save_config
-from model.train import make_optimizer
-from model.transformer import TerraloomModel
+from terraloom.model.cli import main
+from terraloom.model.config import TrainConfig, save_config
+from terraloom.model.train import make_optimizer
+from terraloom.model.transformer import TerraloomModel
 
 
 class _Payload:

@@ -9,8 +9,8 @@ import shutil
 import pytest
 from gen_support import Stack, one_thread, shared_root, tiny_model_config, toy_stack  # noqa: F401
 
-from model.cli import main
-from model.config import DataConfig, MaskingConfig, TrainConfig, save_config
+from terraloom.model.cli import main
+from terraloom.model.config import DataConfig, MaskingConfig, TrainConfig, save_config
 
 
 def test_cli_train_writes_checkpoint_and_metrics(train_config, tmp_path, capsys) -> None:

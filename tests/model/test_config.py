@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from model.config import (
+from terraloom.model.config import (
     MODEL_PRESETS,
     AlphaMixture,
     Kind,

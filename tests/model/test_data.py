@@ -9,8 +9,8 @@ import pytest
 import torch
 import zarr
 
-from model.config import Kind, modality_specs
-from model.data import (
+from terraloom.model.config import Kind, modality_specs
+from terraloom.model.data import (
     CorpusPixels,
     EpochOrder,
     MaskedBatches,
@@ -19,8 +19,8 @@ from model.data import (
     _ShardRows,
     open_token_store,
 )
-from schemas.modalities import get_modality
-from tokenize_jobs.crops import apply_crop
+from terraloom.schemas.modalities import get_modality
+from terraloom.tokenize_jobs.crops import apply_crop
 
 TOKEN_ARRAYS = ("S2L2A", "S1GRD", "LULC", "NDVI", "GEO", "CAPTION")
 

@@ -11,8 +11,8 @@ import torch
 import zarr
 from gen_support import Stack, one_thread, shared_root, tiny_model, toy_stack  # noqa: F401
 
-from model.cli import main as cli_main
-from model.evaluate import (
+from terraloom.model.cli import main as cli_main
+from terraloom.model.evaluate import (
     DEFAULT_TASKS,
     EvalConfig,
     evaluate_generation,
@@ -21,8 +21,8 @@ from model.evaluate import (
     spherical_centroid,
     ssim,
 )
-from model.generate import SampleReader, SamplingConfig, load_tokenizers
-from schemas.modalities import LULC_CLASSES
+from terraloom.model.generate import SampleReader, SamplingConfig, load_tokenizers
+from terraloom.schemas.modalities import LULC_CLASSES
 
 
 @pytest.fixture(scope="module")

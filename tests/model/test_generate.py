@@ -10,9 +10,9 @@ import pytest
 import torch
 from gen_support import CROP, Stack, one_thread, shared_root, tiny_model, toy_stack  # noqa: F401
 
-from model.cli import main as cli_main
-from model.data import _gather_patches
-from model.generate import (
+from terraloom.model.cli import main as cli_main
+from terraloom.model.data import _gather_patches
+from terraloom.model.generate import (
     GREEDY,
     Conditioning,
     SampleReader,
@@ -28,7 +28,7 @@ from model.generate import (
     unmask_schedule,
     write_geotiff,
 )
-from tokenize_jobs.crops import apply_crop
+from terraloom.tokenize_jobs.crops import apply_crop
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +142,8 @@ def test_guidance_is_a_no_op_without_conditioning() -> None:
 
 def test_guidance_mixes_conditional_and_unconditional_logits(cond: Conditioning) -> None:
     """One greedy step with guidance s picks argmax(cond + s * (cond - uncond))."""
-    from model.generate import _empty_batch
-    from model.transformer import Queries
+    from terraloom.model.generate import _empty_batch
+    from terraloom.model.transformer import Queries
 
     model = tiny_model(init_std=0.5)  # a random model whose outputs depend on its inputs
     n, j = model.specs.n_image_positions, model.specs.target_index("LULC")
@@ -253,7 +253,7 @@ def test_generated_sequence_feeds_back_causally(cond: Conditioning) -> None:
     """Each step's query sees the tokens so far: greedy GEO equals a one-token-at-a-time replay."""
     model = tiny_model()
     ids, _ = generate_sequence(model, cond, "GEO", GREEDY)
-    from model.transformer import Queries
+    from terraloom.model.transformer import Queries
 
     enc = model.forward_encoder(encoder_batch(model, cond))
     spec = model.specs.targets[model.specs.target_index("GEO")]
@@ -387,7 +387,7 @@ def test_generate_cli_bad_input_exits_2(
 
 
 def test_generation_decodes_with_the_tokenizers(stack: Stack, cond: Conditioning) -> None:
-    from model.generate import decode_tokens
+    from terraloom.model.generate import decode_tokens
 
     model = tiny_model()
     toks = load_tokenizers(stack.tokenizers, ["S2L2A", "GEO"])

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import OptimConfig
-from model.train import train
+from terraloom.model.config import OptimConfig
+from terraloom.model.train import train
 
 pytestmark = pytest.mark.gpu
 

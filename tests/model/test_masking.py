@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import AlphaMixture, Kind, MaskingConfig, ModelConfig, modality_specs
-from model.masking import assemble, plan_masks, span_mask, split_budget, unmask_sequence
+from terraloom.model.config import AlphaMixture, Kind, MaskingConfig, ModelConfig, modality_specs
+from terraloom.model.masking import assemble, plan_masks, span_mask, split_budget, unmask_sequence
 
 CFG = ModelConfig(
     dim=64,

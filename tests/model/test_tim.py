@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from gen_support import Stack, one_thread, shared_root, tiny_model, toy_stack  # noqa: F401
 
-from model.config import Kind
-from model.generate import SamplingConfig, generate
-from model.tim import (
+from terraloom.model.config import Kind
+from terraloom.model.generate import SamplingConfig, generate
+from terraloom.model.tim import (
     IGNORE,
     FinetuneConfig,
     SegmentationData,

@@ -12,10 +12,10 @@ import torch
 import zarr
 from safetensors.torch import load_file
 
-from model.checkpoint import latest_checkpoint
-from model.config import AlphaMixture, DataConfig, MaskingConfig, OptimConfig
-from model.testing import ToyWorld, make_toy_world, run_data_parallel
-from model.train import DistInfo, lr_at, plan_validation, train
+from terraloom.model.checkpoint import latest_checkpoint
+from terraloom.model.config import AlphaMixture, DataConfig, MaskingConfig, OptimConfig
+from terraloom.model.testing import ToyWorld, make_toy_world, run_data_parallel
+from terraloom.model.train import DistInfo, lr_at, plan_validation, train
 
 
 def test_lr_schedule_warms_up_then_decays(train_config, tmp_path) -> None:

@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model.config import MODEL_PRESETS, Kind
-from model.data import MaskedBatches
-from model.transformer import DecoderBlock, EncoderBlock, Queries, TerraloomModel
+from terraloom.model.config import MODEL_PRESETS, Kind
+from terraloom.model.data import MaskedBatches
+from terraloom.model.transformer import DecoderBlock, EncoderBlock, Queries, TerraloomModel
 
 
 @pytest.fixture(scope="module")

@@ -26,10 +26,10 @@ def tiny_plan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     """
     import shutil
 
-    from pipeline.plan import PlanConfig, plan_samples, write_plan
-    from pipeline.sample import BuildConfig
-    from pipeline.sources import open_source
-    from pipeline.world.generate import cached_world
+    from terraloom.pipeline.plan import PlanConfig, plan_samples, write_plan
+    from terraloom.pipeline.sample import BuildConfig
+    from terraloom.pipeline.sources import open_source
+    from terraloom.pipeline.world.generate import cached_world
 
     world = tmp_path_factory.mktemp("tiny-world") / "world"
     for attempt in range(3):
@@ -56,10 +56,10 @@ def tiny_reference(
     """An uninterrupted in-process Beam build of the tiny plan and everything tests compare."""
     from collections import Counter
 
-    from pipeline.build import all_blocks, read_manifest, run_build
-    from pipeline.corpus_writer import block_rows
-    from pipeline.verify import array_digests
-    from schemas.tables import read_table
+    from terraloom.pipeline.build import all_blocks, read_manifest, run_build
+    from terraloom.pipeline.corpus_writer import block_rows
+    from terraloom.pipeline.verify import array_digests
+    from terraloom.schemas.tables import read_table
 
     plan, config = tiny_plan
     out = tmp_path_factory.mktemp("tiny-reference") / "corpus"

@@ -21,7 +21,7 @@ from pyproj import Transformer
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 
-from schemas.modalities import SAMPLE_PX
+from terraloom.schemas.modalities import SAMPLE_PX
 
 UTC = dt.UTC
 T0 = dt.datetime(2023, 7, 15, 10, 0, tzinfo=UTC)

@@ -9,9 +9,9 @@ import pytest
 from affine import Affine
 from sample_kit import Synth, grid_transform, plan_row
 
-from pipeline.alignment import measure_alignment, subpixel_shift, truth_on_grid
-from pipeline.sample import BuildConfig, build_block
-from schemas.modalities import get_modality
+from terraloom.pipeline.alignment import measure_alignment, subpixel_shift, truth_on_grid
+from terraloom.pipeline.sample import BuildConfig, build_block
+from terraloom.schemas.modalities import get_modality
 
 
 def _field(y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -198,7 +198,7 @@ def _reference(
     """The truth the warped band should match on the crop (see ``truth_from_source_grid``)."""
     from pyproj import Transformer
 
-    from pipeline.alignment import truth_from_source_grid
+    from terraloom.pipeline.alignment import truth_from_source_grid
 
     n = _CROP.stop - _CROP.start
     ct = _crop_transform(row["transform"])
@@ -237,8 +237,8 @@ def test_world_samples_are_within_a_quarter_pixel_of_the_world_truth(
     ``World.truth`` < 0.25 px over the samples where it is measurable (texture above
     noise: standard error < 0.1 px), incl. a sample straddling a UTM zone boundary, one
     in the southern hemisphere, one across S2 tile edges and S1 GRD through GCPs."""
-    from pipeline.world import cached_world, load_world
-    from schemas.tables import read_table
+    from terraloom.pipeline.world import cached_world, load_world
+    from terraloom.schemas.tables import read_table
 
     world = load_world(cached_world("tiny", 0))
     plan = read_table("plan", tiny_plan[0]).to_pylist()

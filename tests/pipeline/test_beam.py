@@ -10,10 +10,10 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.beam import BuildCorpus, beam_options, query_counters
-from pipeline.build import BuildJob, all_blocks, finalize, prepare
-from pipeline.corpus_writer import is_committed
-from pipeline.verify import array_digests
+from terraloom.pipeline.beam import BuildCorpus, beam_options, query_counters
+from terraloom.pipeline.build import BuildJob, all_blocks, finalize, prepare
+from terraloom.pipeline.corpus_writer import is_committed
+from terraloom.pipeline.verify import array_digests
 
 
 def test_beam_options_direct_defaults() -> None:

@@ -19,7 +19,7 @@ import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 import shapely
 
-from pipeline.build import (
+from terraloom.pipeline.build import (
     BuildInputError,
     all_blocks,
     frozen_plan_path,
@@ -28,11 +28,11 @@ from pipeline.build import (
     read_plan_block,
     run_build,
 )
-from pipeline.cli import main as cli_main
-from pipeline.corpus_writer import BlockKey, marker_path
-from pipeline.sample import BuildConfig
-from pipeline.verify import array_digests
-from schemas.tables import from_rows, read_table, write_geoparquet
+from terraloom.pipeline.cli import main as cli_main
+from terraloom.pipeline.corpus_writer import BlockKey, marker_path
+from terraloom.pipeline.sample import BuildConfig
+from terraloom.pipeline.verify import array_digests
+from terraloom.schemas.tables import from_rows, read_table, write_geoparquet
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ CFG = BuildConfig(modalities=("S2L2A", "DEM"), required=("S2L2A",))
 def test_prepare_freezes_plan_in_row_groups_of_whole_blocks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.build as build
+    import terraloom.pipeline.build as build
 
     monkeypatch.setattr(build, "PLAN_ROWS_PER_GROUP", 8)  # 2 blocks of 4 per row group
     plan = synthetic_plan(tmp_path / "plan.parquet", {"train": 10, "val": 3})
@@ -133,8 +133,8 @@ def test_prepare_recovers_from_a_killed_prepare_and_refuses_foreign_dirs(tmp_pat
     import json
     import shutil
 
-    from pipeline.build import manifest_path
-    from schemas.layouts import validate_corpus
+    from terraloom.pipeline.build import manifest_path
+    from terraloom.schemas.layouts import validate_corpus
 
     plan = synthetic_plan(tmp_path / "plan.parquet", {"train": 6})
     out = tmp_path / "corpus"
@@ -314,7 +314,7 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(
         cmd = [
             sys.executable,
             "-m",
-            "pipeline",
+            "terraloom.pipeline",
             "build",
             "--plan",
             str(plan),
@@ -367,8 +367,8 @@ def test_optional_modalities_that_fail_are_counted_in_the_summary_and_counters(
     import pyarrow.compute as pc
     import rasterio
 
-    from pipeline.hrefs import HrefPolicy
-    from pipeline.readers import gdal_path
+    from terraloom.pipeline.hrefs import HrefPolicy
+    from terraloom.pipeline.readers import gdal_path
 
     table = pa.parquet.read_table(tiny_plan[0])  # keeps the plan's own metadata
     split = table.column("split")[0].as_py()
@@ -420,8 +420,8 @@ def test_optional_modalities_that_fail_are_counted_in_the_summary_and_counters(
 _GATED_BUILD = """
 import os, sys, time
 sys.path.insert(0, {root!r})
-from pipeline.build import run_build
-from pipeline.sample import BuildConfig, build_block
+from terraloom.pipeline.build import run_build
+from terraloom.pipeline.sample import BuildConfig, build_block
 
 def gated(rows, config):
     open({started!r}, "w").close()
@@ -440,7 +440,16 @@ def _cli_build(plan: Path, out: Path, *extra: str) -> subprocess.CompletedProces
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    cmd = [sys.executable, "-m", "pipeline", "build", "--plan", str(plan), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "terraloom.pipeline",
+        "build",
+        "--plan",
+        str(plan),
+        "--out",
+        str(out),
+    ]
     cmd += ["--shard-samples", "4", "--modalities", "S2L2A,DEM", "--required", "S2L2A"]
     cmd += ["--no-progress", *extra]
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -545,7 +554,7 @@ def test_disk_full_is_one_line_and_the_rerun_resumes(
     """Issue 15.10: ENOSPC while writing block 2 of 3 -> exit 1 with one line saying the
     output is resumable; the re-run writes only what was not committed and equals a build
     that never failed."""
-    import pipeline.build as build
+    import terraloom.pipeline.build as build
 
     plan = synthetic_plan(tmp_path / "plan.parquet", {"train": 10})
     args = ["build", "--plan", str(plan), "--shard-samples", "4", "--no-progress"]
@@ -606,7 +615,7 @@ def _resume(tiny_plan: tuple[Path, Any], ref: dict[str, Any], out: Path, *extra:
 
 
 def _assert_like_reference(out: Path, ref: dict[str, Any]) -> None:
-    from pipeline.verify import verify_corpus
+    from terraloom.pipeline.verify import verify_corpus
 
     assert array_digests(out) == ref["digests"]
     assert read_table("index", out / "index.parquet").to_pylist() == ref["index"]

@@ -5,7 +5,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from pipeline.caption import (
+from terraloom.pipeline.caption import (
     Captioner,
     SampleStats,
     StatisticsCaptioner,
@@ -14,7 +14,7 @@ from pipeline.caption import (
     season,
     truncate_utf8,
 )
-from schemas.modalities import CAPTION_MAX_BYTES
+from terraloom.schemas.modalities import CAPTION_MAX_BYTES
 
 
 def _lulc(fractions: dict[int, float], n: int = 100) -> np.ndarray:

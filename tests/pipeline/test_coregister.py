@@ -10,7 +10,7 @@ from rasterio.enums import Resampling as R
 from rasterio.windows import Window
 from sample_kit import grid_transform, smooth_field
 
-from pipeline.coregister import (
+from terraloom.pipeline.coregister import (
     PointSampler,
     SeparableSampler,
     TargetGrid,
@@ -24,7 +24,7 @@ from pipeline.coregister import (
     to_linear_power,
     warp_to_grid,
 )
-from pipeline.readers import AssetInfo, RasterWindow
+from terraloom.pipeline.readers import AssetInfo, RasterWindow
 
 GRID = TargetGrid(32633, Affine(10, 0, 500_000, 0, -10, 5_000_000))
 UTM33 = CRS.from_epsg(32633)

@@ -17,7 +17,7 @@ import pytest
 import shapely
 import zarr
 
-from pipeline.corpus_writer import (
+from terraloom.pipeline.corpus_writer import (
     BlockKey,
     MarkerError,
     assemble_block,
@@ -36,8 +36,8 @@ from pipeline.corpus_writer import (
     store_layout,
     write_block,
 )
-from schemas.layouts import corpus_layout
-from schemas.tables import read_table
+from terraloom.schemas.layouts import corpus_layout
+from terraloom.schemas.tables import read_table
 
 MODS = ("S2L2A", "DEM", "GEO", "CAPTION")
 

@@ -11,10 +11,10 @@ from typing import Any
 import dask
 import xarray as xr
 
-from pipeline.build import run_build
-from pipeline.dask_job import NANNY_ENV_OVERRIDES
-from pipeline.verify import array_digests
-from schemas.tables import read_table
+from terraloom.pipeline.build import run_build
+from terraloom.pipeline.dask_job import NANNY_ENV_OVERRIDES
+from terraloom.pipeline.verify import array_digests
+from terraloom.schemas.tables import read_table
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:

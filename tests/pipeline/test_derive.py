@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.derive import (
+from terraloom.pipeline.derive import (
     CLOUD_MASK_CLEAR,
     CLOUD_MASK_CLOUD,
     CLOUD_MASK_NODATA,

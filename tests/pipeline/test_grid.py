@@ -9,7 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pyproj import Transformer
 
-from pipeline.grid import (
+from terraloom.pipeline.grid import (
     GRID,
     CellId,
     GridError,

@@ -19,9 +19,9 @@ import pytest
 from pyproj import Transformer
 from sample_kit import Synth, grid_transform, plan_row, write_raster
 
-from pipeline.build import BuildInputError, scope_config
-from pipeline.cli import main as cli_main
-from pipeline.hrefs import (
+from terraloom.pipeline.build import BuildInputError, scope_config
+from terraloom.pipeline.cli import main as cli_main
+from terraloom.pipeline.hrefs import (
     DEFAULT_SCHEMES,
     REMOTE_SCHEMES,
     HrefPolicy,
@@ -30,8 +30,8 @@ from pipeline.hrefs import (
     plan_scope,
     scope_metadata,
 )
-from pipeline.sample import BuildConfig, build_block
-from schemas.tables import RejectReason, from_rows, read_table, write_geoparquet
+from terraloom.pipeline.sample import BuildConfig, build_block
+from terraloom.schemas.tables import RejectReason, from_rows, read_table, write_geoparquet
 
 LON0, LAT0 = 15.3, 45.5
 EPSG = 32633
@@ -361,8 +361,8 @@ def test_cli_build_uses_the_plan_scope_and_the_widening_flags(
 
 
 def test_cli_flags_build_the_policy(tmp_path: Path) -> None:
-    from pipeline.build import _config_from_args
-    from pipeline.cli import build_parser
+    from terraloom.pipeline.build import _config_from_args
+    from terraloom.pipeline.cli import build_parser
 
     args = build_parser().parse_args(
         ["build", "--plan", "p", "--out", "o"]

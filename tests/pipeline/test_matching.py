@@ -12,16 +12,16 @@ from pyproj import Transformer
 from rasterio.transform import from_origin
 from shapely.geometry import Polygon, box
 
-from pipeline.grid import GRID, SampleGrid, samples_for_cell
-from pipeline.matching import (
+from terraloom.pipeline.grid import GRID, SampleGrid, samples_for_cell
+from terraloom.pipeline.matching import (
     MatchConfig,
     MatchRequest,
     covering_set,
     match_sample,
     scl_footprint_stats,
 )
-from pipeline.sources.base import SourceAsset, SourceItem
-from schemas.modalities import SCL_CLOUD_SHADOW, get_modality
+from terraloom.pipeline.sources.base import SourceAsset, SourceItem
+from terraloom.schemas.modalities import SCL_CLOUD_SHADOW, get_modality
 
 T0 = datetime(2023, 7, 1, 10, 0, tzinfo=UTC)
 PERIOD = (datetime(2023, 6, 1, tzinfo=UTC), datetime(2023, 8, 31, tzinfo=UTC))

@@ -17,14 +17,20 @@ import shapely
 from pyproj import Transformer
 from shapely.geometry import box
 
-from pipeline.cli import main
-from pipeline.grid import GRID, CellId, Region, SampleGrid, footprint_in_cell
-from pipeline.matching import MatchConfig, MatchRequest, match_sample
-from pipeline.plan import PlanConfig, assign_splits, plan_samples, summarize_plan, write_plan
-from pipeline.sources.base import Source, SourceItem, TimeRange, filter_items
-from pipeline.sources.static import StaticSource
-from schemas.modalities import SCL_CLOUD_SHADOW
-from schemas.tables import PLAN_SCHEMA, read_table
+from terraloom.pipeline.cli import main
+from terraloom.pipeline.grid import GRID, CellId, Region, SampleGrid, footprint_in_cell
+from terraloom.pipeline.matching import MatchConfig, MatchRequest, match_sample
+from terraloom.pipeline.plan import (
+    PlanConfig,
+    assign_splits,
+    plan_samples,
+    summarize_plan,
+    write_plan,
+)
+from terraloom.pipeline.sources.base import Source, SourceItem, TimeRange, filter_items
+from terraloom.pipeline.sources.static import StaticSource
+from terraloom.schemas.modalities import SCL_CLOUD_SHADOW
+from terraloom.schemas.tables import PLAN_SCHEMA, read_table
 from tests.pipeline.sources.catalog_kit import MALFORMED, write_catalog
 
 REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())

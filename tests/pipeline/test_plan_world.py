@@ -14,16 +14,16 @@ import rasterio
 import shapely
 from pyproj import Transformer
 
-from pipeline.cli import main
-from pipeline.grid import GRID, SampleGrid, footprint_in_cell
-from pipeline.matching import local_path
-from pipeline.plan import PlanConfig, plan_samples, write_plan
-from pipeline.sources import open_source
-from pipeline.sources.base import SourceItem
-from pipeline.sources.static import StaticSource
-from pipeline.world.generate import cached_world
-from schemas.modalities import SCL_CLOUD_SHADOW
-from schemas.tables import from_rows, read_table
+from terraloom.pipeline.cli import main
+from terraloom.pipeline.grid import GRID, SampleGrid, footprint_in_cell
+from terraloom.pipeline.matching import local_path
+from terraloom.pipeline.plan import PlanConfig, plan_samples, write_plan
+from terraloom.pipeline.sources import open_source
+from terraloom.pipeline.sources.base import SourceItem
+from terraloom.pipeline.sources.static import StaticSource
+from terraloom.pipeline.world.generate import cached_world
+from terraloom.schemas.modalities import SCL_CLOUD_SHADOW
+from terraloom.schemas.tables import from_rows, read_table
 
 CONFIG = PlanConfig(samples_per_cell=9)
 MAX_CLOUD = CONFIG.match.max_cloud

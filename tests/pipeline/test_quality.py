@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.quality import (
+from terraloom.pipeline.quality import (
     check_cloud,
     check_image,
     check_s1_s2_delta,
@@ -10,7 +10,7 @@ from pipeline.quality import (
     is_constant,
     nodata_fraction,
 )
-from schemas.tables import RejectReason
+from terraloom.schemas.tables import RejectReason
 
 
 def _img(seed: int = 0) -> np.ndarray:

@@ -9,8 +9,14 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from pipeline.cli import main as cli_main
-from pipeline.quicklook import LULC_COLORS, decode_caption, panel_rgb, render_corpus, stretch
+from terraloom.pipeline.cli import main as cli_main
+from terraloom.pipeline.quicklook import (
+    LULC_COLORS,
+    decode_caption,
+    panel_rgb,
+    render_corpus,
+    stretch,
+)
 
 
 def test_stretch_maps_percentiles_to_unit_range_and_ignores_nodata() -> None:

@@ -15,7 +15,7 @@ from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
 from sample_kit import write_raster
 
-from pipeline.readers import (
+from terraloom.pipeline.readers import (
     AssetError,
     ReaderOptions,
     check_georeferencing,
@@ -25,7 +25,7 @@ from pipeline.readers import (
     open_info,
     read_window,
 )
-from schemas.tables import RejectReason
+from terraloom.schemas.tables import RejectReason
 
 T = Affine(10, 0, 500_000, 0, -10, 5_000_000)
 
@@ -111,7 +111,7 @@ def test_missing_file_is_unreachable(tmp_path: Path) -> None:
 
 
 def test_an_href_the_policy_refuses_is_never_opened(tmp_path: Path) -> None:
-    from pipeline.hrefs import HrefPolicy
+    from terraloom.pipeline.hrefs import HrefPolicy
 
     data = np.ones((8, 8), np.float32)
     outside = write_raster(tmp_path / "outside" / "a.tif", data, crs=32633, transform=T)

@@ -22,11 +22,11 @@ from rasterio.merge import merge
 from rasterio.warp import reproject
 from sample_kit import asset, grid_transform, plan_row, scene
 
-from pipeline.alignment import subpixel_shift
-from pipeline.readers import open_info
-from pipeline.sample import BuildConfig, build_block
-from schemas.modalities import get_modality
-from schemas.tables import RejectReason
+from terraloom.pipeline.alignment import subpixel_shift
+from terraloom.pipeline.readers import open_info
+from terraloom.pipeline.sample import BuildConfig, build_block
+from terraloom.schemas.modalities import get_modality
+from terraloom.schemas.tables import RejectReason
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO.parent / "shared" / "real"
@@ -53,7 +53,7 @@ S2_ONLY = dict(
 def croatia() -> dict[str, dict[str, Any]]:
     if not CROATIA.is_dir():
         pytest.skip(f"{CROATIA} not found")
-    from pipeline.sources.static import StaticSource
+    from terraloom.pipeline.sources.static import StaticSource
 
     src = StaticSource(str(CROATIA / "catalog.json"))
     return {it.id: it.to_scene("S2L2A") for it in src.items("sentinel-2-l2a")}

@@ -20,12 +20,12 @@ from sample_kit import (
     write_raster,
 )
 
-from pipeline.caption import SampleStats
-from pipeline.readers import HrefPolicy, gdal_path
-from pipeline.sample import BuildConfig, SampleResult, build_block, build_sample
-from schemas.layouts import corpus_layout
-from schemas.modalities import get_modality
-from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA, RejectReason
+from terraloom.pipeline.caption import SampleStats
+from terraloom.pipeline.readers import HrefPolicy, gdal_path
+from terraloom.pipeline.sample import BuildConfig, SampleResult, build_block, build_sample
+from terraloom.schemas.layouts import corpus_layout
+from terraloom.schemas.modalities import get_modality
+from terraloom.schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA, RejectReason
 
 LON0, LAT0 = 15.3, 45.5
 EPSG = 32633
@@ -421,7 +421,7 @@ def _rewrite(src_href: str, dst: Path, *, fill: float | None = None, crs: int | 
 def test_bad_inputs_built_from_the_world_are_rejected_and_the_run_completes(
     tiny_plan: tuple[Path, Any], tmp_path: Path
 ) -> None:
-    from schemas.tables import read_table
+    from terraloom.schemas.tables import read_table
 
     plan = read_table("plan", tiny_plan[0]).to_pylist()
     cfg = BuildConfig(
@@ -509,7 +509,7 @@ def test_an_optional_modality_that_fails_is_recorded_with_its_reason(
 ) -> None:
     """Issue 15 item 6: a truncated optional S1RTC COG no longer vanishes without a trace;
     the accepted sample lists it in ``missing_modalities`` and the block stats count it."""
-    from schemas.tables import INDEX_SCHEMA, read_table
+    from terraloom.schemas.tables import INDEX_SCHEMA, read_table
 
     cfg = BuildConfig(http_timeout_s=2, http_max_retry=0)  # S1RTC is optional by default
     assert "S1RTC" not in cfg.required_sources

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from pipeline.build import pending_blocks
-from pipeline.cli import main as cli_main
-from pipeline.corpus_writer import BlockKey, marker_path
-from pipeline.verify import verify_corpus
-from schemas.tables import from_rows, read_table, write_geoparquet
+from terraloom.pipeline.build import pending_blocks
+from terraloom.pipeline.cli import main as cli_main
+from terraloom.pipeline.corpus_writer import BlockKey, marker_path
+from terraloom.pipeline.verify import verify_corpus
+from terraloom.schemas.tables import from_rows, read_table, write_geoparquet
 
 
 @pytest.fixture()

@@ -1,13 +1,15 @@
 import jsonschema
 import shapely
 
-from schemas.cli import main
-from schemas.jsonschema import JSON_DIR, all_exports, out_of_sync, table_json_schema
-from schemas.tables import from_rows
+from terraloom.schemas.cli import main
+from terraloom.schemas.jsonschema import JSON_DIR, all_exports, out_of_sync, table_json_schema
+from terraloom.schemas.tables import from_rows
 
 
 def test_committed_exports_are_in_sync_with_the_code():
-    assert out_of_sync(JSON_DIR) == [], "run `python -m schemas export` and commit schemas/json"
+    assert out_of_sync(JSON_DIR) == [], (
+        "run `python -m terraloom.schemas export` and commit schemas/json"
+    )
 
 
 def test_export_then_drift_is_detected(tmp_path):

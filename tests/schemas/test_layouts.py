@@ -3,7 +3,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from schemas.layouts import (
+from terraloom.schemas.layouts import (
     corpus_layout,
     create_corpus_store,
     create_token_store,

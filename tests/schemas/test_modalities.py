@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from schemas.modalities import (
+from terraloom.schemas.modalities import (
     LULC_CLASSES,
     MODALITY_NAMES,
     REGISTRY,

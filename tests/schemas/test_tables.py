@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import shapely
 
-from schemas.tables import (
+from terraloom.schemas.tables import (
     RejectReason,
     empty_table,
     from_rows,

@@ -1,4 +1,4 @@
-"""storage.lease: exclusive create, refusal with a one-line message, stale takeover, races."""
+"""terraloom.storage.lease: exclusive create, refusal with a one-line message, stale takeover, races."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.lease import LeaseHeld, LeaseLost, acquire, is_stale, read_lease
+from terraloom.storage.lease import LeaseHeld, LeaseLost, acquire, is_stale, read_lease
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,7 +128,7 @@ def test_unreadable_lease_is_held_until_older_than_the_ttl(tmp_path: Path) -> No
 _RACER = """
 import os, sys, time
 sys.path.insert(0, {root!r})
-from storage.lease import LeaseHeld, acquire
+from terraloom.storage.lease import LeaseHeld, acquire
 go = {go!r}
 deadline = time.time() + 30
 while not os.path.exists(go) and time.time() < deadline:

@@ -1,4 +1,4 @@
-"""storage.redact: credentials never survive, ordinary settings do."""
+"""terraloom.storage.redact: credentials never survive, ordinary settings do."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from storage.redact import REDACTED, is_secret_key, redact, redact_url
+from terraloom.storage.redact import REDACTED, is_secret_key, redact, redact_url
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenize_jobs.testing import make_toy_corpus
+from terraloom.tokenize_jobs.testing import make_toy_corpus
 
 TOY_MODALITIES = ("S2L2A", "S1GRD", "DEM", "LULC", "NDVI", "GEO", "CAPTION")
 

@@ -18,18 +18,18 @@ import pyarrow.parquet as pq
 import torch
 import zarr
 
-from schemas.layouts import TOKEN_MODALITIES
-from schemas.modalities import get_modality
-from tokenize_jobs.testing import make_toy_corpus
-from tokenize_jobs.tokenizers.caption import train_wordpiece
-from tokenize_jobs.tokenizers.geo import GeoTokenizer
-from tokenize_jobs.tokenizers.image import FSQVAE, FSQVAEConfig
-from tokenize_jobs.tokenizers.io import (
+from terraloom.schemas.layouts import TOKEN_MODALITIES
+from terraloom.schemas.modalities import get_modality
+from terraloom.tokenize_jobs.testing import make_toy_corpus
+from terraloom.tokenize_jobs.tokenizers.caption import train_wordpiece
+from terraloom.tokenize_jobs.tokenizers.geo import GeoTokenizer
+from terraloom.tokenize_jobs.tokenizers.image import FSQVAE, FSQVAEConfig
+from terraloom.tokenize_jobs.tokenizers.io import (
     save_caption_tokenizer,
     save_geo_tokenizer,
     save_image_tokenizer,
 )
-from tokenize_jobs.tokenizers.nets import ConvNetConfig
+from terraloom.tokenize_jobs.tokenizers.nets import ConvNetConfig
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_NET = ConvNetConfig(width=8, channel_mult=(1, 1, 2, 2), blocks=(0, 0, 0, 0))
@@ -89,7 +89,7 @@ def make_tokenizers(
 def run_cli(
     *args: str, torchrun: int = 0, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m tokenize_jobs ...`` (optionally under torchrun) from the repo root."""
+    """Run ``python -m terraloom.tokenize_jobs ...`` (optionally under torchrun) from the repo root."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     if torchrun:
         cmd = [
@@ -99,11 +99,11 @@ def run_cli(
             "--standalone",
             f"--nproc_per_node={torchrun}",
             "-m",
-            "tokenize_jobs",
+            "terraloom.tokenize_jobs",
             *args,
         ]
     else:
-        cmd = [sys.executable, "-m", "tokenize_jobs", *args]
+        cmd = [sys.executable, "-m", "terraloom.tokenize_jobs", *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -130,7 +130,7 @@ ENCODE_ARGS = (
 def shared(tmp_path_factory) -> dict[str, Path]:  # type: ignore[no-untyped-def]
     """Corpus, tokenizers and one encoded store, built once per test session (read-only:
     tests that change them work on copies)."""
-    from tokenize_jobs.encode import EncodeConfig, encode
+    from terraloom.tokenize_jobs.encode import EncodeConfig, encode
 
     base = tmp_path_factory.getbasetemp() / "encode_shared"
     paths = {

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenize_jobs.corpus_reader import read_texts
-from tokenize_jobs.protocol import SequenceTokenizer
-from tokenize_jobs.tokenizers.caption import CaptionTokenizer, train_wordpiece
+from terraloom.tokenize_jobs.corpus_reader import read_texts
+from terraloom.tokenize_jobs.protocol import SequenceTokenizer
+from terraloom.tokenize_jobs.tokenizers.caption import CaptionTokenizer, train_wordpiece
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tokenize_jobs.tokenizers.compand import Compander, fit_knots, target_cdf
-from tokenize_jobs.tokenizers.fsq import FSQ
-from tokenize_jobs.tokenizers.image import FSQVAE, FSQVAEConfig, to_model_space
-from tokenize_jobs.tokenizers.linear_init import linear_init
-from tokenize_jobs.tokenizers.nets import ConvNetConfig
+from terraloom.tokenize_jobs.tokenizers.compand import Compander, fit_knots, target_cdf
+from terraloom.tokenize_jobs.tokenizers.fsq import FSQ
+from terraloom.tokenize_jobs.tokenizers.image import FSQVAE, FSQVAEConfig, to_model_space
+from terraloom.tokenize_jobs.tokenizers.linear_init import linear_init
+from terraloom.tokenize_jobs.tokenizers.nets import ConvNetConfig
 
 
 def peaked(n: int, seed: int = 0) -> torch.Tensor:

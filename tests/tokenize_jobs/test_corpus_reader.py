@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokenize_jobs.corpus_reader import (
+from terraloom.tokenize_jobs.corpus_reader import (
     CropSampler,
     open_split,
     random_crops,
@@ -13,7 +13,7 @@ from tokenize_jobs.corpus_reader import (
     read_texts,
     valid_rows,
 )
-from tokenize_jobs.crops import apply_crop
+from terraloom.tokenize_jobs.crops import apply_crop
 
 
 def test_batches_are_a_function_of_seed_step_and_rank(toy_corpus: Path) -> None:

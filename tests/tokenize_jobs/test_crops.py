@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tokenize_jobs.crops import (
+from terraloom.tokenize_jobs.crops import (
     FLIP_X,
     FLIP_Y,
     _gather_crops,

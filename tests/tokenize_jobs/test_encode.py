@@ -28,19 +28,19 @@ from encode_support import (
     store_arrays,
 )
 
-from schemas.layouts import TOKEN_MODALITIES, validate_tokens
-from schemas.modalities import get_modality
-from tokenize_jobs.cli import main
-from tokenize_jobs.crops import apply_crop, draw_crops
-from tokenize_jobs.encode import (
+from terraloom.schemas.layouts import TOKEN_MODALITIES, validate_tokens
+from terraloom.schemas.modalities import get_modality
+from terraloom.tokenize_jobs.cli import main
+from terraloom.tokenize_jobs.crops import apply_crop, draw_crops
+from terraloom.tokenize_jobs.encode import (
     EncodeConfig,
     EncodeError,
     TokenizerMismatchError,
     encode,
     load_tokenizers,
 )
-from tokenize_jobs.store import read_commits
-from tokenize_jobs.verify import verify_tokens
+from terraloom.tokenize_jobs.store import read_commits
+from terraloom.tokenize_jobs.verify import verify_tokens
 
 IMAGE = [m for m in TOKEN_MODALITIES if get_modality(m).is_image]
 
@@ -161,7 +161,7 @@ def test_kill_and_resume_equals_uninterrupted(env, tmp_path):
     ]
     envv = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenize_jobs", *args],
+        [sys.executable, "-m", "terraloom.tokenize_jobs", *args],
         cwd=REPO,
         env=envv,
         stdout=subprocess.DEVNULL,
@@ -335,7 +335,7 @@ def test_verify_committed_redoes_a_flipped_shard(env, tmp_path):
 def test_a_shard_changed_during_the_run_fails_the_split(env, tmp_path, monkeypatch):
     """The end of a split re-checks what it leaves committed: a shard that another writer
     damaged while this job ran is an error, not a finished store."""
-    import tokenize_jobs.encode as enc
+    import terraloom.tokenize_jobs.encode as enc
 
     out = tmp_path / "tokens"
     real = enc.write_shard

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from schemas.modalities import FSQ_IMAGE_LEVELS, FSQ_LULC_LEVELS
-from tokenize_jobs.tokenizers.fsq import FSQ
+from terraloom.schemas.modalities import FSQ_IMAGE_LEVELS, FSQ_LULC_LEVELS
+from terraloom.tokenize_jobs.tokenizers.fsq import FSQ
 
 
 @pytest.mark.parametrize("levels", [FSQ_IMAGE_LEVELS, FSQ_LULC_LEVELS])

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from schemas.modalities import GEO_VOCAB
-from tokenize_jobs.protocol import SequenceTokenizer
-from tokenize_jobs.tokenizers.geo import GeoTokenizer
+from terraloom.schemas.modalities import GEO_VOCAB
+from terraloom.tokenize_jobs.protocol import SequenceTokenizer
+from terraloom.tokenize_jobs.tokenizers.geo import GeoTokenizer
 
 
 def _lon_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from schemas.modalities import LULC_CLASSES, lulc_to_index
-from tokenize_jobs.protocol import ImageTokenizer
-from tokenize_jobs.tokenizers.fsq import FSQ
-from tokenize_jobs.tokenizers.image import (
+from terraloom.schemas.modalities import LULC_CLASSES, lulc_to_index
+from terraloom.tokenize_jobs.protocol import ImageTokenizer
+from terraloom.tokenize_jobs.tokenizers.fsq import FSQ
+from terraloom.tokenize_jobs.tokenizers.image import (
     FSQVAE,
     IGNORE_INDEX,
     FSQImageTokenizer,
@@ -21,7 +21,7 @@ from tokenize_jobs.tokenizers.image import (
     reconstruction_loss,
     to_model_space,
 )
-from tokenize_jobs.tokenizers.nets import ConvNetConfig
+from terraloom.tokenize_jobs.tokenizers.nets import ConvNetConfig
 
 TINY = ConvNetConfig(width=8, channel_mult=(1, 1, 2, 2), blocks=(0, 0, 1, 1))
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from tokenize_jobs.protocol import ImageTokenizer, SequenceTokenizer
-from tokenize_jobs.tokenizers.caption import train_wordpiece
-from tokenize_jobs.tokenizers.geo import GeoTokenizer
-from tokenize_jobs.tokenizers.image import FSQVAE, FSQImageTokenizer, FSQVAEConfig
-from tokenize_jobs.tokenizers.io import (
+from terraloom.tokenize_jobs.protocol import ImageTokenizer, SequenceTokenizer
+from terraloom.tokenize_jobs.tokenizers.caption import train_wordpiece
+from terraloom.tokenize_jobs.tokenizers.geo import GeoTokenizer
+from terraloom.tokenize_jobs.tokenizers.image import FSQVAE, FSQImageTokenizer, FSQVAEConfig
+from terraloom.tokenize_jobs.tokenizers.io import (
     load_tokenizer,
     save_caption_tokenizer,
     save_geo_tokenizer,
@@ -19,7 +19,7 @@ from tokenize_jobs.tokenizers.io import (
     sha256_file,
     tokenizer_dir,
 )
-from tokenize_jobs.tokenizers.nets import ConvNetConfig
+from terraloom.tokenize_jobs.tokenizers.nets import ConvNetConfig
 
 TINY = ConvNetConfig(width=8, channel_mult=(1, 1, 2, 2), blocks=(0, 0, 1, 1))
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokenize_jobs.tokenizers.fsq import FSQ
-from tokenize_jobs.tokenizers.image import FSQVAE, FSQVAEConfig, to_model_space
-from tokenize_jobs.tokenizers.linear_init import band_balance_weights, linear_init
-from tokenize_jobs.tokenizers.nets import ConvNetConfig
+from terraloom.tokenize_jobs.tokenizers.fsq import FSQ
+from terraloom.tokenize_jobs.tokenizers.image import FSQVAE, FSQVAEConfig, to_model_space
+from terraloom.tokenize_jobs.tokenizers.linear_init import band_balance_weights, linear_init
+from terraloom.tokenize_jobs.tokenizers.nets import ConvNetConfig
 
 NET = ConvNetConfig(width=8, channel_mult=(1, 1, 2, 2), blocks=(0, 0, 1, 1), linear_paths=True)
 

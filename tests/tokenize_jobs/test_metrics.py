@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokenize_jobs.tokenizers import metrics as M
+from terraloom.tokenize_jobs.tokenizers import metrics as M
 
 
 def _reference_ssim(p: torch.Tensor, t: torch.Tensor, r: float) -> float:

@@ -11,8 +11,14 @@ import torch
 import zarr
 from encode_support import CROP_SIZE, CROPS, INVALID_ROWS, N_SAMPLES, SHARD, shared, store_arrays
 
-from schemas.layouts import TOKEN_MODALITIES, create_token_store
-from tokenize_jobs.store import TokenStore, array_checksum, marker_path, read_commits, write_commit
+from terraloom.schemas.layouts import TOKEN_MODALITIES, create_token_store
+from terraloom.tokenize_jobs.store import (
+    TokenStore,
+    array_checksum,
+    marker_path,
+    read_commits,
+    write_commit,
+)
 
 
 @pytest.fixture(scope="module")

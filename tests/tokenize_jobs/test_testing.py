@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from schemas.layouts import validate_corpus
-from schemas.modalities import LULC_CLASSES, get_modality
-from tokenize_jobs.testing import make_toy_corpus
+from terraloom.schemas.layouts import validate_corpus
+from terraloom.schemas.modalities import LULC_CLASSES, get_modality
+from terraloom.tokenize_jobs.testing import make_toy_corpus
 
 
 def test_toy_corpus_matches_the_layout_and_dtypes(toy_corpus: Path) -> None:

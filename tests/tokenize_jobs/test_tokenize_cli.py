@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tokenize_jobs.cli import build_parser, main
-from tokenize_jobs.tokenizers.io import load_tokenizer
+from terraloom.tokenize_jobs.cli import build_parser, main
+from terraloom.tokenize_jobs.tokenizers.io import load_tokenizer
 
 
 def test_train_geo_and_an_image_tokenizer(

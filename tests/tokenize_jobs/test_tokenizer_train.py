@@ -14,15 +14,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tokenize_jobs.corpus_reader import CropSampler, open_split, read_rows, valid_rows
-from tokenize_jobs.tokenizers.image import (
+from terraloom.tokenize_jobs.corpus_reader import CropSampler, open_split, read_rows, valid_rows
+from terraloom.tokenize_jobs.tokenizers.image import (
     FSQVAE,
     FSQImageTokenizer,
     reconstruction_loss,
     to_model_space,
 )
-from tokenize_jobs.tokenizers.io import load_tokenizer
-from tokenize_jobs.train import TrainConfig, _prepare_start, lr_factor, train_tokenizer
+from terraloom.tokenize_jobs.tokenizers.io import load_tokenizer
+from terraloom.tokenize_jobs.train import TrainConfig, _prepare_start, lr_factor, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,9 +10,9 @@ import pytest
 import zarr
 from encode_support import SHARD, shared
 
-from tokenize_jobs.cli import main
-from tokenize_jobs.store import marker_path
-from tokenize_jobs.verify import verify_tokens
+from terraloom.tokenize_jobs.cli import main
+from terraloom.tokenize_jobs.store import marker_path
+from terraloom.tokenize_jobs.verify import verify_tokens
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ save/load format (``config.json`` + weights) and evaluation metrics."""
 
 from __future__ import annotations
 
-from tokenize_jobs.tokenizers.caption import CaptionTokenizer, train_wordpiece
-from tokenize_jobs.tokenizers.fsq import FSQ
-from tokenize_jobs.tokenizers.geo import GeoTokenizer
-from tokenize_jobs.tokenizers.image import FSQVAE, FSQImageTokenizer, FSQVAEConfig
-from tokenize_jobs.tokenizers.io import (
+from terraloom.tokenize_jobs.tokenizers.caption import CaptionTokenizer, train_wordpiece
+from terraloom.tokenize_jobs.tokenizers.fsq import FSQ
+from terraloom.tokenize_jobs.tokenizers.geo import GeoTokenizer
+from terraloom.tokenize_jobs.tokenizers.image import FSQVAE, FSQImageTokenizer, FSQVAEConfig
+from terraloom.tokenize_jobs.tokenizers.io import (
     load_tokenizer,
     read_config,
     save_caption_tokenizer,
@@ -16,7 +16,7 @@ from tokenize_jobs.tokenizers.io import (
     save_image_tokenizer,
     tokenizer_dir,
 )
-from tokenize_jobs.tokenizers.nets import ConvDecoder, ConvNetConfig, Decoder, Encoder
+from terraloom.tokenize_jobs.tokenizers.nets import ConvDecoder, ConvNetConfig, Decoder, Encoder
 
 __all__ = [
     "FSQ",

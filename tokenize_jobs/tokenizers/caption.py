@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tokenize_jobs.protocol import TOKENIZER_FORMAT_VERSION
+from terraloom.tokenize_jobs.protocol import TOKENIZER_FORMAT_VERSION
 
 PAD, UNK, SOS, EOS = "[PAD]", "[UNK]", "[SOS]", "[EOS]"
 DEFAULT_SENTINELS = 32

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from schemas.modalities import GEO_BIN_DEG
-from tokenize_jobs.protocol import TOKENIZER_FORMAT_VERSION
+from terraloom.schemas.modalities import GEO_BIN_DEG
+from terraloom.tokenize_jobs.protocol import TOKENIZER_FORMAT_VERSION
 
 
 class GeoTokenizer:

@@ -23,17 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from schemas.modalities import (
+from terraloom.schemas.modalities import (
     LULC_CLASSES,
     PATCH_PX,
     TokenizerKind,
     get_modality,
     lulc_to_index,
 )
-from tokenize_jobs.protocol import TOKENIZER_FORMAT_VERSION
-from tokenize_jobs.tokenizers.compand import Compander
-from tokenize_jobs.tokenizers.fsq import FSQ
-from tokenize_jobs.tokenizers.nets import ConvNetConfig, Encoder, build_decoder
+from terraloom.tokenize_jobs.protocol import TOKENIZER_FORMAT_VERSION
+from terraloom.tokenize_jobs.tokenizers.compand import Compander
+from terraloom.tokenize_jobs.tokenizers.fsq import FSQ
+from terraloom.tokenize_jobs.tokenizers.nets import ConvNetConfig, Encoder, build_decoder
 
 IGNORE_INDEX = 255
 """Class target of nodata / unknown legend values (ignored by the loss and metrics)."""

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from schemas.modalities import TokenizerKind, get_modality
-from tokenize_jobs.protocol import TOKENIZER_FORMAT_VERSION
-from tokenize_jobs.tokenizers.caption import CaptionTokenizer
-from tokenize_jobs.tokenizers.geo import GeoTokenizer
-from tokenize_jobs.tokenizers.image import FSQVAE, FSQImageTokenizer, FSQVAEConfig
+from terraloom.schemas.modalities import TokenizerKind, get_modality
+from terraloom.tokenize_jobs.protocol import TOKENIZER_FORMAT_VERSION
+from terraloom.tokenize_jobs.tokenizers.caption import CaptionTokenizer
+from terraloom.tokenize_jobs.tokenizers.geo import GeoTokenizer
+from terraloom.tokenize_jobs.tokenizers.image import FSQVAE, FSQImageTokenizer, FSQVAEConfig
 
 TOKENIZER_FORMAT = "terraloom-tokenizer"
 CONFIG_NAME = "config.json"

@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenize_jobs.tokenizers.compand import fit_knots
-from tokenize_jobs.tokenizers.image import FSQVAE
-from tokenize_jobs.tokenizers.nets import ConvDecoder
+from terraloom.tokenize_jobs.tokenizers.compand import fit_knots
+from terraloom.tokenize_jobs.tokenizers.image import FSQVAE
+from terraloom.tokenize_jobs.tokenizers.nets import ConvDecoder
 
 #: Latent value of each component's 99.9 % magnitude quantile after initialisation:
 #: lower quantises the bulk more finely (S2L2A: 31.1 dB at 1.0, 30.7 at 1.5), higher

@@ -17,11 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from schemas.modalities import CROP_PX, LULC_COLORS, get_modality
-from tokenize_jobs.corpus_reader import open_split, read_rows, valid_rows
-from tokenize_jobs.crops import apply_crops, draw_crops, row_key
-from tokenize_jobs.tokenizers import metrics as M
-from tokenize_jobs.tokenizers.image import IGNORE_INDEX, FSQImageTokenizer, class_index, valid_mask
+from terraloom.schemas.modalities import CROP_PX, LULC_COLORS, get_modality
+from terraloom.tokenize_jobs.corpus_reader import open_split, read_rows, valid_rows
+from terraloom.tokenize_jobs.crops import apply_crops, draw_crops, row_key
+from terraloom.tokenize_jobs.tokenizers import metrics as M
+from terraloom.tokenize_jobs.tokenizers.image import (
+    IGNORE_INDEX,
+    FSQImageTokenizer,
+    class_index,
+    valid_mask,
+)
 
 EVAL_SEED = 1234
 

@@ -12,7 +12,7 @@ import pytest
 def published(
     tiny_reference: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
-    from pipeline.publish import PublishConfig, publish_corpus
+    from terraloom.pipeline.publish import PublishConfig, publish_corpus
 
     dest = tmp_path_factory.mktemp("published")
     config = PublishConfig(name="tiny-corpus", version="1.0.0", quicklooks=4, gallery_samples=4)

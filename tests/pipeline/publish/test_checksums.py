@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.publish.checksums import SUMS_NAME, read_sums, verify_sums, write_sums
+from terraloom.pipeline.publish.checksums import SUMS_NAME, read_sums, verify_sums, write_sums
 
 
 def _tree(root: Path) -> None:

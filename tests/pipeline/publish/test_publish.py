@@ -11,13 +11,18 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.cli import main as cli_main
-from pipeline.publish import PublishConfig, PublishInputError, publish_corpus, verify_published
-from pipeline.publish.card import read_front_matter
-from pipeline.publish.croissant import validate_croissant
-from pipeline.publish.stac import read_geoparquet_items, validate_stac
-from pipeline.publish.stats import valid_mask
-from schemas.modalities import get_modality
+from terraloom.pipeline.cli import main as cli_main
+from terraloom.pipeline.publish import (
+    PublishConfig,
+    PublishInputError,
+    publish_corpus,
+    verify_published,
+)
+from terraloom.pipeline.publish.card import read_front_matter
+from terraloom.pipeline.publish.croissant import validate_croissant
+from terraloom.pipeline.publish.stac import read_geoparquet_items, validate_stac
+from terraloom.pipeline.publish.stats import valid_mask
+from terraloom.schemas.modalities import get_modality
 
 
 def test_stac_collection_and_items_validate_offline(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.publish.stats import band_stats, from_keys, sort_keys, valid_mask
-from schemas.modalities import get_modality
+from terraloom.pipeline.publish.stats import band_stats, from_keys, sort_keys, valid_mask
+from terraloom.schemas.modalities import get_modality
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "float16", "float32"])

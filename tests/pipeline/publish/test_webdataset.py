@@ -14,14 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from pipeline.publish.webdataset import (
+from terraloom.pipeline.publish.webdataset import (
     TerraMeshFormatError,
     ingest_terramesh,
     sample_zip,
 )
-from schemas.layouts import validate_corpus
-from schemas.modalities import SAMPLE_PX, Layout, get_modality
-from schemas.tables import read_table
+from terraloom.schemas.layouts import validate_corpus
+from terraloom.schemas.modalities import SAMPLE_PX, Layout, get_modality
+from terraloom.schemas.tables import read_table
 
 
 def _loader_decode(data: bytes) -> Any:

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.grid import Region
-from pipeline.plan import PlanConfig
+from terraloom.pipeline.grid import Region
+from terraloom.pipeline.plan import PlanConfig
 
 DEM = "cop-dem-glo-30"
 PERIOD = (datetime(2023, 8, 1, tzinfo=UTC), datetime(2023, 8, 31, 23, 59, 59, tzinfo=UTC))

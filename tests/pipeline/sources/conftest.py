@@ -15,7 +15,7 @@ import pytest
 import shapely
 from shapely.geometry import box, shape
 
-from pipeline.sources.base import matches_query, parse_datetime
+from terraloom.pipeline.sources.base import matches_query, parse_datetime
 
 
 def _repo_root() -> Path:

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.grid import Region
-from pipeline.plan import PlanConfig, plan_samples
-from pipeline.sources.base import SourceError
-from pipeline.sources.earthengine import EarthEngineSource, item_from_ee, pixel_grid
+from terraloom.pipeline.grid import Region
+from terraloom.pipeline.plan import PlanConfig, plan_samples
+from terraloom.pipeline.sources.base import SourceError
+from terraloom.pipeline.sources.earthengine import EarthEngineSource, item_from_ee, pixel_grid
 
 # 2023-08-15, tile 33TWL: timestamps in ms, footprints as LinearRing, crs_transform per band.
 _S2_BANDS = [

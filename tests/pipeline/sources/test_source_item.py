@@ -9,16 +9,16 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pytest
 
-from pipeline.sources.base import (
+from terraloom.pipeline.sources.base import (
     SourceError,
     item_from_stac,
     matches_query,
     parse_time_range,
     s3_to_https,
 )
-from pipeline.sources.static import StaticSource
-from schemas.modalities import get_modality
-from schemas.tables import SCENE
+from terraloom.pipeline.sources.static import StaticSource
+from terraloom.schemas.modalities import get_modality
+from terraloom.schemas.tables import SCENE
 
 
 def _items(real_dir, provider: str, collection: str) -> dict:

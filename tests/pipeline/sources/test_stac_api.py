@@ -9,15 +9,15 @@ from datetime import UTC, datetime
 import pystac
 import pytest
 
-from pipeline.cli import main
-from pipeline.grid import Region
-from pipeline.plan import PlanConfig, plan_samples
-from pipeline.sources import open_source
-from pipeline.sources.base import SourceError
-from pipeline.sources.stac_api import PLANETARY_COMPUTER, StacApiSource
-from pipeline.sources.static import StaticSource
-from pipeline.world.generate import cached_world
-from schemas.tables import read_table
+from terraloom.pipeline.cli import main
+from terraloom.pipeline.grid import Region
+from terraloom.pipeline.plan import PlanConfig, plan_samples
+from terraloom.pipeline.sources import open_source
+from terraloom.pipeline.sources.base import SourceError
+from terraloom.pipeline.sources.stac_api import PLANETARY_COMPUTER, StacApiSource
+from terraloom.pipeline.sources.static import StaticSource
+from terraloom.pipeline.world.generate import cached_world
+from terraloom.schemas.tables import read_table
 from tests.pipeline.sources.catalog_kit import DEM, dem_item
 
 PERIOD = (datetime(2023, 8, 1, tzinfo=UTC), datetime(2023, 8, 31, 23, 59, 59, tzinfo=UTC))

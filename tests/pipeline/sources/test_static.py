@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.plan import plan_report, plan_samples
-from pipeline.sources.base import SourceError
-from pipeline.sources.static import StaticSource
+from terraloom.pipeline.plan import plan_report, plan_samples
+from terraloom.pipeline.sources.base import SourceError
+from terraloom.pipeline.sources.static import StaticSource
 from tests.pipeline.sources.catalog_kit import (
     CONFIG,
     MALFORMED,
@@ -25,7 +25,7 @@ from tests.pipeline.sources.catalog_kit import (
 def test_a_catalog_skips_each_malformed_item_with_its_reason(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="pipeline.sources.base")
+    caplog.set_level(logging.WARNING, logger="terraloom.pipeline.sources.base")
     src = StaticSource(write_catalog(tmp_path / "cat"))
     assert [it.id for it in src.items()] == ["good"]
     skipped = {Path(s.location).name: s for s in src.skipped_items()}

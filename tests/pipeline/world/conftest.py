@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.world import World, cached_world, load_world
+from terraloom.pipeline.world import World, cached_world, load_world
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ import pystac
 import pytest
 import rasterio
 
-from pipeline.world import offline_validator
-from pipeline.world.regions import GENERATOR_VERSION
+from terraloom.pipeline.world import offline_validator
+from terraloom.pipeline.world.regions import GENERATOR_VERSION
 
 COLLECTIONS = (
     "sentinel-2-l2a",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.world import (
+from terraloom.pipeline.world import (
     GENERATOR_VERSION,
     World,
     add_world_parser,
@@ -17,9 +17,9 @@ from pipeline.world import (
     generate_world,
     load_world,
 )
-from pipeline.world.cli import main
-from pipeline.world.generate import code_hash, plan_tasks, run_task
-from pipeline.world.regions import preset
+from terraloom.pipeline.world.cli import main
+from terraloom.pipeline.world.generate import code_hash, plan_tasks, run_task
+from terraloom.pipeline.world.regions import preset
 
 
 def _files(root: Path) -> list[Path]:

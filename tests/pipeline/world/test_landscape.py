@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.world.landscape import BARE, LAND_CLASSES, SNOW, WATER
-from pipeline.world.model import RegionModel
-from pipeline.world.noise import Grid, Points
-from pipeline.world.regions import preset, region_specs
+from terraloom.pipeline.world.landscape import BARE, LAND_CLASSES, SNOW, WATER
+from terraloom.pipeline.world.model import RegionModel
+from terraloom.pipeline.world.noise import Grid, Points
+from terraloom.pipeline.world.regions import preset, region_specs
 
 DEMO = preset("demo")
 

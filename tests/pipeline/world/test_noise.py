@@ -6,7 +6,14 @@ import math
 
 import numpy as np
 
-from pipeline.world.noise import CosineField, Grid, Points, hash_uniform, rng_for, stable_hash
+from terraloom.pipeline.world.noise import (
+    CosineField,
+    Grid,
+    Points,
+    hash_uniform,
+    rng_for,
+    stable_hash,
+)
 
 
 def _field() -> CosineField:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from world_testkit import items, pixel_lonlat, read, valid_pixels
 
-from pipeline.world import World
-from pipeline.world.landscape import CROPS, SNOW, TREES, WATER
+from terraloom.pipeline.world import World
+from terraloom.pipeline.world.landscape import CROPS, SNOW, TREES, WATER
 
 CLOUDY_SCL = (3, 8, 9, 10)
 
@@ -116,8 +116,8 @@ def test_cloud_cover_matches_scl_and_varies_per_acquisition(tiny_dir: Path) -> N
 
 def test_grd_brighter_on_slopes_facing_the_radar(tiny: World) -> None:
     """sigma0 (GRD, not terrain-flattened) / gamma0 (RTC) rises with the slope towards the sensor."""
-    from pipeline.world.regions import transformer
-    from pipeline.world.sensors import look_geometry
+    from terraloom.pipeline.world.regions import transformer
+    from terraloom.pipeline.world.sensors import look_geometry
 
     m = tiny.models["alps"]
     rng = np.random.default_rng(2)
@@ -128,7 +128,7 @@ def test_grd_brighter_on_slopes_facing_the_radar(tiny: World) -> None:
     )
     t = tiny.region("alps").s1_datetimes[0]
     ratio = tiny.truth("S1GRD", lon, lat, t)[0] / tiny.truth("S1RTC", lon, lat, t)[0]
-    from pipeline.world.noise import Points
+    from terraloom.pipeline.world.noise import Points
 
     ter = m.landscape.terrain(Points(x, y), grad=True)
     look = look_geometry(m.landscape, m.s1_acquisition(t).orbit_state)

@@ -12,9 +12,15 @@ from rasterio.transform import GCPTransformer
 from scipy import stats
 from world_testkit import items, pixel_lonlat, read, valid_pixels
 
-from pipeline.world import World
-from pipeline.world.grids import radar_grids
-from pipeline.world.sensors import S1_ENL, S2_BANDS_L1C, S2_BANDS_L2A, S2_NOISE_DN, look_geometry
+from terraloom.pipeline.world import World
+from terraloom.pipeline.world.grids import radar_grids
+from terraloom.pipeline.world.sensors import (
+    S1_ENL,
+    S2_BANDS_L1C,
+    S2_BANDS_L2A,
+    S2_NOISE_DN,
+    look_geometry,
+)
 
 S2_TOL = 1.5 + 6 * S2_NOISE_DN  # rounding, float32 and < 2 cm block-affine shifts, + 6 sigma
 LOG_GAMMA_MEAN = float(stats.gamma(S1_ENL, scale=1 / S1_ENL).expect(np.log))
@@ -135,7 +141,7 @@ def test_truth_outside_the_world_is_nan_and_shapes_follow_input(tiny: World) -> 
 
 def test_truth_grid_matches_pointwise_truth(tiny: World) -> None:
     """The fast path for a whole 264 px sample grid agrees with point-wise truth."""
-    from pipeline.world.regions import transformer
+    from terraloom.pipeline.world.regions import transformer
 
     region = tiny.region("parana")
     lon_c = (region.bbox[0] + region.bbox[2]) / 2

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from pipeline.world.regions import transformer
+from terraloom.pipeline.world.regions import transformer
 
 
 def items(root: Path, coll: str) -> list[dict]:

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schemas.cli import modality_table
-from schemas.jsonschema import out_of_sync
-from schemas.modalities import REGISTRY
+from terraloom.schemas.cli import modality_table
+from terraloom.schemas.jsonschema import out_of_sync
+from terraloom.schemas.modalities import REGISTRY
 
 #: Modalities the demo tokenizes and models (S1RTC and NDVI are built but not tokenized:
 #: the evaluation and TiM tasks do not need them and CPU minutes are scarce).
@@ -190,7 +190,7 @@ def stage_registry(out: Path, cfg: DemoConfig) -> dict:
 
 
 def stage_world(out: Path, cfg: DemoConfig) -> dict:
-    from pipeline.world import cached_world, generate_world
+    from terraloom.pipeline.world import cached_world, generate_world
 
     if cfg.world_cache:
         path = cached_world(cfg.world_preset, cfg.seed, progress=True)
@@ -217,8 +217,8 @@ def stage_world(out: Path, cfg: DemoConfig) -> dict:
 
 
 def stage_plan(out: Path, cfg: DemoConfig) -> dict:
-    from pipeline.plan import PlanConfig, plan_samples, summarize_plan, write_plan
-    from pipeline.sources import open_source
+    from terraloom.pipeline.plan import PlanConfig, plan_samples, summarize_plan, write_plan
+    from terraloom.pipeline.sources import open_source
 
     p = paths(out)
     world = (_marker(out, "world") or {}).get("path", p["world"])
@@ -236,7 +236,7 @@ def stage_plan(out: Path, cfg: DemoConfig) -> dict:
 
 
 def stage_build(out: Path, cfg: DemoConfig) -> dict:
-    from pipeline.build import run_build
+    from terraloom.pipeline.build import run_build
 
     p = paths(out)
     summary = run_build(p["plan"], p["corpus"], engine="beam", workers=cfg.workers, progress=True)
@@ -250,7 +250,7 @@ def stage_build(out: Path, cfg: DemoConfig) -> dict:
 
 
 def stage_tokenizers(out: Path, cfg: DemoConfig) -> dict:
-    from tokenize_jobs.train import TrainConfig, train_tokenizer
+    from terraloom.tokenize_jobs.train import TrainConfig, train_tokenizer
 
     p = paths(out)
     result: dict[str, Any] = {}
@@ -301,7 +301,7 @@ def _brief(report: dict) -> dict:
 
 
 def stage_encode(out: Path, cfg: DemoConfig) -> dict:
-    from tokenize_jobs.encode import EncodeConfig, encode
+    from terraloom.tokenize_jobs.encode import EncodeConfig, encode
 
     p = paths(out)
     ec = EncodeConfig(
@@ -325,7 +325,7 @@ def stage_encode(out: Path, cfg: DemoConfig) -> dict:
 
 
 def train_config(out: Path, cfg: DemoConfig) -> Any:
-    from model.config import (
+    from terraloom.model.config import (
         AlphaMixture,
         DataConfig,
         MaskingConfig,
@@ -381,9 +381,9 @@ def train_config(out: Path, cfg: DemoConfig) -> Any:
 
 
 def stage_train(out: Path, cfg: DemoConfig) -> dict:
-    from model.checkpoint import latest_checkpoint
-    from model.train import train
-    from tokenize_jobs.store import TokenStore
+    from terraloom.model.checkpoint import latest_checkpoint
+    from terraloom.model.train import train
+    from terraloom.tokenize_jobs.store import TokenStore
 
     tc = train_config(out, cfg)
     n_val = int(TokenStore(paths(out)["tokens"] / "val.zarr").valid.sum())
@@ -406,13 +406,13 @@ def stage_train(out: Path, cfg: DemoConfig) -> dict:
 
 
 def _pretrained(out: Path) -> Any:
-    from model.generate import load_model
+    from terraloom.model.generate import load_model
 
     return load_model(paths(out)["run"])
 
 
 def stage_tim(out: Path, cfg: DemoConfig) -> dict:
-    from model.tim import (
+    from terraloom.model.tim import (
         FinetuneConfig,
         TiMConfig,
         compare_tim,
@@ -445,8 +445,8 @@ def stage_tim(out: Path, cfg: DemoConfig) -> dict:
 
 
 def stage_evaluate(out: Path, cfg: DemoConfig) -> dict:
-    from model.evaluate import EvalConfig, evaluate_generation
-    from model.generate import SamplingConfig, load_tokenizers
+    from terraloom.model.evaluate import EvalConfig, evaluate_generation
+    from terraloom.model.generate import SamplingConfig, load_tokenizers
 
     p = paths(out)
     model = _pretrained(out)
@@ -471,7 +471,7 @@ EXAMPLE_CHAINS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
 def stage_generate(out: Path, cfg: DemoConfig) -> dict:
     import numpy as np
 
-    from model.generate import (
+    from terraloom.model.generate import (
         SampleReader,
         SamplingConfig,
         load_tokenizers,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from gen_support import one_thread  # noqa: F401  (autouse: one torch thread)
 
-from model.demo import QUICK, STAGES, DemoConfig, Stage, main, run_stages
+from terraloom.orchestration.demo import QUICK, STAGES, DemoConfig, Stage, main, run_stages
 
 
 def _ran(log: str) -> list[str]:
