@@ -1,4 +1,11 @@
-"""terraloom model: dual-scale any-to-any encoder-decoder trained from the token store."""
+"""terraloom model: dual-scale any-to-any encoder-decoder trained from the token store.
+
+The public surface: configs, the model, the loader, training, checkpoints and generation.
+Submodules keep their own names (``terraloom.model.evaluate`` is the evaluation module;
+the training loop is ``terraloom.model.train.train``, its validation pass
+``terraloom.model.train.evaluate``): a function exported under a submodule's name would
+replace that submodule as the package's attribute.
+"""
 
 from __future__ import annotations
 
@@ -16,14 +23,17 @@ from terraloom.model.config import (
     model_preset,
     save_config,
 )
-from terraloom.model.data import MaskedBatches, TokenLoader, ZarrTokenReader, open_token_store
+from terraloom.model.data import MaskedBatches, TokenLoader
+from terraloom.model.generate import GREEDY, Conditioning, SamplingConfig
 from terraloom.model.masking import assemble, plan_masks, span_mask, split_budget
-from terraloom.model.train import TrainResult, evaluate, train
+from terraloom.model.train import TrainResult
 from terraloom.model.transformer import Encoded, Queries, TerraloomModel
 
 __all__ = [
+    "GREEDY",
     "MODEL_PRESETS",
     "AlphaMixture",
+    "Conditioning",
     "DataConfig",
     "Encoded",
     "MaskedBatches",
@@ -31,23 +41,20 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "Queries",
+    "SamplingConfig",
     "TerraloomModel",
     "TokenLoader",
     "TrainConfig",
     "TrainResult",
-    "ZarrTokenReader",
     "assemble",
-    "evaluate",
     "latest_checkpoint",
     "load_checkpoint",
     "load_config",
     "model_preset",
     "modality_specs",
-    "open_token_store",
     "plan_masks",
     "save_checkpoint",
     "save_config",
     "span_mask",
     "split_budget",
-    "train",
 ]

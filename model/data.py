@@ -9,7 +9,9 @@ world size, worker count or resume point. The loader's state is just (epoch, bat
 A batch is built in one vectorised pass: read the token rows of the batch, plan the masks
 (needs only availability and sequence lengths), read the corpus pixels only for the
 (sample, pixel modality) pairs that received input tokens, cut their crops and gather just
-the selected patches, then assemble the static-shape tensors.
+the selected patches, then assemble the static-shape tensors. Token rows come from
+``tokenize_jobs.store.TokenStore`` (memory or memory-mapped raw chunks, one fancy index
+per shard), the one reader of the token store.
 """
 
 from __future__ import annotations
@@ -27,171 +29,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from terraloom.model.config import Kind, MaskingConfig, ModalitySpecs, ModelConfig, modality_specs
 from terraloom.model.masking import assemble, plan_masks
 from terraloom.schemas.modalities import Layout, get_modality
+from terraloom.tokenize_jobs.store import TokenStore
 
 _SEED_TAG_ORDER = 0x5EED
 _SEED_TAG_MASK = 0x3A5C
-
-
-# --------------------------------------------------------------------------- token store
-
-
-class ZarrTokenReader:
-    """Vectorised reader of one token-store split (Zarr v3, ``schemas.layouts.token_layout``).
-
-    Same contract as ``tokenize_jobs.store.TokenStore.batch`` but returns NumPy arrays:
-    image modalities (B, n_tokens) int64, GEO (B, 2), CAPTION (B, 64) with
-    ``CAPTION_len`` (B,), and ``crops`` (B, 5). Token chunks are uncompressed raw arrays
-    (the layout says readers may map them), so each (row, crop) is one ``pread`` of its
-    bytes; arrays with any other encoding are read through zarr, one chunk at a time.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        import zarr
-
-        self.path = Path(path)
-        if not (self.path / "zarr.json").exists():
-            raise FileNotFoundError(f"{self.path}: not a token store (no zarr.json)")
-        self._group: Any = zarr.open_group(str(self.path), mode="r")
-        attrs: dict[str, Any] = dict(self._group.attrs)
-        self.n_samples = int(attrs["n_samples"])
-        self.n_crops = int(attrs["n_crops"])
-        self.crop_px = int(attrs.get("crop_px", 224))
-        self.modalities = tuple(attrs["modalities"])
-        valid: Any = self._group["valid"]
-        self.valid = np.asarray(valid[...], bool)
-        self._names = set(self._group.array_keys())
-        self._readers: dict[str, _RawRows | _ZarrRows] = {}
-
-    def _reader(self, name: str) -> _RawRows | _ZarrRows:
-        if name not in self._readers:
-            if name not in self._names:
-                raise KeyError(f"{self.path}: token store has no array {name!r}")
-            raw = _RawRows.open(self.path / name)
-            self._readers[name] = raw if raw is not None else _ZarrRows(self._group[name])
-        return self._readers[name]
-
-    def batch(
-        self, rows: np.ndarray, crop_idx: np.ndarray, modalities: Sequence[str]
-    ) -> dict[str, np.ndarray]:
-        rows = np.asarray(rows, np.int64)
-        crop_idx = np.asarray(crop_idx, np.int64)
-        if len(rows) and (rows.min() < 0 or rows.max() >= self.n_samples):
-            raise IndexError(f"rows outside 0..{self.n_samples - 1}")
-        if len(crop_idx) and (crop_idx.min() < 0 or crop_idx.max() >= self.n_crops):
-            raise IndexError(f"crop indices outside 0..{self.n_crops - 1}")
-        names = [*modalities, "crops"]
-        if "CAPTION" in modalities:
-            names.append("CAPTION_len")
-        return {name: self._reader(name).read(rows, crop_idx) for name in names}
-
-
-class _RawRows:
-    """(row, crop) reads of an uncompressed, unsharded Zarr v3 array by ``pread``."""
-
-    def __init__(
-        self, root: Path, shape: tuple[int, ...], chunk0: int, dtype: np.dtype, fill: int
-    ) -> None:
-        self.root, self.shape, self.chunk0, self.dtype, self.fill = root, shape, chunk0, dtype, fill
-        self.item = int(np.prod(shape[2:], dtype=np.int64)) if len(shape) > 2 else 1
-        self.row_items = int(np.prod(shape[1:], dtype=np.int64))
-        self.suffix = "/0" * (len(shape) - 1)
-
-    @classmethod
-    def open(cls, root: Path) -> _RawRows | None:
-        import json
-
-        meta = json.loads((root / "zarr.json").read_text())
-        codecs = meta.get("codecs", [])
-        grid = meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape")
-        keys = meta.get("chunk_key_encoding", {})
-        ok = (
-            len(codecs) == 1
-            and codecs[0].get("name") == "bytes"
-            and codecs[0].get("configuration", {}).get("endian", "little") == "little"
-            and keys.get("name") == "default"
-            and keys.get("configuration", {}).get("separator", "/") == "/"
-            and grid is not None
-            and list(grid[1:]) == list(meta["shape"][1:])
-            and not meta.get("storage_transformers")
-        )
-        if not ok:
-            return None
-        return cls(
-            root,
-            tuple(meta["shape"]),
-            int(grid[0]),
-            np.dtype(meta["data_type"]).newbyteorder("<"),
-            int(meta.get("fill_value") or 0),
-        )
-
-    def read(self, rows: np.ndarray, crop_idx: np.ndarray) -> np.ndarray:
-        out = np.full((len(rows), self.item), self.fill, np.int64)
-        nbytes = self.item * self.dtype.itemsize
-        for i, (r, c) in enumerate(zip(rows.tolist(), crop_idx.tolist())):
-            path = f"{self.root}/c/{r // self.chunk0}{self.suffix}"
-            offset = ((r % self.chunk0) * self.row_items + c * self.item) * self.dtype.itemsize
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue  # chunk never written: fill value
-            try:
-                buf = os.pread(fd, nbytes, offset)
-            finally:
-                os.close(fd)
-            out[i] = np.frombuffer(buf, self.dtype)
-        return out if len(self.shape) > 2 else out[:, 0]
-
-
-class _ZarrRows:
-    """Fallback (row, crop) reads through zarr, one chunk of rows per call."""
-
-    def __init__(self, arr: Any) -> None:
-        self.arr = arr
-        self.chunk0 = int(arr.chunks[0])
-
-    def read(self, rows: np.ndarray, crop_idx: np.ndarray) -> np.ndarray:
-        first = self.arr[0:1, 0] if len(self.arr.shape) > 2 else self.arr[0:1, 0:1]
-        out = (
-            np.zeros((len(rows), *np.shape(first)[1:]), np.int64)
-            if len(self.arr.shape) > 2
-            else np.zeros(len(rows), np.int64)
-        )
-        chunk_of = rows // self.chunk0
-        for ch in np.unique(chunk_of):
-            block = np.asarray(self.arr[ch * self.chunk0 : (ch + 1) * self.chunk0])
-            sel = np.flatnonzero(chunk_of == ch)
-            out[sel] = block[rows[sel] - ch * self.chunk0, crop_idx[sel]]
-        return out
-
-
-def open_token_store(path: str | os.PathLike[str]) -> Any:
-    """The project's ``TokenStore`` when available (issue 7), else :class:`ZarrTokenReader`."""
-    try:
-        from terraloom.tokenize_jobs.store import TokenStore  # type: ignore[import-not-found]
-    except ImportError:
-        return ZarrTokenReader(path)
-    return _TorchStoreAdapter(TokenStore(path))
-
-
-class _TorchStoreAdapter:
-    """Wraps a torch-returning ``TokenStore`` so the loader always sees NumPy arrays."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-        self.n_samples = int(store.n_samples)
-        self.n_crops = int(store.n_crops)
-        self.crop_px = int(getattr(store, "crop_px", 224))
-        self.modalities = tuple(store.modalities)
-        self.valid = np.asarray(store.valid, bool)
-
-    def batch(
-        self, rows: np.ndarray, crop_idx: np.ndarray, modalities: Sequence[str]
-    ) -> dict[str, np.ndarray]:
-        got = self._store.batch(np.asarray(rows), np.asarray(crop_idx), list(modalities))
-        return {
-            k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).astype(np.int64)
-            for k, v in got.items()
-        }
 
 
 # --------------------------------------------------------------------------- corpus pixels
@@ -232,15 +73,13 @@ class CorpusPixels:
             raise ValueError(f"{modality} has no pixels")
         read_row = self._row_reader(m.name)
         p = self.patch_px
-        mean = np.asarray(m.mean, np.float32)[None, :, None, None]
-        std = np.asarray(m.std, np.float32)[None, :, None, None]
         out: list[np.ndarray] = []
         for k, row in enumerate(np.asarray(rows, np.int64).tolist()):
             pos = np.asarray(positions[k], np.int64)
             if not len(pos):
                 continue
             raw = _gather_patches(read_row(row), crops[k], pos, self.crop_px, p)
-            out.append(_normalise(raw, m.nodata, mean, std).reshape(len(pos), -1))
+            out.append(m.normalize(raw).reshape(len(pos), -1))
         if not out:
             return np.zeros((0, m.n_bands * p * p), np.float32)
         return np.concatenate(out)
@@ -379,17 +218,6 @@ def _gather_patches(
     return x[:, (top + ys)[:, :, None], (left + xs)[:, None, :]].transpose(1, 0, 2, 3)
 
 
-def _normalise(
-    raw: np.ndarray, nodata: float | int | None, mean: np.ndarray, std: np.ndarray
-) -> np.ndarray:
-    x = (raw.astype(np.float32) - mean) / std
-    bad = ~np.isfinite(x)
-    if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
-        bad |= raw == nodata
-    x[bad] = 0.0
-    return x
-
-
 # --------------------------------------------------------------------------- order + dataset
 
 
@@ -461,11 +289,11 @@ class MaskedBatches(Dataset):
         self.pixel_dtype = pixel_dtype
         if any(s.kind is Kind.PIXELS for s in self.specs.inputs) and self.corpus_path is None:
             raise ValueError("the model has pixel inputs but no corpus path was given")
-        store = open_token_store(self.tokens_path)
+        store = TokenStore(self.tokens_path)
         missing = [m for m in self.specs.token_modalities if m not in store.modalities]
         if missing:
             raise ValueError(f"{self.tokens_path}: token store lacks modalities {missing}")
-        if getattr(store, "crop_px", model.image_px) != model.image_px:
+        if store.crop_px != model.image_px:
             raise ValueError(
                 f"token store crops are {store.crop_px} px but the model expects {model.image_px}"
             )
@@ -473,7 +301,7 @@ class MaskedBatches(Dataset):
         if shrink_batch and len(rows) < global_batch:  # a small eval split: one smaller batch
             global_batch = max(world, len(rows) // world * world)
         self.order = EpochOrder(rows, store.n_crops, global_batch, seed, rank, world)
-        self._store: Any = store
+        self._store = store
         self._pixels: CorpusPixels | None = None
         self._pid = os.getpid()
         self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
@@ -483,7 +311,7 @@ class MaskedBatches(Dataset):
 
     def _open(self) -> None:
         if self._pid != os.getpid():  # forked worker: reopen handles
-            self._store = open_token_store(self.tokens_path)
+            self._store = TokenStore(self.tokens_path)
             self._pixels = None
             self._pid = os.getpid()
         if self._pixels is None and self.corpus_path is not None:
@@ -517,7 +345,7 @@ class MaskedBatches(Dataset):
     ) -> dict[str, torch.Tensor]:
         """Read, mask and assemble one batch of (row, crop) samples."""
         specs = self.specs
-        tok = self._store.batch(rows, crop_idx, specs.token_modalities)
+        tok = self._store.arrays(rows, crop_idx, specs.token_modalities)
         b = len(rows)
         seqs = {}
         for name in specs.token_modalities:

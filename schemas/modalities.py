@@ -135,13 +135,27 @@ class Modality:
         return len(self.classes)
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
-        """(band, ...) or (sample, band, ...) stored values -> zero-mean unit-std float32."""
-        axis = 1 if x.ndim == 4 else 0
-        shape = [1] * x.ndim
+        """(band, y, x) or (sample, band, y, x) stored values -> zero-mean unit-std float32,
+        with nodata and non-finite values set to 0.
+
+        The one pixel normaliser of the model's inputs (the training loader's patches and
+        generation's pixel conditioning): 0 is the band mean, so a missing pixel adds nothing
+        to a patch embedding instead of an extreme value.
+        """
+        raw = np.asarray(x)
+        axis = 1 if raw.ndim == 4 else 0
+        shape = [1] * raw.ndim
         shape[axis] = -1
         mean = np.asarray(self.mean, np.float32).reshape(shape)
         std = np.asarray(self.std, np.float32).reshape(shape)
-        return (x.astype(np.float32) - mean) / std
+        out = (raw.astype(np.float32) - mean) / std
+        bad = ~np.isfinite(out)
+        if self.nodata is not None and not (
+            isinstance(self.nodata, float) and np.isnan(self.nodata)
+        ):
+            bad |= raw == self.nodata
+        out[bad] = 0.0
+        return out
 
     def denormalize(self, x: np.ndarray) -> np.ndarray:
         axis = 1 if x.ndim == 4 else 0

@@ -18,7 +18,6 @@ _EXPORTS = {
     "CaptionTokenizer": "terraloom.tokenize_jobs.tokenizers.caption",
     "TrainConfig": "terraloom.tokenize_jobs.train",
     "train_tokenizer": "terraloom.tokenize_jobs.train",
-    "make_toy_corpus": "terraloom.tokenize_jobs.testing",
     "CropSampler": "terraloom.tokenize_jobs.corpus_reader",
 }
 

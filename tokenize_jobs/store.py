@@ -450,6 +450,16 @@ class TokenStore:
         modalities: Iterable[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Tokens of ``(rows[i], crop_idx[i])`` for each requested modality, as int64 tensors."""
+        return {k: torch.from_numpy(v) for k, v in self.arrays(rows, crop_idx, modalities).items()}
+
+    def arrays(
+        self,
+        rows: np.ndarray | Sequence[int],
+        crop_idx: np.ndarray | Sequence[int] | int,
+        modalities: Iterable[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """:meth:`batch` as int64 NumPy arrays: the training loader's read (its masking plan
+        and patch gather are NumPy, so no tensor round trip per batch)."""
         r = np.asarray(rows, np.int64).reshape(-1)
         c = np.broadcast_to(np.asarray(crop_idx, np.int64), r.shape)
         if r.size and (r.min() < 0 or r.max() >= self.n_samples):
@@ -467,18 +477,18 @@ class TokenStore:
             else tuple(get_modality(m).name for m in modalities)
         )
         groups = None if self.mode == "memory" else _Groups(r, c, self.shard_samples)
-        out: dict[str, torch.Tensor] = {}
+        out: dict[str, np.ndarray] = {}
         for name in names:
             if name not in self.modalities:
                 raise KeyError(
                     f"modality {name!r} is not in {self.path}; it holds {list(self.modalities)}"
                 )
-            out[name] = torch.from_numpy(self._gather(name, r, c, groups).astype(np.int64))
+            out[name] = self._gather(name, r, c, groups).astype(np.int64)
             if get_modality(name).layout is Layout.TEXT:
-                out[name + LEN_SUFFIX] = torch.from_numpy(
-                    self._gather(name + LEN_SUFFIX, r, c, groups).astype(np.int64)
+                out[name + LEN_SUFFIX] = self._gather(name + LEN_SUFFIX, r, c, groups).astype(
+                    np.int64
                 )
-        out["crops"] = torch.from_numpy(self._gather("crops", r, c, groups).astype(np.int64))
+        out["crops"] = self._gather("crops", r, c, groups).astype(np.int64)
         return out
 
 

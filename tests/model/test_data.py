@@ -15,31 +15,31 @@ from terraloom.model.data import (
     EpochOrder,
     MaskedBatches,
     TokenLoader,
-    ZarrTokenReader,
     _ShardRows,
-    open_token_store,
 )
 from terraloom.schemas.modalities import get_modality
 from terraloom.tokenize_jobs.crops import apply_crop
+from terraloom.tokenize_jobs.store import TokenStore
 
 TOKEN_ARRAYS = ("S2L2A", "S1GRD", "LULC", "NDVI", "GEO", "CAPTION")
 
 
-@pytest.mark.parametrize("reader", [ZarrTokenReader, open_token_store])
-def test_token_reader_matches_zarr(toy_world, reader) -> None:
+@pytest.mark.parametrize("mode", ["memory", "memmap", "zarr"])
+def test_token_store_arrays_match_zarr(toy_world, mode) -> None:
+    """The loader's read (``TokenStore.arrays``, NumPy int64) in every read mode."""
     path = toy_world.tokens / "train.zarr"
-    store = reader(path)
+    store = TokenStore(path, mode=mode)
     g = zarr.open_group(str(path), mode="r")
     rows = np.array([31, 0, 17, 5, 17])
     crops = np.array([1, 0, 0, 1, 1])
-    got = store.batch(rows, crops, TOKEN_ARRAYS)
+    got = store.arrays(rows, crops, TOKEN_ARRAYS)
     for name in (*TOKEN_ARRAYS, "crops", "CAPTION_len"):
         want = np.stack([np.asarray(g[name][r, c]) for r, c in zip(rows, crops)])
         assert got[name].dtype == np.int64
         assert np.array_equal(got[name], want), name
     assert store.valid.all() and store.n_crops == 2 and store.crop_px == 224
     with pytest.raises(IndexError):
-        store.batch(np.array([32]), np.array([0]), ("LULC",))
+        store.arrays(np.array([32]), np.array([0]), ("LULC",))
 
 
 def test_corpus_rows_and_patches_match_a_manual_crop(toy_world) -> None:

@@ -103,7 +103,22 @@ def test_scale_filters():
 
 def test_normalize_round_trip():
     m = get_modality("S2L2A")
-    x = np.random.default_rng(0).integers(0, 10000, (2, 12, 4, 4)).astype(np.uint16)
+    x = np.random.default_rng(0).integers(1, 10000, (2, 12, 4, 4)).astype(np.uint16)
     z = m.normalize(x)
     assert z.dtype == np.float32
     np.testing.assert_allclose(m.denormalize(z), x, rtol=1e-5, atol=1e-2)
+
+
+@pytest.mark.parametrize(("name", "bad"), [("S2L2A", 0), ("S1GRD", np.nan), ("DEM", np.inf)])
+def test_normalize_sets_nodata_and_non_finite_to_the_mean(name, bad) -> None:
+    """Nodata (the registry's value, or NaN) and non-finite values normalise to 0, the rest
+    to (x - mean) / std; (band, y, x) and (sample, band, y, x) alike."""
+    m = get_modality(name)
+    x = np.ones((2, m.n_bands, 3, 3), np.float32) * np.asarray(m.mean, np.float32)[:, None, None]
+    x = x + np.asarray(m.std, np.float32)[:, None, None]  # one std above the mean: 1.0
+    x[0, 0, 1, 2] = bad
+    z = m.normalize(x)
+    assert z[0, 0, 1, 2] == 0.0
+    z[0, 0, 1, 2] = 1.0
+    np.testing.assert_allclose(z, 1.0, rtol=1e-5)
+    assert m.normalize(x[0])[0, 1, 2] == 0.0
