@@ -41,7 +41,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from terraloom.schemas.layouts import ArraySpec, StoreLayout, corpus_layout, create_corpus_store
+from terraloom.schemas.layouts import (
+    ArraySpec,
+    StoreLayout,
+    corpus_layout,
+    create_corpus_store,
+    np_dtype,
+)
 from terraloom.schemas.modalities import MODALITY_NAMES
 from terraloom.schemas.tables import RejectReason, from_rows, write_geoparquet
 
@@ -186,14 +192,33 @@ def store_layout(group: Any) -> StoreLayout:
     """The layout a split store was created with (from its group attributes)."""
     a = dict(group.attrs)
     return corpus_layout(
-        int(a["n_samples"]), int(a["shard_samples"]), tuple(a["modalities"]), str(a["split"])
+        int(a["n_samples"]),
+        int(a["shard_samples"]),
+        tuple(a["modalities"]),
+        str(a["split"]),
+        int(a.get("format_version", 1)),
     )
+
+
+def per_sample_arrays(group: Any) -> list[str]:
+    """Names of a split store's arrays with a sample axis, sorted: what blocks write,
+    commit and checksum. Coordinate labels (``s2l2a_band``, ``affine``, ...) are
+    written once with the template and belong to no block."""
+    names = []
+    for name in sorted(group.array_keys()):
+        dims = tuple(group[name].metadata.dimension_names or ())
+        if dims[:1] == ("sample",):
+            names.append(name)
+    return names
 
 
 # --------------------------------------------------------------------------- checksums
 
 
-def _le_bytes(x: np.ndarray) -> memoryview:
+def _le_bytes(x: np.ndarray) -> memoryview | bytes:
+    x = np.asarray(x)
+    if x.dtype.kind in "OTU":  # strings: each as UTF-8, NUL-terminated, in C order
+        return b"".join(str(v).encode("utf-8") + b"\0" for v in x.reshape(-1).tolist())
     x = np.ascontiguousarray(x)
     if x.dtype.byteorder == ">" or (x.dtype.byteorder == "=" and not np.little_endian):
         x = x.astype(x.dtype.newbyteorder("<"))
@@ -201,8 +226,15 @@ def _le_bytes(x: np.ndarray) -> memoryview:
 
 
 def checksum(x: np.ndarray) -> str:
-    """CRC-32 of an array's little-endian C-order bytes, as 8 hex digits."""
+    """CRC-32 of an array's little-endian C-order bytes, as 8 hex digits (strings: their
+    UTF-8 bytes, each NUL-terminated)."""
     return f"{zlib.crc32(_le_bytes(x)) & 0xFFFFFFFF:08x}"
+
+
+def array_bytes(x: np.ndarray) -> bytes:
+    """The bytes :func:`checksum` hashes: a stable serialisation of any stored array (a
+    variable-width string array's own buffer holds pointers, not its text)."""
+    return bytes(_le_bytes(x))
 
 
 def canonicalize_nans(x: np.ndarray) -> None:
@@ -249,7 +281,7 @@ def _check_value(spec: ArraySpec, value: Any) -> np.ndarray:
     want = spec.shape[1:]
     if x.shape != want:
         raise ValueError(f"array {spec.name!r} has shape {x.shape}, the layout wants {want}")
-    dt = np.dtype(spec.dtype)
+    dt = np_dtype(spec.dtype)
     if x.dtype != dt:
         if not np.can_cast(x.dtype, dt, casting="same_kind"):
             raise ValueError(f"array {spec.name!r} has dtype {x.dtype}, the layout wants {dt}")
@@ -275,7 +307,7 @@ def assemble_block(
     s = int(layout.attrs["shard_samples"])
     a, b = block_rows(key, n, s)
     arrays = {
-        spec.name: np.full((b - a, *spec.shape[1:]), spec.fill_value, dtype=spec.dtype)
+        spec.name: np.full((b - a, *spec.shape[1:]), spec.fill_value, dtype=np_dtype(spec.dtype))
         for spec in layout.arrays
     }
     planned = {int(r["row"]): r for r in plan_rows}
@@ -283,6 +315,8 @@ def assemble_block(
         raise ValueError(
             f"plan rows of {key} are {sorted(planned)[:5]}..., expected rows {a}..{b - 1}"
         )
+    if "sample_id" in arrays:  # every planned row keeps its id, accepted or not
+        arrays["sample_id"][:] = [str(planned[row]["sample_id"]) for row in range(a, b)]
     seen: dict[int, Any] = {}
     stats: dict[str, float] = defaultdict(float)
     index_rows: list[dict[str, Any]] = []
@@ -323,7 +357,7 @@ def assemble_block(
         values: dict[str, np.ndarray] = {}
         try:
             for spec in layout.arrays:
-                if spec.name == "valid":
+                if spec.name in ("valid", "sample_id"):
                     continue
                 if spec.name not in r.arrays:
                     raise ValueError(f"array {spec.name!r} missing from the result")
@@ -389,7 +423,7 @@ def block_storage_keys(group: Any, key: BlockKey) -> dict[str, list[str]]:
     for the small per-row arrays); the other axes may span several units.
     """
     out: dict[str, list[str]] = {}
-    for name in sorted(group.array_keys()):
+    for name in per_sample_arrays(group):
         arr = group[name]
         md = arr.metadata
         unit = tuple(md.chunk_grid.chunk_shape)
@@ -472,7 +506,7 @@ def check_committed_block(
         return None
     a, b = int(marker["row_start"]), int(marker["row_stop"])
     want = marker["checksums"]
-    for name in sorted(group.array_keys()):
+    for name in per_sample_arrays(group):
         try:
             got = checksum(group[name][a:b])
         except Exception as exc:  # a corrupt shard, whatever the codec raises

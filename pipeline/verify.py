@@ -28,10 +28,12 @@ from terraloom.pipeline.build import (
 )
 from terraloom.pipeline.corpus_writer import (
     MarkerError,
+    array_bytes,
     block_rows,
     check_committed_block,
     checksum,
     is_committed,
+    per_sample_arrays,
     read_marker,
     split_store_path,
 )
@@ -165,7 +167,7 @@ def _verify_block(
     f = report.findings
     want = marker.get("checksums", {})
     valid: np.ndarray | None = None
-    for name in sorted(group.array_keys()):
+    for name in per_sample_arrays(group):
         try:
             x = group[name][a:b]
         except Exception as exc:  # a corrupt shard must be a finding, whatever the codec raises
@@ -201,11 +203,11 @@ def array_digests(out: str | os.PathLike[str]) -> dict[str, str]:
         group = zarr.open_group(str(split_store_path(out, split)), mode="r")
         attrs: dict[str, Any] = dict(group.attrs)
         s, n = int(attrs["shard_samples"]), int(attrs["n_samples"])
-        for name in sorted(group.array_keys()):
+        for name in per_sample_arrays(group):
             h = hashlib.sha256()
             arr: Any = group[name]
             for a in range(0, n, s):
-                h.update(np.ascontiguousarray(arr[a : min(a + s, n)]).tobytes())
+                h.update(array_bytes(arr[a : min(a + s, n)]))
             digests[f"{split}/{name}"] = h.hexdigest()
     return digests
 

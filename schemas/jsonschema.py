@@ -106,12 +106,22 @@ def layout_json(layout: StoreLayout, n_samples_symbol: str = "n_samples") -> dic
             }
         )
     attrs = {k: v for k, v in layout.attrs.items() if k not in ("n_samples", "n_shards")}
+    coords = [
+        {
+            "name": c.name,
+            "dtype": c.dtype,
+            "dimension_names": list(c.dims),
+            "values": list(c.values or ()),
+        }
+        for c in layout.coords
+    ]
     return {
         "format": layout.format,
         "format_version": layout.version,
         "required_attrs": list(layout.required_attrs),
         "attrs": attrs,
         "arrays": arrays,
+        **({"coords": coords} if coords else {}),
     }
 
 

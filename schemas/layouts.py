@@ -31,7 +31,11 @@ from terraloom.schemas.modalities import (
 )
 
 CORPUS_FORMAT = "terraloom-corpus"
-CORPUS_FORMAT_VERSION = 1
+#: 2: coordinate arrays (``sample_id``, band names, the affine labels) and a CF
+#: ``coordinates`` attribute, so ``xarray.open_zarr`` labels what it opens. Version-1
+#: corpora (no coordinates) stay readable: layouts are built for the version a store records.
+CORPUS_FORMAT_VERSION = 2
+CORPUS_FORMAT_VERSIONS = (1, 2)
 TOKENS_FORMAT = "terraloom-tokens"
 TOKENS_FORMAT_VERSION = 1
 DEFAULT_SHARD_SAMPLES = 32
@@ -58,6 +62,17 @@ class ArraySpec:
     dims: tuple[str, ...]
     compressed: bool = True
     attrs: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    #: Constant values written when the store is created (coordinate labels), else None.
+    values: tuple[Any, ...] | None = None
+
+
+#: ``dtype`` of a variable-length UTF-8 string array (Zarr v3 ``string``, numpy StringDType).
+STRING_DTYPE = "string"
+
+
+def np_dtype(dtype: str) -> np.dtype[Any]:
+    """The numpy dtype of a spec's ``dtype`` (``string`` is numpy's variable-width StringDType)."""
+    return np.dtype("T") if dtype == STRING_DTYPE else np.dtype(dtype)
 
 
 @dataclass(frozen=True)
@@ -69,9 +84,12 @@ class StoreLayout:
     arrays: tuple[ArraySpec, ...]
     attrs: dict[str, Any]
     required_attrs: tuple[str, ...]
+    #: Coordinate-label arrays (not per sample): each is named after the one dimension it
+    #: labels, so xarray makes it that dimension's index; written once, with the template.
+    coords: tuple[ArraySpec, ...] = ()
 
     def array(self, name: str) -> ArraySpec:
-        for a in self.arrays:
+        for a in self.arrays + self.coords:
             if a.name == name:
                 return a
         raise KeyError(
@@ -98,6 +116,7 @@ def corpus_layout(
     shard_samples: int = DEFAULT_SHARD_SAMPLES,
     modality_names: tuple[str, ...] = CORPUS_MODALITIES,
     split: str = "train",
+    version: int = CORPUS_FORMAT_VERSION,
 ) -> StoreLayout:
     """Layout of one split of the corpus (``<split>.zarr``) for ``n_samples`` rows.
 
@@ -105,10 +124,24 @@ def corpus_layout(
     (shard_samples, band, 264, 264). GEO: (sample, 2) float64. CAPTION: (sample, 512)
     uint8 utf-8 bytes, zero padded. ``valid`` (sample,) bool marks rows that hold data;
     ``cloud_mask`` (sample, y, x) uint8 (0 clear, 1 cloud, 2 shadow, 255 nodata);
-    ``epsg`` and ``transform`` locate each row's grid.
+    ``epsg`` and ``transform`` (affine a, b, c, d, e, f) locate each row's grid.
+
+    Version 2 adds what makes ``xarray.open_zarr`` label the corpus: ``sample_id``
+    (sample,) string, written with each block from the plan (rejected rows keep their
+    planned id; ``valid`` says which rows hold data); one label array per band dimension
+    (``s2l2a_band`` = B01..B12, ``geo_value`` = lat, lon, ``affine`` = a..f), written with
+    the template; and on every per-sample array the CF ``coordinates`` attribute naming
+    ``sample_id epsg transform``, so xarray opens these as coordinates (``sample_id`` and
+    ``epsg`` travel with every modality's DataArray; ``transform`` needs the ``affine``
+    dimension, so it stays on the Dataset). ``version=1`` gives
+    the layout older corpora were written with, to read and validate them.
     """
     if n_samples < 0 or shard_samples < 1:
         raise ValueError("n_samples must be >= 0 and shard_samples >= 1")
+    if version not in CORPUS_FORMAT_VERSIONS:
+        raise ValueError(
+            f"corpus format version {version!r} is not supported (known: {CORPUS_FORMAT_VERSIONS})"
+        )
     n = n_samples
     s = shard_samples
     arrays: list[ArraySpec] = []
@@ -159,9 +192,31 @@ def corpus_layout(
         ArraySpec("epsg", (n,), "int32", (s,), None, 0, ("sample",)),
         ArraySpec("transform", (n, 6), "float64", (s, 6), None, float("nan"), ("sample", "affine")),
     ]
+    coords: list[ArraySpec] = []
+    if version >= 2:
+        arrays = [_with_coordinates_attr(a) for a in arrays]
+        arrays.append(
+            ArraySpec(
+                "sample_id", (n,), STRING_DTYPE, (s,), None, "", ("sample",), compressed=False
+            )
+        )
+        labels: dict[str, tuple[str, ...]] = {}
+        for a in arrays:
+            if (
+                len(a.dims) > 1
+                and a.dims[1] not in labels
+                and a.attrs.get("bands")
+                and get_modality(a.name).layout is not Layout.TEXT
+            ):
+                labels[a.dims[1]] = tuple(a.attrs["bands"])
+        labels["affine"] = AFFINE_FIELDS
+        coords = [
+            ArraySpec(dim, (len(v),), STRING_DTYPE, (len(v),), None, "", (dim,), False, values=v)
+            for dim, v in labels.items()
+        ]
     attrs = {
         "format": CORPUS_FORMAT,
-        "format_version": CORPUS_FORMAT_VERSION,
+        "format_version": version,
         "split": split,
         "n_samples": n,
         "shard_samples": s,
@@ -170,7 +225,31 @@ def corpus_layout(
         "resolution_m": 10.0,
         "modalities": list(modality_names),
     }
-    return StoreLayout(CORPUS_FORMAT, CORPUS_FORMAT_VERSION, tuple(arrays), attrs, tuple(attrs))
+    return StoreLayout(CORPUS_FORMAT, version, tuple(arrays), attrs, tuple(attrs), tuple(coords))
+
+
+#: Labels of the ``affine`` dimension of ``transform``: rasterio/affine order, so
+#: ``x = a*col + b*row + c`` and ``y = d*col + e*row + f`` at a pixel's corner.
+AFFINE_FIELDS = ("a", "b", "c", "d", "e", "f")
+#: Per-sample coordinates every other per-sample array names in its ``coordinates`` attribute.
+SAMPLE_COORDINATES = ("sample_id", "epsg", "transform")
+
+
+def _with_coordinates_attr(spec: ArraySpec) -> ArraySpec:
+    if spec.name in SAMPLE_COORDINATES:
+        return spec
+    attrs = {**spec.attrs, "coordinates": " ".join(SAMPLE_COORDINATES)}
+    return ArraySpec(
+        spec.name,
+        spec.shape,
+        spec.dtype,
+        spec.chunks,
+        spec.shards,
+        spec.fill_value,
+        spec.dims,
+        spec.compressed,
+        attrs,
+    )
 
 
 def n_image_tokens(crop_px: int = CROP_PX, patch_px: int = PATCH_PX) -> int:
@@ -308,16 +387,18 @@ def create_store(
             )
         return zarr.open_group(str(path), mode="r+")
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
-    for spec in layout.arrays:
+    for spec in layout.arrays + layout.coords:
         arr = group.create_array(
             spec.name,
             shape=spec.shape,
-            dtype=spec.dtype,
+            dtype=np_dtype(spec.dtype),
             fill_value=spec.fill_value,
             **_codecs(spec),
         )
         if spec.attrs:
             arr.attrs.update(spec.attrs)
+        if spec.values is not None:
+            arr[...] = np.asarray(spec.values, dtype=np_dtype(spec.dtype))
     group.attrs.update({**layout.attrs, **(attrs or {})})
     return group
 
@@ -382,15 +463,15 @@ def validate_store(
                 f"format_version is {attrs.get('format_version')!r}, expected {layout.version}"
             )
     present = set(group.array_keys())
-    for spec in layout.arrays:
+    for spec in layout.arrays + layout.coords:
         if spec.name not in present:
             findings.append(f"missing array {spec.name!r}")
             continue
         arr: Any = group[spec.name]
         if tuple(arr.shape) != spec.shape:
             findings.append(f"{spec.name}: shape {tuple(arr.shape)} != {spec.shape}")
-        if np.dtype(arr.dtype) != np.dtype(spec.dtype):
-            findings.append(f"{spec.name}: dtype {np.dtype(arr.dtype)} != {np.dtype(spec.dtype)}")
+        if np.dtype(arr.dtype) != np_dtype(spec.dtype):
+            findings.append(f"{spec.name}: dtype {np.dtype(arr.dtype)} != {np_dtype(spec.dtype)}")
         if tuple(arr.chunks) != spec.chunks:
             findings.append(f"{spec.name}: chunks {tuple(arr.chunks)} != {spec.chunks}")
         shards = _shard_shape(arr)
@@ -399,6 +480,8 @@ def validate_store(
         dims = tuple(arr.metadata.dimension_names or ())
         if dims != spec.dims:
             findings.append(f"{spec.name}: dimension names {dims} != {spec.dims}")
+        if spec.values is not None and tuple(str(v) for v in arr[...]) != spec.values:
+            findings.append(f"{spec.name}: labels {list(arr[...])} != {list(spec.values)}")
     return findings
 
 
@@ -418,6 +501,7 @@ def _layout_from_attrs(path: Path, kind: str) -> tuple[StoreLayout | None, list[
                 int(attrs["shard_samples"]),
                 tuple(attrs["modalities"]),
                 str(attrs["split"]),
+                int(attrs.get("format_version", 1)),
             ), []
         return token_layout(
             int(attrs["n_samples"]),

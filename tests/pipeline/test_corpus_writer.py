@@ -37,6 +37,7 @@ from terraloom.pipeline.corpus_writer import (
     write_block,
 )
 from terraloom.schemas.layouts import corpus_layout
+from terraloom.schemas.modalities import get_modality
 from terraloom.schemas.tables import read_table
 
 MODS = ("S2L2A", "DEM", "GEO", "CAPTION")
@@ -82,7 +83,7 @@ def fake_result(
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {}
     for spec in corpus_layout(1, 1, modalities).arrays:
-        if spec.name == "valid":
+        if spec.name in ("valid", "sample_id"):  # the writer fills these from the plan
             continue
         dt = np.dtype(spec.dtype)
         shape = spec.shape[1:]
@@ -305,3 +306,37 @@ def test_rewriting_a_block_over_a_torn_shard_works(tmp_path: Path) -> None:
     marker_path(tmp_path, key).unlink()
     g = _written(tmp_path, key)
     assert check_committed_block(tmp_path, key, g, full=True) is None
+
+
+def test_sample_ids_and_coordinate_labels_are_written_and_survive_block_rewrites(
+    tmp_path: Path,
+) -> None:
+    """Format 2: every planned row (rejected too) gets its id with its block; the band and
+    affine labels are written with the template and belong to no block, so rewriting a
+    block (which deletes its shards first) leaves them readable; xarray labels the store."""
+    import xarray as xr
+
+    g = make_store(tmp_path)
+    assert g.attrs["format_version"] == 2
+    assert list(g["s2l2a_band"][:]) == list(get_modality("S2L2A").band_names)
+    assert list(g["affine"][:]) == ["a", "b", "c", "d", "e", "f"]
+    rows = [plan_row("train", r) for r in range(0, 4)]
+    res = [fake_result(rows[0]), fake_result(rows[1], reject=True)] + [
+        fake_result(r) for r in rows[2:]
+    ]
+    for _ in range(2):  # a resumed build rewrites the block over its old shards
+        blk = assemble_block(store_layout(g), BlockKey("train", 0), rows, res)
+        write_block(g, blk, tmp_path)
+    files = block_files(tmp_path, BlockKey("train", 0), g)
+    assert "train.zarr/sample_id/c/0" in files and not any("_band" in f for f in files)
+    assert check_committed_block(tmp_path, BlockKey("train", 0), full=True) is None
+    assert list(g["sample_id"][0:4]) == [r["sample_id"] for r in rows]  # row 1 was rejected
+    assert list(g["sample_id"][4:]) == [""] * 6  # blocks not written yet
+    assert blk.index_rows[0]["checksums"]["sample_id"] == checksum(np.array("train-0000", "T"))
+    ds = xr.open_zarr(tmp_path / "train.zarr", consolidated=False)
+    assert {"sample_id", "epsg", "transform", "s2l2a_band", "geo_value", "affine"} <= set(ds.coords)
+    assert "sample_id" not in ds.data_vars and "epsg" not in ds.data_vars
+    assert list(ds["S2L2A"].s2l2a_band.values) == list(get_modality("S2L2A").band_names)
+    assert str(ds["DEM"].isel(sample=2).sample_id.values) == "train-0002"
+    assert int(ds["DEM"].isel(sample=2).epsg) == int(g["epsg"][2]) != 0
+    assert float(ds.transform.isel(sample=2).sel(affine="c")) == float(g["transform"][2, 2])
