@@ -11,6 +11,7 @@ with patches of trees (18%) and a small built-up area (9%) on flat terrain aroun
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -22,6 +23,8 @@ __all__ = [
     "Captioner",
     "SampleStats",
     "StatisticsCaptioner",
+    "caption_sample",
+    "caption_time",
     "caption_to_bytes",
     "season",
     "sample_stats",
@@ -262,3 +265,34 @@ def caption_to_bytes(text: str, length: int = CAPTION_MAX_BYTES) -> np.ndarray:
     out = np.zeros(length, np.uint8)
     out[: len(b)] = np.frombuffer(b, np.uint8)
     return out
+
+
+def caption_time(times: Mapping[str, dt.datetime | None]) -> dt.datetime | None:
+    """The time a caption's season comes from: S2's acquisition, else any modality's."""
+    return (
+        times.get("S2L2A")
+        or times.get("S2L1C")
+        or next((t for t in times.values() if t is not None), None)
+    )
+
+
+def caption_sample(
+    captioner: Captioner,
+    lat: float,
+    lon: float,
+    images: Mapping[str, np.ndarray | None],
+    when: dt.datetime | None,
+) -> tuple[str, SampleStats]:
+    """Caption one sample from its (band, y, x) images by modality (LULC, DEM, NDVI,
+    S2RGB; absent or ``None`` = not available); returns the caption and its statistics."""
+    lulc, dem, nd = images.get("LULC"), images.get("DEM"), images.get("NDVI")
+    stats = sample_stats(
+        lat,
+        lon,
+        lulc=None if lulc is None else lulc[0],
+        dem=None if dem is None else dem[0],
+        ndvi=None if nd is None else nd[0],
+        when=when,
+        rgb=images.get("S2RGB"),
+    )
+    return captioner.caption(stats), stats

@@ -1,7 +1,9 @@
 """Derived modalities computed on the 10 m grid: S2RGB, NDVI, GEO and the SCL cloud mask.
 
 All functions are pure and take the co-registered float32 arrays (NaN = nodata) of one
-sample. Sentinel-2 values stay in the source DN everywhere in the corpus (the registry's
+sample. :func:`derive` computes every derived modality of the registry that has a
+deriver in :data:`DERIVERS` (text modalities come from the captioner), so the sample
+builder never names one. Sentinel-2 values stay in the source DN everywhere in the corpus (the registry's
 normalisation statistics assume DN); only NDVI, a ratio of reflectances, converts DN to
 reflectance first, because the processing-baseline-04.00 offset (-1000 DN) would
 otherwise bias it.
@@ -9,22 +11,41 @@ otherwise bias it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
 import numpy as np
 
-from terraloom.schemas.modalities import SCL_CLOUD_SHADOW, SCL_NODATA
+from terraloom.pipeline.quality import Issue
+from terraloom.schemas.modalities import (
+    REGISTRY,
+    SCL_CLOUD_SHADOW,
+    SCL_NODATA,
+    Layout,
+    get_modality,
+)
+from terraloom.schemas.tables import RejectReason
 
 __all__ = [
     "CLOUD_MASK_CLEAR",
     "CLOUD_MASK_CLOUD",
     "CLOUD_MASK_NODATA",
     "CLOUD_MASK_SHADOW",
+    "DERIVERS",
+    "DeriveInputs",
+    "Derived",
     "cloud_fraction",
     "cloud_mask_from_scl",
+    "derive",
     "geo_vector",
     "ndvi",
     "reflectance",
     "s2_reflectance_params",
     "s2rgb",
+    "sample_cloud",
+    "underivable",
+    "unsourced",
 ]
 
 CLOUD_MASK_CLEAR = 0
@@ -116,3 +137,134 @@ def cloud_fraction(mask: np.ndarray) -> float:
     if n == 0:
         return 1.0
     return float(np.count_nonzero((mask == CLOUD_MASK_CLOUD) | (mask == CLOUD_MASK_SHADOW)) / n)
+
+
+def sample_cloud(
+    scl: np.ndarray | None, cloud_cover_pct: float | None, shape: tuple[int, int]
+) -> tuple[np.ndarray, float | None]:
+    """The cloud mask and cloud fraction of a sample with S2L2A: from its SCL band when
+    it was read, else only the fraction, from the scene's ``eo:cloud_cover``."""
+    if scl is not None:
+        mask = cloud_mask_from_scl(scl)
+        return mask, cloud_fraction(mask)
+    frac = float(cloud_cover_pct) / 100.0 if cloud_cover_pct is not None else None
+    return np.full(shape, CLOUD_MASK_NODATA, np.uint8), frac
+
+
+# --------------------------------------------------------------------------- derivers
+
+
+@dataclass(frozen=True)
+class DeriveInputs:
+    """What one sample's derived modalities are computed from."""
+
+    lat: float
+    lon: float
+    #: Judged, gap-filled source images (band, y, x) float32 by modality; absent = missing.
+    images: Mapping[str, np.ndarray]
+    #: The built bands of each source image, in its band order.
+    bands: Mapping[str, Sequence[str]]
+    #: The S2L2A scene most pixels came from (asset ``scale``/``offset``, baseline).
+    s2_scene: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Derived:
+    """Derived modality -> its array (``None``: its sources lack what it needs), and
+    the quality figures the derivation measured (``ndvi_mean``, ``s2_offset_ignored``)."""
+
+    arrays: dict[str, np.ndarray | None]
+    quality: dict[str, float]
+
+
+def _s2_band(inputs: DeriveInputs, band: str) -> np.ndarray:
+    return inputs.images["S2L2A"][list(inputs.bands["S2L2A"]).index(band)]
+
+
+def _has_s2(inputs: DeriveInputs, bands: set[str]) -> bool:
+    return "S2L2A" in inputs.images and bands <= set(inputs.bands.get("S2L2A", ()))
+
+
+def _ndvi_of(inputs: DeriveInputs) -> tuple[np.ndarray | None, dict[str, float]]:
+    if not _has_s2(inputs, {"B04", "B08"}):
+        return None, {}
+    sc = inputs.s2_scene
+    assets = {a["band"]: a for a in sc.get("assets") or []}
+    names = ("B08", "B04")
+    params = [
+        s2_reflectance_params(
+            assets.get(b, {}).get("scale"),
+            assets.get(b, {}).get("offset"),
+            sc.get("processing_baseline"),
+        )
+        for b in names
+    ]
+    quality: dict[str, float] = {}
+    refl = [reflectance(_s2_band(inputs, b), *p) for b, p in zip(names, params)]
+    if any(p[1] < 0 for p in params) and any(float(np.nanmedian(r)) < 0 for r in refl):
+        # A negative median reflectance is impossible: the provider already removed the
+        # offset from the DN but still declares it (Earth Search v1 items with
+        # earthsearch:boa_offset_applied). Use the DN as offset-free reflectance.
+        refl = [reflectance(_s2_band(inputs, b), p[0], 0.0) for b, p in zip(names, params)]
+        quality["s2_offset_ignored"] = 1.0
+    out = ndvi(refl[0], refl[1])
+    if np.isfinite(out).any():
+        quality["ndvi_mean"] = float(np.nanmean(out))
+    return out[None], quality
+
+
+def _s2rgb_of(inputs: DeriveInputs) -> tuple[np.ndarray | None, dict[str, float]]:
+    if not _has_s2(inputs, {"B04", "B03", "B02"}):
+        return None, {}
+    red, green, blue = (_s2_band(inputs, b) for b in ("B04", "B03", "B02"))
+    return s2rgb(red, green, blue), {}
+
+
+def _geo_of(inputs: DeriveInputs) -> tuple[np.ndarray | None, dict[str, float]]:
+    return geo_vector(inputs.lat, inputs.lon), {}
+
+
+Deriver = Callable[[DeriveInputs], tuple[np.ndarray | None, dict[str, float]]]
+#: The deriver of each derived registry modality (text ones come from the captioner).
+DERIVERS: dict[str, Deriver] = {"S2RGB": _s2rgb_of, "NDVI": _ndvi_of, "GEO": _geo_of}
+
+
+def derive(inputs: DeriveInputs) -> Derived:
+    """Every derived, non-text modality of the registry (whether built or not: the
+    captioner and the quality figures use them); one without a deriver is ``None``."""
+    arrays: dict[str, np.ndarray | None] = {}
+    quality: dict[str, float] = {}
+    for m in REGISTRY:
+        if not m.is_derived or m.layout is Layout.TEXT:
+            continue
+        fn = DERIVERS.get(m.name)
+        arrays[m.name], q = fn(inputs) if fn is not None else (None, {})
+        quality.update(q)
+    return Derived(arrays, quality)
+
+
+def underivable(required: Sequence[str], derived: Derived) -> Issue | None:
+    """The reject of a sample whose required derived image modality cannot be derived."""
+    for name in required:
+        m = get_modality(name)
+        if m.is_derived and m.is_image and derived.arrays.get(name) is None:
+            return Issue(
+                RejectReason.NO_MATCH,
+                name,
+                f"{name}: cannot be derived ({', '.join(m.derived_from)} bands missing)",
+            )
+    return None
+
+
+def unsourced(modalities: Sequence[str], missing: Sequence[Issue], derived: Derived) -> list[Issue]:
+    """Built derived image modalities left at their fill value because a source is missing."""
+    gone = {e.modality: e for e in missing}
+    out: list[Issue] = []
+    for name in modalities:
+        m = get_modality(name)
+        if not (m.is_derived and m.is_image) or derived.arrays.get(name) is not None:
+            continue
+        src = next((s for s in m.derived_from if s in gone), None)
+        if src is not None:
+            out.append(Issue(gone[src].reason, name, f"{name}: not derived, {src} is missing"))
+    return out

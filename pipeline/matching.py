@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -199,33 +198,6 @@ def _uncovered(footprint: BaseGeometry, items: Sequence[SourceItem]) -> float:
 # --- cloud cover from SCL ---------------------------------------------------------------------
 
 
-class _DatasetCache:
-    """A small LRU of open rasterio datasets so one COG is opened once per worker."""
-
-    def __init__(self, size: int = 32) -> None:
-        self.size = size
-        self._open: OrderedDict[str, Any] = OrderedDict()
-
-    def get(self, href: str) -> Any:
-        import rasterio
-
-        ds = self._open.pop(href, None)
-        if ds is None:
-            ds = rasterio.open(href)
-        self._open[href] = ds
-        while len(self._open) > self.size:
-            _, old = self._open.popitem(last=False)
-            old.close()
-        return ds
-
-    def clear(self) -> None:
-        while self._open:
-            self._open.popitem()[1].close()
-
-
-_DATASETS = _DatasetCache()
-
-
 def local_path(href: str) -> str | None:
     """Filesystem path of a local href (``file://`` URI or plain path), else None."""
     parsed = urlparse(href)
@@ -264,40 +236,45 @@ def scl_footprint_stats(
     The footprint is sampled at the centres of a ``res_m`` grid in the sample's own CRS
     (nearest neighbour), so tiles of the neighbouring UTM zone and several tiles at once are
     handled alike. Each item reads only the window under those points, decimated towards
-    ``res_m`` so GDAL serves it from an overview. Raises whatever rasterio raises on
-    unreadable files; callers fall back to ``eo:cloud_cover``.
+    ``res_m`` so GDAL serves it from an overview. Raises ``readers.AssetError`` (or
+    ``ValueError``) on unreadable files; callers fall back to ``eo:cloud_cover``.
+    Files are opened through ``pipeline.readers`` (GDAL's own caches keep re-opening
+    cheap), so planning and the build read assets one way.
     """
-    from affine import Affine
     from rasterio.enums import Resampling
     from rasterio.windows import Window
+
+    from terraloom.pipeline.readers import open_asset
 
     (_, _, x0, _, _, y1), nx, ny = sample.coarse(res_m)
     xs, ys = np.meshgrid(x0 + (np.arange(nx) + 0.5) * res_m, y1 - (np.arange(ny) + 0.5) * res_m)
     mosaic = np.zeros(xs.size, np.uint8)
     for it in items:
-        ds = _DATASETS.get(it.assets[SCL_BAND].href)
-        epsg = ds.crs.to_epsg() if ds.crs is not None else None
-        if epsg is None:
-            raise ValueError(f"SCL of {it.id} has no EPSG CRS")
-        if epsg == sample.epsg:
-            sx, sy = xs.ravel(), ys.ravel()
-        else:
-            sx, sy = _transformer(sample.epsg, epsg).transform(xs.ravel(), ys.ravel())
-            sx, sy = np.asarray(sx), np.asarray(sy)
-        cols, rows = ~ds.transform @ (sx, sy)
-        col0 = max(0, math.floor(float(np.min(cols))) - 1)
-        row0 = max(0, math.floor(float(np.min(rows))) - 1)
-        col1 = min(ds.width, math.ceil(float(np.max(cols))) + 1)
-        row1 = min(ds.height, math.ceil(float(np.max(rows))) + 1)
-        if col1 <= col0 or row1 <= row0:
-            continue
-        win = Window(col0, row0, col1 - col0, row1 - row0)
-        factor = max(1, int(res_m // abs(ds.transform.a)))
-        out_h = max(1, math.ceil(win.height / factor))
-        out_w = max(1, math.ceil(win.width / factor))
-        arr = ds.read(1, window=win, out_shape=(out_h, out_w), resampling=Resampling.nearest)
-        wt = ds.window_transform(win) @ Affine.scale(win.width / out_w, win.height / out_h)
-        c, r = ~wt @ (sx, sy)
+        with open_asset(it.assets[SCL_BAND].href) as asset:
+            info = asset.info
+            epsg = info.crs.to_epsg() if info.crs is not None else None
+            if epsg is None or info.transform is None:
+                raise ValueError(f"SCL of {it.id} has no EPSG CRS and transform")
+            if epsg == sample.epsg:
+                sx, sy = xs.ravel(), ys.ravel()
+            else:
+                sx, sy = _transformer(sample.epsg, epsg).transform(xs.ravel(), ys.ravel())
+                sx, sy = np.asarray(sx), np.asarray(sy)
+            cols, rows = ~info.transform @ (sx, sy)
+            col0 = max(0, math.floor(float(np.min(cols))) - 1)
+            row0 = max(0, math.floor(float(np.min(rows))) - 1)
+            col1 = min(info.width, math.ceil(float(np.max(cols))) + 1)
+            row1 = min(info.height, math.ceil(float(np.max(rows))) + 1)
+            if col1 <= col0 or row1 <= row0:
+                continue
+            win = Window(col0, row0, col1 - col0, row1 - row0)
+            factor = max(1, int(res_m // abs(info.transform.a)))
+            out_h = max(1, math.ceil(win.height / factor))
+            out_w = max(1, math.ceil(win.width / factor))
+            rw = asset.read(win, out_shape=(out_h, out_w), resampling=Resampling.nearest)
+        assert rw.transform is not None
+        arr = np.where(np.isnan(rw.data), SCL_NODATA, rw.data).astype(np.uint8)
+        c, r = ~rw.transform @ (sx, sy)
         c, r = np.floor(c).astype(np.int64), np.floor(r).astype(np.int64)
         inside = (r >= 0) & (r < out_h) & (c >= 0) & (c < out_w)
         part = np.zeros_like(mosaic)
@@ -311,10 +288,6 @@ def scl_footprint_stats(
         return SclStats(None, nodata_pct)
     cloudy = int((np.isin(mosaic, SCL_CLOUD_SHADOW) & valid).sum())
     return SclStats(100.0 * cloudy / n_valid, nodata_pct)
-
-
-def clear_dataset_cache() -> None:
-    _DATASETS.clear()
 
 
 # --- grouping ---------------------------------------------------------------------------------

@@ -18,12 +18,15 @@ from scipy import ndimage
 from terraloom.schemas.tables import RejectReason
 
 __all__ = [
+    "CONSTANT_OK",
+    "UNIFORM_OK_BANDS",
     "Issue",
     "check_cloud",
     "check_image",
     "check_s1_s2_delta",
     "fill_small_gaps",
     "is_constant",
+    "judge_image",
     "nodata_fraction",
 ]
 
@@ -142,3 +145,29 @@ def check_s1_s2_delta(delta_days: float | None, window_days: float) -> Issue | N
             f"S1-S2 acquisition delta {abs(delta_days):.2f} d > {window_days:g} d",
         )
     return None
+
+
+#: Modalities whose constant images are legitimate (a sample all in one land-cover class).
+CONSTANT_OK: tuple[str, ...] = ("LULC",)
+#: Bands that may be uniform over a whole sample without the image being broken: B10
+#: (cirrus, 1375 nm) sees nothing but cirrus, so a clear sky gives one flat value.
+UNIFORM_OK_BANDS: dict[str, tuple[str, ...]] = {"S2L1C": ("B10",)}
+
+
+def judge_image(
+    modality: str,
+    arr: np.ndarray,
+    bands: Sequence[str],
+    *,
+    max_nodata_fraction: float,
+    bad_px: int = 0,
+) -> Issue | None:
+    """:func:`check_image` with the modality's exceptions (constant LULC, uniform B10)."""
+    return check_image(
+        modality,
+        arr,
+        max_nodata_fraction=max_nodata_fraction,
+        bad_px=bad_px,
+        check_constant=modality not in CONSTANT_OK,
+        uniform_ok=[i for i, b in enumerate(bands) if b in UNIFORM_OK_BANDS.get(modality, ())],
+    )

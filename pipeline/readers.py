@@ -328,8 +328,10 @@ class Asset:
         decimation: int = 1,
         nodata: float | None = None,
         resampling: GdalResampling = GdalResampling.nearest,
+        out_shape: tuple[int, int] | None = None,
     ) -> RasterWindow:
-        """Read one band window; ``decimation`` > 1 reads a coarser rendition (overviews).
+        """Read one band window; ``decimation`` > 1 reads a coarser rendition (overviews),
+        ``out_shape`` one of exactly that (height, width).
 
         ``nodata`` stands in for a file that declares none (the item's ``raster:bands``).
         Raises :class:`AssetError` (truncated or corrupt blocks are ``UNREADABLE_ASSET``).
@@ -338,9 +340,12 @@ class Asset:
         t0 = time.perf_counter()
         window = window.round_offsets().round_lengths()
         h, w = int(window.height), int(window.width)
-        out_h, out_w = (
-            (max(1, h // decimation), max(1, w // decimation)) if decimation > 1 else (h, w)
-        )
+        if out_shape is not None:
+            out_h, out_w = out_shape
+        elif decimation > 1:
+            out_h, out_w = max(1, h // decimation), max(1, w // decimation)
+        else:
+            out_h, out_w = h, w
         try:
             raw = self._ds.read(
                 band, window=window, out_shape=(out_h, out_w), resampling=resampling

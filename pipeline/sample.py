@@ -17,6 +17,14 @@ values from the best-ranked scene in plan order; partial kernels at seams merged
 order), so the output bytes do not depend on read order and memory per block is about one
 float32 plane per (sample, band), bounded by the shard size.
 
+What happens to a sample once its planes are mosaicked lives with the idea it belongs
+to: the quality rules in ``pipeline.quality``, the derived modalities (chosen from the
+registry) in ``pipeline.derive``, the caption in ``pipeline.caption``, the arrays and
+index/rejects rows in ``pipeline.sample_output``, the config in ``pipeline.build_config``.
+This module keeps the scene-major reading and mosaicking of a block, which is one idea
+(shared windows, shared coordinate fields, order-independent mosaics) and the reason it
+is longer than the others.
+
 Stored values: Sentinel-2 DN exactly as in the source (the registry's normalisation
 statistics assume DN); S1 backscatter in dB (resampled as linear power); DEM metres;
 LULC legend values; NDVI from reflectance (DN x scale + offset).
@@ -25,8 +33,6 @@ LULC legend values; NDVI from reflectance (DN x scale + offset).
 from __future__ import annotations
 
 import datetime as dt
-import importlib
-import math
 import threading
 import time
 import traceback
@@ -41,7 +47,8 @@ from typing import Any
 import numpy as np
 from rasterio.enums import Resampling as GdalResampling
 
-from terraloom.pipeline.caption import Captioner, caption_to_bytes, sample_stats
+from terraloom.pipeline.build_config import DEFAULT_REQUIRED, BuildConfig
+from terraloom.pipeline.caption import Captioner, caption_sample, caption_time
 from terraloom.pipeline.coregister import (
     PointSampler,
     SeparableSampler,
@@ -56,167 +63,43 @@ from terraloom.pipeline.coregister import (
     warp_to_grid,
 )
 from terraloom.pipeline.derive import (
-    cloud_fraction,
-    cloud_mask_from_scl,
-    geo_vector,
-    ndvi,
-    reflectance,
-    s2_reflectance_params,
-    s2rgb,
+    CLOUD_MASK_NODATA,
+    DeriveInputs,
+    derive,
+    sample_cloud,
+    underivable,
+    unsourced,
 )
 from terraloom.pipeline.quality import (
     Issue,
     check_cloud,
-    check_image,
     check_s1_s2_delta,
     fill_small_gaps,
+    judge_image,
     nodata_fraction,
 )
 from terraloom.pipeline.readers import (
     Asset,
     AssetError,
     AssetInfo,
-    HrefPolicy,
     RasterWindow,
-    ReaderOptions,
     check_georeferencing,
     gdal_env,
     open_asset,
 )
-from terraloom.schemas.layouts import CORPUS_MODALITIES
-from terraloom.schemas.modalities import SAMPLE_PX, Layout, Modality, Resampling, get_modality
-from terraloom.schemas.tables import TIMED_MODALITIES, RejectReason
+from terraloom.pipeline.sample_output import (
+    corpus_arrays,
+    index_row,
+    plan_reason,
+    reject_row,
+    unplanned,
+)
+from terraloom.schemas.modalities import SAMPLE_PX, Modality, Resampling, get_modality
+from terraloom.schemas.tables import RejectReason
 
 __all__ = ["DEFAULT_REQUIRED", "BuildConfig", "SampleResult", "build_block", "build_sample"]
 
 SCL_BAND = "SCL"
-#: Source modalities a sample must have by default (TerraMind's core set).
-DEFAULT_REQUIRED: tuple[str, ...] = ("S2L2A", "S1GRD", "DEM", "LULC")
-#: Modalities whose constant images are legitimate (a sample all in one land-cover class).
-_CONSTANT_OK = ("LULC",)
-#: Bands that may be uniform over a whole sample without the image being broken: B10
-#: (cirrus, 1375 nm) sees nothing but cirrus, so a clear sky gives one flat value.
-_UNIFORM_OK_BANDS: dict[str, tuple[str, ...]] = {"S2L1C": ("B10",)}
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """How samples are built and judged; hashable, JSON-able, picklable (Beam/Dask)."""
-
-    #: Corpus modalities to produce (all in ``schemas.layouts.CORPUS_MODALITIES`` by default).
-    modalities: tuple[str, ...] = CORPUS_MODALITIES
-    #: Modalities whose absence or bad quality rejects the sample. A required derived
-    #: modality requires its sources (NDVI -> S2L2A).
-    required: tuple[str, ...] = DEFAULT_REQUIRED
-    max_nodata_fraction: float = 0.01
-    #: Cloud + shadow fraction from SCL over which a sample is rejected.
-    max_cloud_fraction: float = 0.2
-    #: Max |S1 - S2| acquisition delta in days.
-    s1_window_days: float = 7.0
-    #: Fill nodata gaps under the threshold by nearest neighbour (counted in the index).
-    fill_small_gaps: bool = True
-    gdal_cache_mb: int = 256
-    #: Build only these bands of a modality, e.g. (("S2L2A", ("B02", "B03", "B04", "B08")),);
-    #: the others stay at the fill value and are not judged. Empty: all bands.
-    band_subset: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    #: Max decoded-pixels ratio of a shared read over what its member samples need.
-    read_slack: float = 2.0
-    #: GCP warping of radar geometry: thin-plate spline (exact at GCPs) or polynomial.
-    gcp_tps: bool = True
-    #: Check each asset's georeferencing against its item's ``proj:*``.
-    check_georeferencing: bool = True
-    #: Threads reading different assets of a block concurrently (helps remote hrefs).
-    io_threads: int = 1
-    http_timeout_s: int = 20
-    http_max_retry: int = 2
-    #: Extra GDAL configuration options as (key, value) pairs.
-    gdal_options: tuple[tuple[str, str], ...] = ()
-    #: ``module:attribute`` of a zero-argument Captioner factory (a VLM captioner plugs in here).
-    captioner: str = "terraloom.pipeline.caption:StatisticsCaptioner"
-    #: Which asset hrefs may be opened (on by default; ``run_build`` scopes it with the
-    #: plan's catalog root and schemes). A refused href is an ``href_not_allowed`` reject.
-    href_policy: HrefPolicy = HrefPolicy()
-
-    def __post_init__(self) -> None:
-        mods = tuple(get_modality(m).name for m in self.modalities)
-        req = tuple(get_modality(m).name for m in self.required)
-        object.__setattr__(self, "modalities", mods)
-        object.__setattr__(self, "required", tuple(m for m in req if m in mods))
-        subset = tuple((get_modality(m).name, tuple(bands)) for m, bands in self.band_subset)
-        for m, bands in subset:
-            unknown = set(bands) - set(get_modality(m).band_names)
-            if unknown:
-                raise ValueError(f"band_subset: {m} has no bands {sorted(unknown)}")
-        object.__setattr__(self, "band_subset", subset)
-        object.__setattr__(
-            self, "gdal_options", tuple((str(k), str(v)) for k, v in self.gdal_options)
-        )
-        for name in ("max_nodata_fraction", "max_cloud_fraction"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {v}")
-        if self.s1_window_days < 0:
-            raise ValueError("s1_window_days must be >= 0")
-        if self.io_threads < 1:
-            raise ValueError("io_threads must be >= 1")
-        if not isinstance(self.href_policy, HrefPolicy):
-            raise TypeError("href_policy must be a pipeline.hrefs.HrefPolicy")
-
-    def bands(self, modality: str) -> tuple[str, ...]:
-        """Bands of a modality that are built."""
-        m = get_modality(modality)
-        for name, bands in self.band_subset:
-            if name == m.name:
-                return tuple(b for b in m.band_names if b in bands)
-        return m.band_names
-
-    @property
-    def source_modalities(self) -> tuple[str, ...]:
-        """Modalities read from assets (derived ones pull in their sources)."""
-        need: list[str] = []
-        for name in self.modalities:
-            m = get_modality(name)
-            for src in (m.name,) if not m.is_derived else m.derived_from:
-                s = get_modality(src)
-                if (
-                    not s.is_derived
-                    and s.name not in need
-                    and (s.name in self.modalities or name != "CAPTION")
-                ):
-                    need.append(s.name)
-        return tuple(need)
-
-    @property
-    def required_sources(self) -> tuple[str, ...]:
-        out: list[str] = []
-        for name in self.required:
-            m = get_modality(name)
-            srcs = (
-                (m.name,)
-                if not m.is_derived
-                else (() if m.layout is not Layout.IMAGE else m.derived_from)
-            )
-            for s in srcs:
-                if s not in out:
-                    out.append(s)
-        return tuple(out)
-
-    def reader_options(self) -> ReaderOptions:
-        return ReaderOptions(
-            gdal_cache_mb=self.gdal_cache_mb,
-            http_timeout_s=self.http_timeout_s,
-            http_connect_timeout_s=min(self.http_timeout_s, 5),
-            http_max_retry=self.http_max_retry,
-            gdal_options=self.gdal_options,
-        )
-
-    def make_captioner(self) -> Captioner:
-        module, _, attr = self.captioner.partition(":")
-        factory = getattr(importlib.import_module(module), attr)
-        cap = factory()
-        if not isinstance(cap, Captioner):
-            raise TypeError(f"{self.captioner} did not produce a Captioner")
-        return cap
 
 
 @dataclass
@@ -336,26 +219,6 @@ class _Sample:
         return p
 
 
-def _reject(row: dict[str, Any], issue: Issue) -> dict[str, Any]:
-    return {
-        "sample_id": row["sample_id"],
-        "split": row["split"],
-        "row": int(row["row"]),
-        "cell_id": row["cell_id"],
-        "geometry": row["geometry"],
-        "reason": issue.reason.value,
-        "modality": issue.modality,
-        "message": issue.message,
-    }
-
-
-def _reason(text: str | None, default: RejectReason = RejectReason.NO_MATCH) -> RejectReason:
-    try:
-        return RejectReason(str(text))
-    except ValueError:
-        return default
-
-
 def _plan_checks(s: _Sample, config: BuildConfig) -> Issue | None:
     """Rejections known from the plan alone (no reads)."""
     row = s.row
@@ -372,7 +235,9 @@ def _plan_checks(s: _Sample, config: BuildConfig) -> Issue | None:
             u = unmatched.get(m)
             if u is not None:
                 return Issue(
-                    _reason(u.get("reason")), m, u.get("message") or f"{m}: no scene in the plan"
+                    plan_reason(u.get("reason")),
+                    m,
+                    u.get("message") or f"{m}: no scene in the plan",
                 )
             return Issue(
                 RejectReason.NO_MATCH,
@@ -709,22 +574,6 @@ def _read_all(
         list(pool.map(work, [keys[i : i + size] for i in range(0, len(keys), size)]))
 
 
-def _stored(m: Modality, arr: np.ndarray) -> np.ndarray:
-    """float32 (NaN nodata) -> the registry dtype (rounded, clipped; NaN -> nodata)."""
-    dtype = m.np_dtype
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        fill = 0 if m.nodata is None else m.nodata
-        out = np.where(np.isfinite(arr), np.clip(np.rint(arr), info.min, info.max), fill)
-        return out.astype(dtype)
-    return arr.astype(dtype)
-
-
-def _fill_value(m: Modality, shape: tuple[int, ...]) -> np.ndarray:
-    fill = 0 if m.nodata is None else m.nodata
-    return np.full(shape, fill, m.np_dtype)
-
-
 def _dominant_scene(s: _Sample, m: str, bands: tuple[str, ...]) -> dict[str, Any] | None:
     scenes = s.scenes.get(m) or []
     for b in bands:
@@ -745,236 +594,134 @@ def _when(value: Any) -> dt.datetime | None:
     return None
 
 
-def _missing(modality: str, reason: RejectReason | str, message: str) -> dict[str, str]:
-    """One ``missing_modalities`` entry: the reason code a required modality would have
-    been rejected with, and its message."""
-    return {"modality": modality, "reason": str(reason), "message": message}
+@dataclass
+class _Judged:
+    """A sample's source modalities after the quality rules: the images kept (band, y, x)
+    float32, judged and gap-filled), their acquisition times, the quality figures and the
+    optional modalities it goes without."""
+
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    times: dict[str, dt.datetime | None] = field(default_factory=dict)
+    quality: dict[str, float] = field(default_factory=dict)
+    missing: list[Issue] = field(default_factory=list)
+    filled_px: int = 0
 
 
-def _unplanned(s: _Sample, modality: str) -> dict[str, str]:
-    """Why the plan has no scene of an optional modality (its ``unmatched`` entry, if any)."""
-    u = next((u for u in s.row.get("unmatched") or [] if u.get("modality") == modality), None)
-    if u is not None:
-        return _missing(
-            modality, _reason(u.get("reason")), u.get("message") or f"{modality}: no scene"
-        )
-    return _missing(modality, RejectReason.NO_MATCH, f"{modality}: no scene in the plan")
+def _mosaic(s: _Sample, m: Modality, bands: tuple[str, ...]) -> np.ndarray:
+    """The (band, y, x) float32 mosaic of a source modality (dB for SAR; NaN = nodata)."""
+    assert s.grid is not None
+    shape = (s.grid.height, s.grid.width)
+    arr = np.stack(
+        [
+            s.planes[(m.name, b)].result()
+            if (m.name, b) in s.planes
+            else np.full(shape, np.nan, np.float32)
+            for b in bands
+        ]
+    )
+    return power_to_db(arr) if m.resampling is Resampling.BILINEAR_POWER_DB else arr
 
 
-def _not_derived(
-    config: BuildConfig, missing: list[dict[str, str]], derived: dict[str, np.ndarray | None]
-) -> list[dict[str, str]]:
-    """Derived image modalities left at their fill value because a source is missing."""
-    gone = {e["modality"]: e for e in missing}
-    out: list[dict[str, str]] = []
-    for name, value in derived.items():
-        if name not in config.modalities or value is not None:
-            continue
-        src = next((m for m in get_modality(name).derived_from if m in gone), None)
-        if src is not None:
-            out.append(
-                _missing(name, gone[src]["reason"], f"{name}: not derived, {src} is missing")
+def _judge_sources(s: _Sample, config: BuildConfig) -> _Judged | Issue:
+    """Mosaic and judge every source modality; the Issue of a failed required one."""
+    required = set(config.required_sources)
+    j = _Judged()
+    for m_name in config.source_modalities:
+        m = get_modality(m_name)
+        bands = config.bands(m_name)
+        issue = s.failures.get(m_name)
+        if issue is None and not s.scenes.get(m_name):
+            issue = unplanned(s.row, m_name)
+            if m_name in required:
+                issue = Issue(RejectReason.NO_MATCH, m_name, f"{m_name}: no scene in the plan")
+        arr = np.empty(0, np.float32)
+        if issue is None:
+            arr = _mosaic(s, m, bands)
+            j.quality[f"nodata_{m_name}"] = nodata_fraction(arr)
+            issue = judge_image(
+                m_name,
+                arr,
+                bands,
+                max_nodata_fraction=config.max_nodata_fraction,
+                bad_px=s.bad_px.get(m_name, 0),
             )
-    return out
+        if issue is not None:
+            if m_name in required:
+                return issue
+            j.quality[f"available_{m_name}"] = 0.0
+            j.missing.append(Issue(issue.reason, m_name, issue.message))
+            continue
+        if config.fill_small_gaps:
+            arr, n = fill_small_gaps(arr)
+            j.filled_px += n
+            if n:
+                j.quality[f"filled_px_{m_name}"] = float(n)
+        j.images[m_name] = arr
+        j.quality[f"available_{m_name}"] = 1.0
+        sc = _dominant_scene(s, m_name, bands)
+        j.times[m_name] = _when(sc.get("datetime")) if sc else None
+    return j
 
 
 def _finish(
     s: _Sample, config: BuildConfig, captioner: Captioner
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Issue:
-    """Mosaic, judge, fill and derive one sample; an Issue when it is rejected."""
+    """Judge, derive, caption one sample and assemble its records; an Issue when it is
+    rejected."""
     assert s.grid is not None
-    h, w = s.grid.height, s.grid.width
-    required = set(config.required_sources)
+    shape = (s.grid.height, s.grid.width)
     row = s.row
-    quality: dict[str, float] = {}
-    images: dict[str, np.ndarray] = {}  # source modality -> (B, H, W) float32, judged + filled
-    times: dict[str, dt.datetime | None] = {}
-    filled_total = 0
-    #: optional modalities this sample goes without, and why (index ``missing_modalities``)
-    missing: list[dict[str, str]] = []
-    for m_name in config.source_modalities:
-        m = get_modality(m_name)
-        bands = config.bands(m_name)
-        fail = s.failures.get(m_name)
-        if fail is not None:
-            if m_name in required:
-                return fail
-            quality[f"available_{m_name}"] = 0.0
-            missing.append(_missing(m_name, fail.reason, fail.message))
-            continue
-        if not s.scenes.get(m_name):
-            if m_name in required:
-                return Issue(RejectReason.NO_MATCH, m_name, f"{m_name}: no scene in the plan")
-            quality[f"available_{m_name}"] = 0.0
-            missing.append(_unplanned(s, m_name))
-            continue
-        arr = np.stack(
-            [
-                s.planes[(m_name, b)].result()
-                if (m_name, b) in s.planes
-                else np.full((h, w), np.nan, np.float32)
-                for b in bands
-            ]
-        )
-        if m.resampling is Resampling.BILINEAR_POWER_DB:
-            arr = power_to_db(arr)
-        frac = nodata_fraction(arr)
-        quality[f"nodata_{m_name}"] = frac
-        issue = check_image(
-            m_name,
-            arr,
-            max_nodata_fraction=config.max_nodata_fraction,
-            bad_px=s.bad_px.get(m_name, 0),
-            check_constant=m_name not in _CONSTANT_OK,
-            uniform_ok=[i for i, b in enumerate(bands) if b in _UNIFORM_OK_BANDS.get(m_name, ())],
-        )
-        if issue is not None:
-            if m_name in required:
-                return issue
-            quality[f"available_{m_name}"] = 0.0
-            missing.append(_missing(m_name, issue.reason, issue.message))
-            continue
-        if config.fill_small_gaps:
-            arr, n = fill_small_gaps(arr)
-            filled_total += n
-            if n:
-                quality[f"filled_px_{m_name}"] = float(n)
-        images[m_name] = arr
-        quality[f"available_{m_name}"] = 1.0
-        sc = _dominant_scene(s, m_name, bands)
-        times[m_name] = _when(sc.get("datetime")) if sc else None
-
-    # cloud mask from SCL (L2A only); fall back to the plan's cloud cover
-    cloud_mask = np.full((h, w), 255, np.uint8)
+    judged = _judge_sources(s, config)
+    if isinstance(judged, Issue):
+        return judged
+    quality = judged.quality
+    s2_bands = config.bands("S2L2A")
+    s2_scene = _dominant_scene(s, "S2L2A", s2_bands) if "S2L2A" in judged.images else None
+    cloud_mask = np.full(shape, CLOUD_MASK_NODATA, np.uint8)
     cfrac: float | None = None
-    if "S2L2A" in images and ("S2L2A", SCL_BAND) in s.planes:
-        cloud_mask = cloud_mask_from_scl(s.planes[("S2L2A", SCL_BAND)].result())
-        cfrac = cloud_fraction(cloud_mask)
-    elif "S2L2A" in images:
-        sc = _dominant_scene(s, "S2L2A", config.bands("S2L2A"))
-        cc = sc.get("cloud_cover") if sc else None
-        cfrac = float(cc) / 100.0 if cc is not None else None
+    if "S2L2A" in judged.images:
+        scl = s.planes.get(("S2L2A", SCL_BAND))
+        cover = (s2_scene or {}).get("cloud_cover")
+        cloud_mask, cfrac = sample_cloud(None if scl is None else scl.result(), cover, shape)
     if cfrac is not None:
         quality["cloud_fraction"] = cfrac
-        if "S2L2A" in required:
+        if "S2L2A" in config.required_sources:
             issue = check_cloud(cfrac, config.max_cloud_fraction)
             if issue is not None:
                 return issue
-
-    arrays: dict[str, np.ndarray] = {}
     lat, lon = float(row["center_lat"]), float(row["center_lon"])
-    s2 = images.get("S2L2A")
-    s2_bands = config.bands("S2L2A")
-    ndvi_arr: np.ndarray | None = None
-    rgb: np.ndarray | None = None
-    if s2 is not None and {"B04", "B08"} <= set(s2_bands):
-        sc = _dominant_scene(s, "S2L2A", s2_bands) or {}
-        assets = {a["band"]: a for a in sc.get("assets") or []}
-        params = [
-            s2_reflectance_params(
-                assets.get(b, {}).get("scale"),
-                assets.get(b, {}).get("offset"),
-                sc.get("processing_baseline"),
-            )
-            for b in ("B08", "B04")
-        ]
-        refl = [reflectance(s2[s2_bands.index(b)], *p) for b, p in zip(("B08", "B04"), params)]
-        if any(p[1] < 0 for p in params) and any(float(np.nanmedian(r)) < 0 for r in refl):
-            # A negative median reflectance is impossible: the provider already removed the
-            # offset from the DN but still declares it (Earth Search v1 items with
-            # earthsearch:boa_offset_applied). Use the DN as offset-free reflectance.
-            refl = [
-                reflectance(s2[s2_bands.index(b)], p[0], 0.0)
-                for b, p in zip(("B08", "B04"), params)
-            ]
-            quality["s2_offset_ignored"] = 1.0
-        ndvi_arr = ndvi(refl[0], refl[1])
-        if np.isfinite(ndvi_arr).any():
-            quality["ndvi_mean"] = float(np.nanmean(ndvi_arr))
-    if s2 is not None and {"B04", "B03", "B02"} <= set(s2_bands):
-        rgb = s2rgb(s2[s2_bands.index("B04")], s2[s2_bands.index("B03")], s2[s2_bands.index("B02")])
-
-    lulc = images.get("LULC")
-    dem = images.get("DEM")
-    when = (
-        times.get("S2L2A")
-        or times.get("S2L1C")
-        or next((t for t in times.values() if t is not None), None)
-    )
-    stats = sample_stats(
+    bands = {m: config.bands(m) for m in judged.images}
+    derived = derive(DeriveInputs(lat, lon, judged.images, bands, s2_scene or {}))
+    quality.update(derived.quality)
+    caption, stats = caption_sample(
+        captioner,
         lat,
         lon,
-        lulc=None if lulc is None else lulc[0],
-        dem=None if dem is None else dem[0],
-        ndvi=ndvi_arr,
-        when=when,
-        rgb=rgb,
+        {**judged.images, **derived.arrays},
+        caption_time(judged.times),
     )
-    caption = captioner.caption(stats)
     quality.update(stats.as_quality())
-
-    for name in config.modalities:
-        m = get_modality(name)
-        if not m.is_derived:
-            img = images.get(name)
-            shape = (m.n_bands, h, w)
-            if img is None:
-                arrays[name] = _fill_value(m, shape)
-                continue
-            out = _fill_value(m, shape)
-            built = config.bands(name)
-            for bi, b in enumerate(built):
-                out[m.band_names.index(b)] = _stored(m, img[bi])
-            arrays[name] = out
-        elif name == "S2RGB":
-            arrays[name] = rgb if rgb is not None else _fill_value(m, (m.n_bands, h, w))
-        elif name == "NDVI":
-            arrays[name] = (
-                ndvi_arr[None] if ndvi_arr is not None else np.full((1, h, w), np.nan, np.float32)
-            ).astype(m.np_dtype)
-        elif name == "GEO":
-            arrays[name] = geo_vector(lat, lon)
-        elif name == "CAPTION":
-            arrays[name] = caption_to_bytes(caption, int(m.length or 512))
-        else:  # a derived modality this builder does not know: fill, never crash
-            arrays[name] = _fill_value(
-                m, (m.n_bands, h, w) if m.is_image else (int(m.length or 1),)
-            )
-    for name in config.required:
-        m = get_modality(name)
-        if name in ("S2RGB", "NDVI") and (rgb if name == "S2RGB" else ndvi_arr) is None:
-            return Issue(
-                RejectReason.NO_MATCH, name, f"{name}: cannot be derived (S2L2A bands missing)"
-            )
-    missing += _not_derived(config, missing, {"S2RGB": rgb, "NDVI": ndvi_arr})
+    issue = underivable(config.required, derived)
+    if issue is not None:
+        return issue
+    arrays = corpus_arrays(config.modalities, judged.images, bands, derived, caption, shape)
+    missing = judged.missing + unsourced(config.modalities, judged.missing, derived)
     arrays["cloud_mask"] = cloud_mask
     arrays["epsg"] = np.asarray(s.grid.epsg, np.int32)
     arrays["transform"] = np.asarray(row["transform"][:6], np.float64)
-
     delta = row.get("s1_s2_delta_days")
     if delta is None:
         delta = _s1_s2_delta(s.scenes)
-    index_row: dict[str, Any] = {
-        "sample_id": row["sample_id"],
-        "split": row["split"],
-        "row": int(row["row"]),
-        "cell_id": row["cell_id"],
-        "geometry": row["geometry"],
-        "center_lon": lon,
-        "center_lat": lat,
-        "epsg": int(row["epsg"]),
-        "transform": [float(v) for v in row["transform"][:6]],
-        **{f"time_{m}": times.get(m) for m in TIMED_MODALITIES},
-        "cloud_fraction": None if cfrac is None else float(cfrac),
-        "s1_s2_delta_days": None if delta is None else float(delta),
-        "nodata_filled_px": int(filled_total),
-        "quality": {
-            k: float(v) for k, v in sorted(quality.items()) if v is not None and math.isfinite(v)
-        },
-        "missing_modalities": missing,
-        "caption": caption,
-    }
-    return arrays, index_row
+    return arrays, index_row(
+        row,
+        times=judged.times,
+        cloud_fraction=cfrac,
+        s1_s2_delta_days=delta,
+        filled_px=judged.filled_px,
+        quality=quality,
+        missing=missing,
+        caption=caption,
+    )
 
 
 # --------------------------------------------------------------------------- entry points
@@ -1040,7 +787,7 @@ def build_block(plan_rows: list[dict[str, Any]], config: BuildConfig) -> list[Sa
                     int(row["row"]),
                     None,
                     None,
-                    _reject(row, outcome),
+                    reject_row(row, outcome),
                     stats,
                 )
             )

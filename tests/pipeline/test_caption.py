@@ -9,6 +9,8 @@ from terraloom.pipeline.caption import (
     Captioner,
     SampleStats,
     StatisticsCaptioner,
+    caption_sample,
+    caption_time,
     caption_to_bytes,
     sample_stats,
     season,
@@ -84,3 +86,18 @@ def test_stats_ignore_nodata_and_report_quality_metrics() -> None:
     assert dict(stats.lulc_fractions) == pytest.approx({"trees": 2 / 3, "water": 1 / 3})
     q = stats.as_quality()
     assert q["elevation_mean"] == pytest.approx(200.0) and q["lulc_trees"] == pytest.approx(2 / 3)
+
+
+def test_caption_sample_reads_its_statistics_from_the_sample_images() -> None:
+    class Echo:
+        def caption(self, stats: SampleStats) -> str:
+            return f"{stats.elevation_mean:.0f} m, month {stats.month}, rgb {stats.rgb is not None}"
+
+    when = dt.datetime(2023, 7, 1, tzinfo=dt.UTC)
+    images = {"DEM": np.full((1, 4, 4), 140.0, np.float32), "NDVI": None, "S2RGB": None}
+    text, stats = caption_sample(Echo(), 45.0, 15.0, images, when)
+    assert text == "140 m, month 7, rgb False" and stats.ndvi_mean is None
+    s1 = dt.datetime(2023, 6, 1, tzinfo=dt.UTC)
+    assert caption_time({"S1GRD": s1, "S2L2A": when}) == when
+    assert caption_time({"DEM": None, "S1GRD": s1}) == s1
+    assert caption_time({}) is None

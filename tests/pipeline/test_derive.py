@@ -8,14 +8,23 @@ from terraloom.pipeline.derive import (
     CLOUD_MASK_CLOUD,
     CLOUD_MASK_NODATA,
     CLOUD_MASK_SHADOW,
+    DERIVERS,
+    DeriveInputs,
     cloud_fraction,
     cloud_mask_from_scl,
+    derive,
     geo_vector,
     ndvi,
     reflectance,
     s2_reflectance_params,
     s2rgb,
+    sample_cloud,
+    underivable,
+    unsourced,
 )
+from terraloom.pipeline.quality import Issue
+from terraloom.schemas.modalities import REGISTRY, Layout
+from terraloom.schemas.tables import RejectReason
 
 
 def test_s2rgb_stretches_2_98_percent_jointly_and_zeroes_nodata() -> None:
@@ -69,3 +78,69 @@ def test_cloud_mask_from_scl_classes() -> None:
 def test_geo_vector_is_lat_lon() -> None:
     v = geo_vector(-33.5, 151.2)
     assert v.dtype == np.float64 and v.tolist() == [-33.5, 151.2]
+
+
+# --- the registry-driven derivation of one sample ---------------------------------------------
+
+
+def _inputs(bands: tuple[str, ...] = ("B02", "B03", "B04", "B08"), **kw: object) -> DeriveInputs:
+    rng = np.random.default_rng(5)
+    s2 = rng.uniform(1500, 4000, (len(bands), 32, 32)).astype(np.float32)
+    return DeriveInputs(45.5, 15.5, {"S2L2A": s2}, {"S2L2A": bands}, **kw)  # type: ignore[arg-type]
+
+
+def test_derive_covers_every_derived_registry_modality_but_text() -> None:
+    d = derive(_inputs())
+    want = {m.name for m in REGISTRY if m.is_derived and m.layout is not Layout.TEXT}
+    assert set(d.arrays) == want and set(DERIVERS) == want
+    assert d.arrays["NDVI"] is not None and d.arrays["NDVI"].shape == (1, 32, 32)
+    assert d.arrays["S2RGB"] is not None and d.arrays["S2RGB"].dtype == np.uint8
+    np.testing.assert_array_equal(d.arrays["GEO"], [45.5, 15.5])
+    assert -1.0 <= d.quality["ndvi_mean"] <= 1.0 and "s2_offset_ignored" not in d.quality
+
+
+def test_derive_without_the_bands_it_needs_is_none_and_a_required_one_is_a_reject() -> None:
+    d = derive(_inputs(("B02", "B03", "B04")))  # no B08: no NDVI, RGB still there
+    assert d.arrays["NDVI"] is None and d.arrays["S2RGB"] is not None
+    issue = underivable(("S2L2A", "S2RGB", "NDVI"), d)
+    assert issue is not None and issue.modality == "NDVI"
+    assert issue.message == "NDVI: cannot be derived (S2L2A bands missing)"
+    assert underivable(("S2RGB", "GEO"), d) is None
+
+
+def test_a_declared_offset_the_dn_already_lost_is_ignored() -> None:
+    scene = {
+        "assets": [{"band": b, "scale": 1e-4, "offset": -0.1} for b in ("B02", "B03", "B04", "B08")]
+    }
+    d = derive(_inputs(s2_scene=scene))  # DN 1500..4000 minus 1000 DN would still be > 0
+    assert "s2_offset_ignored" not in d.quality
+    low = DeriveInputs(
+        45.5,
+        15.5,
+        {"S2L2A": np.full((4, 8, 8), 400, np.float32) + np.arange(8, dtype=np.float32)},
+        {"S2L2A": ("B02", "B03", "B04", "B08")},
+        scene,
+    )
+    assert derive(low).quality["s2_offset_ignored"] == 1.0
+
+
+def test_unsourced_names_the_missing_source_of_a_built_derived_image() -> None:
+    d = derive(DeriveInputs(0.0, 0.0, {}, {}))
+    gone = [Issue(RejectReason.CLOUDY, "S2L2A", "cloudy")]
+    out = unsourced(("S2L2A", "S2RGB", "NDVI", "GEO"), gone, d)
+    assert [(i.modality, i.reason) for i in out] == [
+        ("S2RGB", RejectReason.CLOUDY),
+        ("NDVI", RejectReason.CLOUDY),
+    ]
+    assert out[0].message == "S2RGB: not derived, S2L2A is missing"
+    assert unsourced(("NDVI",), [], d) == []
+
+
+def test_sample_cloud_from_scl_or_from_the_scene_cover() -> None:
+    scl = np.full((4, 4), 4.0, np.float32)
+    scl[0] = 9.0  # a row of cloud
+    mask, frac = sample_cloud(scl, 80.0, (4, 4))
+    assert frac == pytest.approx(0.25) and (mask[0] == CLOUD_MASK_CLOUD).all()
+    mask, frac = sample_cloud(None, 12.0, (4, 4))
+    assert frac == pytest.approx(0.12) and (mask == CLOUD_MASK_NODATA).all()
+    assert sample_cloud(None, None, (4, 4))[1] is None

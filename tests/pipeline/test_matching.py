@@ -428,3 +428,22 @@ def test_dem_tiles_and_lulc_by_year() -> None:
         MatchConfig(scl_hrefs="never", lulc_max_year_gap=2),
     )
     assert r.matches[1].acquisition.ids == ("33T-2021",)
+
+
+def test_scl_stats_read_the_file_as_it_is_now_not_a_cached_open_one(tmp_path) -> None:
+    """SCL is read through ``pipeline.readers``, opened per call: a file replaced between two
+    calls (a re-generated catalog, a re-downloaded asset) is read anew, never from a
+    dataset some earlier call left open."""
+    s = _sample()
+    m = 4000.0
+    x0, _, _, y1 = tile_around(s, m)
+    path = tmp_path / "scl.tif"
+    href = write_scl(path, 32633, x0, y1, scl_with_cloud(s, m, 0.1, seed=3))
+    it = s2_item("R", T0, tile_around(s, m), scl=href)
+    first = scl_footprint_stats([it], s, 60.0)
+    assert first.cloud_pct == pytest.approx(brute_force_cloud(path.as_uri(), s), abs=3.0)
+    write_scl(tmp_path / "new.tif", 32633, x0, y1, scl_with_cloud(s, m, 0.6, seed=4))
+    (tmp_path / "new.tif").replace(path)
+    second = scl_footprint_stats([it], s, 60.0)
+    assert second.cloud_pct == pytest.approx(brute_force_cloud(path.as_uri(), s), abs=3.0)
+    assert second.cloud_pct > first.cloud_pct + 30

@@ -8,6 +8,7 @@ from terraloom.pipeline.quality import (
     check_s1_s2_delta,
     fill_small_gaps,
     is_constant,
+    judge_image,
     nodata_fraction,
 )
 from terraloom.schemas.tables import RejectReason
@@ -77,3 +78,18 @@ def test_cloud_and_delta_rules() -> None:
     assert (
         issue is not None and issue.reason is RejectReason.S1_S2_DELTA and "9.50" in issue.message
     )
+
+
+def test_judge_image_knows_which_modalities_and_bands_may_be_uniform() -> None:
+    rng = np.random.default_rng(0)
+    lulc = np.full((1, 8, 8), 10.0, np.float32)  # a sample all in one class
+    assert judge_image("LULC", lulc, ("class",), max_nodata_fraction=0.0) is None
+    dem = judge_image("DEM", lulc, ("elevation",), max_nodata_fraction=0.0)
+    assert dem is not None and dem.reason is RejectReason.CONSTANT
+    l1c = rng.uniform(100, 200, (3, 8, 8)).astype(np.float32)
+    l1c[1] = 7.0  # B10 over a clear sky: flat
+    assert judge_image("S2L1C", l1c, ("B09", "B10", "B11"), max_nodata_fraction=0.0) is None
+    issue = judge_image("S2L1C", l1c, ("B09", "B8A", "B11"), max_nodata_fraction=0.0)
+    assert issue is not None and issue.reason is RejectReason.CONSTANT
+    issue = judge_image("DEM", l1c[:1], ("elevation",), max_nodata_fraction=0.0, bad_px=3)
+    assert issue is not None and issue.reason is RejectReason.NAN_INF

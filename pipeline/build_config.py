@@ -1,0 +1,147 @@
+"""How a corpus build makes and judges samples: :class:`BuildConfig`.
+
+Its own module so that the engine-neutral block work (``pipeline.block``), the build
+driver and the CLI can type and validate a config without importing the sample builder
+(rasterio, the co-registration code) on the driver.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from terraloom.pipeline.caption import Captioner
+from terraloom.pipeline.hrefs import HrefPolicy
+from terraloom.schemas.layouts import CORPUS_MODALITIES
+from terraloom.schemas.modalities import Layout, get_modality
+
+if TYPE_CHECKING:
+    from terraloom.pipeline.readers import ReaderOptions
+
+__all__ = ["DEFAULT_REQUIRED", "BuildConfig"]
+
+#: Source modalities a sample must have by default (TerraMind's core set).
+DEFAULT_REQUIRED: tuple[str, ...] = ("S2L2A", "S1GRD", "DEM", "LULC")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How samples are built and judged; hashable, JSON-able, picklable (Beam/Dask)."""
+
+    #: Corpus modalities to produce (all in ``schemas.layouts.CORPUS_MODALITIES`` by default).
+    modalities: tuple[str, ...] = CORPUS_MODALITIES
+    #: Modalities whose absence or bad quality rejects the sample. A required derived
+    #: modality requires its sources (NDVI -> S2L2A).
+    required: tuple[str, ...] = DEFAULT_REQUIRED
+    max_nodata_fraction: float = 0.01
+    #: Cloud + shadow fraction from SCL over which a sample is rejected.
+    max_cloud_fraction: float = 0.2
+    #: Max |S1 - S2| acquisition delta in days.
+    s1_window_days: float = 7.0
+    #: Fill nodata gaps under the threshold by nearest neighbour (counted in the index).
+    fill_small_gaps: bool = True
+    gdal_cache_mb: int = 256
+    #: Build only these bands of a modality, e.g. (("S2L2A", ("B02", "B03", "B04", "B08")),);
+    #: the others stay at the fill value and are not judged. Empty: all bands.
+    band_subset: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: Max decoded-pixels ratio of a shared read over what its member samples need.
+    read_slack: float = 2.0
+    #: GCP warping of radar geometry: thin-plate spline (exact at GCPs) or polynomial.
+    gcp_tps: bool = True
+    #: Check each asset's georeferencing against its item's ``proj:*``.
+    check_georeferencing: bool = True
+    #: Threads reading different assets of a block concurrently (helps remote hrefs).
+    io_threads: int = 1
+    http_timeout_s: int = 20
+    http_max_retry: int = 2
+    #: Extra GDAL configuration options as (key, value) pairs.
+    gdal_options: tuple[tuple[str, str], ...] = ()
+    #: ``module:attribute`` of a zero-argument Captioner factory (a VLM captioner plugs in here).
+    captioner: str = "terraloom.pipeline.caption:StatisticsCaptioner"
+    #: Which asset hrefs may be opened (on by default; ``run_build`` scopes it with the
+    #: plan's catalog root and schemes). A refused href is an ``href_not_allowed`` reject.
+    href_policy: HrefPolicy = HrefPolicy()
+
+    def __post_init__(self) -> None:
+        mods = tuple(get_modality(m).name for m in self.modalities)
+        req = tuple(get_modality(m).name for m in self.required)
+        object.__setattr__(self, "modalities", mods)
+        object.__setattr__(self, "required", tuple(m for m in req if m in mods))
+        subset = tuple((get_modality(m).name, tuple(bands)) for m, bands in self.band_subset)
+        for m, bands in subset:
+            unknown = set(bands) - set(get_modality(m).band_names)
+            if unknown:
+                raise ValueError(f"band_subset: {m} has no bands {sorted(unknown)}")
+        object.__setattr__(self, "band_subset", subset)
+        object.__setattr__(
+            self, "gdal_options", tuple((str(k), str(v)) for k, v in self.gdal_options)
+        )
+        for name in ("max_nodata_fraction", "max_cloud_fraction"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        if self.s1_window_days < 0:
+            raise ValueError("s1_window_days must be >= 0")
+        if self.io_threads < 1:
+            raise ValueError("io_threads must be >= 1")
+        if not isinstance(self.href_policy, HrefPolicy):
+            raise TypeError("href_policy must be a pipeline.hrefs.HrefPolicy")
+
+    def bands(self, modality: str) -> tuple[str, ...]:
+        """Bands of a modality that are built."""
+        m = get_modality(modality)
+        for name, bands in self.band_subset:
+            if name == m.name:
+                return tuple(b for b in m.band_names if b in bands)
+        return m.band_names
+
+    @property
+    def source_modalities(self) -> tuple[str, ...]:
+        """Modalities read from assets (derived ones pull in their sources)."""
+        need: list[str] = []
+        for name in self.modalities:
+            m = get_modality(name)
+            for src in (m.name,) if not m.is_derived else m.derived_from:
+                s = get_modality(src)
+                if (
+                    not s.is_derived
+                    and s.name not in need
+                    and (s.name in self.modalities or name != "CAPTION")
+                ):
+                    need.append(s.name)
+        return tuple(need)
+
+    @property
+    def required_sources(self) -> tuple[str, ...]:
+        out: list[str] = []
+        for name in self.required:
+            m = get_modality(name)
+            srcs = (
+                (m.name,)
+                if not m.is_derived
+                else (() if m.layout is not Layout.IMAGE else m.derived_from)
+            )
+            for s in srcs:
+                if s not in out:
+                    out.append(s)
+        return tuple(out)
+
+    def reader_options(self) -> ReaderOptions:
+        from terraloom.pipeline.readers import ReaderOptions
+
+        return ReaderOptions(
+            gdal_cache_mb=self.gdal_cache_mb,
+            http_timeout_s=self.http_timeout_s,
+            http_connect_timeout_s=min(self.http_timeout_s, 5),
+            http_max_retry=self.http_max_retry,
+            gdal_options=self.gdal_options,
+        )
+
+    def make_captioner(self) -> Captioner:
+        module, _, attr = self.captioner.partition(":")
+        factory = getattr(importlib.import_module(module), attr)
+        cap = factory()
+        if not isinstance(cap, Captioner):
+            raise TypeError(f"{self.captioner} did not produce a Captioner")
+        return cap
