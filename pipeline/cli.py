@@ -1,8 +1,9 @@
 """``terraloom-pipeline`` command line: one ``add_<cmd>_parser(subparsers)`` per sub-command.
 
 Each sub-command registers itself here; its handler (``args.func``) returns the exit code
-(0 ok, 1 findings/failure, 2 bad input). ``build``'s parser and handler live in this module
-so that the library module ``pipeline.build`` holds no argparse.
+(0 ok, 1 findings/failure, 2 bad input). The parsers and handlers of ``build``, ``verify``
+and ``quicklook`` live in this module so that the library modules hold no argparse; ``plan``
+and ``world`` have their own CLI modules (``plan_cli``, ``world.cli``).
 """
 
 from __future__ import annotations
@@ -19,45 +20,59 @@ from terraloom.pipeline.build import (
     is_disk_full,
     run_build,
 )
-from terraloom.pipeline.corpus_writer import canonical_modalities
 from terraloom.pipeline.plan_cli import add_plan_parser
 from terraloom.pipeline.publish import add_publish_parser
 from terraloom.pipeline.publish.verify import add_published_option
-from terraloom.pipeline.quicklook import add_quicklook_parser
-from terraloom.pipeline.verify import add_verify_parser
 from terraloom.pipeline.world import add_world_parser
+from terraloom.schemas.cliargs import (
+    add_config_args,
+    add_progress_flag,
+    add_version,
+    config_from_args,
+    default_help,
+)
 from terraloom.schemas.layouts import DEFAULT_SHARD_SAMPLES
 
 
+def _pairs(items: Sequence[str], flag: str) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` flag values as pairs (``--bands S2L2A=B02,B03``, ``--gdal-option K=V``)."""
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise BuildInputError(f"bad {flag} {item!r}: expected KEY=VALUE")
+        out.append((key.strip(), value.strip()))
+    return out
+
+
 def _config_from_args(args: argparse.Namespace) -> Any:
-    from terraloom.pipeline.sample import BuildConfig
+    """The ``BuildConfig``: ``--config`` <- ``--set`` <- the flags given.
 
-    kwargs: dict[str, Any] = {}
+    Every field is reachable from a config file or ``--set``; the flags are shortcuts.
+    """
+    from terraloom.pipeline.build_config import BuildConfig
+    from terraloom.schemas.modalities import UnknownModalityError
+
+    bands = [(m, [b for b in v.split(",") if b]) for m, v in _pairs(args.bands, "--bands")]
+    flags: dict[str, Any] = {
+        "modalities": args.modalities,
+        "required": args.required,
+        "max_cloud_fraction": args.max_cloud_fraction,
+        "max_nodata_fraction": args.max_nodata_fraction,
+        "band_subset": bands or None,
+        "io_threads": args.io_threads,
+        "http_timeout_s": args.http_timeout,
+        "http_max_retry": args.http_max_retry,
+        "gdal_options": _pairs(args.gdal_option, "--gdal-option") or None,
+        "href_policy.roots": args.allow_href_root or None,
+        "href_policy.hosts": args.allow_host or None,
+        "href_policy.allow_private_hosts": True if args.allow_private_hosts else None,
+        "href_policy.extra_schemes": args.allow_scheme or None,
+    }
     try:
-        return BuildConfig(**_config_kwargs(args, kwargs))
-    except (ValueError, TypeError) as exc:
+        return config_from_args(BuildConfig, args, flags)
+    except (ValueError, TypeError, UnknownModalityError) as exc:
         raise BuildInputError(str(exc)) from exc
-
-
-def _config_kwargs(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, Any]:
-    if args.modalities:
-        kwargs["modalities"] = canonical_modalities(args.modalities.split(","))
-    if args.required:
-        kwargs["required"] = canonical_modalities(args.required.split(","))
-    if args.max_cloud_fraction is not None:
-        kwargs["max_cloud_fraction"] = args.max_cloud_fraction
-    if args.max_nodata_fraction is not None:
-        kwargs["max_nodata_fraction"] = args.max_nodata_fraction
-    if args.allow_href_root or args.allow_host or args.allow_private_hosts or args.allow_scheme:
-        from terraloom.pipeline.hrefs import HrefPolicy
-
-        kwargs["href_policy"] = HrefPolicy(
-            roots=tuple(args.allow_href_root),
-            hosts=tuple(args.allow_host),
-            allow_private_hosts=args.allow_private_hosts,
-            extra_schemes=tuple(args.allow_scheme),
-        )
-    return kwargs
 
 
 def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -66,7 +81,9 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
         "build",
         help="build (or resume) the corpus from a plan on Beam or Dask",
         description="Build the corpus Zarr stores + index/rejects from plan.parquet. Re-running resumes a killed build; "
-        "a finished build is left untouched. Options after `--` are passed to Beam (e.g. Dataflow/Flink options).",
+        "a finished build is left untouched. Options after `--` are passed to Beam (e.g. Dataflow/Flink options). "
+        "Every BuildConfig field is reachable with --config FILE.yaml / --set key=value; the flags below are "
+        "shortcuts and win over both.",
     )
     p.add_argument("--plan", required=True, help="plan.parquet from `terraloom-pipeline plan`")
     p.add_argument("--out", required=True, help="corpus output directory")
@@ -93,14 +110,56 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=DEFAULT_SHARD_SAMPLES,
         help="samples per shard = per block of work",
     )
+    from terraloom.pipeline.build_config import BuildConfig
+
+    def d(name: str, text: str = "") -> str:
+        return default_help(BuildConfig, name, text)
+
+    add_config_args(p, BuildConfig)
+    p.add_argument("--modalities", help=d("modalities", "comma-separated modalities to build"))
     p.add_argument(
-        "--modalities", default=None, help="comma-separated modalities to build (default: all)"
+        "--required",
+        help=d("required", "comma-separated modalities whose absence rejects a sample"),
     )
     p.add_argument(
-        "--required", default=None, help="comma-separated modalities whose absence rejects a sample"
+        "--bands",
+        action="append",
+        default=[],
+        metavar="MODALITY=BAND,BAND",
+        help="build only these bands of a modality, e.g. S2L2A=B02,B03,B04,B08 (repeatable); "
+        "the others stay at the fill value and are not read (default: all bands)",
     )
-    p.add_argument("--max-cloud-fraction", type=float, default=None)
-    p.add_argument("--max-nodata-fraction", type=float, default=None)
+    p.add_argument(
+        "--max-cloud-fraction",
+        type=float,
+        help=d("max_cloud_fraction", "cloud + shadow fraction over which a sample is rejected"),
+    )
+    p.add_argument(
+        "--max-nodata-fraction",
+        type=float,
+        help=d("max_nodata_fraction", "nodata fraction over which a sample is rejected"),
+    )
+    p.add_argument(
+        "--io-threads",
+        type=int,
+        help=d("io_threads", "threads reading different assets of a block (helps remote hrefs)"),
+    )
+    p.add_argument(
+        "--http-timeout",
+        type=int,
+        metavar="SECONDS",
+        help=d("http_timeout_s", "GDAL HTTP timeout per request"),
+    )
+    p.add_argument(
+        "--http-max-retry", type=int, help=d("http_max_retry", "GDAL HTTP retries per request")
+    )
+    p.add_argument(
+        "--gdal-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra GDAL configuration option, e.g. GDAL_HTTP_PROXY=host:port (repeatable)",
+    )
     # the href policy (docs/security.md): what catalog hrefs may point at, widened here
     p.add_argument(
         "--allow-href-root",
@@ -134,7 +193,7 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="on resume, check committed blocks against their checksums (reads them back) "
         "instead of only their file sizes; blocks that fail are redone",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(p)
     p.add_argument("pipeline_args", nargs="*", help="Beam pipeline options, after `--`")
     p.set_defaults(func=build_command)
     return p
@@ -179,11 +238,124 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+# --------------------------------------------------------------------------- verify
+
+
+def add_verify_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``verify`` on the ``terraloom-pipeline`` sub-command parser."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "verify",
+        help="check a corpus: layout, commit markers, tables and checksums",
+        description="Exit 0 when the corpus is sound, 1 with the findings listed otherwise, "
+        "2 on bad input.",
+    )
+    p.add_argument("corpus", help="corpus output directory of `build`")
+    p.add_argument(
+        "--no-checksums",
+        action="store_true",
+        help="skip reading the arrays (layout and tables only)",
+    )
+    add_progress_flag(p)
+    p.set_defaults(func=verify_command)
+    return p
+
+
+def _not_a_corpus(corpus: str) -> str | None:
+    """Why ``corpus`` is not a corpus (it is another kind of store), or None."""
+    from terraloom.storage.kind import CORPUS, WrongStoreError, expect_store_kind
+
+    try:
+        expect_store_kind(corpus, CORPUS)
+    except WrongStoreError as exc:
+        return str(exc)
+    return None
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    from terraloom.pipeline.build import manifest_path
+    from terraloom.pipeline.verify import verify_corpus
+
+    problem = _not_a_corpus(args.corpus)
+    if problem is None and not manifest_path(args.corpus).exists():
+        problem = f"{args.corpus} is not a corpus built by `terraloom-pipeline build`"
+    if problem:
+        print(f"terraloom-pipeline verify: error: {problem}", file=sys.stderr)
+        return 2
+    report = verify_corpus(
+        args.corpus, checksums=not args.no_checksums, progress=not args.no_progress
+    )
+    for finding in report.findings:
+        print(f"FAIL {finding}")
+    status = "OK" if report.ok else f"{len(report.findings)} findings"
+    print(
+        f"verify {args.corpus}: {status} ({report.blocks_checked} blocks, "
+        f"{report.samples_checked} samples checked)"
+    )
+    return 0 if report.ok else 1
+
+
+# --------------------------------------------------------------------------- quicklook
+
+
+def add_quicklook_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``quicklook`` on the ``terraloom-pipeline`` sub-command parser."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "quicklook", help="render one PNG per sample with all modalities side by side"
+    )
+    p.add_argument("corpus", help="corpus output directory of `build`")
+    p.add_argument(
+        "--out", required=True, help="directory for the PNGs (<out>/<split>/<sample_id>.png)"
+    )
+    p.add_argument("--split", action="append", default=None, help="only these splits (repeatable)")
+    p.add_argument(
+        "--sample-id", action="append", default=None, help="only these samples (repeatable)"
+    )
+    p.add_argument("--limit", type=int, default=None, help="at most this many samples (>= 0)")
+    p.add_argument("--dpi", type=int, default=60, help="resolution of the PNGs (default 60)")
+    add_progress_flag(p)
+    p.set_defaults(func=quicklook_command)
+    return p
+
+
+def quicklook_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from terraloom.pipeline.quicklook import render_corpus
+
+    corpus = Path(args.corpus)
+    problem = _not_a_corpus(args.corpus)
+    if problem is None and not (corpus / "index.parquet").exists():
+        problem = f"{corpus} has no index.parquet (not a finished corpus)"
+    if problem is None and args.limit is not None and args.limit < 0:
+        problem = f"--limit must be >= 0, got {args.limit}"
+    if problem is None and args.dpi < 1:
+        problem = f"--dpi must be >= 1, got {args.dpi}"
+    if problem:
+        print(f"terraloom-pipeline quicklook: error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        paths = render_corpus(
+            corpus,
+            args.out,
+            splits=args.split,
+            limit=args.limit,
+            sample_ids=args.sample_id,
+            dpi=args.dpi,
+            progress=not args.no_progress,
+        )
+    except ValueError as exc:
+        print(f"terraloom-pipeline quicklook: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(paths)} quicklooks to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="terraloom-pipeline",
         description="terraloom corpus pipeline: plan, build, verify, quicklook, publish.",
     )
+    add_version(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_world_parser(subparsers)
     add_plan_parser(subparsers)

@@ -8,7 +8,6 @@ the index rows; accepted + rejected must cover the plan exactly once.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import sys
@@ -22,7 +21,6 @@ from terraloom.pipeline.build import (
     BuildInputError,
     all_blocks,
     finalized_problem,
-    manifest_path,
     read_manifest,
     read_plan_block,
 )
@@ -210,43 +208,3 @@ def array_digests(out: str | os.PathLike[str]) -> dict[str, str]:
                 h.update(array_bytes(arr[a : min(a + s, n)]))
             digests[f"{split}/{name}"] = h.hexdigest()
     return digests
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_verify_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``verify`` on the ``terraloom-pipeline`` sub-command parser."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "verify",
-        help="check a corpus: layout, commit markers, tables and checksums",
-        description="Exit 0 when the corpus is sound, 1 with the findings listed otherwise, 2 on bad input.",
-    )
-    p.add_argument("corpus", help="corpus output directory of `build`")
-    p.add_argument(
-        "--no-checksums",
-        action="store_true",
-        help="skip reading the arrays (layout and tables only)",
-    )
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=verify_command)
-    return p
-
-
-def verify_command(args: argparse.Namespace) -> int:
-    if not manifest_path(args.corpus).exists():
-        print(
-            f"terraloom-pipeline verify: error: {args.corpus} is not a corpus built by `terraloom-pipeline build`",
-            file=sys.stderr,
-        )
-        return 2
-    report = verify_corpus(
-        args.corpus, checksums=not args.no_checksums, progress=not args.no_progress
-    )
-    for finding in report.findings:
-        print(f"FAIL {finding}")
-    status = "OK" if report.ok else f"{len(report.findings)} findings"
-    print(
-        f"verify {args.corpus}: {status} ({report.blocks_checked} blocks, {report.samples_checked} samples checked)"
-    )
-    return 0 if report.ok else 1

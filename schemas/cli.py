@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from terraloom.schemas.cliargs import add_version
 from terraloom.schemas.jsonschema import JSON_DIR, export, out_of_sync
 from terraloom.schemas.layouts import validate_corpus, validate_tokens
 from terraloom.schemas.modalities import REGISTRY
@@ -28,7 +29,12 @@ def modality_table() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="terraloom-schemas", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="terraloom-schemas",
+        description="terraloom contracts: print the modality table, export the JSON Schemas and "
+        "store layouts, validate a corpus or token store against its layout.",
+    )
+    add_version(parser)
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("modalities", help="print the modality registry as a table")
     p = sub.add_parser("export", help="write the JSON Schema / layout exports")

@@ -15,7 +15,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from terraloom.schemas.modalities import CROP_PX
+from terraloom.schemas.cliargs import (
+    add_config_args,
+    add_progress_flag,
+    add_version,
+    config_from_args,
+    default_help,
+)
+from terraloom.schemas.config import ConfigError
 
 SubParsers = Any  # argparse._SubParsersAction
 
@@ -27,8 +34,19 @@ def _csv(value: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- train
 
 
+def _flag(given: bool) -> bool | None:
+    """A store_true flag as a config value: ``None`` when not given (the config decides)."""
+    return True if given else None
+
+
+def _not(given: bool) -> bool | None:
+    """A ``--no-X`` flag as the value of field X: False when given, else ``None``."""
+    return False if given else None
+
+
 def add_train_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     from terraloom.schemas.modalities import modalities
+    from terraloom.tokenize_jobs.train import TrainConfig
 
     names = ", ".join(m.name for m in modalities(tokens=True))
     p = subparsers.add_parser(
@@ -37,47 +55,40 @@ def add_train_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         description="Train (or resume) a tokenizer: FSQ-VAE for image modalities, WordPiece for "
         "CAPTION; GEO only writes its config. Writes config.json + weights, ckpt.pt, "
         "train_log.json and an eval report (eval.json/md/png) into --out; a run that finds "
-        "ckpt.pt there resumes it.",
+        "ckpt.pt there resumes it. Every TrainConfig field is reachable with --config/--set; "
+        "the flags below are shortcuts for the common ones.",
     )
-    p.add_argument("--modality", required=True, help=f"one of {names}")
+
+    def d(name: str, text: str = "") -> str:
+        return default_help(TrainConfig, name, text)
+
+    p.add_argument("--modality", help=f"one of {names} (or `modality` in --config)")
     p.add_argument("--corpus", required=True, help="corpus directory holding <split>.zarr stores")
     p.add_argument("--out", default=None, help="output directory (default tokenizers/<modality>)")
-    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
-    p.add_argument("--batch", type=int, default=16, help="crops per step and rank (default 16)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
-    p.add_argument("--warmup", type=int, default=100, help="linear warmup steps (default 100)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
+    add_config_args(p, TrainConfig)
+    p.add_argument("--steps", type=int, help=d("steps", "optimizer steps"))
+    p.add_argument("--batch", type=int, help=d("batch", "crops per step and rank"))
+    p.add_argument("--lr", type=float, help=d("lr", "peak learning rate"))
+    p.add_argument("--warmup", type=int, help=d("warmup_steps", "linear warmup steps"))
+    p.add_argument("--device", help=d("device", "auto, cpu, cuda, cuda:1 ..."))
+    p.add_argument("--crop", type=int, help=d("crop_px", "training crop side, multiple of 16"))
     p.add_argument(
-        "--crop",
-        type=int,
-        default=CROP_PX,
-        help=f"training crop side, multiple of 16 (default {CROP_PX})",
-    )
-    p.add_argument(
-        "--width",
-        type=int,
-        default=32,
-        help="base channel width; the low-resolution stages use 4x (default 32)",
+        "--width", type=int, help=d("width", "base channel width; the low-resolution stages use 4x")
     )
     p.add_argument(
         "--entropy-weight",
         type=float,
-        default=None,
         help="FSQ codebook-usage regulariser weight (default: 0.1, S2L2A 0.02; 0 = off)",
     )
     p.add_argument(
-        "--ema-decay", type=float, default=0.999, help="EMA decay of the exported weights"
+        "--ema-decay", type=float, help=d("ema_decay", "EMA decay of the exported weights")
     )
+    p.add_argument("--ckpt-every", type=int, help=d("ckpt_every", "checkpoint period in steps"))
+    p.add_argument("--seed", type=int, help=d("seed", "seed of init and crop sampling"))
     p.add_argument(
-        "--ckpt-every", type=int, default=500, help="checkpoint period in steps (default 500)"
+        "--eval-samples", type=int, help=d("eval_samples", "val rows in the eval report")
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of init and crop sampling (default 0)")
-    p.add_argument(
-        "--eval-samples", type=int, default=32, help="val rows in the eval report (default 32)"
-    )
-    p.add_argument(
-        "--vocab-size", type=int, default=None, help="CAPTION vocabulary size (default: registry)"
-    )
+    p.add_argument("--vocab-size", type=int, help=d("vocab_size", "CAPTION vocabulary size"))
     p.add_argument(
         "--no-linear-init",
         action="store_true",
@@ -87,9 +98,11 @@ def add_train_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--compand-alpha",
         type=float,
-        default=None,
-        help="shape of the compander fitted by the linear start: 1 equalises the levels' "
-        "use, 1/3 minimises rounding error (default 1.0)",
+        help=d(
+            "compand_alpha",
+            "shape of the compander fitted by the linear start: 1 equalises the levels' "
+            "use, 1/3 minimises rounding error",
+        ),
     )
     p.add_argument(
         "--no-compand",
@@ -97,62 +110,76 @@ def add_train_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         help="no compander in front of the quantiser (evenly spaced FSQ levels)",
     )
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(p)
     p.set_defaults(func=run_train)
     return p
+
+
+def train_config_from_args(args: argparse.Namespace) -> Any:
+    """The tokenizer ``TrainConfig``: ``--config`` <- ``--set`` <- the flags given."""
+    from terraloom.tokenize_jobs.train import TrainConfig
+
+    no_linear = _not(args.no_linear_init)
+    return config_from_args(
+        TrainConfig,
+        args,
+        {
+            "modality": args.modality,
+            "steps": args.steps,
+            "batch": args.batch,
+            "lr": args.lr,
+            "warmup_steps": args.warmup,
+            "device": args.device,
+            "crop_px": args.crop,
+            "width": args.width,
+            "entropy_weight": args.entropy_weight,
+            "ema_decay": args.ema_decay,
+            "ckpt_every": args.ckpt_every,
+            "seed": args.seed,
+            "eval_samples": args.eval_samples,
+            "vocab_size": args.vocab_size,
+            "linear_init": no_linear,
+            "balance_bands": no_linear,
+            "compand_alpha": args.compand_alpha,
+            "compand_knots": 0 if args.no_compand else None,
+            "amp": _not(args.no_amp),
+            "progress": _not(args.no_progress),
+        },
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from terraloom.schemas.modalities import UnknownModalityError, get_modality, modalities
+    from terraloom.storage.kind import CORPUS, WrongStoreError, expect_store_kind
 
     def fail(message: str) -> int:
         print(f"terraloom-tokenize train: error: {message}", file=sys.stderr)
         return 2
 
-    try:
-        m = get_modality(args.modality)
-    except UnknownModalityError as exc:
-        return fail(str(exc))
-    if not m.has_tokens:
-        return fail(
-            f"{m.name} has no tokenizer; tokenized modalities: {', '.join(t.name for t in modalities(tokens=True))}"
-        )
     corpus = Path(args.corpus)
-    if not corpus.is_dir():
-        return fail(f"corpus directory {corpus} does not exist")
-    from terraloom.tokenize_jobs.train import TrainConfig, train_tokenizer
-
     try:
-        config = TrainConfig(
-            modality=m.name,
-            steps=args.steps,
-            batch=args.batch,
-            lr=args.lr,
-            warmup_steps=args.warmup,
-            device=args.device,
-            crop_px=args.crop,
-            width=args.width,
-            entropy_weight=args.entropy_weight,
-            ema_decay=args.ema_decay,
-            ckpt_every=args.ckpt_every,
-            seed=args.seed,
-            eval_samples=args.eval_samples,
-            vocab_size=args.vocab_size or int(m.vocab_size or 0),
-            amp=not args.no_amp,
-            progress=not args.no_progress,
-            linear_init=not args.no_linear_init,
-            balance_bands=not args.no_linear_init,
-        )
-        if args.no_compand:
-            config = replace(config, compand_knots=0)
-        if args.compand_alpha is not None:
-            config = replace(config, compand_alpha=args.compand_alpha)
+        config = train_config_from_args(args)
+        m = get_modality(config.modality)
+        if not m.has_tokens:
+            tokenized = ", ".join(t.name for t in modalities(tokens=True))
+            return fail(f"{m.name} has no tokenizer; tokenized modalities: {tokenized}")
+        if not corpus.is_dir():
+            return fail(f"corpus directory {corpus} does not exist")
+        expect_store_kind(corpus, CORPUS)
         out = Path(args.out) if args.out else Path("tokenizers") / m.name.lower()
+        from terraloom.tokenize_jobs.train import train_tokenizer
+
         train_tokenizer(config, corpus, out)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        return fail(str(exc))
+    except (
+        UnknownModalityError,
+        ConfigError,
+        WrongStoreError,
+        ValueError,
+        FileNotFoundError,
+    ) as exc:
+        return fail(" ".join(str(exc).split()))
     if int(os.environ.get("RANK", "0")) == 0:
         eval_md = out / "eval.md"
         if eval_md.exists():
@@ -165,10 +192,18 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_encode_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
+    from terraloom.tokenize_jobs.encode import EncodeConfig
+
+    def d(name: str, text: str = "") -> str:
+        return default_help(EncodeConfig, name, text)
+
     p = subparsers.add_parser(
         "encode",
         help="tokenize a corpus into a token store (resumable; torchrun for several GPUs)",
-        description="Encode every corpus row into K crops x every token modality. Committed shards are skipped, so a killed run resumes and a finished run re-run does nothing. Under torchrun each rank takes its own shards.",
+        description="Encode every corpus row into K crops x every token modality. Committed "
+        "shards are skipped, so a killed run resumes and a finished run re-run does nothing. "
+        "Under torchrun each rank takes its own shards. Every EncodeConfig field is reachable "
+        "with --config/--set; the flags below are shortcuts.",
     )
     p.add_argument("--corpus", required=True, help="corpus directory holding <split>.zarr stores")
     p.add_argument(
@@ -177,17 +212,12 @@ def add_encode_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         help="directory holding one tokenizer folder per modality (s2l2a/, geo/, ...)",
     )
     p.add_argument("--out", required=True, help="token store directory (tokens/<split>.zarr)")
-    p.add_argument(
-        "--crops", type=int, default=4, help="crops per sample; crop 0 is centred (default 4)"
-    )
-    p.add_argument(
-        "--crop-size", type=int, default=CROP_PX, help=f"crop side in pixels (default {CROP_PX})"
-    )
-    p.add_argument(
-        "--batch", type=int, default=64, help="crops per tokenizer forward pass (default 64)"
-    )
+    add_config_args(p, EncodeConfig)
+    p.add_argument("--crops", type=int, help=d("n_crops", "crops per sample; crop 0 is centred"))
+    p.add_argument("--crop-size", type=int, help=d("crop_px", "crop side in pixels"))
+    p.add_argument("--batch", type=int, help=d("batch", "crops per tokenizer forward pass"))
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--seed", type=int, default=0, help="global crop seed (default 0)")
+    p.add_argument("--seed", type=int, help=d("seed", "global crop seed"))
     p.add_argument(
         "--splits",
         type=_csv,
@@ -206,43 +236,67 @@ def add_encode_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         action="store_true",
         help="encode in float32 on CUDA (bf16 autocast is the default there)",
     )
-    p.add_argument("--prefetch", type=int, default=2, help="corpus shards read ahead (default 2)")
-    p.add_argument("--read-threads", type=int, default=2, help="reader threads (default 2)")
+    p.add_argument("--prefetch", type=int, help=d("prefetch", "corpus shards read ahead"))
+    p.add_argument("--read-threads", type=int, help=d("read_threads", "reader threads"))
     p.add_argument(
         "--verify-committed",
         action="store_true",
         help="on resume, re-read committed shards and compare their checksums (default: check "
         "that their files exist with the recorded sizes); shards that fail are re-encoded",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(p)
     p.set_defaults(func=run_encode)
     return p
 
 
+def encode_config_from_args(args: argparse.Namespace) -> Any:
+    """The ``EncodeConfig``: ``--config`` <- ``--set`` <- the flags given; device resolved."""
+    from terraloom.tokenize_jobs.encode import EncodeConfig
+
+    cfg = config_from_args(
+        EncodeConfig,
+        args,
+        {
+            "n_crops": args.crops,
+            "crop_px": args.crop_size,
+            "batch": args.batch,
+            "device": args.device,
+            "seed": args.seed,
+            "bf16": _not(args.no_bf16),
+            "compile": _flag(args.compile),
+            "prefetch": args.prefetch,
+            "read_threads": args.read_threads,
+            "modalities": args.modalities,
+            "splits": args.splits,
+            "progress": _not(args.no_progress),
+            "verify_committed": _flag(args.verify_committed),
+        },
+    )
+    given_device = args.device is not None or _config_sets(args, "device")
+    if not given_device:
+        import torch
+
+        cfg = replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
+    return cfg
+
+
+def _config_sets(args: argparse.Namespace, key: str) -> bool:
+    """Whether ``--config`` or ``--set`` gave ``key`` (a default that depends on the machine)."""
+    from terraloom.schemas.config import config_tree
+
+    return key in config_tree(args.config, args.overrides)
+
+
 def run_encode(args: argparse.Namespace) -> int:
-    import torch
+    from terraloom.storage.kind import CORPUS, TOKENS, WrongStoreError, expect_store_kind
+    from terraloom.tokenize_jobs.encode import EncodeError, encode
 
-    from terraloom.tokenize_jobs.encode import EncodeConfig, EncodeError, encode
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        cfg = EncodeConfig(
-            n_crops=args.crops,
-            crop_px=args.crop_size,
-            batch=args.batch,
-            device=device,
-            seed=args.seed,
-            bf16=False if args.no_bf16 else None,
-            compile=args.compile,
-            prefetch=args.prefetch,
-            read_threads=args.read_threads,
-            modalities=args.modalities,
-            splits=args.splits,
-            progress=not args.no_progress,
-            verify_committed=args.verify_committed,
-        )
+        cfg = encode_config_from_args(args)
+        expect_store_kind(args.corpus, CORPUS)
+        expect_store_kind(args.out, TOKENS)
         report = encode(args.corpus, args.tokenizers, args.out, cfg)
-    except (EncodeError, FileNotFoundError, KeyError) as exc:
+    except (EncodeError, ConfigError, WrongStoreError, FileNotFoundError) as exc:
         print(f"terraloom-tokenize encode: error: {exc}", file=sys.stderr)
         return 2
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -279,9 +333,13 @@ def add_verify_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from terraloom.storage.kind import CORPUS, TOKENS, expect_store_kind
     from terraloom.tokenize_jobs.verify import verify_tokens
 
     try:
+        expect_store_kind(args.tokens, TOKENS)
+        if args.corpus is not None:
+            expect_store_kind(args.corpus, CORPUS)
         report = verify_tokens(args.tokens, args.corpus)
     except (FileNotFoundError, ValueError) as exc:
         print(f"terraloom-tokenize verify: error: {exc}", file=sys.stderr)
@@ -311,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="terraloom-tokenize",
         description="Tokenizers and the pre-tokenization job of terraloom.",
     )
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in REGISTRATIONS:
         register(sub)

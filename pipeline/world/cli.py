@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from terraloom.pipeline.world.regions import PRESETS
+from terraloom.schemas.cliargs import add_progress_flag, add_version
 
 
 def _nonneg_int(text: str) -> int:
@@ -42,14 +43,24 @@ def add_world_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--workers", type=_nonneg_int, default=None, help="processes (default: all cores, max 8)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing world in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(p)
     p.set_defaults(func=run_world)
     return p
 
 
+def _fail(message: str) -> int:
+    print(f"terraloom-pipeline world: error: {message}", file=sys.stderr)
+    return 2
+
+
 def run_world(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from terraloom.pipeline.world.generate import generate_world
 
+    out = Path(args.out)
+    if not args.overwrite and out.is_dir() and any(out.iterdir()):
+        return _fail(f"{out} is not empty (add --overwrite to replace a world there)")
     try:
         info = generate_world(
             args.out,
@@ -59,9 +70,8 @@ def run_world(args: argparse.Namespace) -> int:
             workers=args.workers or None,
             overwrite=args.overwrite,
         )
-    except (FileExistsError, ValueError) as err:
-        print(f"terraloom-pipeline world: error: {err}", file=sys.stderr)
-        return 2
+    except (FileExistsError, NotADirectoryError, ValueError) as err:
+        return _fail(str(err))
     items = ", ".join(f"{k} {v}" for k, v in info.item_counts.items())
     print(f"wrote {info.root} ({info.nbytes / 1e6:.1f} MB, {info.seconds:.1f} s): {items}")
     return 0
@@ -71,10 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="terraloom-pipeline", description="terraloom synthetic world"
     )
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_world_parser(sub)
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] != ["world"]:
+    if args_list[:1] != ["world"] and args_list[:1] not in (["--version"], ["-h"], ["--help"]):
         args_list = ["world", *args_list]
     args = parser.parse_args(args_list)
     return int(args.func(args))

@@ -258,7 +258,7 @@ def generate_world(
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(
-                f"{out} is not empty (use overwrite=True / --overwrite to replace a world there)"
+                f"{out} is not empty (pass overwrite=True to replace a world there)"
             )
         if not (out / "world.json").is_file():
             raise FileExistsError(

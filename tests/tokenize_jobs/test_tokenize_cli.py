@@ -100,3 +100,122 @@ def test_parser_lists_the_train_subcommand() -> None:
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["train"])  # --modality and --corpus are required
     assert exc.value.code == 2
+
+
+# --------------------------------------------------------------------------- config, stores
+
+
+def _token_store(root: Path) -> Path:
+    """A token store root (one empty ``train.zarr`` with the token layout's attributes)."""
+    from terraloom.schemas.layouts import create_token_store
+
+    create_token_store(root / "train.zarr", n_samples=2, n_crops=1, crop_px=32, shard_samples=2)
+    return root
+
+
+def test_train_flags_default_to_the_train_config(toy_corpus: Path) -> None:
+    """No flag repeats a TrainConfig default: unset flags leave the dataclass' defaults."""
+    from terraloom.tokenize_jobs.cli import train_config_from_args
+    from terraloom.tokenize_jobs.train import TrainConfig
+
+    args = build_parser().parse_args(["train", "--modality", "DEM", "--corpus", str(toy_corpus)])
+    assert train_config_from_args(args) == TrainConfig(modality="DEM")
+    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()  # type: ignore[union-attr]
+    assert f"(default {TrainConfig.steps})" in help_text
+
+
+def test_train_config_file_set_and_flags_in_that_order(toy_corpus: Path, tmp_path: Path) -> None:
+    from terraloom.tokenize_jobs.cli import train_config_from_args
+
+    path = tmp_path / "tok.yaml"
+    path.write_text("modality: NDVI\nsteps: 7\nbatch: 3\nchannel_mult: [1, 2]\ninit_crops: 5\n")
+    argv = ["train", "--corpus", str(toy_corpus), "--config", str(path)]
+    cfg = train_config_from_args(build_parser().parse_args([*argv, "--set", "steps=9"]))
+    assert (cfg.modality, cfg.steps, cfg.batch, cfg.channel_mult, cfg.init_crops) == (
+        "NDVI",
+        9,
+        3,
+        (1, 2),
+        5,
+    )
+    cfg = train_config_from_args(
+        build_parser().parse_args([*argv, "--set", "steps=9", "--steps", "4", "--no-amp"])
+    )
+    assert cfg.steps == 4 and cfg.amp is False
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--set", "stepz=3"], "unknown keys ['stepz']"),
+        (["--set", "steps=many"], "steps: expected int"),
+        (["--config", "MISSING"], "does not exist"),
+    ],
+)
+def test_bad_config_exits_2_and_writes_nothing(
+    toy_corpus: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    extra = [str(tmp_path / e) if e == "MISSING" else e for e in extra]
+    out = tmp_path / "out"
+    argv = ["train", "--modality", "DEM", "--corpus", str(toy_corpus), "--out", str(out)]
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_train_and_encode_refuse_a_token_store_as_corpus(
+    toy_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tokens = _token_store(tmp_path / "tokens")
+    out = tmp_path / "out"
+    assert main(["train", "--modality", "DEM", "--corpus", str(tokens), "--out", str(out)]) == 2
+    assert f"{tokens} is a token store, not a corpus" in capsys.readouterr().err
+    enc = ["encode", "--corpus", str(tokens), "--tokenizers", str(tmp_path), "--out", str(out)]
+    assert main([*enc, "--device", "cpu"]) == 2
+    assert f"{tokens} is a token store, not a corpus" in capsys.readouterr().err
+    assert not out.exists()
+    # and the other way round: a token store written into a corpus
+    enc = ["encode", "--corpus", str(toy_corpus), "--tokenizers", str(tmp_path)]
+    assert main([*enc, "--out", str(toy_corpus), "--device", "cpu"]) == 2
+    assert f"{toy_corpus} is a corpus, not a token store" in capsys.readouterr().err
+
+
+def test_verify_refuses_a_corpus(toy_corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", str(toy_corpus)]) == 2
+    err = capsys.readouterr().err
+    assert f"{toy_corpus} is a corpus, not a token store" in err and "KeyError" not in err
+
+
+def test_encode_config_file_reaches_every_field(toy_corpus: Path, tmp_path: Path) -> None:
+    from terraloom.tokenize_jobs.cli import encode_config_from_args
+
+    path = tmp_path / "enc.yaml"
+    path.write_text("n_crops: 3\nmax_shards: 1\ncrop_on_device: false\nmodalities: [DEM, GEO]\n")
+    argv = ["encode", "--corpus", str(toy_corpus), "--tokenizers", "t", "--out", "o"]
+    cfg = encode_config_from_args(
+        build_parser().parse_args([*argv, "-c", str(path), "--set", "seed=5", "--crops", "2"])
+    )
+    assert (cfg.n_crops, cfg.max_shards, cfg.crop_on_device, cfg.modalities, cfg.seed) == (
+        2,
+        1,
+        False,
+        ("DEM", "GEO"),
+        5,
+    )
+    assert cfg.device in ("cpu", "cuda")  # resolved from the machine when not given
+
+
+def test_geo_eval_md_carries_the_figures_of_eval_json(toy_corpus: Path, tmp_path: Path) -> None:
+    assert (
+        main(["train", "--modality", "GEO", "--corpus", str(toy_corpus), "--out", str(tmp_path)])
+        == 0
+    )
+    report = json.loads((tmp_path / "eval.json").read_text())
+    md = (tmp_path / "eval.md").read_text()
+    assert "max_error_lat_deg" in report and "| max_error_lat_deg |" in md
+    assert f"| n_samples | {report['n_samples']} |" in md

@@ -1,0 +1,46 @@
+"""Files written with the user's umask, whatever library writes them.
+
+``safetensors`` creates its files with mode 0600, so weights written on a shared file
+system are unreadable to the rest of a team while every other output follows the umask
+(usually 0644). :func:`save_safetensors` is the one way terraloom writes safetensors: it
+writes, then gives the file the mode ``open()`` would have given it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["apply_umask", "current_umask", "save_safetensors"]
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it, under a lock)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike[str]) -> None:
+    """Give a regular file the mode a plain ``open(path, "w")`` would have: 0666 & ~umask."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
+def save_safetensors(
+    tensors: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """``safetensors.torch.save_file`` with the user's umask instead of mode 0600."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    save_file(dict(tensors), str(path), metadata=dict(metadata) if metadata else None)
+    apply_umask(path)
+    return path
