@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml .importlinter
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,ee,bench,publish]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,test,ee,bench,publish]"
 	touch $@
 
 install: $(BIN)/.installed

@@ -1,17 +1,26 @@
 """Exclusive, expiring leases: one writer at a time prepares (or runs) a job on one output.
 
-A lease is a small JSON object at a fixed path, created with *create-if-absent* and never
-overwritten blindly. The same three rules map one-to-one onto an object store's conditional
-requests, so a later backend changes the calls, not the protocol:
+A lease is a small JSON object at a fixed location (a local path or an object-store URL,
+see :mod:`terraloom.storage.location`), created with *create-if-absent* and never
+overwritten blindly. The rules map onto each backend's conditional requests
+(:mod:`terraloom.storage.commit`):
 
 ======================  ====================================  ===============================
-operation               local file system (this module)       object store
+operation               local, GCS, Azure                     S3 (and memory)
 ======================  ====================================  ===============================
-acquire                 ``open(O_CREAT | O_EXCL)``            PUT ``If-None-Match: *``
-take over a stale one   O_EXCL claim named after its token,   PUT ``If-Match: <stale etag>``
-                        then replace it
+acquire                 create-if-absent (link / ``O_EXCL``,  PUT ``If-None-Match: *``
+                        ``ifGenerationMatch=0``,
+                        ``If-None-Match: *``)
+take over a stale one   create-if-absent claim named after    the same claim, then PUT
+                        its token, re-check, then overwrite   ``If-Match: <stale etag>``
 renew / release         only if the token is still ours       PUT / DELETE ``If-Match: <etag>``
+                        (check, then write)
 ======================  ====================================  ===============================
+
+Where there is no conditional overwrite (left column) one window stays: a holder whose
+lease has *already expired* renewing between a taker's re-check and its overwrite. Holders
+renew well before expiry (:meth:`Lease.keep_alive` every ``ttl/3``), so this needs a holder
+stalled for longer than its TTL; on S3 the If-Match closes it.
 
 A lease is *stale* when its expiry has passed or, on the same host, when the process that
 holds it no longer exists (a SIGKILLed build is resumable at once instead of after the
@@ -26,14 +35,23 @@ import contextlib
 import errno
 import json
 import os
+import re
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from terraloom.storage.commit import (
+    create_exclusive,
+    delete_if_match,
+    read_tagged,
+    replace_if_match,
+    supports_conditional_replace,
+)
+from terraloom.storage.location import Location, LocationError
 
 LEASE_FORMAT = "terraloom-lease"
 LEASE_VERSION = 1
@@ -85,19 +103,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def read_lease(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The lease record at ``path``; ``None`` when absent; ``{}`` when unreadable (a holder
-    between create and write, or a torn file)."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return None
+def _decode(raw: bytes) -> dict[str, Any]:
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def read_lease(path: str | os.PathLike[str] | Location) -> dict[str, Any] | None:
+    """The lease record at ``path`` (a local path or a location URL); ``None`` when absent;
+    ``{}`` when unreadable (a holder between create and write, or a torn file)."""
+    got = read_tagged(Location.parse(path))
+    return None if got is None else _decode(got[0])
 
 
 def is_stale(record: Mapping[str, Any], now: float | None = None) -> bool:
@@ -114,21 +132,13 @@ def is_stale(record: Mapping[str, Any], now: float | None = None) -> bool:
     return False
 
 
-def _write_exclusive(path: Path, data: bytes) -> bool:
-    """Create ``path`` with ``data`` if it does not exist; False if it does."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return True
-
-
-def _replace(path: Path, data: bytes) -> None:
+def _replace(loc: Location, data: bytes) -> None:
+    """Unconditional overwrite: locally through a temp file and rename (readers never see a
+    torn record); on an object store a PUT is already whole."""
+    if not loc.is_local:
+        loc.write_bytes(data)
+        return
+    path = loc.local_path
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -137,24 +147,32 @@ def _replace(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _claim_path(path: Path, token: str) -> Path:
-    return path.with_name(f".{path.name}.takeover-{token}")
+_CLAIM_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _claim_location(loc: Location, token: str) -> Location:
+    return loc.parent / f".{loc.name}.takeover-{_CLAIM_UNSAFE.sub('_', token)[:120]}"
 
 
 @dataclass
 class Lease:
     """A held lease. Use as a context manager, or call :meth:`release` yourself."""
 
-    path: Path
+    location: Location
     token: str
     owner: dict[str, Any]
     ttl_s: float
     acquired_at: float
     expires_at: float
     took_over: dict[str, Any] | None = None  # the stale record this lease replaced
-    _claim: Path | None = None
+    _claim: Location | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _released: bool = False
+
+    @property
+    def path(self) -> Location:
+        """Where the lease lives (a Location; a local one passes wherever a path does)."""
+        return self.location
 
     def record(self) -> dict[str, Any]:
         return {
@@ -170,22 +188,37 @@ class Lease:
     def _encoded(self) -> bytes:
         return (json.dumps(self.record(), sort_keys=True) + "\n").encode()
 
-    def _check_ours(self) -> None:
-        current = read_lease(self.path)
-        if current is None or current.get("token") != self.token:
-            raise LeaseLost(
-                f"lease {self.path} is no longer ours (it expired and was taken over); "
-                "stop and re-run when the other job is done"
-            )
+    def _lost(self) -> LeaseLost:
+        return LeaseLost(
+            f"lease {self.location} is no longer ours (it expired and was taken over); "
+            "stop and re-run when the other job is done"
+        )
+
+    def _ours(self) -> str:
+        """The version tag of our record; :class:`LeaseLost` if it is no longer ours."""
+        got = read_tagged(self.location)
+        if got is None or _decode(got[0]).get("token") != self.token:
+            raise self._lost()
+        return got[1]
 
     def renew(self) -> None:
-        """Push the expiry ``ttl_s`` from now; raises :class:`LeaseLost` if taken over."""
+        """Push the expiry ``ttl_s`` from now; raises :class:`LeaseLost` if taken over.
+
+        Where the backend has conditional writes (S3 ``If-Match``) the renewal only lands on
+        our own record; elsewhere a takeover between the check and the write is possible
+        only after our lease expired, which :meth:`keep_alive` prevents."""
         with self._lock:
             if self._released:
                 return
-            self._check_ours()
-            self.expires_at = time.time() + self.ttl_s
-            _replace(self.path, self._encoded())
+            tag = self._ours()
+            expires_at = time.time() + self.ttl_s
+            previous, self.expires_at = self.expires_at, expires_at
+            if supports_conditional_replace(self.location):
+                if not replace_if_match(self.location, self._encoded(), tag):
+                    self.expires_at = previous
+                    raise self._lost()
+            else:
+                _replace(self.location, self._encoded())
 
     def release(self) -> None:
         """Give the lease up (only if it is still ours); idempotent."""
@@ -193,11 +226,14 @@ class Lease:
             if self._released:
                 return
             self._released = True
-            current = read_lease(self.path)
-            if current is not None and current.get("token") == self.token:
-                self.path.unlink(missing_ok=True)
+            got = read_tagged(self.location)
+            if got is not None and _decode(got[0]).get("token") == self.token:
+                if supports_conditional_replace(self.location):
+                    delete_if_match(self.location, got[1])
+                else:
+                    self.location.delete()
             if self._claim is not None:
-                self._claim.unlink(missing_ok=True)
+                self._claim.delete()
 
     @contextlib.contextmanager
     def keep_alive(self, interval_s: float | None = None) -> Any:
@@ -216,7 +252,7 @@ class Lease:
                 except (LeaseLost, OSError):
                     return
 
-        thread = threading.Thread(target=loop, name=f"lease-{self.path.name}", daemon=True)
+        thread = threading.Thread(target=loop, name=f"lease-{self.location.name}", daemon=True)
         thread.start()
         try:
             yield self
@@ -232,62 +268,77 @@ class Lease:
 
 
 def acquire(
-    path: str | os.PathLike[str], owner_info: Mapping[str, Any] | None = None, ttl: float = 300.0
+    path: str | os.PathLike[str] | Location,
+    owner_info: Mapping[str, Any] | None = None,
+    ttl: float = 300.0,
 ) -> Lease:
-    """Take the lease at ``path`` or raise :class:`LeaseHeld`.
+    """Take the lease at ``path`` (a local path or a location URL) or raise :class:`LeaseHeld`.
 
     ``owner_info`` (JSON-able, e.g. ``{"job": "build"}``) is stored with pid, host and time;
-    keep secrets out of it, the record is a plain file. A stale lease is taken over: only
+    keep secrets out of it, the record is a plain object. A stale lease is taken over: only
     one of several processes racing for the same stale lease wins, because each first
-    creates (O_EXCL) a claim file named after the stale lease's token.
+    creates (create-if-absent) a claim object named after the stale lease's token; where
+    the backend has conditional writes the replacement is also conditional on the stale
+    record's version.
     """
     if ttl <= 0:
         raise ValueError(f"lease ttl must be > 0, got {ttl}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    loc = Location.parse(path)
+    if loc.read_only:
+        raise LocationError(f"{loc} is read-only; a lease needs a writable location")
     now = time.time()
     owner = {"pid": os.getpid(), "host": socket.gethostname(), **dict(owner_info or {})}
-    lease = Lease(path, uuid.uuid4().hex, owner, float(ttl), now, now + ttl)
-    if _write_exclusive(path, lease._encoded()):
+    lease = Lease(loc, uuid.uuid4().hex, owner, float(ttl), now, now + ttl)
+    if create_exclusive(loc, lease._encoded()):
         return lease
-    current = read_lease(path)
-    if current is None:  # released between our create and our read: one more try
-        if _write_exclusive(path, lease._encoded()):
+    got = read_tagged(loc)
+    if got is None:  # released between our create and our read: one more try
+        if create_exclusive(loc, lease._encoded()):
             return lease
-        raise LeaseHeld(path, read_lease(path))
+        raise LeaseHeld(loc, read_lease(loc))
+    current, tag = _decode(got[0]), got[1]
     if current:
         if not is_stale(current):
-            raise LeaseHeld(path, current)
+            raise LeaseHeld(loc, current)
         stale_token = str(current.get("token", ""))
     else:
         # Unreadable: a holder between create and write, or one killed right there. Only
-        # an unreadable file older than the TTL is stale; its identity is its stat.
+        # an unreadable record older than the TTL is stale; its identity is its version.
         try:
-            st = path.stat()
+            mtime = loc.mtime()
         except FileNotFoundError:
-            raise LeaseHeld(path, None) from None
-        if st.st_mtime > now - ttl:
-            raise LeaseHeld(path, None)
-        stale_token = f"unreadable-{st.st_mtime_ns}-{st.st_size}"
-    claim = _claim_path(path, stale_token)
+            raise LeaseHeld(loc, None) from None
+        if mtime > now - ttl:
+            raise LeaseHeld(loc, None)
+        stale_token = f"unreadable-{tag}"
+    claim = _claim_location(loc, stale_token)
     try:
-        won = _write_exclusive(claim, lease._encoded())
+        won = create_exclusive(claim, lease._encoded())
     except OSError as exc:  # pragma: no cover - e.g. a read-only dir: same as held
         if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            raise LeaseHeld(path, current) from exc
+            raise LeaseHeld(loc, current) from exc
         raise
     if not won:
-        raise LeaseHeld(path, read_lease(path) or current)
-    again = read_lease(path)
-    if again is None or (again.get("token") if again else stale_token) != stale_token:
-        claim.unlink(missing_ok=True)  # released or replaced meanwhile: not ours to take
-        if again is None and _write_exclusive(path, lease._encoded()):
+        raise LeaseHeld(loc, read_lease(loc) or current)
+    if supports_conditional_replace(loc):
+        replaced = replace_if_match(loc, lease._encoded(), tag)
+    else:
+        # No conditional overwrite (local, GCS, Azure): the claim serialises takers; check
+        # the record is still the stale one, then overwrite. The window left is a holder
+        # whose lease had already expired renewing in between; keep_alive prevents that.
+        again = read_tagged(loc)
+        replaced = again is not None and again[1] == tag
+        if replaced:
+            _replace(loc, lease._encoded())
+    if not replaced:
+        claim.delete()  # released or replaced meanwhile: not ours to take
+        if read_tagged(loc) is None and create_exclusive(loc, lease._encoded()):
             return lease
-        raise LeaseHeld(path, read_lease(path))
-    _replace(path, lease._encoded())
+        raise LeaseHeld(loc, read_lease(loc))
     lease.took_over = current or {"token": stale_token}
     lease._claim = claim
-    for old in path.parent.glob(f".{path.name}.takeover-*"):
-        if old != claim:  # claims on tokens that are gone can never win again
-            old.unlink(missing_ok=True)
+    prefix = f".{loc.name}.takeover-"
+    for name in loc.parent.listdir():
+        if name.startswith(prefix) and name != claim.name:
+            (loc.parent / name).delete()  # claims on tokens that are gone can never win again
     return lease

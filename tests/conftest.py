@@ -12,6 +12,10 @@ import os
 import pytest
 from hypothesis import settings
 
+# A real S3-compatible server on loopback (moto) and memory:// roots, for any test folder:
+# fixtures ``s3_server``, ``s3_bucket``, ``memory_root``.
+pytest_plugins = ["tests.storage.s3server"]
+
 settings.register_profile("default", derandomize=True)
 settings.register_profile("explore", derandomize=False, max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from terraloom.storage.lease import LeaseHeld, LeaseLost, acquire, is_stale, read_lease
+from terraloom.storage.location import Location
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -165,3 +166,79 @@ def test_racing_processes_exactly_one_wins(tmp_path: Path, stale_first: bool) ->
 def test_bad_ttl(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="ttl"):
         acquire(tmp_path / "l", ttl=0)
+
+
+# ---- the same lease on object stores: memory:// and a real S3 server --------------------
+
+
+@pytest.fixture(params=["memory", "s3"])
+def remote_root(request: pytest.FixtureRequest) -> Location:
+    name = "memory_root" if request.param == "memory" else "s3_bucket"
+    return Location.parse(request.getfixturevalue(name)) / "out/_build"
+
+
+def _foreign_object(loc: Location, *, expires_in: float) -> None:
+    now = time.time()
+    rec = {"format": "terraloom-lease", "version": 1, "token": "t-foreign", "ttl_s": 60,
+           "owner": {"pid": 1, "host": "elsewhere", "job": "build"},
+           "acquired_at": now - 10, "expires_at": now + expires_in}  # fmt: skip
+    loc.write_bytes(json.dumps(rec).encode())
+
+
+def test_object_store_lease_acquire_refuse_takeover_lose(remote_root: Location) -> None:
+    path = remote_root / "lease.json"
+    with acquire(str(path), {"job": "build"}, ttl=60) as lease:
+        assert read_lease(path)["token"] == lease.token  # type: ignore[index]
+        with pytest.raises(LeaseHeld) as err:
+            acquire(path, ttl=60)
+        assert "\n" not in str(err.value) and "(build)" in str(err.value)
+        assert str(path) in str(err.value)
+        lease.renew()
+        assert read_lease(path)["expires_at"] == lease.expires_at  # type: ignore[index]
+    assert not path.exists()
+
+    _foreign_object(path, expires_in=30)
+    with pytest.raises(LeaseHeld, match="held by pid 1 on elsewhere"):
+        acquire(path, ttl=10)
+    _foreign_object(path, expires_in=-1)
+    taker = acquire(path, {"job": "new"}, ttl=60)
+    assert taker.took_over is not None and taker.took_over["token"] == "t-foreign"
+    assert read_lease(path)["token"] == taker.token  # type: ignore[index]
+    taker.release()
+    assert remote_root.listdir() == []  # lease and claim gone
+
+
+def test_object_store_lease_taken_over_while_stalled(remote_root: Location) -> None:
+    path = remote_root / "lease.json"
+    first = acquire(path, ttl=0.5)
+    deadline = time.time() + 10
+    while time.time() < first.expires_at + 0.05 and time.time() < deadline:
+        time.sleep(0.05)
+    second = acquire(path, ttl=60)
+    assert second.took_over is not None and second.took_over["token"] == first.token
+    with pytest.raises(LeaseLost):
+        first.renew()
+    first.release()  # must not delete the new holder's lease
+    assert read_lease(path)["token"] == second.token  # type: ignore[index]
+    second.release()
+
+
+@pytest.mark.parametrize("stale_first", [False, True], ids=["fresh", "stale"])
+def test_s3_racing_processes_exactly_one_wins(
+    s3_bucket: str, tmp_path: Path, stale_first: bool
+) -> None:
+    """Four processes (environment pointed at the test server) race for one S3 lease."""
+    path = Location.parse(s3_bucket) / "out/_build/lease.json"
+    if stale_first:
+        _foreign_object(path, expires_in=-5)
+    go = tmp_path / "go"
+    code = _RACER.format(root=str(ROOT), go=str(go), path=str(path))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    time.sleep(1.0)
+    go.touch()
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sorted(outs) == ["held", "held", "held", "won"]
