@@ -143,7 +143,7 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``step_<step>`` atomically (rank 0) and point ``latest`` at it."""
-    from safetensors.torch import save_file
+    from terraloom.storage.files import save_safetensors
 
     msd, osd = full_state(model, optimizer)
     out = Path(out_dir)
@@ -156,7 +156,7 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     tensors = {k: v.detach().contiguous().cpu() for k, v in msd.items()}
-    save_file(
+    save_safetensors(
         tensors,
         str(tmp / MODEL_FILE),
         metadata={"format": "terraloom-model", "version": "1", "step": str(step)},

@@ -14,18 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from terraloom.model.config import MODEL_PRESETS, load_config, modality_specs, save_config, to_dict
+from terraloom.schemas.cliargs import add_config_args, add_progress_flag, add_version
+from terraloom.schemas.modalities import UnknownModalityError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="YAML/JSON training config")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set model.size=base --set optim.lr=3e-4 (repeatable)",
-    )
+    from terraloom.model.config import TrainConfig
+
+    add_config_args(p, TrainConfig)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -42,7 +38,7 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     try:
         result = train(
-            cfg, resume=not args.no_resume, max_steps=args.max_steps, progress=not args.quiet
+            cfg, resume=not args.no_resume, max_steps=args.max_steps, progress=not args.no_progress
         )
     finally:
         import torch.distributed as dist
@@ -77,7 +73,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument(
         "--no-resume", action="store_true", help="ignore existing checkpoints in the run directory"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress_flag(p)
     p.set_defaults(func=_run_train)
     return p
 
@@ -238,7 +234,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--scales", choices=("both", "pixels", "tokens"), default="both")
-    p.add_argument("--no-progress", action="store_true")
+    add_progress_flag(p)
     _add_sampling_args(p)
     p.set_defaults(func=_run_evaluate, temperature=0.0)
     return p
@@ -257,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="terraloom-model",
         description="terraloom model: train and inspect the dual-scale any-to-any transformer",
     )
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in PARSERS:
         add(sub)
@@ -268,7 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
+    # bad input: config errors (ConfigError is a ValueError), values the commands reject,
+    # missing files and unknown modality names; any other KeyError is a bug, not bad input
+    except (ValueError, FileNotFoundError, UnknownModalityError) as exc:
         print(f"terraloom-model {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -11,15 +11,19 @@ the loader and the model so the three never disagree.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-import json
-import types
-import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from terraloom.schemas.config import (
+    apply_overrides,
+    dump_config,
+    from_dict,
+    parse_override,
+    read_config_file,
+)
+from terraloom.schemas.config import to_dict as to_dict  # re-exported: checkpoints, CLI
 from terraloom.schemas.layouts import CAPTION_MAX_TOKENS, n_image_tokens
 from terraloom.schemas.modalities import CROP_PX, PATCH_PX, Layout, get_modality
 
@@ -33,6 +37,9 @@ TOKEN_SUFFIX = "@tok"
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of the dual-scale encoder-decoder and which modalities it sees."""
+
+    #: ``{size: base, ...}`` in a config starts from that TerraMind v1 preset.
+    PRESET_KEY: ClassVar[str] = "size"
 
     dim: int = 192
     enc_depth: int = 12
@@ -89,6 +96,10 @@ class ModelConfig:
             raise ValueError("the model needs at least one target modality")
         if not (self.pixel_inputs or self.token_inputs):
             raise ValueError("the model needs at least one input modality")
+
+    @classmethod
+    def from_preset(cls, name: str) -> ModelConfig:
+        return model_preset(name)
 
     @property
     def hidden(self) -> int:
@@ -237,92 +248,8 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------- (de)serialisation
-
-
-def to_dict(obj: Any) -> Any:
-    """A config dataclass as plain YAML/JSON-ready data (tuples become lists)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, tuple | list):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    return obj
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, where)
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            value = [value]
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ValueError(f"{where}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if tp is bool:
-        if isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"{where}: not a boolean: {value!r}")
-        return bool(value)
-    if tp in (int, float, str):
-        try:
-            return tp(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from None
-    return value
-
-
-def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    """Build a config dataclass from nested plain data; unknown keys are an error.
-
-    ``ModelConfig`` accepts ``size: tiny|small|base|large`` to start from a preset.
-    """
-    data = dict(data or {})
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    base = None
-    if cls is ModelConfig and "size" in data:
-        base = model_preset(str(data.pop("size")))
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(
-            f"{where or cls.__name__}: unknown keys {sorted(unknown)}; valid: {sorted(names)}"
-        )
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
-    return replace(base, **kwargs) if base is not None else cls(**kwargs)
-
-
-def _set_path(tree: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = tree
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"override {key!r}: {p!r} is not a section")
-    node[parts[-1]] = value
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """``a.b=value`` -> ("a.b", value) with the value parsed as YAML (lists, numbers, bools)."""
-    import yaml
-
-    if "=" not in item:
-        raise ValueError(f"override {item!r} is not of the form key.sub=value")
-    key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+# The generic machinery (from_dict, to_dict, overrides, YAML files) is shared by every stage
+# and lives in schemas.config; the model adds only its ``model.size`` preset rule.
 
 
 def load_config(
@@ -333,35 +260,18 @@ def load_config(
     ``model.size=tiny|small|base|large`` selects a TerraMind v1 preset; given as an
     override it replaces the file's model section (other ``model.*`` overrides apply on top).
     """
-    import yaml
-
-    tree: dict[str, Any] = {}
-    if path is not None:
-        text = Path(path).read_text()
-        loaded = yaml.safe_load(text) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a config file must hold a mapping")
-        tree = loaded
+    tree = read_config_file(path) if path is not None else {}
     parsed = [parse_override(item) for item in overrides]
     if any(k == "model.size" for k, _ in parsed):
         # a size on the command line replaces the file's model section with that preset;
         # the other model.* overrides still apply on top of it
         tree["model"] = {}
-    for k, v in parsed:
-        _set_path(tree, k, v)
-    return from_dict(TrainConfig, tree)
+    return from_dict(TrainConfig, apply_overrides(tree, parsed))
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write a config as YAML (``.yaml``/``.yml``) or JSON."""
-    import yaml
-
-    path = Path(path)
-    data = to_dict(cfg)
-    if path.suffix in (".yaml", ".yml"):
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-    else:
-        path.write_text(json.dumps(data, indent=2))
+    dump_config(cfg, path)
 
 
 # --------------------------------------------------------------------------- modality specs

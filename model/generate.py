@@ -721,7 +721,7 @@ def lookup_sample(corpus: str | os.PathLike[str], sample_id: str) -> tuple[str, 
     try:
         i = ids.index(sample_id)
     except ValueError:
-        raise KeyError(f"sample {sample_id!r} is not in {path}") from None
+        raise ValueError(f"sample {sample_id!r} is not in {path}") from None
     return str(t.column("split")[i].as_py()), int(t.column("row")[i].as_py())
 
 

@@ -224,13 +224,13 @@ class TerraloomModel(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
         """``config.json`` + ``model.safetensors`` (fp32 weights as held)."""
-        from safetensors.torch import save_file
+        from terraloom.storage.files import save_safetensors
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         (d / "config.json").write_text(json.dumps({"model": to_dict(self.cfg)}, indent=2))
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(
+        save_safetensors(
             state,
             str(d / "model.safetensors"),
             metadata={"format": "terraloom-model", "version": "1"},

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from terraloom.schemas.cli import modality_table
+from terraloom.schemas.cliargs import add_config_args, add_version, config_from_args
 from terraloom.schemas.jsonschema import out_of_sync
 from terraloom.schemas.modalities import REGISTRY
 
@@ -785,10 +786,23 @@ def add_demo_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="re-run finished stages")
     parser.add_argument("--until", choices=[s.name for s in STAGES], help="stop after this stage")
+    add_config_args(parser, DemoConfig)
+
+
+def demo_config_from_args(args: argparse.Namespace) -> DemoConfig:
+    """``DemoConfig`` (or ``--quick``'s budgets) <- ``--config`` <- ``--set``."""
+    from terraloom.schemas.config import to_dict
+
+    base = to_dict(QUICK) if args.quick else None
+    return config_from_args(DemoConfig, args, base=base)
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    cfg = QUICK if args.quick else DemoConfig()
+    try:
+        cfg = demo_config_from_args(args)
+    except ValueError as exc:  # ConfigError and DemoConfig's own checks
+        print(f"terraloom-demo: error: {exc}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     results = run_stages(args.out, STAGES, cfg, force=args.force, until=args.until)
     print_summary(args.out, results, time.perf_counter() - t0)
@@ -798,9 +812,13 @@ def run_demo_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="terraloom-demo",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The whole mission on the embedded synthetic world, stage by stage: world, "
+        "plan, build (Beam), tokenizers, encode, train, TiM, evaluate, generate, report. Each "
+        "stage writes its outputs under --out and a marker last, so a second run skips what "
+        "is finished and a killed run resumes. Budgets are DemoConfig fields (--config/--set); "
+        "--quick selects a tiny world and minimal budgets.",
     )
+    add_version(parser)
     add_demo_args(parser)
     return run_demo_command(parser.parse_args(argv))
 

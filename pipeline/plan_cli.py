@@ -16,7 +16,6 @@ from typing import Any
 from terraloom.pipeline.grid import GridError, Region
 from terraloom.pipeline.matching import MatchConfig
 from terraloom.pipeline.plan import (
-    SOURCE_MODALITIES,
     PlanConfig,
     plan_report,
     plan_samples,
@@ -25,6 +24,13 @@ from terraloom.pipeline.plan import (
     write_plan_report,
 )
 from terraloom.pipeline.sources import SourceError, StacApiSource, open_source, parse_time_range
+from terraloom.schemas.cliargs import (
+    add_config_args,
+    add_progress_flag,
+    config_from_args,
+    default_help,
+)
+from terraloom.schemas.config import ConfigError
 from terraloom.schemas.modalities import UnknownModalityError
 
 
@@ -35,7 +41,9 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Enumerate the Major TOM cells of a region, search each modality's collection, match "
             "scenes per sample (clearest S2, its L1C twin, S1 within the window, DEM/LULC tiles) "
-            "and write plan.parquet. With --source world:DIR, region and time default to the world's."
+            "and write plan.parquet. With --source world:DIR, region and time default to the world's. "
+            "Every PlanConfig field is reachable with --config FILE.yaml / --set key=value; the "
+            "flags below are shortcuts and win over both."
         ),
     )
     p.add_argument(
@@ -50,10 +58,13 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--time", help="START/END, e.g. 2023-06-01/2023-08-31 (dates include the whole END day)"
     )
     p.add_argument("--out", required=True, help="output plan.parquet")
+    add_config_args(p, PlanConfig)
+
+    def d(cls: type, name: str, text: str = "") -> str:
+        return default_help(cls, name, text)
+
     p.add_argument(
-        "--modalities",
-        default=",".join(SOURCE_MODALITIES),
-        help="comma-separated modalities to plan (default: %(default)s)",
+        "--modalities", help=d(PlanConfig, "modalities", "comma-separated modalities to plan")
     )
     p.add_argument(
         "--collection",
@@ -62,32 +73,38 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="MODALITY=COLLECTION",
         help="use another collection for a modality (repeatable)",
     )
-    p.add_argument("--samples-per-cell", type=int, default=1, choices=(1, 4, 9))
+    p.add_argument(
+        "--samples-per-cell",
+        type=int,
+        choices=(1, 4, 9),
+        help=d(PlanConfig, "samples_per_cell", "samples of each 10 km grid cell (1x1, 2x2, 3x3)"),
+    )
     p.add_argument(
         "--max-cloud",
         type=float,
-        default=MatchConfig.max_cloud,
-        help="max %% cloud+shadow over the footprint",
+        help=d(MatchConfig, "max_cloud", "max %% cloud+shadow over the footprint"),
     )
-    p.add_argument("--s1-window-days", type=float, default=MatchConfig.s1_window_days)
     p.add_argument(
-        "--s1-orbit", default=MatchConfig.s1_orbit, choices=("s2", "ascending", "descending", "any")
+        "--s1-window-days", type=float, help=d(MatchConfig, "s1_window_days", "max |S1 - S2| days")
+    )
+    p.add_argument(
+        "--s1-orbit",
+        choices=("s2", "ascending", "descending", "any"),
+        help=d(MatchConfig, "s1_orbit", "preferred S1 orbit direction"),
     )
     p.add_argument(
         "--scl",
-        default=MatchConfig.scl_hrefs,
         choices=("local", "any", "never"),
-        help="which SCL hrefs may be read for cloud cover",
+        help=d(MatchConfig, "scl_hrefs", "which SCL hrefs may be read for cloud cover"),
     )
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--test-fraction", type=float, default=0.0)
+    p.add_argument("--val-fraction", type=float, help=d(PlanConfig, "val_fraction"))
+    p.add_argument("--test-fraction", type=float, help=d(PlanConfig, "test_fraction"))
     p.add_argument(
         "--split-block-cells",
         type=int,
-        default=1,
-        help="cells per side of a block that shares a split",
+        help=d(PlanConfig, "split_block_cells", "cells per side of a block that shares a split"),
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help=d(PlanConfig, "seed"))
     p.add_argument(
         "--drop-unmatched",
         action="store_true",
@@ -128,7 +145,7 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="sign Planetary Computer hrefs (auto: when the planetary-computer package is installed)",
     )
     p.add_argument("--ee-project", help="Google Cloud project for Earth Engine")
-    p.add_argument("--no-progress", action="store_true")
+    add_progress_flag(p)
     p.set_defaults(func=run_plan)
     return p
 
@@ -138,35 +155,37 @@ def _fail(message: str) -> int:
     return 2
 
 
-def config_from_args(args: argparse.Namespace) -> PlanConfig:
+def plan_config_from_args(args: argparse.Namespace) -> PlanConfig:
+    """The ``PlanConfig``: ``--config`` <- ``--set`` <- the flags given."""
     collections = {}
     for spec in args.collection:
         mod, sep, coll = spec.partition("=")
         if not sep or not coll:
-            raise ValueError(f"bad --collection {spec!r}: expected MODALITY=COLLECTION")
+            raise ConfigError(f"bad --collection {spec!r}: expected MODALITY=COLLECTION")
         collections[mod] = coll
-    match = MatchConfig(
-        max_cloud=args.max_cloud,
-        s1_window_days=args.s1_window_days,
-        s1_orbit=args.s1_orbit,
-        scl_hrefs=args.scl,
-    )
-    return PlanConfig(
-        modalities=tuple(m for m in args.modalities.split(",") if m.strip()),
-        collections=collections,
-        samples_per_cell=args.samples_per_cell,
-        match=match,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        split_block_cells=args.split_block_cells,
-        seed=args.seed,
-        keep_unmatched=not args.drop_unmatched,
+    return config_from_args(
+        PlanConfig,
+        args,
+        {
+            "modalities": args.modalities,
+            "samples_per_cell": args.samples_per_cell,
+            "match.max_cloud": args.max_cloud,
+            "match.s1_window_days": args.s1_window_days,
+            "match.s1_orbit": args.s1_orbit,
+            "match.scl_hrefs": args.scl,
+            "val_fraction": args.val_fraction,
+            "test_fraction": args.test_fraction,
+            "split_block_cells": args.split_block_cells,
+            "seed": args.seed,
+            "keep_unmatched": False if args.drop_unmatched else None,
+            **{f"collections.{k}": v for k, v in collections.items()},
+        },
     )
 
 
 def run_plan(args: argparse.Namespace) -> int:
     try:
-        config = config_from_args(args)
+        config = plan_config_from_args(args)
         opened = open_source(
             args.source,
             cache_dir=args.cache_dir,

@@ -9,7 +9,6 @@ GEO and the caption go into the title. Rendering uses the Agg backend (no displa
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import textwrap
@@ -190,6 +189,8 @@ def render_corpus(
     progress: bool = True,
 ) -> list[Path]:
     """One PNG per accepted sample (index.parquet order): ``dest/<split>/<sample_id>.png``."""
+    if limit is not None and limit < 0:  # a slice would count from the end
+        raise ValueError(f"limit must be >= 0, got {limit}")
     import zarr
 
     from terraloom.schemas.tables import read_table
@@ -228,51 +229,3 @@ def render_corpus(
             )
         )
     return paths
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_quicklook_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``quicklook`` on the ``terraloom-pipeline`` sub-command parser."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "quicklook", help="render one PNG per sample with all modalities side by side"
-    )
-    p.add_argument("corpus", help="corpus output directory of `build`")
-    p.add_argument(
-        "--out", required=True, help="directory for the PNGs (<out>/<split>/<sample_id>.png)"
-    )
-    p.add_argument("--split", action="append", default=None, help="only these splits (repeatable)")
-    p.add_argument(
-        "--sample-id", action="append", default=None, help="only these samples (repeatable)"
-    )
-    p.add_argument("--limit", type=int, default=None, help="at most this many samples")
-    p.add_argument("--dpi", type=int, default=60)
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=quicklook_command)
-    return p
-
-
-def quicklook_command(args: argparse.Namespace) -> int:
-    corpus = Path(args.corpus)
-    if not (corpus / "index.parquet").exists():
-        print(
-            f"terraloom-pipeline quicklook: error: {corpus} has no index.parquet (not a finished corpus)",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        paths = render_corpus(
-            corpus,
-            args.out,
-            splits=args.split,
-            limit=args.limit,
-            sample_ids=args.sample_id,
-            dpi=args.dpi,
-            progress=not args.no_progress,
-        )
-    except ValueError as exc:
-        print(f"terraloom-pipeline quicklook: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(paths)} quicklooks to {args.out}")
-    return 0

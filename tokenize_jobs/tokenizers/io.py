@@ -68,14 +68,14 @@ def save_image_tokenizer(
     model: FSQVAE, out: str | os.PathLike[str], training: dict[str, Any] | None = None
 ) -> dict[str, str]:
     """Write ``model.safetensors`` + ``config.json``; return the identity."""
-    from safetensors.torch import save_file
+    from terraloom.storage.files import save_safetensors
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tmp = out / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp), metadata={"modality": cfg.modality, "version": cfg.version})
+    save_safetensors(state, tmp, metadata={"modality": cfg.modality, "version": cfg.version})
     os.replace(tmp, out / WEIGHTS_NAME)
     identity = {
         "id": f"{cfg.modality}-fsqvae",

@@ -200,6 +200,14 @@ def report_markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {k} | {_fmt(report['tokenizer'][k])} | {_fmt(report['baseline'][k])} |"
             )
+    else:  # a tokenizer with nothing to train (GEO): its scalar figures, as in eval.json
+        scalars = {
+            k: v
+            for k, v in report.items()
+            if k not in ("modality", "split") and isinstance(v, int | float | str | bool)
+        }
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v) if isinstance(v, float) else v} |" for k, v in scalars.items()]
     cb = report.get("codebook")
     if cb:
         lines += [
