@@ -38,7 +38,7 @@ format: $(BIN)/.installed
 
 # mypy cannot follow setuptools' editable import hook, so it reads the packages through a link
 # tree that spells the installed names (build/typecheck/terraloom/<stage> -> <stage>).
-STAGES := schemas storage pipeline tokenize_jobs model orchestration
+STAGES := schemas storage render pipeline tokenize_jobs model orchestration
 typecheck: $(BIN)/.installed
 	@mkdir -p build/typecheck/terraloom
 	@for s in $(STAGES); do ln -sfn ../../../$$s build/typecheck/terraloom/$$s; done

@@ -40,8 +40,9 @@ if str(ROOT) not in sys.path:
 from terraloom.schemas.layouts import CAPTION_MAX_TOKENS, TOKEN_MODALITIES, create_token_store  # noqa: E402
 from terraloom.schemas.modalities import SAMPLE_PX, Layout, get_modality  # noqa: E402
 from terraloom.tokenize_jobs.crops import apply_crops, draw_crops  # noqa: E402
-from terraloom.tokenize_jobs.encode import EncodeConfig, encode, load_tokenizers, sample_keys  # noqa: E402
+from terraloom.tokenize_jobs.encode import EncodeConfig, encode, sample_keys  # noqa: E402
 from terraloom.tokenize_jobs.store import TokenStore, array_checksum, write_commit  # noqa: E402
+from terraloom.tokenize_jobs.tokenizers.io import load_tokenizers  # noqa: E402
 
 
 def build_tokenizers(out: Path, corpus: Path, width: int, seed: int = 0) -> Path:

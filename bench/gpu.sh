@@ -68,7 +68,7 @@ if [ "$MODE" = run ]; then
   fi
   # The stages import as terraloom.<stage>: a link tree spells those names without installing.
   mkdir -p build/gpu/terraloom
-  for s in schemas storage pipeline tokenize_jobs model orchestration; do
+  for s in schemas storage render pipeline tokenize_jobs model orchestration; do
     [ -d "$s" ] && ln -sfn "../../../$s" "build/gpu/terraloom/$s"
   done
   export PYTHONPATH=$PWD/build/gpu:$PYTHONPATH

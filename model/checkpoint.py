@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from terraloom.model.config import TrainConfig, to_dict
+from terraloom.model.transformer import TerraloomModel
 
 STATE_FILE = "train_state.pt"
 MODEL_FILE = "model.safetensors"
@@ -275,3 +276,38 @@ def load_checkpoint(
     if restore_rng and state.get("rng") is not None:
         set_rng_state(state["rng"])
     return state
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint directory (``model.safetensors`` + ``config.json``) or a run directory."""
+    p = Path(path)
+    if (p / "model.safetensors").is_file() and (p / "config.json").is_file():
+        return p
+    if p.is_dir():
+        ck = latest_checkpoint(p)
+        if ck is not None:
+            return ck
+    raise FileNotFoundError(
+        f"{p} is neither a checkpoint (model.safetensors + config.json) nor a run directory with one"
+    )
+
+
+def checkpoint_data_paths(ckpt: Path) -> dict[str, str]:
+    """``data.tokens`` / ``data.corpus`` recorded in a training checkpoint's config, if any.
+
+    Training records them absolute; a relative one (an older or hand-written checkpoint) is
+    taken relative to the run directory (the checkpoint's parent) when it exists there, so
+    a run moved together with its data keeps working from any working directory.
+    """
+    meta = json.loads((ckpt / "config.json").read_text())
+    data = meta.get("data") or {}
+    out = {k: str(data[k]) for k in ("tokens", "corpus") if data.get(k)}
+    for k, v in out.items():
+        if "://" not in v and not Path(v).is_absolute() and (ckpt.parent / v).exists():
+            out[k] = str(ckpt.parent / v)
+    return out
+
+
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> TerraloomModel:
+    """The model of a checkpoint or of a run's latest checkpoint, in eval mode."""
+    return TerraloomModel.from_pretrained(resolve_checkpoint(path), map_location=device).eval()

@@ -159,7 +159,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from terraloom.model.generate import run_generate_command
+    from terraloom.model.generate_command import run_generate_command
 
     return run_generate_command(args)
 

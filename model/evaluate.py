@@ -5,7 +5,7 @@ compare with the corpus crop):
 
 | task | metrics | trivial baseline (from the train split, same run) |
 |---|---|---|
-| S1GRD -> S2L2A | PSNR, SSIM (reflectance = DN / 10000 in [0, 1]) | the dataset-mean image |
+| S1GRD -> S2L2A | PSNR, SSIM on DN / 10000 clipped to [0, 1] | the dataset-mean image |
 | S2L2A -> LULC | pixel accuracy, mIoU | the class prior (majority class everywhere) |
 | S2L2A -> DEM | MAE in metres | the mean elevation |
 | S2L2A -> GEO | median great-circle error in km | the dataset centroid |
@@ -29,13 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from terraloom.model.generate import GREEDY, SampleReader, SamplingConfig, decode_tokens, generate
+from terraloom.model.generate import GREEDY, SamplingConfig, decode_tokens, generate
+from terraloom.model.samples import SampleReader
 from terraloom.model.tim import confusion, iou_scores
 from terraloom.model.transformer import TerraloomModel
-from terraloom.schemas.modalities import LULC_CLASSES, lulc_to_index
+from terraloom.schemas.modalities import LULC_CLASSES, S2_DN_SCALE, lulc_to_index
 
 EARTH_RADIUS_KM = 6371.0088
-S2_SCALE = 10000.0
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,14 @@ class EvalConfig:
 # --------------------------------------------------------------------------- metrics
 
 
-def reflectance(dn: torch.Tensor) -> torch.Tensor:
-    """S2 DN -> surface reflectance clipped to [0, 1] (NaN stays NaN)."""
-    return (dn.float() / S2_SCALE).clamp(0.0, 1.0)
+def s2_unit_scale(dn: torch.Tensor) -> torch.Tensor:
+    """S2 DN -> the [0, 1] scale PSNR and SSIM use: DN / S2_DN_SCALE, clipped (NaN stays NaN).
+
+    Not reflectance (``schemas.modalities.reflectance`` is): the processing-baseline offset
+    is not removed. It would cancel in the errors anyway; a fixed scale keeps the figures
+    comparable across corpora.
+    """
+    return (dn.float() / S2_DN_SCALE).clamp(0.0, 1.0)
 
 
 def psnr(
@@ -235,7 +240,7 @@ def _lulc_index(x: torch.Tensor) -> torch.Tensor:
 def _score(task: EvalTask, acc: _Acc, who: str, pred: Any, true: Any, ref_crops: Any) -> None:
     t = task.target
     if t == "S2L2A":
-        p, y = reflectance(pred), reflectance(true)
+        p, y = s2_unit_scale(pred), s2_unit_scale(true)
         mask = true > 0
         acc.extend(who, "psnr", psnr(p, y, 1.0, mask))
         acc.extend(who, "ssim", ssim(p, y, 1.0))
@@ -463,7 +468,8 @@ def _cpu(x: Any) -> Any:
 
 def run_evaluate_command(args: Any) -> int:
     """``terraloom-model evaluate`` (see ``model.cli``): prints the Markdown table."""
-    from terraloom.model.generate import checkpoint_data_paths, load_tokenizers, resolve_checkpoint
+    from terraloom.model.checkpoint import checkpoint_data_paths, resolve_checkpoint
+    from terraloom.tokenize_jobs.tokenizers.io import load_tokenizers
 
     ckpt = resolve_checkpoint(args.checkpoint)
     model = TerraloomModel.from_pretrained(ckpt, map_location=args.device).eval()

@@ -29,11 +29,11 @@ from torch import nn
 from terraloom.model.config import Kind, ModelConfig
 from terraloom.model.generate import (
     Conditioning,
-    SampleReader,
     SamplingConfig,
     encoder_batch,
     generate,
 )
+from terraloom.model.samples import SampleReader
 from terraloom.model.transformer import TerraloomModel
 from terraloom.schemas.modalities import LULC_CLASS_NAMES, get_modality, lulc_to_index
 

@@ -67,15 +67,12 @@ class DemoConfig:
     #: The first halvings as pixel-unshuffles (much cheaper convolutions at high resolution).
     tok_unshuffle: int = 2
     tok_lr: float = 2e-3
-    #: FSQ codebook-usage regulariser. Off: on this short budget the model learns to
-    #: predict a tokenizer with fewer, coarser codes much better (a sharper decoder is
-    #: worth less than predictable tokens; see docs/model.md).
+    #: FSQ codebook-usage regulariser; off for the demo's short model budget (why:
+    #: docs/bench.md, "Measured choices behind defaults").
     tok_entropy_weight: float = 0.0
-    #: False: the plain start the demo's main-job figures were measured with (random
-    #: init, equal band weights, plain FSQ channels but DEM's 512-level scalar). True:
-    #: the linear start of ``tokenize_jobs.tokenizers.linear_init`` and its finer level
-    #: scalars, which beat the patch-mean baseline (bench/tokenizers.py) but whose finer
-    #: codes this short model budget has not been measured with.
+    #: False: the plain start (random init); True: the linear start of
+    #: ``tokenize_jobs.tokenizers.linear_init`` (why the demo keeps the plain one:
+    #: docs/bench.md).
     tok_linear_start: bool = False
     tok_eval_samples: int = 8
     # encode: crops per sample and crop size (= the model's image size)
@@ -407,7 +404,7 @@ def stage_train(out: Path, cfg: DemoConfig) -> dict:
 
 
 def _pretrained(out: Path) -> Any:
-    from terraloom.model.generate import load_model
+    from terraloom.model.checkpoint import load_model
 
     return load_model(paths(out)["run"])
 
@@ -447,7 +444,8 @@ def stage_tim(out: Path, cfg: DemoConfig) -> dict:
 
 def stage_evaluate(out: Path, cfg: DemoConfig) -> dict:
     from terraloom.model.evaluate import EvalConfig, evaluate_generation
-    from terraloom.model.generate import SamplingConfig, load_tokenizers
+    from terraloom.model.generate import SamplingConfig
+    from terraloom.tokenize_jobs.tokenizers.io import load_tokenizers
 
     p = paths(out)
     model = _pretrained(out)
@@ -472,13 +470,10 @@ EXAMPLE_CHAINS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
 def stage_generate(out: Path, cfg: DemoConfig) -> dict:
     import numpy as np
 
-    from terraloom.model.generate import (
-        SampleReader,
-        SamplingConfig,
-        load_tokenizers,
-        reference_values,
-        write_examples,
-    )
+    from terraloom.model.examples import write_examples
+    from terraloom.model.generate import SamplingConfig
+    from terraloom.model.samples import SampleReader, reference_values
+    from terraloom.tokenize_jobs.tokenizers.io import load_tokenizers
 
     p = paths(out)
     model = _pretrained(out)
@@ -715,7 +710,8 @@ def run_stages(
     """Run the stages in order; a stage whose marker holds the same budgets is skipped.
 
     A stage whose budgets differ from its marker's (or ``force``) re-runs together with
-    every later stage, after their old outputs are removed.
+    every later stage, after their old outputs are removed. Returns each stage's result
+    (a skipped stage: its marker, with ``"skipped": True``).
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
@@ -731,7 +727,7 @@ def run_stages(
         )
         done = json.loads(marker.read_text()) if marker.exists() else None
         if done is not None and not stale and not force and done.get("config", {}) == want:
-            results[stage.name] = done
+            results[stage.name] = {**done, "skipped": True}
             print(f"   finished earlier, skipped ({marker.name})")
         else:
             if done is not None and not force and not stale:

@@ -342,11 +342,10 @@ def token_layout(
 # --------------------------------------------------------------------------- creation
 
 
-#: zstd level of every compressed array (Blosc, byte shuffle). Level 1, not 3: on a
-#: corpus sample (S2L2A uint16) it encodes 2.2x faster (287 vs 133 MB/s on the 2-core
-#: dev machine) and decodes 1.5x faster, for files 24 % larger (ratio 2.93 vs 3.64);
-#: compression was a fifth of the build's CPU at level 3, and a corpus is written once
-#: and read by every training epoch. Stores record their codec, so readers need not know.
+#: zstd level of every compressed array (Blosc, byte shuffle). Level 1, not 3: much
+#: faster to write and read for somewhat larger files (figures: docs/bench.md), and a
+#: corpus is written once and read by every training epoch. Stores record their codec,
+#: so readers need not know.
 ZSTD_LEVEL = 1
 
 

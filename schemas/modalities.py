@@ -72,6 +72,40 @@ class Band:
     native_resolution_m: float | None = None
 
 
+class DisplayKind(enum.StrEnum):
+    """How a modality is drawn for people."""
+
+    RGB = "rgb"  # three bands as red, green, blue over one value range
+    SCALAR = "scalar"  # one band through a colour map, with a colour bar and unit
+    CLASSES = "classes"  # class values in legend colours, with a legend
+
+
+@dataclass(frozen=True)
+class Display:
+    """How people see a modality: one fixed stretch per modality, so panels of different
+    samples, and a generated image next to its reference, compare by eye (a per-image
+    stretch would hide a brightness error). Every renderer (quicklooks, generation panels,
+    tokenizer reports) reads it from here.
+    """
+
+    kind: DisplayKind
+    #: Bands shown: three for RGB, one for SCALAR / CLASSES.
+    bands: tuple[str, ...]
+    #: Value range mapped onto the colours; ``None``: the data's own range, shared by every
+    #: panel of the modality in one figure (elevation spans metres to kilometres).
+    vmin: float | None = None
+    vmax: float | None = None
+    cmap: str = "gray"
+    #: Part of the colour map used (the terrain map's blue end is the sea, not low land).
+    cmap_span: tuple[float, float] = (0.0, 1.0)
+    #: Display gamma of RGB (values ** (1 / gamma) after the stretch).
+    gamma: float = 1.0
+    #: Colour-bar label with the unit, or the RGB band list.
+    label: str = ""
+    #: CLASSES: (value, name, (r, g, b)) per class; other values show as nodata.
+    classes: tuple[tuple[int, str, tuple[int, int, int]], ...] = ()
+
+
 @dataclass(frozen=True)
 class Modality:
     """A modality of the corpus: where it comes from, how it is stored and modelled."""
@@ -100,6 +134,10 @@ class Modality:
     class_names: tuple[str, ...] = ()
     #: Fixed length of VECTOR / TEXT layouts (values or bytes per sample).
     length: int | None = None
+    #: How it is drawn (image layouts); ``None``: shown as text (GEO, CAPTION).
+    display: Display | None = None
+    #: Vertical datum of stored heights (a :data:`VERTICAL_DATUMS` key); DEM only.
+    vertical_datum: str | None = None
     extra: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -218,6 +256,91 @@ LULC_COLORS: dict[int, tuple[int, int, int]] = {
 SCL_CLOUD_SHADOW: tuple[int, ...] = (3, 8, 9, 10)
 SCL_NODATA = 0
 
+#: Values of the corpus ``cloud_mask`` array (derived from SCL by the pipeline).
+CLOUD_MASK_CLEAR = 0
+CLOUD_MASK_CLOUD = 1
+CLOUD_MASK_SHADOW = 2
+CLOUD_MASK_NODATA = 255
+CLOUD_MASK_DISPLAY = Display(
+    DisplayKind.CLASSES,
+    ("cloud_mask",),
+    classes=(
+        (CLOUD_MASK_CLEAR, "clear", (40, 120, 40)),
+        (CLOUD_MASK_CLOUD, "cloud", (245, 245, 245)),
+        (CLOUD_MASK_SHADOW, "shadow", (60, 60, 60)),
+    ),
+)
+"""The cloud mask's legend (not a modality of the registry, but drawn next to them)."""
+
+S2_DN_SCALE = 10000.0
+"""Sentinel-2 digital numbers per unit reflectance (ESA: reflectance = DN / 10000 + offset)."""
+S2_BOA_OFFSET = -0.1
+"""Reflectance offset of Sentinel-2 products from processing baseline 04.00 on (-1000 DN)."""
+
+
+def s2_reflectance_params(
+    scale: float | None, offset: float | None, processing_baseline: str | None
+) -> tuple[float, float]:
+    """DN -> reflectance (scale, offset): the asset's ``raster:bands`` when given, else
+    the ESA convention (1 / S2_DN_SCALE, and S2_BOA_OFFSET from processing baseline 04.00 on)."""
+    if scale is not None:
+        return float(scale), float(offset or 0.0)
+    off = 0.0
+    if processing_baseline:
+        try:
+            off = S2_BOA_OFFSET if float(processing_baseline) >= 4.0 else 0.0
+        except ValueError:
+            off = 0.0
+    return 1 / S2_DN_SCALE, off
+
+
+S2_STORED_OFFSET_DN = 1000
+"""The one Sentinel-2 DN convention of the corpus (L1C and L2A): ``DN = 10000 * reflectance +
+1000``, i.e. the products of processing baseline 04.00 on as ESA and Planetary Computer
+publish them. Items published otherwise (Earth Search's ``earthsearch:boa_offset_applied``,
+baselines before 04.00, any other ``raster:bands`` scale/offset) are harmonised onto it when
+read, so every stored S2 value, and everything derived from it, means the same reflectance."""
+S2_CONVENTION = "dn = 10000 * reflectance + 1000"
+"""How the corpus records :data:`S2_STORED_OFFSET_DN` (store attributes, index ``s2_convention``)."""
+
+
+def s2_harmonise_params(
+    scale: float | None, offset: float | None, processing_baseline: str | None
+) -> tuple[float, float]:
+    """(gain, bias) taking a published Sentinel-2 DN onto the corpus convention:
+    ``stored = DN * gain + bias`` with ``reflectance = DN * scale + offset`` as published
+    (:func:`s2_reflectance_params`). (1, 0) for products already in the convention, exactly,
+    so their values pass through bit for bit."""
+    sc, off = s2_reflectance_params(scale, offset, processing_baseline)
+    gain = round(sc * S2_DN_SCALE, 9)
+    bias = round(off * S2_DN_SCALE + S2_STORED_OFFSET_DN, 6)
+    return gain, bias
+
+
+def reflectance(dn: np.ndarray, scale: float, offset: float) -> np.ndarray:
+    """Sentinel-2 DN -> physical reflectance, ``DN * scale + offset`` (float32): the one
+    meaning of "reflectance" in terraloom (NDVI is computed from it). The corpus keeps DN."""
+    return dn.astype(np.float32) * np.float32(scale) + np.float32(offset)
+
+
+def _s2_display() -> Display:
+    """True colour over reflectance 0..0.3 (DN 1000..4000: the products of processing
+    baseline 04.00 on carry the +1000 DN offset the corpus keeps)."""
+    lo = -S2_BOA_OFFSET * S2_DN_SCALE
+    return Display(
+        DisplayKind.RGB,
+        ("B04", "B03", "B02"),
+        lo,
+        lo + 0.3 * S2_DN_SCALE,
+        gamma=1.4,
+        label="B04 B03 B02, 1000-4000 DN",
+    )
+
+
+def _s1_display() -> Display:
+    return Display(DisplayKind.SCALAR, ("VV",), -25.0, 0.0, "gray", label="VV backscatter (dB)")
+
+
 FSQ_IMAGE_LEVELS = (8, 8, 8, 6, 5)
 FSQ_LULC_LEVELS = (7, 5, 5, 5, 5)
 GEO_BIN_DEG = 0.25
@@ -274,6 +397,7 @@ REGISTRY: tuple[Modality, ...] = (
         scales=Scale.PIXELS,
         tokenizer=None,
         vocab_size=None,
+        display=_s2_display(),
     ),
     Modality(
         name="S2L2A",
@@ -318,6 +442,7 @@ REGISTRY: tuple[Modality, ...] = (
         vocab_size=_prod(FSQ_IMAGE_LEVELS),
         fsq_levels=FSQ_IMAGE_LEVELS,
         extra={"scl_asset": "SCL", "es_scl_asset": "scl"},
+        display=_s2_display(),
     ),
     Modality(
         name="S2RGB",
@@ -335,6 +460,7 @@ REGISTRY: tuple[Modality, ...] = (
         tokenizer=None,
         vocab_size=None,
         derived_from=("S2L2A",),
+        display=Display(DisplayKind.RGB, ("red", "green", "blue"), 0.0, 255.0, label="true colour"),
     ),
     Modality(
         name="S1GRD",
@@ -352,6 +478,7 @@ REGISTRY: tuple[Modality, ...] = (
         tokenizer=TokenizerKind.FSQ_VAE,
         vocab_size=_prod(FSQ_IMAGE_LEVELS),
         fsq_levels=FSQ_IMAGE_LEVELS,
+        display=_s1_display(),
     ),
     Modality(
         name="S1RTC",
@@ -369,10 +496,11 @@ REGISTRY: tuple[Modality, ...] = (
         tokenizer=TokenizerKind.FSQ_VAE,
         vocab_size=_prod(FSQ_IMAGE_LEVELS),
         fsq_levels=FSQ_IMAGE_LEVELS,
+        display=_s1_display(),
     ),
     Modality(
         name="DEM",
-        description="Copernicus DEM GLO-30 elevation in metres",
+        description="Copernicus DEM GLO-30 elevation in metres above the EGM2008 geoid",
         collections=("cop-dem-glo-30",),
         bands=(Band("elevation", None, "data", "data", 30.0),),
         dtype="float32",
@@ -386,6 +514,14 @@ REGISTRY: tuple[Modality, ...] = (
         tokenizer=TokenizerKind.FSQ_VAE,
         vocab_size=_prod(FSQ_IMAGE_LEVELS),
         fsq_levels=FSQ_IMAGE_LEVELS,
+        vertical_datum="EGM2008",
+        display=Display(
+            DisplayKind.SCALAR,
+            ("elevation",),
+            cmap="terrain",
+            cmap_span=(0.25, 1.0),
+            label="elevation (m)",
+        ),
     ),
     Modality(
         name="LULC",
@@ -405,6 +541,13 @@ REGISTRY: tuple[Modality, ...] = (
         fsq_levels=FSQ_LULC_LEVELS,
         classes=LULC_CLASSES,
         class_names=LULC_CLASS_NAMES,
+        display=Display(
+            DisplayKind.CLASSES,
+            ("class",),
+            classes=tuple(
+                (v, n, LULC_COLORS[v]) for v, n in zip(LULC_CLASSES, LULC_CLASS_NAMES, strict=True)
+            ),
+        ),
     ),
     Modality(
         name="NDVI",
@@ -423,6 +566,7 @@ REGISTRY: tuple[Modality, ...] = (
         vocab_size=_prod(FSQ_IMAGE_LEVELS),
         fsq_levels=FSQ_IMAGE_LEVELS,
         derived_from=("S2L2A",),
+        display=Display(DisplayKind.SCALAR, ("ndvi",), -0.2, 0.9, "RdYlGn", label="NDVI"),
     ),
     Modality(
         name="GEO",

@@ -21,6 +21,10 @@ that fail; the end of a split re-checks every shard it leaves committed. One job
 writes an output: rank 0 holds its lease (``storage.lease``), a second job is refused with
 one line. Rows stay aligned with the corpus: invalid corpus rows keep ``valid = False``
 and zero tokens/crops.
+
+The per-shard work of the stages is ``encode_shard``, the job's config and errors
+``encode_config``, its ranks ``encode_dist``; this module runs the stages, owns the store,
+its commits and the lease.
 """
 
 from __future__ import annotations
@@ -42,18 +46,32 @@ import numpy as np
 import torch
 
 from terraloom.schemas.layouts import (
-    CAPTION_MAX_TOKENS,
-    SPLITS,
-    TOKEN_MODALITIES,
     create_token_store,
 )
-from terraloom.schemas.modalities import CROP_PX, SAMPLE_PX, Layout, get_modality
+from terraloom.schemas.modalities import SAMPLE_PX, get_modality
 from terraloom.storage.lease import Lease, LeaseHeld, LeaseLost
 from terraloom.storage.lease import acquire as acquire_lease
-from terraloom.tokenize_jobs.crops import apply_crops, draw_crops, row_key
+from terraloom.tokenize_jobs.encode_config import (
+    EncodeBusyError,
+    EncodeConfig,
+    EncodeError,
+    TokenizerMismatchError,
+)
+from terraloom.tokenize_jobs.encode_dist import Dist, job_device
+from terraloom.tokenize_jobs.encode_shard import (
+    ShardCodes,
+    ShardInput,
+    assemble_shard,
+    check_tokenizers,
+    corpus_splits,
+    encode_images,
+    image_encoder,
+    read_shard,
+    sample_keys,
+    tokenizer_identities,
+)
 from terraloom.tokenize_jobs.store import (
     COMMITS_DIR,
-    LEN_SUFFIX,
     commit_problem,
     drop_commit,
     read_commits,
@@ -62,82 +80,27 @@ from terraloom.tokenize_jobs.store import (
     write_commit,
 )
 
+__all__ = [
+    "EncodeBusyError",
+    "EncodeConfig",
+    "EncodeError",
+    "EncodeReport",
+    "SplitReport",
+    "TokenizerMismatchError",
+    "acquire_encode_lease",
+    "encode",
+    "encode_split",
+    "lease_path",
+    "sample_keys",
+]
+
 log = logging.getLogger(__name__)
-
-UINT16_MAX = 65535
-
-
-class EncodeError(ValueError):
-    """A user-facing problem with the inputs of the job (the CLI exits with code 2)."""
-
-
-class TokenizerMismatchError(EncodeError):
-    """The store was written with other tokenizers than the ones given."""
-
-
-class EncodeBusyError(EncodeError):
-    """Another encode job holds the output's lease (one line; the CLI exits with code 2)."""
-
 
 #: The output's lease (``storage.lease``): one encode job at a time writes a token store.
 LEASE_NAME = "lease.json"
 #: Lease time-to-live; rank 0 renews it every third of this while the job runs, so only a
 #: dead job's lease expires (on the same host a dead pid frees it at once).
 LEASE_TTL_S = 120.0
-
-
-@dataclass(frozen=True)
-class EncodeConfig:
-    """Knobs of the encode job (the CLI flags)."""
-
-    n_crops: int = 4
-    crop_px: int = CROP_PX
-    #: Crops per tokenizer forward pass.
-    batch: int = 64
-    device: str = "cpu"
-    #: Global seed of the crop generator (stored in the store attributes).
-    seed: int = 0
-    #: bf16 autocast of the image tokenizers; ``None`` = on for CUDA, off elsewhere.
-    bf16: bool | None = None
-    compile: bool = False
-    #: Corpus shards read ahead of the device.
-    prefetch: int = 2
-    read_threads: int = 2
-    #: Token modalities to encode; ``None`` = every token modality of the registry.
-    modalities: tuple[str, ...] | None = None
-    #: Splits to encode; ``None`` = every ``<split>.zarr`` in the corpus directory.
-    splits: tuple[str, ...] | None = None
-    progress: bool = True
-    #: Cut crops on the device after one copy of whole samples (``None``: yes, except on
-    #: the CPU, where the reader threads cut them).
-    crop_on_device: bool | None = None
-    #: Stop after this many shards per rank (tests and benchmarks); ``None`` = all.
-    max_shards: int | None = None
-    #: On resume, re-read every committed shard and compare its checksums (a flipped byte),
-    #: not only the chunk files' presence and sizes.
-    verify_committed: bool = False
-
-    def __post_init__(self) -> None:
-        if self.n_crops < 1:
-            raise EncodeError(f"--crops must be >= 1, got {self.n_crops}")
-        if not 16 <= self.crop_px <= SAMPLE_PX or self.crop_px % 16:
-            raise EncodeError(
-                f"--crop-size must be a multiple of 16 in 16..{SAMPLE_PX}, got {self.crop_px}"
-            )
-        if self.batch < 1 or self.prefetch < 1 or self.read_threads < 1:
-            raise EncodeError("--batch, --prefetch and --read-threads must be >= 1")
-
-    @property
-    def modality_names(self) -> tuple[str, ...]:
-        if self.modalities is None:
-            return TOKEN_MODALITIES
-        names = {get_modality(m).name for m in self.modalities}
-        unknown = names - set(TOKEN_MODALITIES)
-        if unknown:
-            raise EncodeError(
-                f"{sorted(unknown)} have no tokens; token modalities: {list(TOKEN_MODALITIES)}"
-            )
-        return tuple(m for m in TOKEN_MODALITIES if m in names)
 
 
 @dataclass
@@ -170,308 +133,15 @@ class EncodeReport:
 # --------------------------------------------------------------------------- tokenizers
 
 
-def load_tokenizers(
-    directory: str | os.PathLike[str], modality_names: Sequence[str] = TOKEN_MODALITIES
-) -> dict[str, Any]:
-    """``tokenizers/<modality lowercase>/`` for each modality, via ``load_tokenizer`` (on the CPU)."""
-    from terraloom.tokenize_jobs.tokenizers.io import load_tokenizer
+def _load_tokenizers(directory: str | os.PathLike[str], names: Sequence[str]) -> dict[str, Any]:
+    """The tokenizers to encode with, on the CPU; a missing or unloadable one is bad input."""
+    from terraloom.tokenize_jobs.tokenizers.io import load_tokenizers
 
-    root = Path(directory)
-    if not root.is_dir():
-        raise EncodeError(f"tokenizer directory {root} does not exist")
-    out: dict[str, Any] = {}
-    for name in modality_names:
-        path = root / get_modality(name).name.lower()
-        if not path.is_dir():
-            raise EncodeError(
-                f"no {name} tokenizer at {path} (train it with `terraloom-tokenize train`, or pass --modalities)"
-            )
-        try:
-            tok = load_tokenizer(path)
-        except (OSError, ValueError, KeyError) as exc:
-            raise EncodeError(f"cannot load the {name} tokenizer from {path}: {exc}") from exc
-        out[name] = tok
-    return out
-
-
-def tokenizer_identities(tokenizers: Mapping[str, Any]) -> dict[str, dict[str, str]]:
-    return {
-        name: {k: str(v) for k, v in dict(tok.identity).items()}
-        for name, tok in sorted(tokenizers.items())
-    }
-
-
-def check_tokenizers(
-    tokenizers: Mapping[str, Any], modality_names: Sequence[str], crop_px: int
-) -> None:
-    """Every modality has a tokenizer that fits the store (ids fit uint16, patches fit the crop)."""
-    for name in modality_names:
-        tok = tokenizers.get(name)
-        if tok is None:
-            raise EncodeError(f"no tokenizer given for {name}; have {sorted(tokenizers)}")
-        ident = getattr(tok, "identity", None)
-        if not isinstance(ident, Mapping) or not {"id", "version", "sha256"} <= set(ident):
-            raise EncodeError(f"the {name} tokenizer has no identity {{id, version, sha256}}")
-        if int(tok.vocab_size) > UINT16_MAX + 1:
-            raise EncodeError(
-                f"the {name} tokenizer has {tok.vocab_size} ids; the token store holds uint16"
-            )
-        if get_modality(name).is_image and crop_px % int(tok.patch_size):
-            raise EncodeError(
-                f"crop size {crop_px} is not a multiple of the {name} patch size {tok.patch_size}"
-            )
-
-
-# --------------------------------------------------------------------------- corpus
-
-
-def corpus_splits(corpus_dir: str | os.PathLike[str]) -> list[str]:
-    """Splits present in a corpus directory (``<split>.zarr``), known splits first."""
-    root = Path(corpus_dir)
-    found = sorted(
-        p.name[: -len(".zarr")] for p in root.glob("*.zarr") if (p / "zarr.json").is_file()
-    )
-    return [s for s in SPLITS if s in found] + [s for s in found if s not in SPLITS]
-
-
-def sample_keys(corpus_dir: str | os.PathLike[str], split: str, n_samples: int) -> np.ndarray:
-    """Crop-seeding key of each row: the ``sample_id`` from ``index.parquet``, or
-    :func:`~tokenize_jobs.crops.row_key` for rows (or corpora) without an index entry."""
-    keys = np.array([row_key(split, r) for r in range(n_samples)], dtype=object)
-    index = Path(corpus_dir) / "index.parquet"
-    if index.is_file():
-        import pyarrow.parquet as pq
-
-        table = pq.ParquetFile(index).read(columns=["sample_id", "split", "row"])
-        sel = np.asarray(table.column("split").to_numpy(zero_copy_only=False)) == split
-        rows = np.asarray(table.column("row").to_numpy())[sel]
-        ids = np.asarray(table.column("sample_id").to_numpy(zero_copy_only=False))[sel]
-        ok = (rows >= 0) & (rows < n_samples)
-        keys[rows[ok]] = ids[ok]
-    return keys
-
-
-def _caption_text(row: np.ndarray) -> str:
-    return bytes(np.asarray(row, np.uint8)).rstrip(b"\0").decode("utf-8", errors="replace")
-
-
-@dataclass
-class ShardInput:
-    """One corpus shard ready for the device: pinned pixels of its valid rows, crops, and
-    the (already computed, CPU) sequence tokens."""
-
-    shard: int
-    lo: int
-    hi: int
-    valid: np.ndarray  # (hi - lo,) bool
-    crops: np.ndarray  # (n_valid, K, 5) int32
-    #: modality -> (n_valid, C, 264, 264) stored values (pinned; cropped on the device), or
-    #: with ``precut`` the (n_valid * K, C, h, w) float32 crops (CPU jobs crop in the reader)
-    pixels: dict[str, torch.Tensor]
-    #: modality -> ids (n_valid, L), lengths (n_valid,)
-    sequences: dict[str, tuple[np.ndarray, np.ndarray]]
-    precut: bool = False
-
-    @property
-    def n_valid(self) -> int:
-        return int(self.valid.sum())
-
-
-def _host_tensor(values: np.ndarray, pin: bool) -> torch.Tensor:
-    """Stored values as a (pinned) tensor; uint16 travels as its int16 bit pattern
-    (fully supported on every device) and is widened on the device."""
-    arr = np.ascontiguousarray(values)
-    if arr.dtype == np.uint16:
-        arr = arr.view(np.int16)
-    t = torch.from_numpy(arr)
-    return t.pin_memory() if pin else t
-
-
-def _device_values(t: torch.Tensor, stored: np.dtype, device: torch.device) -> torch.Tensor:
-    x = t.to(device, non_blocking=True)
-    if stored == np.uint16:
-        return (x.to(torch.int32) & 0xFFFF).to(torch.float32)
-    return x
-
-
-def read_shard(
-    group: Mapping[str, Any],
-    shard: int,
-    shard_samples: int,
-    n_samples: int,
-    keys: np.ndarray,
-    tokenizers: Mapping[str, Any],
-    modality_names: Sequence[str],
-    cfg: EncodeConfig,
-    pin: bool = False,
-    precut: bool = False,
-) -> ShardInput:
-    """Read one corpus shard and prepare everything that does not need the device.
-
-    ``precut`` (CPU jobs, where the "device" is these same cores): cut the crops here,
-    converting to float32 in the same copy, so the encoding thread only runs models.
-    """
-    lo, hi = shard * shard_samples, min((shard + 1) * shard_samples, n_samples)
-    valid = np.asarray(group["valid"][lo:hi], bool)
-    idx = np.flatnonzero(valid)
-    crops = draw_crops(list(keys[lo + idx]), cfg.n_crops, cfg.crop_px, SAMPLE_PX, cfg.seed)
-    pixels: dict[str, torch.Tensor] = {}
-    sequences: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name in modality_names:
-        m = get_modality(name)
-        if not len(idx):
-            continue
-        values = np.asarray(group[name][lo:hi])[idx]
-        if m.is_image and precut:
-            flat = crops.reshape(-1, 5)
-            src = np.repeat(np.arange(len(idx)), cfg.n_crops)
-            pixels[name] = torch.from_numpy(apply_crops(values, flat, src, out_dtype=np.float32))
-            continue
-        if m.is_image:
-            pixels[name] = _host_tensor(values, pin)
-            continue
-        tok = tokenizers[name]
-        if m.layout is Layout.VECTOR:
-            max_len = int(m.length or 2)
-            try:
-                ids, lengths = tok.encode_batch(values.astype(np.float64), max_len)
-            except ValueError as exc:
-                raise EncodeError(f"{name} of rows {lo}..{hi - 1}: {exc}") from exc
-        else:
-            max_len = CAPTION_MAX_TOKENS
-            ids, lengths = tok.encode_batch([_caption_text(r) for r in values], max_len)
-        sequences[name] = (
-            _check_ids(name, np.asarray(ids), tok.vocab_size, lo),
-            np.asarray(lengths, np.int64),
-        )
-    return ShardInput(shard, lo, hi, valid, crops, pixels, sequences, precut)
-
-
-def _check_ids(name: str, ids: np.ndarray, vocab_size: int, lo: int) -> np.ndarray:
-    if ids.size and (ids.min() < 0 or ids.max() >= min(int(vocab_size), UINT16_MAX + 1)):
-        raise EncodeError(
-            f"{name} tokenizer returned ids outside [0, {vocab_size}) in the shard at row {lo}"
-        )
-    return ids
-
-
-# --------------------------------------------------------------------------- device stage
-
-
-@dataclass
-class ShardCodes:
-    """Device results of a shard, copied back asynchronously (``ready`` when done)."""
-
-    inp: ShardInput
-    codes: dict[str, torch.Tensor]  # modality -> (n_valid * K, T) int32, host
-    ready: Callable[[], None]
-
-
-def _image_encoder(tok: Any, cfg: EncodeConfig) -> Callable[[torch.Tensor], torch.Tensor]:
-    fn: Callable[[torch.Tensor], torch.Tensor] = tok.encode
-    if cfg.compile:
-        # every tokenizer's encode shares one code object, so each modality is a
-        # recompile of the same frame: allow them all before dynamo falls back to eager
-        import torch._dynamo
-
-        dcfg = torch._dynamo.config
-        key = "recompile_limit" if hasattr(dcfg, "recompile_limit") else "cache_size_limit"
-        setattr(dcfg, key, max(int(getattr(dcfg, key)), 64))
-        fn = torch.compile(fn, dynamic=False)
-    return fn
-
-
-def encode_images(
-    inp: ShardInput,
-    encoders: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
-    cfg: EncodeConfig,
-    device: torch.device,
-) -> ShardCodes:
-    """Crop on the device (unless the reader pre-cut them) and run every image tokenizer
-    over the shard's valid crops.
-
-    Crops are ordered row-major (row, crop) and fed in micro-batches of ``cfg.batch``;
-    with ``cfg.compile`` the last micro-batch is padded to the fixed batch size so the
-    compiled graph is reused.
-    """
-    n, k = inp.n_valid, cfg.n_crops
-    flat = inp.crops.reshape(n * k, 5)
-    src = np.repeat(np.arange(n), k)
-    bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
-    pin = device.type == "cuda"
-    codes: dict[str, torch.Tensor] = {}
-    for name, encode in encoders.items():
-        if n == 0:
-            continue
-        x = inp.pixels[name]
-        if not inp.precut:
-            x = _device_values(x, get_modality(name).np_dtype, device)
-        outs = []
-        for a in range(0, n * k, cfg.batch):
-            b = min(a + cfg.batch, n * k)
-            xc = x[a:b] if inp.precut else apply_crops(x, flat[a:b], src[a:b])
-            if cfg.compile and b - a < cfg.batch:
-                xc = torch.cat([xc, xc[-1:].expand(cfg.batch - (b - a), *xc.shape[1:])])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                c = encode(xc)
-            outs.append(c[: b - a].reshape(b - a, -1).to(torch.int32))
-        dev_codes = torch.cat(outs)
-        host = torch.empty(dev_codes.shape, dtype=torch.int32, pin_memory=pin)
-        host.copy_(dev_codes, non_blocking=pin)
-        codes[name] = host
-    if device.type == "cuda":
-        event = torch.cuda.Event()
-        event.record()
-        return ShardCodes(inp, codes, event.synchronize)
-    return ShardCodes(inp, codes, lambda: None)
-
-
-def assemble_shard(
-    res: ShardCodes,
-    tokenizers: Mapping[str, Any],
-    modality_names: Sequence[str],
-    n_crops: int,
-    crop_px: int,
-) -> dict[str, np.ndarray]:
-    """Full shard blocks of every store array (invalid rows: zeros, ``valid`` False)."""
-    res.ready()
-    inp = res.inp
-    rows = inp.hi - inp.lo
-    idx = np.flatnonzero(inp.valid)
-    n = len(idx)
-    t_img = (crop_px // 16) ** 2
-    out: dict[str, np.ndarray] = {}
-    for name in modality_names:
-        m = get_modality(name)
-        if m.is_image:
-            block = np.zeros((rows, n_crops, t_img), np.uint16)
-            if n:
-                c = res.codes[name].numpy()
-                if c.shape[1] != t_img:
-                    raise EncodeError(
-                        f"{name} tokenizer gave {c.shape[1]} tokens per crop, expected {t_img}"
-                    )
-                block[idx] = _check_ids(name, c, tokenizers[name].vocab_size, inp.lo).reshape(
-                    n, n_crops, t_img
-                )
-            out[name] = block
-        else:
-            length = int(m.length or 2) if m.layout is Layout.VECTOR else CAPTION_MAX_TOKENS
-            block = np.zeros((rows, n_crops, length), np.uint16)
-            if n:
-                ids, lengths = inp.sequences[name]
-                block[idx] = ids[:, None, :length]
-            out[name] = block
-            if m.layout is Layout.TEXT:
-                lens = np.zeros((rows, n_crops), np.uint16)
-                if n:
-                    lens[idx] = lengths[:, None]
-                out[name + LEN_SUFFIX] = lens
-    crops = np.zeros((rows, n_crops, 5), np.int32)
-    crops[idx] = inp.crops
-    out["crops"] = crops
-    out["valid"] = inp.valid.copy()
-    return out
+    try:
+        return dict(load_tokenizers(directory, names))
+    except (FileNotFoundError, ValueError) as exc:
+        hint = " (or pass --modalities)" if isinstance(exc, FileNotFoundError) else ""
+        raise EncodeError(f"{exc}{hint}") from exc
 
 
 # --------------------------------------------------------------------------- store
@@ -570,75 +240,6 @@ def write_shard(
     return write_commit(store_path, shard, record)
 
 
-# --------------------------------------------------------------------------- distribution
-
-
-@dataclass
-class Dist:
-    """Rank/world of a ``torchrun`` job (a single process is rank 0 of 1)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owns_group: bool = False
-
-    @classmethod
-    def from_env(cls, device: str) -> Dist:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if world <= 1:
-            return cls()
-        import torch.distributed as dist
-
-        owns = False
-        if not dist.is_initialized():
-            backend = "nccl" if device.startswith("cuda") else "gloo"
-            dist.init_process_group(backend=backend)
-            owns = True
-        return cls(rank, world, local, owns)
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def agree(self, error: EncodeError | None) -> EncodeError | None:
-        """Share rank 0's error (or None) with every rank, so all fail or go on together."""
-        if self.world <= 1:
-            return error
-        import torch.distributed as dist
-
-        box: list[Any] = [
-            None if error is None else (isinstance(error, TokenizerMismatchError), str(error))
-        ]
-        dist.broadcast_object_list(box, src=0)
-        if box[0] is None:
-            return None
-        mismatch, message = box[0]
-        return TokenizerMismatchError(message) if mismatch else EncodeError(message)
-
-    def close(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-def _device(cfg: EncodeConfig, dist_: Dist) -> torch.device:
-    dev = torch.device(cfg.device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EncodeError(
-                "--device cuda requested but CUDA is not available (use --device cpu)"
-            )
-        if dev.index is None:
-            dev = torch.device("cuda", dist_.local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(dev)
-    return dev
-
-
 # --------------------------------------------------------------------------- driver
 
 
@@ -728,7 +329,7 @@ def encode_split(
         raise EncodeError(f"corpus {corpus_split} lacks arrays {missing}")
     check_tokenizers(tokenizers, names, cfg.crop_px)
     identities = tokenizer_identities({m: tokenizers[m] for m in names})
-    device = _device(cfg, d)
+    device = job_device(cfg, d)
 
     error: EncodeError | None = None
     if d.rank == 0:
@@ -774,7 +375,7 @@ def encode_split(
             tok = tokenizers[m].to(device)
             if isinstance(getattr(tok, "model", None), torch.nn.Module):
                 tok.model.eval()
-            encoders[m] = _image_encoder(tok, cfg)
+            encoders[m] = image_encoder(tok, cfg)
         group = zarr.open_group(str(out_split), mode="r+")
         corpus_arrays = {name: corpus[name] for name in (*names, "valid")}
         arrays = {
@@ -918,7 +519,7 @@ def encode(
         toks = (
             dict(tokenizers)
             if isinstance(tokenizers, Mapping)
-            else load_tokenizers(tokenizers, cfg.modality_names)
+            else _load_tokenizers(tokenizers, cfg.modality_names)
         )
         out_root.mkdir(parents=True, exist_ok=True)
         busy: EncodeError | None = None

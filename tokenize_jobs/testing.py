@@ -10,7 +10,6 @@ modality's stored dtype and units, all from one seed.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -195,9 +194,3 @@ def make_toy_corpus(
         group["valid"][:] = valid
         group.attrs.update({"toy": True, "toy_seed": seed})
     return root
-
-
-def toy_corpus_bytes(n_samples: int) -> int:
-    """Rough uncompressed size of a toy corpus split (for choosing bench sizes)."""
-    per = SAMPLE_PX * SAMPLE_PX * (13 * 2 + 12 * 2 + 3 + 2 * 2 * 2 + 4 + 1 + 2 + 1)
-    return int(math.ceil(n_samples * per))

@@ -21,8 +21,10 @@ from terraloom.model.evaluate import (
     spherical_centroid,
     ssim,
 )
-from terraloom.model.generate import SampleReader, SamplingConfig, load_tokenizers
+from terraloom.model.generate import SamplingConfig
+from terraloom.model.samples import SampleReader
 from terraloom.schemas.modalities import LULC_CLASSES
+from terraloom.tokenize_jobs.tokenizers.io import load_tokenizers
 
 
 @pytest.fixture(scope="module")

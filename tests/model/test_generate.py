@@ -1,34 +1,29 @@
-"""Generation: decoding schedule, sampling, determinism, chaining, sequences, GeoTIFF outputs."""
+"""Generation: decoding schedule, sampling, determinism, chaining, sequences, decoding."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from gen_support import CROP, Stack, one_thread, shared_root, tiny_model, toy_stack  # noqa: F401
 
-from terraloom.model.cli import main as cli_main
 from terraloom.model.data import _gather_patches
 from terraloom.model.generate import (
     GREEDY,
     Conditioning,
-    SampleReader,
     SamplingConfig,
     encoder_batch,
     filter_logits,
     generate,
     generate_image,
     generate_sequence,
-    load_tokenizers,
     patchify,
     sample_tokens,
     unmask_schedule,
-    write_geotiff,
 )
+from terraloom.model.samples import SampleReader
 from terraloom.tokenize_jobs.crops import apply_crop
+from terraloom.tokenize_jobs.tokenizers.io import load_tokenizers
 
 
 @pytest.fixture(scope="module")
@@ -295,97 +290,6 @@ def test_encoder_batch_holds_every_input_position(cond: Conditioning) -> None:
         encoder_batch(model, Conditioning(pixels={"DEM": torch.zeros(1, 1, CROP, CROP)}))
 
 
-def test_geotiff_output_carries_the_sample_crs_and_crop_transform(
-    stack: Stack, tmp_path: Path
-) -> None:
-    import rasterio
-    import zarr
-
-    reader = SampleReader(stack.corpus, stack.tokens, "val")
-    rows = reader.valid_rows[1:2]
-    crops = reader.crops(rows, 1)  # a random crop of the store (may be flipped)
-    ref = reader.refs(rows, crops)[0]
-    g = zarr.open_group(str(stack.corpus / "val.zarr"), mode="r")
-    epsg, t = int(g["epsg"][int(rows[0])]), np.asarray(g["transform"][int(rows[0])])
-    assert ref.epsg == epsg
-    values = reader.pixels("DEM", rows, crops)[0].numpy()
-    path = write_geotiff(tmp_path / "dem.tif", values, ref, "DEM")
-    top, left = int(crops[0, 0]), int(crops[0, 1])
-    with rasterio.open(path) as src:
-        assert src.crs.to_epsg() == epsg
-        a, b, c, d, e, f = t
-        expected = (a, b, c + a * left + b * top, d, e, f + d * left + e * top)
-        np.testing.assert_allclose(tuple(src.transform)[:6], expected)
-        back = src.read(1)
-    # the raster is north-up: it equals the sample's pixels at the crop window
-    sample = np.asarray(g["DEM"][int(rows[0])])[0]
-    np.testing.assert_allclose(back, sample[top : top + CROP, left : left + CROP], rtol=1e-6)
-
-
-def test_generate_cli_writes_geotiffs_panel_and_json(stack: Stack, tmp_path: Path) -> None:
-    import rasterio
-    import zarr
-
-    ckpt = tmp_path / "ckpt"
-    tiny_model().save_pretrained(ckpt)
-    out = tmp_path / "gen"
-    sample_id = "val-002"
-    rc = cli_main([
-        "generate", "--checkpoint", str(ckpt), "--input", f"S1GRD={sample_id}", "--target", "LULC,S2L2A,DEM,GEO",
-        "--out", str(out), "--corpus", str(stack.corpus), "--tokens", str(stack.tokens),
-        "--tokenizers", str(stack.tokenizers), "--steps", "2", "--seed", "1",
-    ])  # fmt: skip
-    assert rc == 0
-    d = out / sample_id
-    g = zarr.open_group(str(stack.corpus / "val.zarr"), mode="r")
-    crop = SampleReader(stack.corpus, stack.tokens, "val").crops(np.array([2]), 0)[0]
-    a, b, c, dd, e, f = np.asarray(g["transform"][2])
-    for t, bands in (("LULC", 1), ("S2L2A", 12), ("DEM", 1)):
-        with rasterio.open(d / f"{t}.tif") as src:
-            assert src.count == bands
-            assert src.crs.to_epsg() == int(g["epsg"][2])
-            assert src.transform.c == pytest.approx(c + a * crop[1] + b * crop[0])
-            assert src.transform.f == pytest.approx(f + dd * crop[1] + e * crop[0])
-            assert (src.width, src.height) == (CROP, CROP)
-    meta = json.loads((d / "generated.json").read_text())
-    assert -90 <= meta["targets"]["GEO"]["lat"] <= 90
-    assert (d / "panel.png").stat().st_size > 1000
-    # same seed -> same files
-    out2 = tmp_path / "gen2"
-    cli_main([
-        "generate", "--checkpoint", str(ckpt), "--input", f"S1GRD={sample_id}", "--target", "LULC,S2L2A,DEM,GEO",
-        "--out", str(out2), "--corpus", str(stack.corpus), "--tokens", str(stack.tokens),
-        "--tokenizers", str(stack.tokenizers), "--steps", "2", "--seed", "1",
-    ])  # fmt: skip
-    assert json.loads((out2 / sample_id / "generated.json").read_text()) == meta
-
-
-def test_generate_cli_bad_input_exits_2(
-    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    ckpt = tmp_path / "ckpt"
-    tiny_model().save_pretrained(ckpt)
-    common = [
-        "--checkpoint",
-        str(ckpt),
-        "--out",
-        str(tmp_path / "o"),
-        "--corpus",
-        str(stack.corpus),
-        "--tokens",
-        str(stack.tokens),
-        "--tokenizers",
-        str(stack.tokenizers),
-    ]
-    assert (
-        cli_main(["generate", *common, "--input", "S1GRD=no-such-sample", "--target", "LULC"]) == 2
-    )
-    assert "no-such-sample" in capsys.readouterr().err
-    assert cli_main(["generate", *common, "--input", "S9=val-000", "--target", "LULC"]) == 2
-    assert "unknown modality" in capsys.readouterr().err
-    assert cli_main(["generate", *common, "--input", "S1GRD=val-000", "--target", "S2RGB"]) == 2
-
-
 def test_generation_decodes_with_the_tokenizers(stack: Stack, cond: Conditioning) -> None:
     from terraloom.model.generate import decode_tokens
 
@@ -396,27 +300,3 @@ def test_generation_decodes_with_the_tokenizers(stack: Stack, cond: Conditioning
     assert px.shape == (3, 12, CROP, CROP)
     latlon = decode_tokens(toks["GEO"], "GEO", g.tokens["GEO"], g.lengths["GEO"])
     assert latlon.shape == (3, 2) and bool((latlon[:, 0].abs() <= 90).all())
-
-
-def test_generate_cli_from_a_geotiff_keeps_its_grid(stack: Stack, tmp_path: Path) -> None:
-    import rasterio
-
-    reader = SampleReader(stack.corpus, stack.tokens, "val")
-    rows = reader.valid_rows[:1]
-    big = np.array([[0, 0, 96, 96, 0]])  # a 96 px window: the CLI takes its centred 64 px
-    ref = reader.refs(rows, big)[0]
-    src = write_geotiff(
-        tmp_path / "s1.tif", reader.pixels("S1GRD", rows, big)[0].numpy(), ref, "S1GRD"
-    )
-    ckpt = tmp_path / "ckpt"
-    tiny_model().save_pretrained(ckpt)
-    rc = cli_main([
-        "generate", "--checkpoint", str(ckpt), "--input", f"S1GRD={src}", "--target", "LULC",
-        "--out", str(tmp_path / "o"), "--tokenizers", str(stack.tokenizers), "--steps", "1",
-    ])  # fmt: skip
-    assert rc == 0
-    with rasterio.open(src) as a, rasterio.open(tmp_path / "o" / "s1" / "LULC.tif") as b:
-        assert b.crs == a.crs
-        assert (b.width, b.height) == (CROP, CROP)
-        assert b.transform.c == pytest.approx(a.transform.c + 16 * a.transform.a)
-        assert b.transform.f == pytest.approx(a.transform.f + 16 * a.transform.e)

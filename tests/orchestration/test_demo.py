@@ -12,15 +12,9 @@ from gen_support import one_thread  # noqa: F401  (autouse: one torch thread)
 from terraloom.orchestration.demo import QUICK, STAGES, DemoConfig, Stage, main, run_stages
 
 
-def _ran(log: str) -> list[str]:
-    """Stages a run executed (those whose header is not followed by "skipped")."""
-    ran = []
-    blocks = log.split("\n== [")[1:]
-    for block in blocks:
-        name = block.split("] ", 1)[1].split(":", 1)[0]
-        if "finished earlier, skipped" not in block.split("\n", 2)[1]:
-            ran.append(name)
-    return ran
+def _ran(results: dict[str, dict]) -> list[str]:
+    """Stages a run executed (``run_stages`` marks the skipped ones)."""
+    return [name for name, r in results.items() if not r.get("skipped")]
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +58,9 @@ def test_second_run_skips_every_finished_stage(
 ) -> None:
     out, _ = quick_run
     before = {s.name: (out / f".{s.name}.done").read_text() for s in STAGES}
-    assert main(["--out", str(out), "--quick"]) == 0
-    log = capsys.readouterr().out
-    assert _ran(log) == []
+    results = run_stages(out, STAGES, QUICK)
+    assert _ran(results) == [] and list(results) == [s.name for s in STAGES]
+    assert "finished earlier, skipped" in capsys.readouterr().out
     assert {s.name: (out / f".{s.name}.done").read_text() for s in STAGES} == before
 
 
@@ -76,9 +70,7 @@ def test_a_missing_marker_reruns_only_that_stage(
     out, _ = quick_run
     (out / ".report.done").unlink()
     (out / "report.md").unlink()
-    main(["--out", str(out), "--quick"])
-    log = capsys.readouterr().out
-    assert _ran(log) == ["report"]
+    assert _ran(run_stages(out, STAGES, QUICK)) == ["report"]
     assert (out / "report.md").is_file()
 
 
@@ -86,10 +78,9 @@ def test_a_changed_budget_reruns_from_the_first_stage_it_affects(
     quick_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, _ = quick_run
-    run_stages(out, STAGES, dataclasses.replace(QUICK, n_examples=2))
-    log = capsys.readouterr().out
-    assert "budgets changed since the last run {'n_examples': (1, 2)}" in log
-    assert _ran(log) == ["generate", "report"]
+    results = run_stages(out, STAGES, dataclasses.replace(QUICK, n_examples=2))
+    assert "budgets changed since the last run {'n_examples': (1, 2)}" in capsys.readouterr().out
+    assert _ran(results) == ["generate", "report"]
     panels = json.loads((out / ".generate.done").read_text())["panels"]
     n_val = json.loads((out / ".encode.done").read_text())["splits"]["val"]["valid"]
     assert len(panels) == 2 * min(2, n_val)  # two chains x up to two val samples

@@ -37,9 +37,9 @@ from terraloom.tokenize_jobs.encode import (
     EncodeError,
     TokenizerMismatchError,
     encode,
-    load_tokenizers,
 )
 from terraloom.tokenize_jobs.store import read_commits
+from terraloom.tokenize_jobs.tokenizers.io import load_tokenizers
 from terraloom.tokenize_jobs.verify import verify_tokens
 
 IMAGE = [m for m in TOKEN_MODALITIES if get_modality(m).is_image]
@@ -55,7 +55,7 @@ def test_tokens_equal_direct_tokenizer_encode(env):
     assert validate_tokens(store) == []
     tokens = store_arrays(store)
     corpus = zarr.open_group(str(env["corpus"] / "train.zarr"), mode="r")
-    toks = load_tokenizers(env["tokenizers"])
+    toks = load_tokenizers(env["tokenizers"], TOKEN_MODALITIES)
     valid = np.asarray(corpus["valid"][:])
     np.testing.assert_array_equal(tokens["valid"], valid)
     assert not valid[list(INVALID_ROWS)].any()

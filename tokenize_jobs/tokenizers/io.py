@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,11 @@ def load_tokenizer(path: str | os.PathLike[str], device: torch.device | str = "c
         model = FSQVAE(cfg)
         model.load_state_dict(load_file(str(weights)))
         return FSQImageTokenizer(model, identity).to(device)
+    if kind == "terramind_vit_fsq":  # TerraMind v1's own tokenizer encoders (interop)
+        from terraloom.tokenize_jobs.tokenizers.terramind import load_terramind_tokenizer
+
+        _check_sha(root / config["weights"], identity)
+        return load_terramind_tokenizer(root, config, device)  # type: ignore[return-value]
     if kind == str(TokenizerKind.GEO_BINS):
         return GeoTokenizer(float(config["model"]["bin_deg"]))
     if kind == str(TokenizerKind.WORDPIECE):
@@ -193,3 +199,36 @@ def load_tokenizer(path: str | os.PathLike[str], device: torch.device | str = "c
         m = config["model"]
         return CaptionTokenizer.from_file(weights, int(m["vocab_size"]), int(m["n_sentinels"]))
     raise ValueError(f"{root}: unknown tokenizer kind {kind!r}")
+
+
+class MissingTokenizerError(FileNotFoundError):
+    """No tokenizer directory where one is needed (its message is the one-line reason)."""
+
+
+def load_tokenizers(
+    root: str | os.PathLike[str],
+    names: Sequence[str],
+    device: torch.device | str = "cpu",
+) -> dict[str, Tokenizer]:
+    """``root/<modality lowercase>/`` tokenizers by modality name: the one loader of a
+    tokenizer root, for the encode job, generation and evaluation alike.
+
+    Raises :class:`MissingTokenizerError` when ``root`` or a modality's directory is missing
+    (a caller may skip optional modalities on it) and ``ValueError`` when one cannot be loaded.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise MissingTokenizerError(f"tokenizer directory {base} does not exist")
+    out: dict[str, Tokenizer] = {}
+    for raw in names:
+        name = get_modality(raw).name
+        path = tokenizer_dir(base, name)
+        if not path.is_dir():
+            raise MissingTokenizerError(
+                f"no {name} tokenizer at {path} (train it with `terraloom-tokenize train`)"
+            )
+        try:
+            out[name] = load_tokenizer(path, device=device)
+        except (OSError, KeyError, ValueError) as exc:
+            raise ValueError(f"cannot load the {name} tokenizer from {path}: {exc}") from exc
+    return out

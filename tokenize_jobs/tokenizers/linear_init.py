@@ -41,20 +41,17 @@ from terraloom.tokenize_jobs.tokenizers.compand import fit_knots
 from terraloom.tokenize_jobs.tokenizers.image import FSQVAE
 from terraloom.tokenize_jobs.tokenizers.nets import ConvDecoder
 
+# The figures behind these defaults: docs/bench.md, "Measured choices behind defaults".
 #: Latent value of each component's 99.9 % magnitude quantile after initialisation:
-#: lower quantises the bulk more finely (S2L2A: 31.1 dB at 1.0, 30.7 at 1.5), higher
-#: spends more of the levels.
+#: lower quantises the bulk more finely, higher spends more of the levels.
 DEFAULT_SPREAD = 1.0
 #: Per-modality spreads. DEM's one 15,360-level elevation scalar is a regression value
 #: whose steps are far below its error either way: a wide spread puts the finest steps
-#: on the bulk of the elevations and uses more codes (demo world: 26 % of the codes at
-#: 3.0 against 18 % at 1.0, MAE 0.57 m for both).
+#: on the bulk of the elevations and uses more codes at the same error.
 MODALITY_SPREAD: dict[str, float] = {"DEM": 3.0}
-#: Compander shape (see ``compand.target_cdf``) for models that have one. On the demo
-#: world's S2L2A (1,000 steps) PSNR hardly moved with the shape (32.19 dB at alpha 1/3,
-#: 32.23 at 0.7, 32.15 at 1, uniform 0.1; 31.5 without a compander) while the codes used
-#: grew (6.5 %, 10.8 %, 15.8 %), so the levels are equalised. The uniform floor matters:
-#: 31.3 dB at 0, 31.8 at 0.02.
+#: Compander shape (see ``compand.target_cdf``) for models that have one: quality hardly
+#: moves with the shape while the codes used grow, so the levels are equalised; the
+#: uniform floor keeps some resolution in the tails.
 DEFAULT_COMPAND_ALPHA = 1.0
 DEFAULT_COMPAND_UNIFORM = 0.1
 

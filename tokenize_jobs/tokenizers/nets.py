@@ -14,7 +14,7 @@ quantiser or the checkpoint format.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -216,7 +216,3 @@ def build_decoder(name: str, latent_dim: int, out_channels: int, net: ConvNetCon
     except KeyError:
         raise ValueError(f"unknown decoder {name!r}; known: {sorted(DECODERS)}") from None
     return factory(latent_dim, out_channels, net)
-
-
-def count_parameters(modules: Sequence[nn.Module]) -> int:
-    return sum(p.numel() for m in modules for p in m.parameters())

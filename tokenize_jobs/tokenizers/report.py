@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from terraloom.schemas.modalities import CROP_PX, LULC_COLORS, get_modality
+from terraloom.schemas.modalities import CROP_PX, get_modality
 from terraloom.tokenize_jobs.corpus_reader import open_split, read_rows, valid_rows
 from terraloom.tokenize_jobs.crops import apply_crops, draw_crops, row_key
 from terraloom.tokenize_jobs.tokenizers import metrics as M
@@ -226,58 +226,19 @@ def report_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _display(modality: str, x: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-    """One sample (C, H, W) -> an image for imshow plus its keyword arguments."""
-    from matplotlib.colors import ListedColormap
-
-    if modality == "S2L2A":
-        rgb = x[[3, 2, 1]].astype(np.float32)
-        r = ref[[3, 2, 1]].astype(np.float32)
-        r = np.where(r > 0, r, np.nan)
-        lo, hi = float(np.nanpercentile(r, 2)), float(np.nanpercentile(r, 98))
-        return np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1).transpose(1, 2, 0), {}
-    if modality in ("S1GRD", "S1RTC"):
-        return x[0].astype(np.float32), {"cmap": "gray", "vmin": -25.0, "vmax": 0.0}
-    if modality == "DEM":
-        lo, hi = np.nanmin(ref), np.nanmax(ref)
-        return x[0].astype(np.float32), {"cmap": "terrain", "vmin": lo, "vmax": hi}
-    if modality == "NDVI":
-        return x[0].astype(np.float32), {"cmap": "RdYlGn", "vmin": -0.2, "vmax": 0.9}
-    if modality == "LULC":
-        values = list(LULC_COLORS)
-        lut = np.zeros(256, np.int64)
-        lut[values] = np.arange(len(values))
-        cmap = ListedColormap([tuple(v / 255 for v in c) for c in LULC_COLORS.values()])
-        idx = lut[np.nan_to_num(x[0], nan=0).astype(np.uint8)]
-        return idx, {"cmap": cmap, "vmin": 0, "vmax": len(values) - 1, "interpolation": "nearest"}
-    return x[0].astype(np.float32), {"cmap": "viridis"}
-
-
 def write_png_grid(
     path: str | os.PathLike[str], modality: str, rows: list[tuple[str, np.ndarray]]
 ) -> None:
-    """Columns = samples; rows = (label, (N, C, H, W) array) pairs such as original/recon."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Columns = samples; rows = (label, (N, C, H, W) array) pairs such as original/recon,
+    in the registry's display (one value range for the whole grid)."""
+    from terraloom.render import Panel, write_figure
 
     n = len(rows[0][1])
-    fig, axes = plt.subplots(len(rows), n, figsize=(2.2 * n, 2.2 * len(rows)), squeeze=False)
-    ref = rows[0][1]
-    for r, (label, arr) in enumerate(rows):
-        for c in range(n):
-            img, kw = _display(modality, arr[c], ref[c])
-            ax = axes[r][c]
-            ax.imshow(img, **kw)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(label)
-    fig.suptitle(f"{modality}: originals vs reconstructions")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    grid = [
+        [Panel(modality, arr[c], f"{label} {c + 1}" if r == 0 else label) for c in range(n)]
+        for r, (label, arr) in enumerate(rows)
+    ]
+    write_figure(path, grid, f"{modality}: originals vs reconstructions", panel_in=2.2)
 
 
 def write_report(
