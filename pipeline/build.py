@@ -69,8 +69,14 @@ from terraloom.pipeline.corpus_writer import (
     write_block,
     write_json_atomic,
 )
+from terraloom.pipeline.plan_store import (
+    PlanStoreError,
+    plan_fingerprint,
+    plan_metadata,
+    read_plan,
+)
 from terraloom.schemas.layouts import CORPUS_MODALITIES, DEFAULT_SHARD_SAMPLES, SPLITS
-from terraloom.schemas.tables import PLAN_SCHEMA, read_table, write_geoparquet
+from terraloom.schemas.tables import PLAN_SCHEMA, write_geoparquet
 from terraloom.storage.lease import Lease, LeaseHeld, LeaseLost
 from terraloom.storage.lease import acquire as acquire_lease
 from terraloom.storage.redact import redact
@@ -259,7 +265,7 @@ def scope_config(config: Any, plan_path: str | os.PathLike[str]) -> Any:
     if not isinstance(policy, HrefPolicy):
         return config
     try:
-        scope = plan_scope(pq.read_schema(plan_path).metadata)
+        scope = plan_scope(plan_metadata(plan_path))
     except (ValueError, OSError, pa.ArrowException) as exc:
         raise BuildInputError(f"{plan_path}: {exc}") from exc
     return dataclasses.replace(config, href_policy=policy.scoped(scope))
@@ -326,10 +332,11 @@ def acquire_build_lease(out: str | os.PathLike[str], ttl: float = LEASE_TTL_S) -
 
 
 def _load_plan(plan_path: Path) -> pa.Table:
+    """A ``plan.parquet`` file or a committed partitioned plan (``pipeline.plan_store``)."""
     if not plan_path.exists():
         raise BuildInputError(f"plan {plan_path} does not exist")
     try:
-        plan = read_table("plan", plan_path)
+        plan = read_plan(plan_path)
     except (ValueError, KeyError, OSError, pa.ArrowException) as exc:
         raise BuildInputError(f"{plan_path} is not a valid plan table: {exc}") from exc
     return plan
@@ -413,7 +420,10 @@ def prepare(
     if lease is None:
         with acquire_build_lease(out) as own:
             return prepare(plan_path, out, config, shard_samples, own)
-    sha = file_sha256(plan_path)
+    try:
+        sha = plan_fingerprint(plan_path)  # a dataset: its commit marker's (lists every part)
+    except PlanStoreError as exc:
+        raise BuildInputError(str(exc)) from exc
     cfg = config_to_json(config)
     modality_names = config_modalities(config)
     mpath = manifest_path(out)

@@ -1,9 +1,13 @@
 """Planning: region + period + source -> ``plan.parquet`` (one row per candidate sample).
 
-:func:`plan_samples` is the pure entry point the CLI, the build and any Beam/Dask wiring call.
-It enumerates the region's samples on the Major TOM grid, searches each modality's collection
-once per block of samples (``block_deg`` degrees, so a continent is not one giant search and
-a sample is not one tiny search), matches scenes per sample (:mod:`pipeline.matching`),
+:func:`plan_samples` is the single-process entry point. It partitions the region's grid
+cells into blocks (``block_deg`` degrees, by cell centre, so a continent is not one giant
+search and a sample is not one tiny search), plans each block on its own with
+:func:`plan_block_rows` (search each modality's collection once per block, collections
+that share a period batched into one search, then match scenes per sample,
+:mod:`pipeline.matching`), and :func:`finalize_plan` numbers the rows. The distributed
+planner (:mod:`pipeline.plan_engines`) calls the same two functions, one block per task, so
+both give the same plan row for row. It
 assigns splits by whole spatial blocks of cells (train and val never share a cell, so they
 never overlap), and numbers rows per split in sample-id order so any worker can later write
 its block of the corpus without coordination.
@@ -25,9 +29,11 @@ from typing import Any
 import pyarrow as pa
 import shapely
 from shapely.geometry import box
+from shapely.prepared import prep
 from tqdm import tqdm
 
-from terraloom.pipeline.grid import GRID, CellId, Region, SampleGrid
+from terraloom.pipeline.build_config import plan_request_metadata
+from terraloom.pipeline.grid import GRID, CellId, Region, SampleGrid, samples_for_cell
 from terraloom.pipeline.hrefs import scope_metadata, source_scope
 from terraloom.pipeline.matching import (
     S1_MODALITIES,
@@ -157,14 +163,49 @@ def _search_range(modality: str, period: TimeRange, config: PlanConfig) -> TimeR
     return None  # DEM and other static layers: any time
 
 
-def _blocks(
-    samples: Sequence[SampleGrid], block_deg: float
-) -> dict[tuple[int, int], list[SampleGrid]]:
-    out: dict[tuple[int, int], list[SampleGrid]] = defaultdict(list)
-    for s in samples:
-        lon, lat = s.center
-        out[(math.floor(lat / block_deg), math.floor(lon / block_deg))].append(s)
-    return dict(sorted(out.items()))
+@dataclass(frozen=True, order=True)
+class PlanBlock:
+    """A unit of planning work: the grid cells whose centres fall in one ``block_deg``
+    square (``key`` = its floor(lat), floor(lon) indices). Blocks are planned
+    independently, so they are what a Beam/Dask job distributes and what a resumed plan
+    skips when committed."""
+
+    key: tuple[int, int]
+    cells: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """A file-name-safe id, e.g. ``b+045+015``."""
+        return f"b{self.key[0]:+04d}{self.key[1]:+04d}"
+
+
+def plan_blocks(cells: Iterable[str | CellId], block_deg: float) -> list[PlanBlock]:
+    """Partition cells into blocks by their centre (whole cells per block), sorted by key."""
+    out: dict[tuple[int, int], list[str]] = defaultdict(list)
+    for c in cells:
+        b = GRID.bounds(c)
+        lat = (b.south + b.north) / 2.0
+        lon = (b.west + b.east) / 2.0
+        lon = lon - 360.0 if lon >= 180.0 else lon
+        out[(math.floor(lat / block_deg), math.floor(lon / block_deg))].append(str(c))
+    return [PlanBlock(k, tuple(sorted(v))) for k, v in sorted(out.items())]
+
+
+def region_blocks(region: Region, config: PlanConfig) -> list[PlanBlock]:
+    """The region's cells partitioned into planning blocks."""
+    return plan_blocks(region.cell_ids(GRID), config.block_deg)
+
+
+def block_samples(region: Region, block: PlanBlock, samples_per_cell: int) -> list[SampleGrid]:
+    """The region's samples in a block: as :meth:`Region.samples` (all samples of listed
+    cells; for a geometry, those centred inside it), restricted to the block's cells."""
+    prepared = prep(region.geometry) if region.geometry is not None else None
+    out = []
+    for c in block.cells:
+        for s in samples_for_cell(c, samples_per_cell, GRID):
+            if prepared is None or prepared.covers(shapely.Point(*s.center)):
+                out.append(s)
+    return out
 
 
 def unavailable_modalities(source: Source, config: PlanConfig) -> dict[str, str]:
@@ -186,17 +227,36 @@ def search_block(
     config: PlanConfig,
     skip: Iterable[str] = (),
 ) -> dict[str, list[SourceItem]]:
-    """Every item of every planned modality intersecting a block of samples."""
+    """Every item of every planned modality intersecting a block of samples.
+
+    Modalities searched over the same period with the same query (S2 L1C + L2A, S1 GRD +
+    RTC) are asked in one search when the source can batch collections
+    (``search_collections``, e.g. a STAC API): fewer requests per block, the same items."""
+    skip = set(skip)
+    out: dict[str, list[SourceItem]] = {m: [] for m in config.modalities}
+    if not samples:
+        return out
     geom = box(*shapely.union_all([s.footprint for s in samples]).bounds)
-    out: dict[str, list[SourceItem]] = {}
+    groups: dict[tuple[Any, ...], list[str]] = defaultdict(list)
     for m in config.modalities:
         if m in skip:
-            out[m] = []
             continue
         query = None
         if m in S2_MODALITIES and config.item_max_cloud is not None:
             query = {"eo:cloud_cover": {"lte": config.item_max_cloud}}
-        out[m] = source.search(config.collection(m), geom, _search_range(m, period, config), query)
+        rng = _search_range(m, period, config)
+        groups[(rng, json.dumps(query, sort_keys=True))].append(m)
+    batch = getattr(source, "search_collections", None)
+    for (rng, query_json), mods in groups.items():
+        query = json.loads(query_json)
+        colls = [config.collection(m) for m in mods]
+        if batch is not None and len(set(colls)) > 1:
+            found = batch(colls, geom, rng, query)
+            for m, c in zip(mods, colls):
+                out[m] = list(found.get(c, []))
+        else:
+            for m, c in zip(mods, colls):
+                out[m] = source.search(c, geom, rng, query)
     return out
 
 
@@ -278,18 +338,59 @@ def plan_row(match: SampleMatch) -> dict[str, Any]:
     }
 
 
+def number_rows(
+    samples: Iterable[tuple[str, str]], config: PlanConfig
+) -> dict[str, tuple[str, int]]:
+    """(sample id, cell id) of every kept sample -> (split, row): splits by cell block,
+    rows per split in sample-id order. Needs every kept sample of the plan, so it runs once
+    on the driver after the blocks (cheap: ids only)."""
+    pairs = list(samples)
+    splits = assign_splits((c for _, c in pairs), config)
+    by_split: dict[str, list[str]] = defaultdict(list)
+    for sid, cell in pairs:
+        by_split[splits[cell]].append(sid)
+    out: dict[str, tuple[str, int]] = {}
+    for split in SPLITS:
+        for i, sid in enumerate(sorted(by_split.get(split, []))):
+            out[sid] = (split, i)
+    return out
+
+
+def kept(row: Mapping[str, Any], config: PlanConfig) -> bool:
+    """Whether a planned row stays in the plan (``keep_unmatched`` or fully matched)."""
+    return config.keep_unmatched or not row["unmatched"]
+
+
 def finalize_plan(rows: Sequence[dict[str, Any]], config: PlanConfig) -> pa.Table:
     """Assign splits (by cell block) and per-split rows (by sample id); build the table."""
-    rows = [r for r in rows if config.keep_unmatched or not r["unmatched"]]
-    splits = assign_splits((r["cell_id"] for r in rows), config)
-    by_split: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        by_split[splits[r["cell_id"]]].append(r)
-    out = []
-    for split in SPLITS:
-        for i, r in enumerate(sorted(by_split.get(split, []), key=lambda r: r["sample_id"])):
-            out.append({**r, "split": split, "row": i})
+    rows = [r for r in rows if kept(r, config)]
+    numbers = number_rows(((r["sample_id"], r["cell_id"]) for r in rows), config)
+    out = [
+        {**r, "split": numbers[r["sample_id"]][0], "row": numbers[r["sample_id"]][1]} for r in rows
+    ]
+    out.sort(key=lambda r: (SPLITS.index(r["split"]), r["row"]))
     return from_rows("plan", out)
+
+
+def plan_block_rows(
+    source: Source,
+    region: Region,
+    block: PlanBlock,
+    time_range: TimeRange,
+    config: PlanConfig,
+    unavailable: Mapping[str, str] | None = None,
+    progress: tqdm | None = None,
+) -> list[dict[str, Any]]:
+    """Plan one block: its samples' rows (split and row not yet assigned). The unit of work
+    of both planners."""
+    samples = block_samples(region, block, config.samples_per_cell)
+    if not samples:
+        return []
+    unavailable = unavailable or {}
+    items = search_block(source, samples, time_range, config, skip=unavailable)
+    return [
+        plan_row(m) for m in match_block(samples, items, time_range, config, progress, unavailable)
+    ]
 
 
 def plan_samples(
@@ -303,18 +404,17 @@ def plan_samples(
     """Plan every sample of a region and period: a PLAN_SCHEMA table."""
     if time_range[1] < time_range[0]:
         raise ValueError("time range ends before it starts")
-    samples = region.samples(config.samples_per_cell, GRID)
+    blocks = region_blocks(region, config)
     unavailable = unavailable_modalities(source, config)
     rows: list[dict[str, Any]] = []
-    with tqdm(total=len(samples), desc="plan", unit="sample", disable=not progress) as bar:
-        for block in _blocks(samples, config.block_deg).values():
-            items = search_block(source, block, time_range, config, skip=unavailable)
-            rows.extend(
-                plan_row(m) for m in match_block(block, items, time_range, config, bar, unavailable)
-            )
+    with tqdm(total=len(blocks), desc="plan", unit="block", disable=not progress) as bar:
+        for block in blocks:
+            rows.extend(plan_block_rows(source, region, block, time_range, config, unavailable))
+            bar.update(1)
     table = finalize_plan(rows, config)
     # where this source's hrefs may point: the build's href policy reads it back
     scope = scope_metadata(source_scope(source))
+    scope.update(plan_request_metadata(config.modalities))  # what the build follows
     return table.replace_schema_metadata({**(table.schema.metadata or {}), **scope})
 
 
@@ -438,11 +538,18 @@ def write_plan_report(report: PlanReport, plan_path: str | os.PathLike[str]) -> 
 __all__ = [
     "PLAN_SCHEMA",
     "SOURCE_MODALITIES",
+    "PlanBlock",
     "PlanConfig",
     "PlanSummary",
     "assign_splits",
+    "block_samples",
     "finalize_plan",
+    "kept",
     "match_block",
+    "number_rows",
+    "plan_block_rows",
+    "plan_blocks",
+    "region_blocks",
     "plan_row",
     "plan_samples",
     "search_block",

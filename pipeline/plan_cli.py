@@ -11,18 +11,22 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from terraloom.pipeline.grid import GridError, Region
 from terraloom.pipeline.matching import MatchConfig
 from terraloom.pipeline.plan import (
     PlanConfig,
+    PlanReport,
     plan_report,
     plan_samples,
     summarize_plan,
     write_plan,
     write_plan_report,
 )
+from terraloom.pipeline.plan_engines import ENGINES, EngineConfig, SourceSpec, plan_dataset
+from terraloom.pipeline.plan_store import is_dataset
 from terraloom.pipeline.sources import SourceError, StacApiSource, open_source, parse_time_range
 from terraloom.schemas.cliargs import (
     add_config_args,
@@ -145,6 +149,7 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="sign Planetary Computer hrefs (auto: when the planetary-computer package is installed)",
     )
     p.add_argument("--ee-project", help="Google Cloud project for Earth Engine")
+    add_engine_args(p)
     add_progress_flag(p)
     p.set_defaults(func=run_plan)
     return p
@@ -195,6 +200,8 @@ def run_plan(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             deadline=args.search_deadline,
             max_retries=args.retries,
+            rate_limit=args.rate_limit,
+            page_size=args.page_size,
         )
         region = Region.parse(args.region) if args.region else opened.region
         period = parse_time_range(args.time) if args.time else opened.time_range
@@ -203,9 +210,18 @@ def run_plan(args: argparse.Namespace) -> int:
         if period is None:
             return _fail("--time is required for this source")
         t0 = time.perf_counter()
-        table = plan_samples(opened.source, region, period, config, progress=not args.no_progress)
-        path = write_plan(table, args.out)
-        report = plan_report(opened.source, table)
+        if is_dataset(args.out):
+            table, report, path = _plan_dataset(args, config, region, period)
+        elif args.engine != "local":
+            return _fail(
+                f"--engine {args.engine} writes a partitioned plan: give --out a directory"
+            )
+        else:
+            table = plan_samples(
+                opened.source, region, period, config, progress=not args.no_progress
+            )
+            path = write_plan(table, args.out)
+            report = plan_report(opened.source, table)
         report_file = write_plan_report(report, path)
     except (SourceError, GridError, UnknownModalityError, ValueError, OSError) as err:
         return _fail(str(err))
@@ -216,3 +232,73 @@ def run_plan(args: argparse.Namespace) -> int:
     rate = summary.samples / elapsed if elapsed > 0 else float("inf")
     print(f"wrote {path} ({summary.samples} samples in {elapsed:.1f} s, {rate:.0f} samples/s)")
     return 0
+
+
+# --- distributed planning (pipeline.plan_engines) ----------------------------------------------
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """Where the blocks are planned, and how fast the source may be asked."""
+    g = p.add_argument_group(
+        "distributed planning",
+        "--out DIR (no .parquet suffix) writes a partitioned plan: one GeoParquet file per "
+        "block of cells + a commit marker; re-running the same command resumes a killed plan",
+    )
+    g.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local: blocks one after the other in this process; beam: Apache Beam "
+        "(DirectRunner multi-processing); dask: a LocalCluster or --scheduler (default: local)",
+    )
+    g.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    g.add_argument("--scheduler", help="dask: address of a running distributed scheduler")
+    g.add_argument(
+        "--threads", type=int, default=1, help="dask: threads per worker process (default: 1)"
+    )
+    g.add_argument(
+        "--rate-limit",
+        type=float,
+        metavar="REQ_PER_S",
+        help="STAC API: requests/s of the whole job, retries included; each of the --workers "
+        "processes gets rate/workers, shared by its threads (default: no limit)",
+    )
+    g.add_argument("--page-size", type=int, help="STAC API: items per search page (default: 100)")
+
+
+def _plan_dataset(
+    args: argparse.Namespace, config: PlanConfig, region: Region, period: Any
+) -> tuple[Any, PlanReport, Path]:
+    """Plan into a partitioned dataset on the chosen engine (resumes a killed run)."""
+    spec = SourceSpec(
+        args.source,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        sign={"auto": None, "yes": True, "no": False}[args.sign],
+        ee_project=args.ee_project,
+        timeout=args.timeout,
+        deadline=args.search_deadline,
+        max_retries=args.retries,
+        page_size=args.page_size,
+    )
+    engine = EngineConfig(
+        engine=args.engine,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        threads=args.threads,
+        rate_limit=args.rate_limit,
+    )
+    show = not args.no_progress
+
+    def progress(done: int, total: int) -> None:
+        if show:
+            print(f"\rplan: {done}/{total} blocks", end="", file=sys.stderr, flush=True)
+
+    result = plan_dataset(spec, region, period, args.out, config, engine, progress=progress)
+    if show:
+        print(file=sys.stderr)
+    print(
+        f"blocks: {result.blocks} ({result.planned} planned now, {result.resumed} already "
+        f"committed) on {args.engine}"
+    )
+    return result.table, result.report, result.path

@@ -116,9 +116,12 @@ def open_source(
     timeout: float | None = None,
     deadline: float | None = None,
     max_retries: int | None = None,
+    rate_limit: float | None = None,
+    page_size: int | None = None,
 ) -> OpenedSource:
     """Open a source from its CLI spec (see the module docstring). ``timeout`` (per HTTP
-    request), ``deadline`` (per search) and ``max_retries`` apply to STAC APIs; None keeps
+    request), ``deadline`` (per search), ``max_retries``, ``rate_limit`` (requests/s of this
+    process) and ``page_size`` (items per page) apply to STAC APIs; None keeps
     :class:`StacApiSource`'s defaults."""
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
@@ -135,7 +138,13 @@ def open_source(
         url = STAC_ALIASES.get(arg.lower(), arg)
         http: dict[str, Any] = {
             k: v
-            for k, v in (("timeout", timeout), ("deadline", deadline), ("max_retries", max_retries))
+            for k, v in (
+                ("timeout", timeout),
+                ("deadline", deadline),
+                ("max_retries", max_retries),
+                ("rate_limit", rate_limit),
+                ("limit", page_size),
+            )
             if v is not None
         }
         return OpenedSource(

@@ -6,6 +6,12 @@ re-run of a plan (or a resumed one) asks the API nothing it already asked. The c
 the raw item JSON, unsigned: Planetary Computer SAS tokens expire, so hrefs are signed when
 items are mapped, on every run, never stored signed in the cache.
 
+Every HTTP request of a source with ``rate_limit`` first takes a token from a bucket shared by
+every thread of the process that talks to the same API (:mod:`pipeline.sources.ratelimit`),
+retries included; a ``429``/``503`` with ``Retry-After`` holds that bucket, so no thread of the
+worker asks again before the server said it may. :meth:`StacApiSource.search_collections`
+batches several collections with the same area, period and query into one search.
+
 Every request has a timeout and every search (all its pages and retries) a deadline: a server
 that accepts a connection and never answers must fail a plan, not hang it. pystac-client
 0.9's ``Client.open`` resets the ``StacApiIO`` timeout to its own ``timeout`` argument (None
@@ -20,8 +26,9 @@ import hashlib
 import json
 import math
 import os
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,6 +49,7 @@ from terraloom.pipeline.sources.base import (
     TimeRange,
     item_from_stac,
 )
+from terraloom.pipeline.sources.ratelimit import TokenBucket, shared_bucket
 
 CACHE_VERSION = 1
 PLANETARY_COMPUTER = "https://planetarycomputer.microsoft.com/api/stac/v1"
@@ -106,11 +114,31 @@ class _DeadlineRetry(Retry):
     (a ``Retry-After: 3600`` must not park the plan for an hour)."""
 
     deadline: _Deadline | None = None
+    bucket: TokenBucket | None = None
 
     def new(self, **kw: Any) -> _DeadlineRetry:
         out = super().new(**kw)
         out.deadline = self.deadline
+        out.bucket = self.bucket
         return out
+
+    def sleep(self, response: Any = None) -> None:
+        """Back off (``Retry-After`` when the answer has one, which also holds the shared
+        bucket for every thread), then take a token: a retry is a request like any other."""
+        if self.bucket is not None and response is not None and self.respect_retry_after_header:
+            after = self.get_retry_after(response)
+            if after:
+                self.bucket.hold(after)
+        super().sleep(response)
+        if self.bucket is not None:
+            at = self.deadline.at if self.deadline is not None else None
+            if not self.bucket.acquire(at):
+                seconds = self.deadline.seconds if self.deadline is not None else 0
+                raise MaxRetryError(
+                    None,  # type: ignore[arg-type]
+                    "",
+                    DeadlineExceeded(f"deadline of {seconds:g} s passed"),
+                )
 
     def increment(
         self, method: str | None = None, url: str | None = None, *args: Any, **kw: Any
@@ -132,6 +160,15 @@ class _DeadlineRetry(Retry):
     def get_backoff_time(self) -> float:
         return self._cap(super().get_backoff_time())
 
+    def parse_retry_after(self, retry_after: str) -> float:
+        """Seconds or an HTTP date, as urllib3; also a fractional number of seconds, which
+        some APIs send although HTTP allows only whole ones (urllib3 rejects it)."""
+        try:
+            seconds = float(retry_after)
+        except ValueError:
+            return float(super().parse_retry_after(retry_after))
+        return max(0.0, seconds) if math.isfinite(seconds) else 0.0
+
     def get_retry_after(self, response: Any) -> float | None:
         after = super().get_retry_after(response)
         return None if after is None else self._cap(after)
@@ -142,10 +179,18 @@ class _DeadlineIO(StacApiIO):
     configured timeout or what is left of the deadline if less; a request started after the
     deadline fails at once. Setting it per request is what survives ``Client.open``'s reset."""
 
-    def __init__(self, *, timeout: float, deadline: _Deadline, **kw: Any) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        deadline: _Deadline,
+        bucket: TokenBucket | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(timeout=timeout, **kw)
         self.request_timeout = timeout
         self.deadline = deadline
+        self.bucket = bucket
 
     def request(
         self,
@@ -157,6 +202,9 @@ class _DeadlineIO(StacApiIO):
         left = self.deadline.remaining()
         if left is not None and left <= 0:
             raise APIError(f"deadline of {self.deadline.seconds:g} s passed")
+        if self.bucket is not None and not self.bucket.acquire(self.deadline.at):
+            raise APIError(f"deadline of {self.deadline.seconds:g} s passed")
+        left = self.deadline.remaining()
         self.timeout = self.request_timeout if left is None else min(self.request_timeout, left)
         return super().request(href, method=method, headers=headers, parameters=parameters)
 
@@ -173,7 +221,12 @@ class StacApiSource(Source):
     ``timeout`` bounds each HTTP request, ``deadline`` each search (pages and retries
     included). Malformed items of an answer are skipped and listed by :meth:`skipped_items`.
     One instance searches one request at a time (the deadline is per instance); parallel
-    planners each open their own."""
+    planners each open their own.
+
+    ``rate_limit`` (requests per second, ``burst`` at once) bounds every HTTP request this
+    process sends to ``url``, retries included, whichever instance or thread sends it: the
+    bucket is shared per process (:func:`~pipeline.sources.ratelimit.shared_bucket`). Several
+    worker processes each need their share (``rate / workers``) to keep a global rate."""
 
     name = "stac"
     DEFAULT_TIMEOUT = 60.0
@@ -197,6 +250,8 @@ class StacApiSource(Source):
         timeout: float = DEFAULT_TIMEOUT,
         deadline: float = DEFAULT_DEADLINE,
         headers: Mapping[str, str] | None = None,
+        rate_limit: float | None = None,
+        burst: float = 1.0,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise SourceError(f"STAC API url must be http(s), got {url!r}")
@@ -224,6 +279,13 @@ class StacApiSource(Source):
         self._deadline = _Deadline()
         self.headers = dict(headers or {})
         self.requests = 0  # searches that went to the API (cache misses)
+        if rate_limit is not None and not (math.isfinite(rate_limit) and rate_limit > 0):
+            raise SourceError(f"STAC API rate limit must be > 0 requests/s, got {rate_limit!r}")
+        self.rate_limit = rate_limit
+        self.burst = burst
+        self.bucket: TokenBucket | None = (
+            shared_bucket(self.url, rate_limit, burst) if rate_limit is not None else None
+        )
         if signer is not None:
             self.signer: Callable[[str], str] | None = signer
         elif sign is False:
@@ -251,10 +313,12 @@ class StacApiSource(Source):
                 raise_on_status=False,
             )
             retry.deadline = self._deadline
+            retry.bucket = self.bucket
             io = _DeadlineIO(
                 headers=self.headers,
                 timeout=self.timeout,
                 deadline=self._deadline,
+                bucket=self.bucket,
                 max_retries=retry,
             )
             try:
@@ -325,7 +389,8 @@ class StacApiSource(Source):
             return
         path = self._cache_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        # pid and thread: two threads of a worker may answer the same request at once
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         with gzip.open(tmp, "wt") as f:
             json.dump(
                 {"url": self.url, "params": params, "type": "FeatureCollection", "features": items},
@@ -360,12 +425,13 @@ class StacApiSource(Source):
 
     def search_params(
         self,
-        collection: str,
+        collection: str | Sequence[str],
         geometry: BaseGeometry,
         time_range: TimeRange | None,
         query: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        params: dict[str, Any] = {"collections": [collection], "limit": self.limit}
+        colls = [collection] if isinstance(collection, str) else list(collection)
+        params: dict[str, Any] = {"collections": colls, "limit": self.limit}
         if geometry.equals(box(*geometry.bounds)):
             params["bbox"] = [round(v, 9) for v in geometry.bounds]
         else:
@@ -378,7 +444,7 @@ class StacApiSource(Source):
 
     def search_dicts(
         self,
-        collection: str,
+        collection: str | Sequence[str],
         geometry: BaseGeometry,
         time_range: TimeRange | None,
         query: Mapping[str, Any] | None = None,
@@ -409,4 +475,39 @@ class StacApiSource(Source):
                 self._skip(
                     SkippedItem(err.reason, str(err), f"{self.url}/search", collection, err.item_id)
                 )
+        return out
+
+    def search_collections(
+        self,
+        collections: Sequence[str],
+        geometry: BaseGeometry,
+        time_range: TimeRange | None,
+        query: Mapping[str, Any] | None = None,
+    ) -> dict[str, list[SourceItem]]:
+        """One search for several collections with the same area, period and query (a
+        block's S2 L1C + L2A, its S1 GRD + RTC): collection -> items, fewer requests.
+
+        An item without a collection cannot be told apart and is skipped (``no_collection``);
+        with a single collection it is that one's, as in :meth:`search`."""
+        wanted = list(dict.fromkeys(collections))
+        if len(wanted) == 1:
+            return {wanted[0]: self.search(wanted[0], geometry, time_range, query)}
+        out: dict[str, list[SourceItem]] = {c: [] for c in wanted}
+        for d in self.search_dicts(wanted, geometry, time_range, query):
+            try:
+                item = item_from_stac(d, rewrite_s3=self.rewrite_s3, signer=self.signer)
+            except ItemError as err:
+                coll = d.get("collection") if isinstance(d, dict) else None
+                self._skip(
+                    SkippedItem(
+                        err.reason,
+                        str(err),
+                        f"{self.url}/search",
+                        coll if isinstance(coll, str) else ",".join(wanted),
+                        err.item_id,
+                    )
+                )
+                continue
+            if item.collection in out:
+                out[item.collection].append(item)
         return out
