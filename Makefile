@@ -18,12 +18,20 @@ $(BIN)/.installed: pyproject.toml .importlinter
 	$(BIN)/python -m pip install --quiet -e ".[dev,test,ee,bench,publish]"
 	touch $@
 
-install: $(BIN)/.installed
+# terratorch's TerraMind model files, for the interop parity tests (read from the wheel at
+# test time, never installed: terratorch's own dependencies are not needed). Fetched once here,
+# so nothing is downloaded during the tests.
+TT_WHEEL := .whl/.terratorch-1.2.11
+$(TT_WHEEL): $(BIN)/.installed
+	$(BIN)/python -m pip download --quiet --no-deps "terratorch==1.2.11" -d .whl
+	touch $@
+
+install: $(BIN)/.installed $(TT_WHEEL)
 
 demo: $(BIN)/.installed
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/python -m terraloom.orchestration --out $(DEMO_OUT)
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed $(TT_WHEEL)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

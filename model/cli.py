@@ -35,6 +35,11 @@ def _run_train(args: argparse.Namespace) -> int:
         overrides.append(f"out_dir={args.out_dir}")
     if args.steps is not None:
         overrides.append(f"steps={args.steps}")
+    if getattr(args, "init", None):
+        # the model is the init weights' model (before the user's own --set model.* overrides)
+        from terraloom.model.interop import init_overrides
+
+        overrides = [*init_overrides(args.init), *overrides]
     cfg = load_config(args.config, overrides)
     try:
         result = train(
@@ -72,6 +77,11 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--max-steps", type=int, help="stop after this step (schedule unchanged)")
     p.add_argument(
         "--no-resume", action="store_true", help="ignore existing checkpoints in the run directory"
+    )
+    p.add_argument(
+        "--init",
+        metavar="DIR",
+        help="start from these weights and their model config (e.g. import-terramind's output)",
     )
     add_progress_flag(p)
     p.set_defaults(func=_run_train)
@@ -240,11 +250,20 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     return p
 
 
+from terraloom.model.interop.cli import (  # noqa: E402 - TerraMind interop (issue 21)
+    add_embed_parser,
+    add_export_terramind_parser,
+    add_import_terramind_parser,
+)
+
 PARSERS = [
     add_train_parser,
     add_config_parser,
     add_generate_parser,
     add_evaluate_parser,
+    add_import_terramind_parser,
+    add_export_terramind_parser,
+    add_embed_parser,
 ]
 
 

@@ -72,6 +72,14 @@ class ModelConfig:
     #: CUDA, else an SDPA boolean mask), "flex" or "dense".
     dec_attn: str = "auto"
     init_std: float = 0.02
+    #: Bias of the encoder -> decoder context projection; None follows ``bias``. TerraMind
+    #: always has one (``decoder_proj_context``), so its imported base/large set True.
+    context_bias: bool | None = None
+    #: LayerNorm bias; None follows ``bias``. TerraMind v1's norms have none at every size.
+    norm_bias: bool | None = None
+    #: One modality embedding per token modality for encoder inputs and decoder queries,
+    #: as TerraMind shares them; keeps a trained model exactly exportable to terratorch.
+    tie_modality_emb: bool = False
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
@@ -237,6 +245,10 @@ class TrainConfig:
     peak_tflops: float = 0.0
     #: Run torch deterministic algorithms (exact resume on CPU; slower on GPU).
     deterministic: bool = False
+    #: Start from these weights (a directory with ``model.safetensors`` + ``config.json``, or
+    #: a run directory: its latest checkpoint), e.g. an imported TerraMind v1; ignored when
+    #: the run resumes from its own checkpoint.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "bf16", "fp32"):

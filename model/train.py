@@ -374,6 +374,27 @@ def plan_validation(cfg: TrainConfig, info: DistInfo) -> ValPlan:
     )
 
 
+def load_init_weights(model: TerraloomModel, path: str) -> None:
+    """Load ``model.safetensors`` of ``path`` (weights dir, or run dir: its latest checkpoint)
+    strictly into ``model``; a missing or mismatching source is one ``ValueError`` line."""
+    from safetensors.torch import load_file
+
+    src = Path(path)
+    if not (src / "model.safetensors").exists():
+        ckpt = latest_checkpoint(src) if src.is_dir() else None
+        if ckpt is None:
+            raise ValueError(f"--init {path}: no model.safetensors and no checkpoint there")
+        src = ckpt
+    try:
+        model.load_state_dict(load_file(str(src / "model.safetensors")), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ValueError(
+            f"--init {path}: weights do not fit the run's model config ({first[0] if first else exc}); "
+            "use the config.json next to them"
+        ) from None
+
+
 def train(
     cfg: TrainConfig,
     *,
@@ -406,7 +427,12 @@ def train(
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(anchored_data(cfg), out_dir / "config.yaml")
-    model = TerraloomModel(cfg.model).to(device)
+    init = bool(cfg.init_from) and not (resume and latest_checkpoint(out_dir) is not None)
+    model = TerraloomModel(cfg.model, init=not init).to(device)
+    if init:
+        load_init_weights(model, cfg.init_from)
+        if echo and info.is_main:
+            print(f"initialised from {cfg.init_from}")
     model.activation_checkpointing = cfg.activation_checkpointing
     if cfg.compile:
         model.compile_trunk()

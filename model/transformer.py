@@ -35,7 +35,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from terraloom.model.config import Kind, ModelConfig, from_dict, modality_specs, to_dict
+from terraloom.model.config import (
+    TOKEN_SUFFIX,
+    Kind,
+    ModelConfig,
+    from_dict,
+    modality_specs,
+    to_dict,
+)
 from terraloom.model.embeddings import InputEmbedding, QueryEmbedding
 
 try:  # FlexAttention (torch >= 2.5)
@@ -104,7 +111,8 @@ class MLP(nn.Module):
 
 
 def _norm(cfg: ModelConfig) -> nn.LayerNorm:
-    return nn.LayerNorm(cfg.dim, eps=cfg.norm_eps, bias=cfg.bias)
+    bias = cfg.bias if cfg.norm_bias is None else cfg.norm_bias
+    return nn.LayerNorm(cfg.dim, eps=cfg.norm_eps, bias=bias)
 
 
 class EncoderBlock(nn.Module):
@@ -137,6 +145,46 @@ class DecoderBlock(nn.Module):
         y = y + self.self_attn(self.norm1(y), self_mask)
         y = y + self.cross_attn(self.query_norm(y), self.context_norm(ctx), ctx_mask)
         return y + self.mlp(self.norm2(y))
+
+
+class TiedModalityEmbedding(nn.Module):
+    """Decoder-query modality embeddings whose token modalities read the encoder's rows.
+
+    TerraMind shares one modality embedding between a token modality's encoder input and
+    its decoder target (``share_modality_embeddings``); with ``tie_modality_emb`` a target
+    that is also a token input uses the input table's row (one parameter, one gradient), so
+    training keeps the model exactly exportable. ``weight`` keeps the state-dict key and
+    serves the targets without a token input; its tied rows mirror the input rows on save.
+    """
+
+    src: torch.Tensor
+    tied: torch.Tensor
+
+    def __init__(self, own: nn.Embedding, inputs: nn.Embedding, specs: Any) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(own.weight.detach().clone())
+        # a plain attribute, not a submodule: the input table is saved once, under inputs.*
+        object.__setattr__(self, "_inputs", inputs)
+        keys = [s.key for s in specs.inputs]
+        src = [
+            keys.index(t.modality + TOKEN_SUFFIX) if t.modality + TOKEN_SUFFIX in keys else -1
+            for t in specs.targets
+        ]
+        self.register_buffer(
+            "src", torch.tensor(src, dtype=torch.long).clamp(min=0), persistent=False
+        )
+        self.register_buffer("tied", torch.tensor([i >= 0 for i in src]), persistent=False)
+
+    def table(self) -> torch.Tensor:
+        inp: nn.Embedding = self._inputs  # type: ignore[assignment]
+        return torch.where(self.tied[:, None], inp.weight[self.src], self.weight)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.table()[idx]
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "weight"] = self.table() if keep_vars else self.table().detach()
 
 
 @dataclass
@@ -177,7 +225,7 @@ class TerraloomModel(nn.Module):
 
     tgt_is_seq: torch.Tensor
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, *, init: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
         self.specs = modality_specs(cfg)
@@ -185,7 +233,9 @@ class TerraloomModel(nn.Module):
         self.queries = QueryEmbedding(cfg, self.specs)
         self.encoder = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.enc_depth)])
         self.encoder_norm = _norm(cfg)
-        self.context_proj = nn.Linear(cfg.dim, cfg.dim, bias=cfg.bias)
+        self.context_proj = nn.Linear(
+            cfg.dim, cfg.dim, bias=cfg.bias if cfg.context_bias is None else cfg.context_bias
+        )
         self.decoder = nn.ModuleList([DecoderBlock(cfg) for _ in range(cfg.dec_depth)])
         self.decoder_norm = _norm(cfg)
         #: Output heads without bias, as TerraMind/4M's ``to_logits``.
@@ -201,7 +251,12 @@ class TerraloomModel(nn.Module):
         #: Set by ``compile_trunk``; the decoder mask backend follows it under "auto".
         self._compiled = False
         self._trunk = self.trunk
-        self.reset_parameters()
+        if init:  # skipped when every weight is loaded next (truncated normals are slow)
+            self.reset_parameters()
+        if cfg.tie_modality_emb:
+            self.queries.modality = TiedModalityEmbedding(  # type: ignore[assignment]
+                self.queries.modality, self.inputs.modality, self.specs
+            )
 
     # ------------------------------------------------------------------ init / io
 
@@ -245,7 +300,7 @@ class TerraloomModel(nn.Module):
         d = Path(directory)
         meta = json.loads((d / "config.json").read_text())
         cfg = from_dict(ModelConfig, meta.get("model", meta))
-        model = cls(cfg)
+        model = cls(cfg, init=False)
         model.load_state_dict(
             load_file(str(d / "model.safetensors"), device=str(map_location)), strict=True
         )

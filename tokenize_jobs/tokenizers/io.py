@@ -191,6 +191,11 @@ def load_tokenizer(path: str | os.PathLike[str], device: torch.device | str = "c
 
         _check_sha(root / config["weights"], identity)
         return load_terramind_tokenizer(root, config, device)  # type: ignore[return-value]
+    if kind == "terramind_vit_fsq":  # TerraMind v1's own tokenizer encoders (interop)
+        from terraloom.tokenize_jobs.tokenizers.terramind import load_terramind_tokenizer
+
+        _check_sha(root / config["weights"], identity)
+        return load_terramind_tokenizer(root, config, device)  # type: ignore[return-value]
     if kind == str(TokenizerKind.GEO_BINS):
         return GeoTokenizer(float(config["model"]["bin_deg"]))
     if kind == str(TokenizerKind.WORDPIECE):
