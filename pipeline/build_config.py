@@ -1,4 +1,5 @@
-"""How a corpus build makes and judges samples: :class:`BuildConfig`.
+"""How a corpus build makes and judges samples: :class:`BuildConfig`, and what of it
+follows the plan (the modalities it was asked for, recorded in its metadata).
 
 Its own module so that the engine-neutral block work (``pipeline.block``), the build
 driver and the CLI can type and validate a config without importing the sample builder
@@ -7,7 +8,10 @@ driver and the CLI can type and validate a config without importing the sample b
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,7 +23,14 @@ from terraloom.schemas.modalities import Layout, get_modality
 if TYPE_CHECKING:
     from terraloom.pipeline.readers import ReaderOptions
 
-__all__ = ["DEFAULT_REQUIRED", "BuildConfig"]
+__all__ = [
+    "DEFAULT_REQUIRED",
+    "PLAN_MODALITIES_KEY",
+    "BuildConfig",
+    "follow_plan",
+    "plan_request_metadata",
+    "planned_modalities",
+]
 
 #: Source modalities a sample must have by default (TerraMind's core set).
 DEFAULT_REQUIRED: tuple[str, ...] = ("S2L2A", "S1GRD", "DEM", "LULC")
@@ -145,3 +156,57 @@ class BuildConfig:
         if not isinstance(cap, Captioner):
             raise TypeError(f"{self.captioner} did not produce a Captioner")
         return cap
+
+
+#: Plan-file (Parquet schema) metadata key holding the JSON list of the modalities the
+#: plan was asked for; the build follows it (:func:`follow_plan`).
+PLAN_MODALITIES_KEY = b"terraloom:plan_modalities"
+
+
+def plan_request_metadata(modalities: Sequence[str]) -> dict[bytes, bytes]:
+    """The plan metadata recording what it was asked to plan (written by the planner)."""
+    return {PLAN_MODALITIES_KEY: json.dumps([get_modality(m).name for m in modalities]).encode()}
+
+
+def planned_modalities(metadata: Mapping[bytes, bytes] | None) -> tuple[str, ...] | None:
+    """The modalities a plan was asked for, or None for a plan that does not say."""
+    raw = (metadata or {}).get(PLAN_MODALITIES_KEY)
+    if raw is None:
+        return None
+    try:
+        names = json.loads(raw)
+        return tuple(get_modality(str(n)).name for n in names)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"malformed {PLAN_MODALITIES_KEY.decode()} in the plan metadata: {exc}"
+        ) from None
+
+
+def _buildable(name: str, planned: set[str]) -> bool:
+    """A source modality that was planned, a derived image whose sources were, or a
+    derived vector/text modality (GEO, CAPTION: built from whatever the sample has)."""
+    m = get_modality(name)
+    if not m.is_derived:
+        return m.name in planned
+    return not m.is_image or all(s in planned for s in m.derived_from)
+
+
+def follow_plan(config: BuildConfig, planned: Sequence[str] | None) -> BuildConfig:
+    """The config a build of a plan runs: a modality set and required set left at their
+    defaults follow what the plan was asked for (a plan of S2L2A alone builds S2L2A and
+    what derives from it, and requires S2L2A); sets given explicitly are kept as given,
+    so a required modality the plan lacks still rejects its samples, with that reason.
+    A set equal to its default counts as the default (a config does not record which
+    fields were given). ``planned`` None (a plan that does not record it) keeps the
+    config."""
+    if planned is None:
+        return config
+    have = set(planned)
+    modalities, required = config.modalities, config.required
+    if modalities == BuildConfig().modalities:
+        modalities = tuple(m for m in modalities if _buildable(m, have))
+    if required == tuple(m for m in DEFAULT_REQUIRED if m in config.modalities):
+        required = tuple(m for m in DEFAULT_REQUIRED if m in modalities and _buildable(m, have))
+    if (modalities, required) == (config.modalities, config.required):
+        return config
+    return dataclasses.replace(config, modalities=modalities, required=required)

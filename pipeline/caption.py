@@ -189,14 +189,17 @@ def _join(parts: list[str]) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+def _label(value: float, ladder: tuple[tuple[float, str], ...], top: str) -> str:
+    """The label of the first step ``value`` is under, else ``top``."""
+    return next((label for bound, label in ladder if value < bound), top)
+
+
+_TERRAIN = ((20, "flat terrain"), (100, "gently rolling terrain"), (400, "hilly terrain"))
+_VEGETATION = ((0.1, "little or no vegetation"), (0.3, "vegetation sparse"))
+
+
 def _terrain(relief: float) -> str:
-    if relief < 20:
-        return "flat terrain"
-    if relief < 100:
-        return "gently rolling terrain"
-    if relief < 400:
-        return "hilly terrain"
-    return "mountainous terrain"
+    return _label(relief, _TERRAIN, "mountainous terrain")
 
 
 def _elevation(mean: float) -> str:
@@ -205,13 +208,7 @@ def _elevation(mean: float) -> str:
 
 
 def _vegetation(v: float) -> str:
-    if v < 0.1:
-        return "little or no vegetation"
-    if v < 0.3:
-        return "vegetation sparse"
-    if v < 0.55:
-        return "vegetation moderate"
-    return "vegetation vigorous"
+    return _label(v, (*_VEGETATION, (0.55, "vegetation moderate")), "vegetation vigorous")
 
 
 @dataclass(frozen=True)

@@ -231,7 +231,7 @@ def build_command(args: argparse.Namespace) -> int:
         )
         return 1
     print(summary.table())
-    return 0
+    return 1 if summary.nothing_accepted else 0  # every sample rejected: a failed build
 
 
 def _one_line(exc: BaseException) -> str:

@@ -524,18 +524,6 @@ def pick_s1(
     return ModalityMatch(modality, best)
 
 
-def s1_match(
-    modality: str,
-    items: Sequence[SourceItem],
-    sample: SampleGrid,
-    cfg: MatchConfig,
-    reference: Acquisition | None,
-    period: tuple[datetime, datetime] | None = None,
-) -> ModalityMatch:
-    """:func:`s1_passes` then :func:`pick_s1`."""
-    return pick_s1(modality, s1_passes(modality, items, sample, cfg), cfg, reference, period)
-
-
 # --- static layers ----------------------------------------------------------------------------
 
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -519,8 +519,3 @@ def replace_gcp(g: GroundControlPoint, **changes: float) -> GroundControlPoint:
     }
     kw.update(changes)
     return GroundControlPoint(**kw)
-
-
-def merge_options(base: ReaderOptions, extra: Mapping[str, str]) -> ReaderOptions:
-    """Options with extra GDAL settings appended (later ones win)."""
-    return replace(base, gdal_options=tuple(base.gdal_options) + tuple(extra.items()))

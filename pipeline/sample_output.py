@@ -40,14 +40,21 @@ def plan_reason(text: str | None, default: RejectReason = RejectReason.NO_MATCH)
         return default
 
 
-def reject_row(row: Mapping[str, Any], issue: Issue) -> dict[str, Any]:
-    """The ``rejects.parquet`` row of a planned row that failed ``issue``."""
+def _identity(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns index and rejects rows share: which planned sample it is, and where."""
     return {
         "sample_id": row["sample_id"],
         "split": row["split"],
         "row": int(row["row"]),
         "cell_id": row["cell_id"],
         "geometry": row["geometry"],
+    }
+
+
+def reject_row(row: Mapping[str, Any], issue: Issue) -> dict[str, Any]:
+    """The ``rejects.parquet`` row of a planned row that failed ``issue``."""
+    return {
+        **_identity(row),
         "reason": issue.reason.value,
         "modality": issue.modality,
         "message": issue.message,
@@ -128,11 +135,7 @@ def index_row(
 ) -> dict[str, Any]:
     """The ``index.parquet`` row of an accepted sample (non-finite quality figures dropped)."""
     return {
-        "sample_id": row["sample_id"],
-        "split": row["split"],
-        "row": int(row["row"]),
-        "cell_id": row["cell_id"],
-        "geometry": row["geometry"],
+        **_identity(row),
         "center_lon": float(row["center_lon"]),
         "center_lat": float(row["center_lat"]),
         "epsg": int(row["epsg"]),

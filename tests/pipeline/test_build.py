@@ -72,9 +72,9 @@ CFG = BuildConfig(modalities=("S2L2A", "DEM"), required=("S2L2A",))
 def test_prepare_freezes_plan_in_row_groups_of_whole_blocks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import terraloom.pipeline.build as build
+    import terraloom.pipeline.build_prepare as build_prepare
 
-    monkeypatch.setattr(build, "PLAN_ROWS_PER_GROUP", 8)  # 2 blocks of 4 per row group
+    monkeypatch.setattr(build_prepare, "PLAN_ROWS_PER_GROUP", 8)  # 2 blocks of 4 per row group
     plan = synthetic_plan(tmp_path / "plan.parquet", {"train": 10, "val": 3})
     out = tmp_path / "corpus"
     manifest = prepare(plan, out, CFG, shard_samples=4)
@@ -420,6 +420,7 @@ def test_optional_modalities_that_fail_are_counted_in_the_summary_and_counters(
 _GATED_BUILD = """
 import os, sys, time
 sys.path.insert(0, {root!r})
+from terraloom.pipeline import sample
 from terraloom.pipeline.build import run_build
 from terraloom.pipeline.sample import BuildConfig, build_block
 
@@ -430,8 +431,9 @@ def gated(rows, config):
         time.sleep(0.02)
     return build_block(rows, config)
 
+sample.build_block = gated  # the in-process DirectRunner's workers look it up at run time
 cfg = BuildConfig(modalities=("S2L2A", "DEM"), required=("S2L2A",))
-run_build({plan!r}, {out!r}, engine="beam", config=cfg, shard_samples=4, progress=False, block_fn=gated)
+run_build({plan!r}, {out!r}, engine="beam", config=cfg, shard_samples=4, progress=False)
 """
 
 
@@ -491,7 +493,7 @@ def test_a_second_build_on_a_busy_output_refuses_with_one_line(tmp_path: Path) -
     assert len(again.stderr.strip().splitlines()) == 1, again.stderr
     # and the same config resumes: a no-op on the finished output
     same = _cli_build(plan, out)
-    assert same.returncode == 0, same.stderr
+    assert same.returncode == 1, same.stderr  # grid-only rows: all rejected, exit 1
     assert "0 written now" in same.stdout
 
 
@@ -554,12 +556,12 @@ def test_disk_full_is_one_line_and_the_rerun_resumes(
     """Issue 15.10: ENOSPC while writing block 2 of 3 -> exit 1 with one line saying the
     output is resumable; the re-run writes only what was not committed and equals a build
     that never failed."""
-    import terraloom.pipeline.build as build
+    import terraloom.pipeline.block as block
 
     plan = synthetic_plan(tmp_path / "plan.parquet", {"train": 10})
     args = ["build", "--plan", str(plan), "--shard-samples", "4", "--no-progress"]
     args += ["--modalities", "S2L2A,DEM", "--required", "S2L2A"]
-    real_write = build.write_block
+    real_write = block.write_block
     calls = {"n": 0}
 
     def full_disk(group: Any, block: Any, out: Any) -> Any:
@@ -568,17 +570,17 @@ def test_disk_full_is_one_line_and_the_rerun_resumes(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))
         return real_write(group, block, out)
 
-    monkeypatch.setattr(build, "write_block", full_disk)
+    monkeypatch.setattr(block, "write_block", full_disk)
     out = tmp_path / "corpus"
     assert cli_main([*args, "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert "no space left" in err and "resumable" in err and "1 of 3 blocks committed" in err
-    monkeypatch.setattr(build, "write_block", real_write)
-    assert cli_main([*args, "--out", str(out)]) == 0
+    monkeypatch.setattr(block, "write_block", real_write)
+    assert cli_main([*args, "--out", str(out)]) == 1  # a synthetic plan: every sample rejected
     assert "2 written now, 1 already committed" in capsys.readouterr().out
     clean = tmp_path / "clean"
-    assert cli_main([*args, "--out", str(clean)]) == 0
+    assert cli_main([*args, "--out", str(clean)]) == 1
     for name in ("index", "rejects"):
         got = read_table(name, out / f"{name}.parquet").to_pylist()
         assert got == read_table(name, clean / f"{name}.parquet").to_pylist()
@@ -693,3 +695,112 @@ def test_a_finished_build_with_a_damaged_table_merges_it_again(
     out = capsys.readouterr().out
     assert "0 written now" in out and f"index/rejects merged again: {table}.parquet" in out, out
     _assert_like_reference(built, tiny_reference)
+
+
+# --------------------------------------------------------------------------- what a new user hits
+
+
+def test_a_default_build_follows_what_the_plan_planned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 17.1: plan S2L2A alone, then a default CLI build: the samples are built with
+    S2L2A required (not all rejected `S1GRD: required but not planned`); a build whose
+    every sample is rejected exits 1 with the reject table."""
+    import shutil
+
+    from terraloom.pipeline.plan import PlanConfig, plan_samples, write_plan
+    from terraloom.pipeline.sources import open_source
+    from terraloom.pipeline.world.generate import cached_world
+
+    world = tmp_path / "world"
+    shutil.copytree(cached_world("tiny", 0), world)
+    opened = open_source(f"world:{world}")
+    assert opened.region is not None and opened.time_range is not None
+    table = plan_samples(
+        opened.source, opened.region, opened.time_range, PlanConfig(modalities=("S2L2A",))
+    )
+    plan = write_plan(table, tmp_path / "plan.parquet")
+    out = tmp_path / "corpus"
+    assert cli_main(["build", "--plan", str(plan), "--out", str(out), "--no-progress"]) == 0
+    manifest = json.loads((out / "_build" / "manifest.json").read_text())
+    assert manifest["config"]["required"] == ["S2L2A"]
+    assert "S1GRD" not in manifest["modalities"] and "NDVI" in manifest["modalities"]
+    rejects = read_table("rejects", out / "rejects.parquet").to_pylist()
+    assert not [r for r in rejects if "not planned" in r["message"]]
+    assert read_table("index", out / "index.parquet").num_rows > 0
+    # flags override the plan: S1GRD required although not planned -> every sample rejected
+    capsys.readouterr()
+    args = ["build", "--plan", str(plan), "--out", str(tmp_path / "s1"), "--no-progress"]
+    assert cli_main([*args, "--modalities", "S2L2A,S1GRD", "--required", "S1GRD"]) == 1
+    table_out = capsys.readouterr().out
+    assert "no_match" in table_out and "no sample accepted" in table_out
+
+
+def test_a_bad_scheduler_is_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 17.4: an unreachable --scheduler fails before the output is created."""
+    plan = synthetic_plan(tmp_path / "plan.parquet", {"train": 2})
+    out = tmp_path / "corpus"
+    args = ["build", "--plan", str(plan), "--out", str(out), "--engine", "dask"]
+    assert cli_main([*args, "--scheduler", "tcp://127.0.0.1:1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "cannot reach the dask scheduler at tcp://127.0.0.1:1" in err
+    assert not out.exists()
+
+
+_UNGUARDED = """
+from terraloom.pipeline.build import run_build
+from terraloom.pipeline.sample import BuildConfig
+
+run_build({plan!r}, {out!r}, engine="dask", config=BuildConfig(), progress=False)
+"""
+
+_GUARDED = """
+from terraloom.pipeline.build import run_build
+
+if __name__ == "__main__":
+    run_build({plan!r}, {out!r}, engine="dask", progress=False)
+"""
+
+
+def test_an_unguarded_dask_script_fails_before_writing(tmp_path: Path) -> None:
+    """Issue 17.5: a script that builds with the Dask engine at its top level would be run
+    again by every spawned worker; the build refuses before creating the output and says
+    what to add. The guarded script gets past the check (and fails on its missing plan)."""
+    plan = synthetic_plan(tmp_path / "plan.parquet", {"train": 2})
+    out = tmp_path / "corpus"
+    script = tmp_path / "build_it.py"
+    script.write_text(_UNGUARDED.format(plan=str(plan), out=str(out)))
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert run.returncode != 0
+    assert 'if __name__ == "__main__":' in run.stderr and "build_it.py:5" in run.stderr
+    assert "Nanny" not in run.stderr and not out.exists()
+    script.write_text(_GUARDED.format(plan=str(tmp_path / "absent.parquet"), out=str(out)))
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert run.returncode != 0 and "absent.parquet does not exist" in run.stderr
+    assert "__main__" not in run.stderr.splitlines()[-1]
+
+
+def test_beam_is_quiet_and_the_summary_counts_pass_through_workers(tmp_path: Path) -> None:
+    """Issue 17.6: importing Beam logs nothing; the summary reports the parallelism of
+    a pass-through --direct_num_workers."""
+    code = "import terraloom.pipeline.beam"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    plan = synthetic_plan(tmp_path / "plan.parquet", {"train": 4})
+    summary = run_build(
+        plan,
+        tmp_path / "corpus",
+        engine="beam",
+        config=CFG,
+        shard_samples=2,
+        progress=False,
+        pipeline_args=("--direct_num_workers=2",),
+    )
+    assert summary.workers == 2 and "(2 workers)" in summary.table()
