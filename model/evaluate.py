@@ -8,7 +8,15 @@ compare with the corpus crop):
 | S1GRD -> S2L2A | PSNR, SSIM on DN / 10000 clipped to [0, 1] | the dataset-mean image |
 | S2L2A -> LULC | pixel accuracy, mIoU | the class prior (majority class everywhere) |
 | S2L2A -> DEM | MAE in metres | the mean elevation |
+| S2L2A -> S1GRD | MAE in dB | the per-band mean backscatter |
 | S2L2A -> GEO | median great-circle error in km | the dataset centroid |
+
+Every image target (S2L2A, DEM, S1GRD) also gets the *grid artifact* row
+(:func:`grid_ratio`): the energy of generated minus reference at the token-patch period
+(16 px) and its harmonics, relative to the reference's own energy there. A generator
+whose patches do not join up (a checkerboard at the patch period) scores far above the
+tokenizer's own reconstruction; a constant prediction (the mean elevation, the mean
+backscatter) scores exactly 1.
 
 Also reported: the *tokenizer ceiling*, the same metric for the true tokens decoded, which
 bounds what any token generator can reach with these tokenizers.
@@ -33,7 +41,7 @@ from terraloom.model.generate import GREEDY, SamplingConfig, decode_tokens, gene
 from terraloom.model.samples import SampleReader
 from terraloom.model.tim import confusion, iou_scores
 from terraloom.model.transformer import TerraloomModel
-from terraloom.schemas.modalities import LULC_CLASSES, S2_DN_SCALE, lulc_to_index
+from terraloom.schemas.modalities import LULC_CLASSES, PATCH_PX, S2_DN_SCALE, lulc_to_index
 
 EARTH_RADIUS_KM = 6371.0088
 
@@ -52,6 +60,7 @@ DEFAULT_TASKS: tuple[EvalTask, ...] = (
     EvalTask(("S1GRD",), "S2L2A"),
     EvalTask(("S2L2A",), "LULC"),
     EvalTask(("S2L2A",), "DEM"),
+    EvalTask(("S2L2A",), "S1GRD"),
     EvalTask(("S2L2A",), "GEO"),
 )
 
@@ -127,6 +136,58 @@ def ssim(pred: torch.Tensor, true: torch.Tensor, data_range: float = 1.0) -> tor
     return s.flatten(1).mean(1)
 
 
+def grid_energy(x: torch.Tensor, period: int = PATCH_PX) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C): energy of the component of ``x`` with the patch period.
+
+    The average ``period`` x ``period`` tile of the image (over all tiles), less its mean,
+    squared and averaged. That is exactly the DFT power of ``x`` at the patch frequency and
+    its harmonics, ``(k H / p, l W / p)`` for ``(k, l) != (0, 0)``, divided by ``(H W)^2``
+    (the DFT at those frequencies only sees the average tile), so no FFT is needed and no
+    window leaks other frequencies in. A checkerboard at the token-patch period (every
+    patch drawn with the same seam or ramp) lands entirely here; noise spreads over all
+    frequencies and contributes only its share.
+    """
+    b, c, h, w = x.shape
+    if h % period or w % period:
+        raise ValueError(f"images of {h} x {w} are not a multiple of the period {period}")
+    tile = x.float().reshape(b, c, h // period, period, w // period, period).mean((2, 4))
+    return (tile - tile.mean((-2, -1), keepdim=True)).square().mean((-2, -1))
+
+
+def grid_terms(
+    pred: torch.Tensor, true: torch.Tensor, valid: torch.Tensor, period: int = PATCH_PX
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-band sums over the batch: (grid energy of pred - true, grid energy of true).
+
+    Invalid reference pixels (nodata) count as no difference and, in the reference, as
+    its band mean, so a nodata hole is not read as structure.
+    """
+    ok = valid.expand_as(true) & torch.isfinite(true) & torch.isfinite(pred)
+    t = torch.where(ok, true.float(), torch.zeros_like(true, dtype=torch.float32))
+    n = ok.flatten(2).sum(-1).clamp_min(1)
+    mean = (t.flatten(2).sum(-1) / n)[..., None, None]
+    ref = torch.where(ok, t, mean.expand_as(t))
+    diff = torch.where(ok, pred.float() - t, torch.zeros_like(t))
+    return grid_energy(diff, period).sum(0), grid_energy(ref, period).sum(0)
+
+
+def grid_ratio(
+    pred: torch.Tensor,
+    true: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    period: int = PATCH_PX,
+) -> float:
+    """Grid-artifact measure of generated ``pred`` against reference ``true`` (B, C, H, W).
+
+    Per band: the grid energy (:func:`grid_energy`) of ``pred - true`` summed over the
+    batch over that of ``true``; the mean over bands. 0: no error at the patch period;
+    1: as much as the reference holds there (a constant prediction scores exactly 1).
+    """
+    valid = torch.ones_like(true, dtype=torch.bool) if valid is None else valid
+    num, den = grid_terms(pred, true, valid, period)
+    return float((num / den.clamp_min(1e-12)).mean())
+
+
 def haversine_km(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Great-circle distance in km between (N, 2) lat/lon degree arrays (b may be (2,))."""
     a = np.radians(np.asarray(a, np.float64))
@@ -158,6 +219,7 @@ class Baselines:
     lulc_majority: int | None = None  # legend value
     lulc_prior: dict[int, float] = field(default_factory=dict)
     dem_mean: float | None = None
+    s1_mean: torch.Tensor | None = None  # (C,) dB
     geo_centroid: np.ndarray | None = None
     n_samples: int = 0
 
@@ -171,6 +233,8 @@ def fit_baselines(reader: SampleReader, targets: Sequence[str], cfg: EvalConfig)
     s2_cnt: torch.Tensor | None = None
     hist = np.zeros(256, np.int64)
     dem_sum, dem_n = 0.0, 0
+    s1_sum: torch.Tensor | None = None
+    s1_n: torch.Tensor | None = None
     geo: list[np.ndarray] = []
     for a in range(0, len(rows), cfg.batch_size):
         r = rows[a : a + cfg.batch_size]
@@ -190,6 +254,13 @@ def fit_baselines(reader: SampleReader, targets: Sequence[str], cfg: EvalConfig)
             ok = np.isfinite(d)
             dem_sum += float(d[ok].sum())
             dem_n += int(ok.sum())
+        if "S1GRD" in targets:
+            x = reader.pixels("S1GRD", r, crops)
+            ok = torch.isfinite(x)
+            s = torch.where(ok, x, torch.zeros_like(x)).sum((0, 2, 3))
+            n = ok.sum((0, 2, 3))
+            s1_sum = s if s1_sum is None else s1_sum + s
+            s1_n = n if s1_n is None else s1_n + n
         if "GEO" in targets:
             geo.append(reader.pixels("GEO", r, crops).numpy().astype(np.float64))
     if s2_sum is not None and s2_cnt is not None:
@@ -201,6 +272,8 @@ def fit_baselines(reader: SampleReader, targets: Sequence[str], cfg: EvalConfig)
         base.lulc_majority = max(counts, key=lambda v: counts[v])
     if dem_n:
         base.dem_mean = dem_sum / dem_n
+    if s1_sum is not None and s1_n is not None:
+        base.s1_mean = s1_sum / s1_n.clamp_min(1)
     if geo:
         base.geo_centroid = spherical_centroid(np.concatenate(geo))
     return base
@@ -216,6 +289,8 @@ class _Acc:
         self.lists: dict[tuple[str, str], list[float]] = {}
         self.conf: dict[str, torch.Tensor] = {}
         self.sums: dict[tuple[str, str], list[float]] = {}
+        #: who -> per-band [grid energy of the error, grid energy of the reference]
+        self.grid: dict[str, list[torch.Tensor]] = {}
 
     def extend(self, who: str, metric: str, values: Any) -> None:
         self.lists.setdefault((who, metric), []).extend(
@@ -226,6 +301,14 @@ class _Acc:
         s = self.sums.setdefault((who, metric), [0.0, 0.0])
         s[0] += total
         s[1] += count
+
+    def add_grid(
+        self, who: str, pred: torch.Tensor, true: torch.Tensor, valid: torch.Tensor
+    ) -> None:
+        num, den = grid_terms(pred, true, valid)
+        g = self.grid.setdefault(who, [torch.zeros_like(num), torch.zeros_like(den)])
+        g[0] += num
+        g[1] += den
 
     def add_conf(self, who: str, conf: torch.Tensor) -> None:
         self.conf[who] = conf if who not in self.conf else self.conf[who] + conf
@@ -244,6 +327,7 @@ def _score(task: EvalTask, acc: _Acc, who: str, pred: Any, true: Any, ref_crops:
         mask = true > 0
         acc.extend(who, "psnr", psnr(p, y, 1.0, mask))
         acc.extend(who, "ssim", ssim(p, y, 1.0))
+        acc.add_grid(who, p, y, mask)
     elif t == "LULC":
         acc.add_conf(
             who, confusion(_lulc_index(pred[:, 0]), _lulc_index(true[:, 0]), len(LULC_CLASSES))
@@ -252,6 +336,12 @@ def _score(task: EvalTask, acc: _Acc, who: str, pred: Any, true: Any, ref_crops:
         ok = torch.isfinite(true)
         err = (pred.float() - true.float()).abs()
         acc.add_sum(who, "mae_m", float(err[ok].sum()), int(ok.sum()))
+        acc.add_grid(who, pred.float(), true.float(), ok)
+    elif t == "S1GRD":
+        ok = torch.isfinite(true)
+        err = (pred.float() - true.float()).abs()
+        acc.add_sum(who, "mae_db", float(err[ok].sum()), int(ok.sum()))
+        acc.add_grid(who, pred.float(), true.float(), ok)
     elif t == "GEO":
         acc.extend(
             who,
@@ -262,11 +352,18 @@ def _score(task: EvalTask, acc: _Acc, who: str, pred: Any, true: Any, ref_crops:
         raise ValueError(f"no metric for target {t}")
 
 
+GRID_LABEL = "grid artifact (16 px)"
+
 METRICS: dict[str, tuple[tuple[str, str, str], ...]] = {
     # target -> (metric key, label, better)
-    "S2L2A": (("psnr", "PSNR (dB)", "higher"), ("ssim", "SSIM", "higher")),
+    "S2L2A": (
+        ("psnr", "PSNR (dB)", "higher"),
+        ("ssim", "SSIM", "higher"),
+        ("grid", GRID_LABEL, "lower"),
+    ),
     "LULC": (("accuracy", "pixel accuracy", "higher"), ("miou", "mIoU", "higher")),
-    "DEM": (("mae_m", "MAE (m)", "lower"),),
+    "DEM": (("mae_m", "MAE (m)", "lower"), ("grid", GRID_LABEL, "lower")),
+    "S1GRD": (("mae_db", "MAE (dB)", "lower"), ("grid", GRID_LABEL, "lower")),
     "GEO": (("median_km", "median error (km)", "lower"),),
 }
 
@@ -281,7 +378,11 @@ def _finish(task: EvalTask, acc: _Acc, who: str) -> dict[str, float]:
             v = acc.lists.get((who, key))
             if v:
                 out[key] = float(np.median(v))
-        elif key == "mae_m":
+        elif key == "grid":
+            g = acc.grid.get(who)
+            if g is not None:
+                out[key] = float((g[0] / g[1].clamp_min(1e-12)).mean())
+        elif key in ("mae_m", "mae_db"):
             s = acc.sums.get((who, key))
             if s and s[1]:
                 out[key] = s[0] / s[1]
@@ -360,6 +461,7 @@ BASELINE_NAMES = {
     "S2L2A": "mean image",
     "LULC": "class prior",
     "DEM": "mean elevation",
+    "S1GRD": "mean backscatter",
     "GEO": "centroid",
 }
 
@@ -375,6 +477,9 @@ def _baseline_prediction(task: EvalTask, base: Baselines, true: Any) -> Any:
     if t == "DEM":
         assert base.dem_mean is not None
         return torch.full_like(true, base.dem_mean)
+    if t == "S1GRD":
+        assert base.s1_mean is not None
+        return base.s1_mean.view(1, -1, 1, 1).to(true.dtype).expand_as(true).clone()
     assert base.geo_centroid is not None
     return np.repeat(base.geo_centroid[None], len(true), 0)
 

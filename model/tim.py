@@ -14,6 +14,9 @@ with and without thoughts on the same data and budget, and reports mIoU on val.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -35,6 +38,7 @@ from terraloom.model.generate import (
 )
 from terraloom.model.samples import SampleReader
 from terraloom.model.transformer import TerraloomModel
+from terraloom.schemas.config import to_dict
 from terraloom.schemas.modalities import LULC_CLASS_NAMES, get_modality, lulc_to_index
 
 IGNORE = 255
@@ -387,5 +391,253 @@ def write_tim_report(summary: dict[str, Any], out: str | os.PathLike[str]) -> Pa
     lines.append(
         f"{summary['n_train']} training crops, {summary['n_val']} val crops; better: **{'TiM' if summary['winner'] == 'tim' else 'no TiM'}**."
     )
+    (out / "tim.md").write_text("\n".join(lines) + "\n")
+    return out / "tim.md"
+
+
+# --------------------------------------------------------------------------- the TiM study
+
+
+@dataclass(frozen=True)
+class TiMStudyConfig:
+    """The Thinking-in-Modalities comparison: thought sets x seeds, and both placements.
+
+    *Fine-tuning* placement: the same encoder + head fine-tuned without thoughts and with
+    each set in ``thoughts``, once per seed in ``seeds`` (the seed sets the head's init and
+    the batch order; the data and the frozen generator are the same). *Inference-only*
+    placement: no fine-tuning at all; the frozen any-to-any model generates the land cover
+    from the inputs directly and through each thought set that does not hold the task's own
+    modality (``S1GRD -> S2L2A -> LULC`` against ``S1GRD -> LULC``).
+    """
+
+    inputs: tuple[str, ...] = ("S1GRD",)
+    #: Input scales of the downstream task ("pixels": the user has imagery, not tokens).
+    scales: str = "pixels"
+    #: Each entry is one thought set (generated in order, chained).
+    thoughts: tuple[tuple[str, ...], ...] = (("LULC",), ("S2L2A",))
+    #: Decoding steps of each thought, and of the land cover in the inference-only runs.
+    thought_steps: int = 1
+    generate_steps: int = 4
+    seeds: tuple[int, ...] = (0, 1, 2)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    #: Token-store crops per training row (val: crop 0).
+    train_crops: int = 2
+    inference_only: bool = True
+    head_hidden: int = 64
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("the TiM study needs at least one seed")
+        if self.thought_steps < 1 or self.generate_steps < 1 or self.train_crops < 1:
+            raise ValueError("thought_steps, generate_steps and train_crops must be >= 1")
+        if any(not t for t in self.thoughts):
+            raise ValueError("an empty thought set; the run without thoughts is always made")
+
+    def tim_config(self, thoughts: Sequence[str] = ()) -> TiMConfig:
+        return TiMConfig(
+            inputs=self.inputs,
+            thoughts=tuple(thoughts) or ("LULC",),
+            steps=self.thought_steps,
+            scales=self.scales,
+            head_hidden=self.head_hidden,
+        )
+
+
+def _check_thoughts(pretrained: TerraloomModel, thoughts: Sequence[str]) -> tuple[str, ...]:
+    keys = {s.key for s in pretrained.specs.inputs}
+    targets = {t.modality for t in pretrained.specs.targets}
+    names = tuple(get_modality(t).name for t in thoughts)
+    for name in names:
+        if name not in targets or f"{name}@tok" not in keys:
+            raise ValueError(
+                f"thought modality {name} must be a target and a token input of the pretrained model"
+            )
+    return names
+
+
+@torch.no_grad()
+def with_thoughts(
+    pretrained: TerraloomModel,
+    data: SegmentationData,
+    thoughts: Sequence[str],
+    steps: int = 1,
+    batch_size: int = 16,
+) -> SegmentationData:
+    """``data`` with the thought tokens the frozen model generates from its inputs.
+
+    Thoughts are greedy (argmax tokens, most confident positions first), so each crop's
+    thought is the same in every step and every run: computing them once here is exactly
+    what :meth:`TiMSegmenter.think` does per batch, at a fraction of the cost.
+    """
+    names = _check_thoughts(pretrained, thoughts)
+    if not names:
+        return data
+    sampling = SamplingConfig(steps=steps, temperature=0.0, choice_temperature=0.0)
+    parts: list[dict[str, torch.Tensor]] = []
+    for a in range(0, len(data), batch_size):
+        idx = list(range(a, min(a + batch_size, len(data))))
+        gen = generate(pretrained, data.cond.select(idx), names, sampling, seed=None, chain=True)
+        parts.append({n: gen.tokens[n].cpu() for n in names})
+    cond = data.cond
+    for n in names:
+        cond = cond.with_tokens(n, torch.cat([p[n] for p in parts]))
+    return SegmentationData(cond, data.labels)
+
+
+@torch.no_grad()
+def generate_segmentation(
+    pretrained: TerraloomModel,
+    lulc_tokenizer: Any,
+    data: SegmentationData,
+    thoughts: Sequence[str] = (),
+    steps: int = 4,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """Inference-only TiM: the frozen model generates LULC (after ``thoughts``, chained)."""
+    from terraloom.model.generate import decode_tokens
+
+    names = _check_thoughts(pretrained, (*thoughts, "LULC"))
+    k = len(LULC_CLASS_NAMES)
+    conf = torch.zeros(k, k, dtype=torch.long)
+    sampling = SamplingConfig(steps=steps, temperature=0.0, choice_temperature=0.0)
+    for a in range(0, len(data), batch_size):
+        idx = list(range(a, min(a + batch_size, len(data))))
+        gen = generate(pretrained, data.cond.select(idx), names, sampling, seed=None, chain=True)
+        legend = decode_tokens(lulc_tokenizer, "LULC", gen.tokens["LULC"].cpu())[:, 0]
+        pred = torch.from_numpy(
+            lulc_to_index(np.nan_to_num(legend.cpu().numpy()).astype(np.uint8)).astype(np.int64)
+        )
+        conf += confusion(pred, data.labels[idx], k)
+    return iou_scores(conf)
+
+
+def _spread(values: Sequence[float]) -> dict[str, Any]:
+    v = np.asarray(values, np.float64)
+    return {
+        "values": [round(float(x), 4) for x in v],
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+    }
+
+
+def verdict(diffs: Sequence[float]) -> str:
+    """ "helps" / "hurts" when the mean paired difference is at least two standard errors
+    from 0 (and, with fewer than 3 seeds, never), else "no clear difference"."""
+    d = np.asarray(diffs, np.float64)
+    if len(d) < 3:
+        return "too few seeds"
+    se = float(d.std(ddof=1)) / math.sqrt(len(d))
+    m = float(d.mean())
+    if m > 2 * se and m > 0:
+        return "helps"
+    if m < -2 * se and m < 0:
+        return "hurts"
+    return "no clear difference"
+
+
+def tim_study(
+    pretrained: TerraloomModel,
+    train: SegmentationData,
+    val: SegmentationData,
+    study: TiMStudyConfig = TiMStudyConfig(),
+    lulc_tokenizer: Any = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the study; a JSON-ready summary (per seed, mean and standard deviation).
+
+    Each thought set is compared with the run without thoughts *of the same seed* (paired
+    differences), so a seed that is good for both does not count as a TiM win.
+    """
+    t0 = time.perf_counter()
+    pretrained.eval()
+    sets: list[tuple[str, ...]] = [()] + [tuple(t) for t in study.thoughts]
+    runs: dict[str, dict[str, Any]] = {}
+    for thoughts in sets:
+        label = "+".join(thoughts) if thoughts else "none"
+        tr = with_thoughts(pretrained, train, thoughts, study.thought_steps)
+        va = with_thoughts(pretrained, val, thoughts, study.thought_steps)
+        per_seed = []
+        for seed in study.seeds:
+            ft = dataclasses.replace(study.finetune, seed=seed)
+            r = finetune_segmentation(
+                pretrained, tr, va, study.tim_config(), ft, use_tim=False, progress=progress
+            )
+            per_seed.append(r)
+        runs[label] = {
+            "thoughts": list(thoughts),
+            "miou": _spread([r.metrics["miou"] for r in per_seed]),
+            "accuracy": _spread([r.metrics["accuracy"] for r in per_seed]),
+            "seconds": round(sum(r.seconds for r in per_seed), 1),
+        }
+    base = runs["none"]["miou"]["values"]
+    for label, run in runs.items():
+        if label == "none":
+            continue
+        diffs = [a - b for a, b in zip(run["miou"]["values"], base)]
+        run["miou_gain"] = _spread(diffs)
+        run["verdict"] = verdict(diffs)
+    inference: dict[str, Any] = {}
+    if study.inference_only and lulc_tokenizer is not None:
+        for thoughts in sets:
+            if "LULC" in thoughts:
+                continue  # the task's own modality is the answer, not a thought
+            label = "+".join(thoughts) if thoughts else "none"
+            inference[label] = generate_segmentation(
+                pretrained, lulc_tokenizer, val, thoughts, study.generate_steps
+            )
+    return {
+        "task": f"LULC segmentation from {'+'.join(study.inputs)} ({study.scales})",
+        "config": json.loads(json.dumps(to_dict(study))),
+        "n_train": len(train),
+        "n_val": len(val),
+        "finetune": runs,
+        "inference_only": inference,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def write_tim_study(summary: dict[str, Any], out: str | os.PathLike[str]) -> Path:
+    """``tim.json`` + ``tim.md``: mIoU mean +- standard deviation over seeds per thought set."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tim.json").write_text(json.dumps(summary, indent=2))
+    seeds = summary["config"]["seeds"]
+    lines = [
+        f"Task: {summary['task']}; {summary['n_train']} training crops, {summary['n_val']} val "
+        f"crops; seeds {', '.join(map(str, seeds))}. Thoughts are generated greedily by the "
+        "frozen pretrained model.",
+        "",
+        "**Fine-tuning placement** (encoder + head fine-tuned with the thoughts as extra inputs; "
+        "mIoU and pixel accuracy: mean +- standard deviation over seeds; gain: paired with the "
+        "run without thoughts of the same seed):",
+        "",
+        "| thoughts | mIoU | per seed | pixel accuracy | mIoU gain | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, r in summary["finetune"].items():
+        m, a = r["miou"], r["accuracy"]
+        gain = r.get("miou_gain")
+        lines.append(
+            f"| {label} | {m['mean']:.3f} +- {m['std']:.3f} | {', '.join(f'{v:.3f}' for v in m['values'])} "
+            f"| {a['mean']:.3f} +- {a['std']:.3f} | "
+            + (f"{gain['mean']:+.3f} +- {gain['std']:.3f}" if gain else "-")
+            + f" | {r.get('verdict', '-')} |"
+        )
+    inf = summary.get("inference_only") or {}
+    if inf:
+        lines += [
+            "",
+            "**Inference-only placement** (no fine-tuning: the frozen model generates the land "
+            "cover, greedy, from the inputs directly or through the thoughts; deterministic, so "
+            "no seeds):",
+            "",
+            "| generated | mIoU | pixel accuracy |",
+            "|---|---|---|",
+        ]
+        for label, r in inf.items():
+            src = "+".join(summary["config"]["inputs"])
+            via = f"{src} -> {label} -> LULC" if label != "none" else f"{src} -> LULC"
+            lines.append(f"| {via} | {r['miou']:.3f} | {r['accuracy']:.3f} |")
+    lines += ["", f"{summary['seconds']:.0f} s."]
     (out / "tim.md").write_text("\n".join(lines) + "\n")
     return out / "tim.md"

@@ -16,6 +16,8 @@ from terraloom.model.evaluate import (
     DEFAULT_TASKS,
     EvalConfig,
     evaluate_generation,
+    grid_energy,
+    grid_ratio,
     haversine_km,
     psnr,
     spherical_centroid,
@@ -54,6 +56,53 @@ def test_ssim() -> None:
     assert float(ssim(x * 0.5 + 0.25, x).mean()) < 1.0  # contrast change costs
 
 
+def test_grid_energy_is_the_dft_power_at_the_patch_frequency_and_harmonics() -> None:
+    x = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    power = np.abs(np.fft.fft2(x.numpy().astype(np.float64))) ** 2
+    lattice = np.zeros((64, 48), bool)
+    lattice[:: 64 // 16, :: 48 // 16] = True  # (k H / 16, l W / 16)
+    lattice[0, 0] = False  # not the mean
+    want = (power * lattice).sum((-2, -1)) / (64 * 48) ** 2
+    assert grid_energy(x).numpy() == pytest.approx(want, rel=1e-4)
+
+
+def _terrain(n: int = 4, size: int = 128) -> torch.Tensor:
+    """Smooth synthetic elevation (m): a slope plus broad hills, different per sample."""
+    g = torch.Generator().manual_seed(1)
+    yy, xx = torch.meshgrid(torch.arange(float(size)), torch.arange(float(size)), indexing="ij")
+    out = []
+    for _ in range(n):
+        a, b, ph = (torch.rand(3, generator=g) * torch.tensor([1.0, 1.0, 6.28])).tolist()
+        out.append(300 + a * xx + b * yy + 40 * torch.sin(xx / 23 + ph) * torch.cos(yy / 31))
+    return torch.stack(out)[:, None]
+
+
+def test_grid_ratio_tells_a_16_px_grid_from_noise() -> None:
+    ref = _terrain()
+    g = torch.Generator().manual_seed(2)
+    noise = ref + 3.0 * torch.randn(ref.shape, generator=g)
+    # every 16 px patch gets the same seam: a checkerboard of 8 px squares plus an edge ramp
+    i = torch.arange(128) % 16
+    cell = torch.where((i[:, None] < 8) ^ (i[None, :] < 8), 1.0, -1.0) + (i[None, :] - 7.5) / 7.5
+    gridded = noise + 3.0 * cell
+    r_noise, r_grid = grid_ratio(noise, ref), grid_ratio(gridded, ref)
+    assert r_noise < 0.05  # noise spreads over every frequency, little lands on the lattice
+    assert r_grid > 0.5 and r_grid > 20 * r_noise
+    assert grid_ratio(ref, ref) == 0.0
+    assert grid_ratio(torch.full_like(ref, float(ref.mean())), ref) == pytest.approx(1.0)
+    # blocky but not periodic (an independent level per patch): its spectrum is zero on the
+    # lattice; the measure looks for seams repeated in every patch, blockiness shows in the MAE
+    levels = torch.randn(4, 1, 8, 8, generator=g).repeat_interleave(16, 2).repeat_interleave(16, 3)
+    assert grid_ratio(ref + 3.0 * levels, ref) < 0.05
+    # units do not matter; nodata in the reference is neither error nor structure
+    assert grid_ratio(gridded * 1000, ref * 1000) == pytest.approx(r_grid, rel=1e-4)
+    holed = ref.clone()
+    holed[:, :, 40:60, 40:60] = float("nan")
+    valid = torch.isfinite(holed)
+    assert grid_ratio(noise, holed, valid) < 0.05
+    assert grid_ratio(gridded, holed, valid) > 0.5
+
+
 def test_haversine_and_centroid() -> None:
     assert haversine_km(np.array([[0.0, 0.0]]), np.array([0.0, 1.0]))[0] == pytest.approx(
         111.195, abs=0.01
@@ -78,6 +127,8 @@ def test_evaluation_report_with_baselines_from_the_same_run(stack: Stack, tmp_pa
     assert set(by) == {
         ("S1GRD -> S2L2A", "psnr"), ("S1GRD -> S2L2A", "ssim"), ("S2L2A -> LULC", "accuracy"),
         ("S2L2A -> LULC", "miou"), ("S2L2A -> DEM", "mae_m"), ("S2L2A -> GEO", "median_km"),
+        ("S1GRD -> S2L2A", "grid"), ("S2L2A -> DEM", "grid"), ("S2L2A -> S1GRD", "mae_db"),
+        ("S2L2A -> S1GRD", "grid"),
     }  # fmt: skip
     for r in report.rows:
         assert r["beats_baseline"] == (
@@ -91,6 +142,14 @@ def test_evaluation_report_with_baselines_from_the_same_run(stack: Stack, tmp_pa
     val_dem = val.pixels("DEM", vr, val.crops(vr)).numpy()
     assert by[("S2L2A -> DEM", "mae_m")]["baseline"] == pytest.approx(
         float(np.nanmean(np.abs(val_dem - dem_mean))), rel=1e-4
+    )
+    # a constant prediction holds exactly the reference's own energy at the patch period
+    assert by[("S2L2A -> DEM", "grid")]["baseline"] == pytest.approx(1.0, rel=1e-4)
+    assert by[("S2L2A -> S1GRD", "grid")]["baseline"] == pytest.approx(1.0, rel=1e-4)
+    s1_mean = np.nanmean(train.pixels("S1GRD", tr, train.crops(tr)).numpy(), axis=(0, 2, 3))
+    val_s1 = val.pixels("S1GRD", vr, val.crops(vr)).numpy()
+    assert by[("S2L2A -> S1GRD", "mae_db")]["baseline"] == pytest.approx(
+        float(np.nanmean(np.abs(val_s1 - s1_mean[None, :, None, None]))), rel=1e-3
     )
     lulc_train = train.pixels("LULC", tr, train.crops(tr)).numpy().astype(int)
     majority = max(LULC_CLASSES, key=lambda v: int((lulc_train == v).sum()))

@@ -15,13 +15,19 @@ from terraloom.model.tim import (
     SegmentationData,
     TiMConfig,
     TiMSegmenter,
+    TiMStudyConfig,
     compare_tim,
     confusion,
     iou_scores,
     load_segmentation_data,
     pool_positions,
+    tim_study,
+    verdict,
+    with_thoughts,
     write_tim_report,
+    write_tim_study,
 )
+from terraloom.tokenize_jobs.tokenizers.io import load_tokenizers
 
 CFG = TiMConfig(inputs=("S1GRD",), thoughts=("LULC",), steps=1, head_hidden=8)
 
@@ -167,3 +173,58 @@ def test_finetune_with_and_without_tim_reports_miou(
     )
     md = write_tim_report(summary, tmp_path).read_text()
     assert "encoder + head + TiM" in md and "mIoU" in md
+
+
+def test_precomputed_thoughts_are_the_thoughts_of_the_segmenter(
+    data: tuple[SegmentationData, SegmentationData],
+) -> None:
+    pretrained = tiny_model()
+    val = data[1]
+    thought = with_thoughts(pretrained, val, ["LULC"], steps=1, batch_size=2)
+    seg = TiMSegmenter(pretrained, CFG, use_tim=True)
+    assert torch.equal(thought.cond.tokens["LULC"], seg.think(val.cond).tokens["LULC"])
+    assert torch.equal(thought.labels, val.labels)
+    assert with_thoughts(pretrained, val, []) is val
+    with pytest.raises(ValueError, match="thought modality"):
+        with_thoughts(tiny_model(targets=("S2L2A", "GEO")), val, ["LULC"])
+
+
+def test_verdict_needs_a_consistent_gain_over_seeds() -> None:
+    assert verdict([0.05, 0.06, 0.04]) == "helps"
+    assert verdict([-0.05, -0.06, -0.04]) == "hurts"
+    assert verdict([0.10, -0.08, 0.01]) == "no clear difference"  # one lucky seed is not a win
+    assert verdict([0.2, 0.3]) == "too few seeds"
+
+
+def test_tim_study_reports_seeds_spread_and_both_placements(
+    stack: Stack, data: tuple[SegmentationData, SegmentationData], tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    train, val = data
+    study = TiMStudyConfig(
+        thoughts=(("LULC",), ("S2L2A",)),
+        seeds=(0, 1, 2),
+        finetune=FinetuneConfig(steps=2, batch_size=4, eval_batch=4),
+        generate_steps=2,
+        head_hidden=8,
+    )
+    lulc = load_tokenizers(stack.tokenizers, ["LULC"])["LULC"]
+    summary = tim_study(tiny_model(), train, val, study, lulc, progress=False)
+    runs = summary["finetune"]
+    assert list(runs) == ["none", "LULC", "S2L2A"]
+    for r in runs.values():
+        assert len(r["miou"]["values"]) == 3
+        assert r["miou"]["mean"] == pytest.approx(sum(r["miou"]["values"]) / 3, abs=1e-4)
+    gains = runs["LULC"]["miou_gain"]["values"]
+    want = [a - b for a, b in zip(runs["LULC"]["miou"]["values"], runs["none"]["miou"]["values"])]
+    assert gains == pytest.approx(want, abs=1e-3)  # paired with the same seed
+    assert runs["LULC"]["verdict"] == verdict(want)
+    # different seeds give different fine-tuned models
+    assert (
+        len(set(runs["none"]["miou"]["values"])) > 1
+        or len(set(runs["none"]["accuracy"]["values"])) > 1
+    )
+    # inference-only: direct and through S2L2A, never "through" the task's own modality
+    assert set(summary["inference_only"]) == {"none", "S2L2A"}
+    assert 0 <= summary["inference_only"]["S2L2A"]["miou"] <= 1
+    md = write_tim_study(summary, tmp_path).read_text()
+    assert "+-" in md and "S1GRD -> S2L2A -> LULC" in md and "Inference-only" in md
