@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from terraloom.pipeline.caption import Captioner
+from terraloom.pipeline.ee_quota import EeRequestConfig
 from terraloom.pipeline.hrefs import HrefPolicy
 from terraloom.schemas.layouts import CORPUS_MODALITIES
 from terraloom.schemas.modalities import Layout, get_modality
@@ -73,6 +74,9 @@ class BuildConfig:
     #: Which asset hrefs may be opened (on by default; ``run_build`` scopes it with the
     #: plan's catalog root and schemes). A refused href is an ``href_not_allowed`` reject.
     href_policy: HrefPolicy = HrefPolicy()
+    #: How ``ee://`` hrefs are read: endpoint (high-volume), project, request size,
+    #: concurrency, retries and timeout (``pipeline.ee_quota``; no credentials in it).
+    earthengine: EeRequestConfig = EeRequestConfig()
 
     def __post_init__(self) -> None:
         mods = tuple(get_modality(m).name for m in self.modalities)

@@ -50,6 +50,7 @@ from terraloom.pipeline.corpus_writer import (
     write_json_atomic,
 )
 from terraloom.pipeline.plan_store import PlanStoreError, plan_fingerprint, plan_metadata, read_plan
+from terraloom.pipeline.provenance import modality_sources
 from terraloom.schemas.layouts import CORPUS_MODALITIES, DEFAULT_SHARD_SAMPLES, SPLITS
 from terraloom.storage.lease import Lease, LeaseHeld
 from terraloom.storage.lease import acquire as acquire_lease
@@ -297,6 +298,8 @@ def prepare(
             "version": MANIFEST_VERSION,
             "plan_sha256": sha,
             # which source each modality came from (STAC collection or Earth Engine)
+            "modality_sources": modality_sources(plan),
+            # which source each modality came from (STAC collection or Earth Engine)
             "plan_source": redact(str(plan_path)),
             "shard_samples": shard_samples,
             "modalities": list(modality_names),
@@ -326,12 +329,19 @@ def prepare(
             info["n_samples"],
             shard_samples,
             modality_names,
-            attrs={"plan_sha256": sha},
+            attrs={"plan_sha256": sha, **_sources_attr(manifest)},
         )
     if not manifest.get("stores_ready"):
         manifest["stores_ready"] = True
         write_json_atomic(mpath, manifest)
     return manifest
+
+
+def _sources_attr(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The store attribute naming each modality's source (absent for manifests written
+    before it was recorded, so their stores reopen unchanged)."""
+    sources = manifest.get("modality_sources")
+    return {"modality_sources": sources} if sources else {}
 
 
 def check_fresh_out(out: Path) -> None:

@@ -70,6 +70,7 @@ from terraloom.pipeline.derive import (
     underivable,
     unsourced,
 )
+from terraloom.pipeline.ee_read import is_ee_group, read_ee_group
 from terraloom.pipeline.quality import (
     Issue,
     check_cloud,
@@ -546,7 +547,10 @@ def _process_group_safe(
     group: dict[str, list[_Use]], samples: list[_Sample], config: BuildConfig, cache: _SamplerCache
 ) -> None:
     try:
-        _process_group(group, samples, config, cache)
+        if is_ee_group(group):  # Earth Engine computes the pixels on each sample's own grid
+            read_ee_group(group, samples, config, _fail)
+        else:
+            _process_group(group, samples, config, cache)
     except Exception as exc:  # a bug must not take the block down; the rows say what happened
         msg = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"
         _fail(samples, [u for us in group.values() for u in us], RejectReason.INTERNAL_ERROR, msg)

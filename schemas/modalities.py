@@ -879,3 +879,153 @@ def terramind_key_to_modality(key: str) -> tuple[str, bool] | None:
         if key == t.token_key:
             return t.modality, False
     return None
+
+
+# --------------------------------------------------------------------------- Earth Engine
+
+
+@dataclass(frozen=True)
+class EarthEngineConvention:
+    """What a modality's Google Earth Engine collection holds, next to the STAC collections
+    of :attr:`Modality.collections`, and how its values map onto the corpus convention.
+
+    Earth Engine serves its own renditions of the products: Sentinel-2 with the
+    processing-baseline offset removed, Sentinel-1 GRD orthorectified and in dB, land cover
+    in the legend of its publisher. The build asks Earth Engine for pixels on each sample's
+    own grid (``ee.data.computePixels``) and turns the answer into corpus values with
+    :func:`ee_to_corpus`, the one place these conventions are applied.
+    """
+
+    #: The STAC collection it stands in for (the plan's collection id; ``PlanConfig.collections``
+    #: picks another one of a modality, e.g. ``LULC: esa-worldcover``).
+    stac_collection: str
+    modality: str
+    #: Earth Engine ImageCollection id.
+    collection: str
+    #: (registry band, Earth Engine band id) pairs; S2L2A also maps its SCL band.
+    bands: tuple[tuple[str, str], ...]
+    #: What the collection's pixels are, in words (docs, corpus provenance).
+    holds: str
+    #: Sentinel-2: (scale, offset) of reflectance = DN * scale + offset as Earth Engine
+    #: serves the DN (harmonised collections: offset already removed, so 0 for every baseline).
+    s2_reflectance: tuple[float, float] | None = None
+    #: SAR bands are served in dB; the build asks Earth Engine for ``10 ** (dB / 10)`` before
+    #: resampling, so its answers are linear power (resampled as power, like every source).
+    db: bool = False
+    #: Value Earth Engine fills masked pixels with (``unmask``); read back as nodata.
+    fill: float = 0.0
+    #: (source class, registry class) pairs for a land-cover legend; empty: identical legend.
+    legend: tuple[tuple[int, int], ...] = ()
+    #: Image property holding the scene cloud cover in percent, if any.
+    cloud_property: str | None = None
+    #: Vertical datum of heights (a :data:`VERTICAL_DATUMS` key), as :class:`SourceConvention`.
+    vertical_datum: str | None = None
+
+
+_EE_S2_BANDS = tuple(
+    (b, "B" + b[1:].lstrip("0") if b != "B8A" else "B8A")
+    for b in (
+        "B01",
+        "B02",
+        "B03",
+        "B04",
+        "B05",
+        "B06",
+        "B07",
+        "B08",
+        "B8A",
+        "B09",
+        "B10",
+        "B11",
+        "B12",
+    )
+)
+
+#: Earth Engine conventions per STAC collection (the collections ``plan --source ee`` uses).
+EARTH_ENGINE: dict[str, EarthEngineConvention] = {
+    c.stac_collection: c
+    for c in (
+        EarthEngineConvention(
+            "sentinel-2-l2a",
+            "S2L2A",
+            "COPERNICUS/S2_SR_HARMONIZED",
+            (*(p for p in _EE_S2_BANDS if p[0] != "B10"), ("SCL", "SCL")),
+            "Sentinel-2 L2A surface reflectance DN with the baseline-04.00 offset removed "
+            "(reflectance = DN / 10000 for every baseline); stored +1000 DN, the corpus convention",
+            s2_reflectance=(1 / S2_DN_SCALE, 0.0),
+            cloud_property="CLOUDY_PIXEL_PERCENTAGE",
+        ),
+        EarthEngineConvention(
+            "sentinel-2-l1c",
+            "S2L1C",
+            "COPERNICUS/S2_HARMONIZED",
+            _EE_S2_BANDS,
+            "Sentinel-2 L1C top-of-atmosphere reflectance DN with the baseline-04.00 offset "
+            "removed; stored +1000 DN, the corpus convention",
+            s2_reflectance=(1 / S2_DN_SCALE, 0.0),
+            cloud_property="CLOUDY_PIXEL_PERCENTAGE",
+        ),
+        EarthEngineConvention(
+            "sentinel-1-grd",
+            "S1GRD",
+            "COPERNICUS/S1_GRD",
+            (("VV", "VV"), ("VH", "VH")),
+            "Sentinel-1 GRD sigma0 in dB, thermal-noise removed, radiometrically calibrated and "
+            "orthorectified (terrain-corrected geometry, not terrain-flattened) in UTM: the "
+            "product TerraMesh's S1GRD (SSL4EO-S12) was made from, so it stays S1GRD, not S1RTC",
+            db=True,
+        ),
+        EarthEngineConvention(
+            "cop-dem-glo-30",
+            "DEM",
+            "COPERNICUS/DEM/GLO30",
+            (("elevation", "DEM"),),
+            "Copernicus DEM GLO-30 elevation in metres (EGM2008), the same tiles as cop-dem-glo-30",
+            fill=-32768.0,
+            vertical_datum="EGM2008",
+        ),
+        EarthEngineConvention(
+            "io-lulc-9-class",
+            "LULC",
+            "projects/sat-io/open-datasets/landcover/ESRI_Global-LULC_10m_TS",
+            (("class", "b1"),),
+            "Esri 10 m annual land use / land cover (community catalog), the io-lulc-9-class "
+            "legend: 1 water, 2 trees, 4 flooded vegetation, 5 crops, 7 built area, "
+            "8 bare ground, 9 snow/ice, 10 clouds, 11 rangeland; 0 nodata",
+            legend=tuple((v, v) for v in LULC_CLASSES),
+        ),
+    )
+}
+
+
+def ee_to_corpus(convention: EarthEngineConvention, band: str, values: np.ndarray) -> np.ndarray:
+    """Pixels of one band as Earth Engine answered -> float32 corpus values, NaN for nodata.
+
+    Sentinel-2 DN move onto :data:`S2_CONVENTION` (Earth Engine's harmonised DN + 1000, via
+    :func:`s2_harmonise_params`); SAR answers are linear power (see ``db``), the domain the
+    build mosaics SAR in, and non-positive power is nodata; a land-cover legend is mapped
+    onto the registry's classes (unknown values become nodata); ``fill`` is nodata.
+    """
+    m = get_modality(convention.modality)
+    raw = np.asarray(values)
+    out = raw.astype(np.float32, copy=True)
+    fill = np.float32(convention.fill)
+    nodata = ~np.isfinite(out) | (out == fill)
+    if m.nodata is not None and not (isinstance(m.nodata, float) and np.isnan(m.nodata)):
+        nodata |= out == np.float32(m.nodata)
+    if convention.s2_reflectance is not None and band != "SCL":
+        gain, bias = s2_harmonise_params(*convention.s2_reflectance, None)
+        out = out * np.float32(gain) + np.float32(bias)
+    if convention.db:
+        nodata |= out <= 0
+    if convention.legend and m.classes:
+        lut = np.zeros(65536, np.float32)
+        for src, dst in convention.legend:
+            lut[int(src)] = float(dst)
+        ok = ~nodata & (out >= 0) & (out < lut.size)
+        mapped = np.zeros(out.shape, np.float32)
+        mapped[ok] = lut[out[ok].astype(np.int64)]
+        nodata |= mapped == 0
+        out = mapped
+    out[nodata] = np.nan
+    return out

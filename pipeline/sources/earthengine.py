@@ -1,33 +1,48 @@
 """Google Earth Engine as a source: catalog search mapped to the item model, pixels by grid.
 
-Earth Engine collection ids are mapped from the STAC ids the plan uses; image metadata
-(``bands`` with ``crs``/``crs_transform``/``dimensions``, ``system:time_start``,
+Earth Engine collection ids come from the registry's Earth Engine conventions
+(``schemas.modalities.EARTH_ENGINE``), keyed here by the STAC ids the plan uses; image
+metadata (``bands`` with ``crs``/``crs_transform``/``dimensions``, ``system:time_start``,
 ``system:footprint``, mission properties) is mapped to :class:`SourceItem` with the same
 canonical band names as STAC sources. Hrefs are ``ee://<image id>`` with the Earth Engine band
-id as the asset key; pixels are later fetched with ``ee.data.computePixels`` directly on the
-sample's UTM grid (:func:`pixel_grid`), so Earth Engine does the resampling server-side.
+id as the asset key; the build reads them with ``ee.data.computePixels`` directly on the
+sample's UTM grid (:func:`pixel_grid`, :func:`read_pixels`), so Earth Engine resamples
+server-side with the modality's rule (bilinear / bicubic where Earth Engine offers it,
+SAR in linear power), within the quotas of :mod:`pipeline.ee_quota`.
 
-Earth Engine needs credentials (``earthengine authenticate`` or a service account), which the
-test machines do not have: tests inject a *recorded* client (canned JSON of a real
-``ImageCollection.getInfo()`` answer) through the small :class:`EeClient` protocol. That is
-the one mock in the planning tests, and it stands in only for Google's servers.
-``ee`` is imported lazily, only when a real client is built.
+Credentials come from Earth Engine's standard mechanisms (``earthengine authenticate``, or a
+service-account key in ``GOOGLE_APPLICATION_CREDENTIALS``) and are never written anywhere.
+``ee`` is imported lazily, only when a real client is built. The tests point that real
+client at a local stand-in of the REST API (``tests/pipeline/sources/ee_kit.py``); a few
+planning tests still replay a *recorded* ``getInfo()`` answer through :class:`EeClient`.
 
 Note: Earth Engine's ``COPERNICUS/S1_GRD`` is already orthorectified (terrain-corrected,
-in dB, in UTM), so its items are not flagged ``needs_gcps`` and their values are dB.
+in dB, in UTM), so its items are not flagged ``needs_gcps``; what S1GRD holds when it comes
+from Earth Engine is said in the registry (``EARTH_ENGINE["S1GRD"].holds``).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import numpy as np
 from shapely.geometry import Polygon, box, shape
 from shapely.geometry.base import BaseGeometry
 
+from terraloom.pipeline.ee_quota import (
+    EeRequestConfig,
+    EeRequestError,
+    call_with_retries,
+    request_slot,
+    split_request,
+)
 from terraloom.pipeline.sources.base import (
     SCL_BAND,
     Source,
@@ -38,27 +53,22 @@ from terraloom.pipeline.sources.base import (
     matches_query,
     modality_for_collection,
 )
-
-_S2_EE_BANDS = {
-    "B01": "B1",
-    "B02": "B2",
-    "B03": "B3",
-    "B04": "B4",
-    "B05": "B5",
-    "B06": "B6",
-    "B07": "B7",
-    "B08": "B8",
-    "B8A": "B8A",
-    "B09": "B9",
-    "B10": "B10",
-    "B11": "B11",
-    "B12": "B12",
-}
+from terraloom.schemas.modalities import (
+    EARTH_ENGINE,
+    S2_BOA_OFFSET,
+    S2_DN_SCALE,
+    EarthEngineConvention,
+    Modality,
+    Resampling,
+    ee_to_corpus,
+    get_modality,
+)
+from terraloom.storage.redact import redact
 
 
 @dataclass(frozen=True)
 class EeCollection:
-    """How one STAC collection is served by Earth Engine."""
+    """How one STAC collection is served by Earth Engine (from the registry's conventions)."""
 
     ee_id: str
     #: canonical band name -> Earth Engine band id
@@ -66,29 +76,28 @@ class EeCollection:
     kind: str  # "s2", "s1", "dem", "lulc"
     #: Earth Engine property holding cloud cover percent, if any
     cloud_property: str | None = None
+    convention: EarthEngineConvention | None = None
 
 
+_KINDS = {"S2L2A": "s2", "S2L1C": "s2", "S1GRD": "s1", "DEM": "dem", "LULC": "lulc"}
+
+#: STAC collection id -> its Earth Engine rendition (``schemas.modalities.EARTH_ENGINE``).
 EE_COLLECTIONS: dict[str, EeCollection] = {
-    "sentinel-2-l2a": EeCollection(
-        "COPERNICUS/S2_SR_HARMONIZED",
-        {**{k: v for k, v in _S2_EE_BANDS.items() if k != "B10"}, SCL_BAND: "SCL"},
-        "s2",
-        "CLOUDY_PIXEL_PERCENTAGE",
-    ),
-    "sentinel-2-l1c": EeCollection(
-        "COPERNICUS/S2_HARMONIZED", dict(_S2_EE_BANDS), "s2", "CLOUDY_PIXEL_PERCENTAGE"
-    ),
-    "sentinel-1-grd": EeCollection("COPERNICUS/S1_GRD", {"VV": "VV", "VH": "VH"}, "s1"),
-    "cop-dem-glo-30": EeCollection("COPERNICUS/DEM/GLO30", {"elevation": "DEM"}, "dem"),
-    # Esri 10 m annual land cover, community catalog (awesome-gee-community-catalog).
-    "io-lulc-9-class": EeCollection(
-        "projects/sat-io/open-datasets/landcover/ESRI_Global-LULC_10m_TS", {"class": "b1"}, "lulc"
-    ),
+    stac_id: EeCollection(
+        conv.collection, dict(conv.bands), _KINDS[conv.modality], conv.cloud_property, conv
+    )
+    for stac_id, conv in EARTH_ENGINE.items()
 }
 
 
 class EeClient(Protocol):
-    """The two calls terraloom makes to Earth Engine (so tests can replay recorded answers)."""
+    """The two calls terraloom makes to Earth Engine (so tests can replay recorded answers).
+
+    ``compute_pixels`` answers (height, width) with one field per band (the ``ee`` client's
+    NUMPY_NDARRAY) or a plain (height, width, band) array. ``resample`` is Earth Engine's
+    ``Image.resample`` mode (None: its default, nearest); ``to_power`` asks for
+    ``10 ** (value / 10)`` before resampling (dB bands); ``fill`` replaces masked pixels.
+    """
 
     def list_images(
         self,
@@ -100,12 +109,21 @@ class EeClient(Protocol):
     ) -> list[dict[str, Any]]: ...
 
     def compute_pixels(
-        self, image_id: str, bands: Sequence[str], grid: Mapping[str, Any]
+        self,
+        image_id: str,
+        bands: Sequence[str],
+        grid: Mapping[str, Any],
+        *,
+        resample: str | None = None,
+        to_power: bool = False,
+        fill: float | None = None,
     ) -> Any: ...
 
 
 def _credentials_present() -> bool:
-    """Whether Earth Engine could find credentials, checked without touching the network."""
+    """Whether Earth Engine could find credentials, checked without touching the network:
+    a service-account key or user credentials named by ``GOOGLE_APPLICATION_CREDENTIALS``,
+    or the file ``earthengine authenticate`` writes."""
     if os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or os.environ.get("EE_SERVICE_ACCOUNT_KEY"):
         return True
     try:
@@ -117,10 +135,20 @@ def _credentials_present() -> bool:
     return os.path.exists(path)
 
 
-class _LiveClient:
-    """The real Earth Engine client (needs credentials and network)."""
+_LN10_OVER_10 = math.log(10.0) / 10.0
 
-    def __init__(self, project: str | None = None) -> None:
+
+class _LiveClient:
+    """The real Earth Engine client (needs credentials and network).
+
+    Credentials come from the standard mechanisms only (``ee.Initialize``'s persistent
+    credentials: ``earthengine authenticate``, or application default credentials such as
+    a service-account key in ``GOOGLE_APPLICATION_CREDENTIALS``); terraloom never reads,
+    copies or writes them. The ``ee`` client keeps one global state per process, so one
+    process talks to one endpoint and project (:func:`live_client` caches it).
+    """
+
+    def __init__(self, project: str | None = None, config: EeRequestConfig | None = None) -> None:
         try:
             import ee
         except ImportError:
@@ -132,11 +160,17 @@ class _LiveClient:
                 "Earth Engine credentials not found: run `earthengine authenticate` "
                 "(or set GOOGLE_APPLICATION_CREDENTIALS to a service-account key) and retry"
             )
+        cfg = config or EeRequestConfig(high_volume=False)
+        project = project or cfg.project or os.environ.get("EE_PROJECT")
         try:
-            ee.Initialize(project=project or os.environ.get("EE_PROJECT"))
+            ee.Initialize(project=project, url=cfg.endpoint)
+            # every attempt is one HTTP request: the retries are ours (ee_quota)
+            ee.data.setMaxRetries(0)
+            ee.data.setDeadline(int(cfg.timeout_s * 1000))
         except Exception as err:  # ee raises EEException and google.auth errors
             raise SourceError(
-                f"Earth Engine initialisation failed: {err}. Run `earthengine authenticate` and pass --ee-project"
+                f"Earth Engine initialisation failed: {redact(_first_line(err))}. "
+                "Run `earthengine authenticate` and pass --ee-project"
             ) from None
         self.ee = ee
 
@@ -156,14 +190,45 @@ class _LiveClient:
             col = col.filterDate(start, end)
         return list(col.limit(limit).getInfo().get("features", []))
 
-    def compute_pixels(self, image_id: str, bands: Sequence[str], grid: Mapping[str, Any]) -> Any:
+    def compute_pixels(
+        self,
+        image_id: str,
+        bands: Sequence[str],
+        grid: Mapping[str, Any],
+        *,
+        resample: str | None = None,
+        to_power: bool = False,
+        fill: float | None = None,
+    ) -> Any:
         ee = self.ee
-        request = {
-            "expression": ee.Image(image_id).select(list(bands)),
-            "fileFormat": "NUMPY_NDARRAY",
-            "grid": dict(grid),
-        }
+        image = ee.Image(image_id).select(list(bands))
+        if to_power:  # 10 ** (dB / 10), computed on the native grid, before resampling
+            image = image.multiply(_LN10_OVER_10).exp()
+        if resample is not None:
+            image = image.resample(resample)
+        if fill is not None:
+            image = image.unmask(fill, False)
+        request = {"expression": image, "fileFormat": "NUMPY_NDARRAY", "grid": dict(grid)}
         return ee.data.computePixels(request)
+
+
+_CLIENTS: dict[tuple[str | None, str | None, float], _LiveClient] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def live_client(config: EeRequestConfig) -> EeClient:
+    """The process's Earth Engine client for ``config`` (initialised once per worker)."""
+    key = (config.endpoint, config.project, config.timeout_s)
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            client = _CLIENTS[key] = _LiveClient(config.project, config)
+        return client
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def _ms_to_dt(ms: Any) -> datetime:
@@ -199,6 +264,7 @@ def item_from_ee(info: Mapping[str, Any], collection: str) -> SourceItem:
         epsg = int(crs.split(":")[1]) if crs.upper().startswith("EPSG:") else None
         tf = b.get("crs_transform")
         dims = b.get("dimensions")
+        s2_dn = spec.kind == "s2" and name != SCL_BAND
         assets[name] = SourceAsset(
             key=ee_band,
             href=f"ee://{image_id}",
@@ -208,6 +274,10 @@ def item_from_ee(info: Mapping[str, Any], collection: str) -> SourceItem:
             shape=(int(dims[1]), int(dims[0]))
             if dims
             else None,  # EE dimensions are (width, height)
+            # what the build hands on: S2 DN already moved onto the corpus convention
+            # (ee_to_corpus), so reflectance = DN / 10000 - 0.1 whatever the baseline
+            scale=1 / S2_DN_SCALE if s2_dn else None,
+            offset=S2_BOA_OFFSET if s2_dn else None,
         )
     start = props.get("system:time_start")
     end = props.get("system:time_end")
@@ -286,9 +356,16 @@ class EarthEngineSource(Source):
     name = "ee"
 
     def __init__(
-        self, client: EeClient | None = None, *, project: str | None = None, limit: int = 5000
+        self,
+        client: EeClient | None = None,
+        *,
+        project: str | None = None,
+        limit: int = 5000,
+        config: EeRequestConfig | None = None,
     ) -> None:
-        self.client: EeClient = client if client is not None else _LiveClient(project)
+        # planning lists catalogs: the standard endpoint unless the config names another
+        cfg = config or EeRequestConfig(high_volume=False)
+        self.client: EeClient = client if client is not None else _LiveClient(project, cfg)
         self.limit = limit
 
     def collections(self) -> list[str]:
@@ -339,15 +416,128 @@ class EarthEngineSource(Source):
         transform: Sequence[float],
         width: int,
         height: int,
-    ) -> Any:
-        """Pixels of canonical ``bands`` of an item on a sample grid (server-side resampling)."""
+        config: EeRequestConfig | None = None,
+    ) -> np.ndarray:
+        """Corpus values (band, y, x) of canonical ``bands`` of an item on a sample grid
+        (server-side resampling; see :func:`read_pixels`)."""
+        conv = EARTH_ENGINE.get(item.collection)
+        if conv is None:
+            raise SourceError(f"{item.collection} has no Earth Engine convention")
         keys = [item.assets[b].key for b in bands]
+        grid = pixel_grid(epsg, transform, width, height)
         try:
-            return self.client.compute_pixels(
-                item.id, keys, pixel_grid(epsg, transform, width, height)
-            )
-        except Exception as err:
+            return read_pixels(self.client, item.id, conv, list(bands), keys, grid, config)
+        except EeRequestError as err:
             raise SourceError(f"Earth Engine computePixels of {item.id} failed: {err}") from None
+
+
+def ee_resampling(m: Modality, band: str) -> str | None:
+    """Earth Engine's ``Image.resample`` mode for a band (None: Earth Engine's default,
+    nearest neighbour, for classes and the SCL classification; mode is not offered)."""
+    if band == SCL_BAND or m.resampling in (Resampling.NEAREST, Resampling.MODE):
+        return None
+    return "bicubic" if m.resampling is Resampling.CUBIC else "bilinear"
+
+
+#: Bytes per value assumed when sizing a request: computed answers (resampled, dB to power)
+#: can come back as float64, so requests are sized for the widest type.
+ANSWER_BYTES_PER_VALUE = 8
+
+
+def _as_bands(answer: Any, keys: Sequence[str], height: int, width: int) -> np.ndarray:
+    arr = np.asarray(answer)
+    if arr.dtype.names:  # NUMPY_NDARRAY: a structured (h, w) array, one field per band
+        missing = [k for k in keys if k not in arr.dtype.names]
+        if missing:
+            raise SourceError(f"Earth Engine answered without bands {missing}")
+        out = np.stack([arr[k] for k in keys])
+    elif arr.ndim == 3:
+        out = np.moveaxis(arr, -1, 0)
+    else:
+        out = arr.reshape((1, *arr.shape))
+    if out.shape != (len(keys), height, width):
+        raise SourceError(
+            f"Earth Engine answered {out.shape[1:]} px for a {height} x {width} request"
+        )
+    return out
+
+
+def read_pixels(
+    client: EeClient,
+    image_id: str,
+    convention: EarthEngineConvention,
+    bands: Sequence[str],
+    keys: Sequence[str],
+    grid: Mapping[str, Any],
+    config: EeRequestConfig | None = None,
+    *,
+    stats: dict[str, float] | None = None,
+    sleep: Any = time.sleep,
+) -> np.ndarray:
+    """Pixels of ``bands`` (Earth Engine ids ``keys``) of one image on ``grid`` as float32
+    corpus values (band, y, x), NaN for nodata.
+
+    Requests are split under ``config.max_request_bytes`` (bands, then rows), each runs in
+    one of the worker's ``max_concurrent`` slots, with ``timeout_s`` and retries of 429/5xx
+    (:mod:`pipeline.ee_quota`); the resampling is the modality's where Earth Engine
+    offers it. Raises :class:`EeRequestError` when a request fails for good.
+    """
+    cfg = config or EeRequestConfig()
+    m = get_modality(convention.modality)
+    width = int(grid["dimensions"]["width"])
+    height = int(grid["dimensions"]["height"])
+    out = np.full((len(bands), height, width), np.nan, np.float32)
+    # one family per resampling mode (the SCL of S2 is nearest, its reflectance bilinear)
+    families: dict[str | None, list[int]] = {}
+    for i, b in enumerate(bands):
+        families.setdefault(ee_resampling(m, b), []).append(i)
+    slot = request_slot(cfg.max_concurrent)
+    counters = stats if stats is not None else {}
+    for mode, idx in families.items():
+        parts = split_request(
+            len(idx), width, height, ANSWER_BYTES_PER_VALUE, cfg.max_request_bytes
+        )
+        for part in parts:
+            sel = [idx[j] for j in part.bands]
+            sub_keys = [keys[j] for j in sel]
+            sub_grid = _row_grid(grid, part.row0, part.row1)
+
+            def call(
+                sub_keys: list[str] = sub_keys,
+                sub_grid: dict[str, Any] = sub_grid,
+                mode: str | None = mode,
+            ) -> Any:
+                with slot:
+                    counters["ee_requests"] = counters.get("ee_requests", 0.0) + 1.0
+                    return client.compute_pixels(
+                        image_id,
+                        sub_keys,
+                        sub_grid,
+                        resample=mode,
+                        to_power=convention.db,
+                        fill=convention.fill,
+                    )
+
+            def retried(attempt: int, exc: BaseException) -> None:
+                counters["ee_retries"] = counters.get("ee_retries", 0.0) + 1.0
+
+            answer = call_with_retries(call, cfg, sleep=sleep, on_retry=retried)
+            values = _as_bands(answer, sub_keys, part.height, width)
+            for j, band_i in enumerate(sel):
+                out[band_i, part.row0 : part.row1] = ee_to_corpus(
+                    convention, bands[band_i], values[j]
+                )
+    return out
+
+
+def _row_grid(grid: Mapping[str, Any], row0: int, row1: int) -> dict[str, Any]:
+    """The grid of rows [row0, row1) of ``grid`` (same pixels, shifted origin)."""
+    g = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in grid.items()}
+    t = g["affineTransform"]
+    t["translateX"] = float(t["translateX"]) + row0 * float(t.get("shearX", 0.0))
+    t["translateY"] = float(t["translateY"]) + row0 * float(t["scaleY"])
+    g["dimensions"] = {"width": int(grid["dimensions"]["width"]), "height": row1 - row0}
+    return g
 
 
 def _stac_like(item: SourceItem) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from terraloom.pipeline.grid import Region
 from terraloom.pipeline.plan import PlanConfig, plan_samples
 from terraloom.pipeline.sources.base import SourceError
 from terraloom.pipeline.sources.earthengine import EarthEngineSource, item_from_ee, pixel_grid
+from terraloom.schemas.modalities import EARTH_ENGINE, ee_to_corpus
 
 # 2023-08-15, tile 33TWL: timestamps in ms, footprints as LinearRing, crs_transform per band.
 _S2_BANDS = [
@@ -174,11 +175,22 @@ class RecordedClient:
         self.calls.append(("list_images", (ee_id, bbox, start, end)))
         return list(RECORDED.get(ee_id, {"features": []})["features"])
 
-    def compute_pixels(self, image_id: str, bands: Any, grid: Any) -> np.ndarray:
-        self.calls.append(("compute_pixels", (image_id, list(bands), grid)))
-        return np.zeros(
-            (grid["dimensions"]["height"], grid["dimensions"]["width"], len(bands)), np.uint16
-        )
+    def compute_pixels(
+        self,
+        image_id: str,
+        bands: Any,
+        grid: Any,
+        *,
+        resample: str | None = None,
+        to_power: bool = False,
+        fill: float | None = None,
+    ) -> np.ndarray:
+        self.calls.append(("compute_pixels", (image_id, list(bands), grid, resample)))
+        h, w = grid["dimensions"]["height"], grid["dimensions"]["width"]
+        out = np.zeros((h, w), dtype=[(b, "<u2") for b in bands])
+        for b in bands:
+            out[b] = 500  # harmonised DN: reflectance 0.05
+        return out
 
 
 def test_s2_image_metadata_maps_to_the_item_model() -> None:
@@ -259,10 +271,15 @@ def test_pixels_are_requested_on_the_sample_grid() -> None:
     src = EarthEngineSource(client=client)
     it = item_from_ee(RECORDED["COPERNICUS/S2_SR_HARMONIZED"]["features"][0], "sentinel-2-l2a")
     tf = (10.0, 0.0, 531200.0, 0.0, -10.0, 5040160.0)
-    arr = src.fetch_pixels(it, ["B04", "B8A"], 32633, tf, 264, 264)
-    assert arr.shape == (264, 264, 2)
-    _, (image_id, bands, grid) = client.calls[-1]
-    assert image_id == it.id and bands == ["B4", "B8A"]
+    arr = src.fetch_pixels(it, ["B04", "B8A", "SCL"], 32633, tf, 264, 264)
+    # (band, y, x) corpus values: harmonised DN 500 -> 1500 on the corpus convention, SCL kept
+    assert arr.shape == (3, 264, 264)
+    assert (arr[0] == 1500).all() and (arr[1] == 1500).all() and (arr[2] == 500).all()
+    calls = [c[1] for c in client.calls if c[0] == "compute_pixels"]
+    # the reflectance bands resampled bilinearly by Earth Engine, SCL nearest (its default)
+    assert [(c[1], c[3]) for c in calls] == [(["B4", "B8A"], "bilinear"), (["SCL"], None)]
+    image_id, _, grid, _ = calls[0]
+    assert image_id == it.id
     assert grid == pixel_grid(32633, tf, 264, 264)
     assert grid["crsCode"] == "EPSG:32633"
     assert grid["affineTransform"] == {
@@ -273,6 +290,29 @@ def test_pixels_are_requested_on_the_sample_grid() -> None:
         "scaleY": -10.0,
         "translateY": 5040160.0,
     }
+    # the plan's S2 assets describe the values the build hands on (corpus convention)
+    assert (it.assets["B04"].scale, it.assets["B04"].offset) == (0.0001, -0.1)
+    assert it.assets["SCL"].scale is None
+
+
+def test_earth_engine_conventions_map_onto_the_corpus() -> None:
+    s2 = EARTH_ENGINE["sentinel-2-l2a"]
+    assert s2.collection == "COPERNICUS/S2_SR_HARMONIZED"
+    out = ee_to_corpus(s2, "B04", np.array([0, 500, 9000], np.uint16))
+    assert np.isnan(out[0]) and list(out[1:]) == [1500.0, 10000.0]  # DN + 1000, 0 nodata
+    s1 = EARTH_ENGINE["sentinel-1-grd"]
+    assert s1.db and "orthorectified" in s1.holds and s1.modality == "S1GRD"
+    power = ee_to_corpus(s1, "VV", np.array([0.05, 0.0, np.nan]))  # answers are linear power
+    assert power[0] == pytest.approx(0.05) and np.isnan(power[1:]).all()
+    dem = EARTH_ENGINE["cop-dem-glo-30"]
+    assert dem.vertical_datum == "EGM2008"
+    assert list(np.isnan(ee_to_corpus(dem, "elevation", np.array([-32768.0, 0.0, 812.5])))) == [
+        True,
+        False,
+        False,
+    ]
+    esri = EARTH_ENGINE["io-lulc-9-class"]
+    assert list(ee_to_corpus(esri, "class", np.array([1, 11, 3], np.uint8))[:2]) == [1.0, 11.0]
 
 
 def test_clear_error_without_credentials(monkeypatch, tmp_path) -> None:
