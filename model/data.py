@@ -16,6 +16,7 @@ per shard), the one reader of the token store.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from terraloom.model.config import Kind, MaskingConfig, ModalitySpecs, ModelConfig, modality_specs
 from terraloom.model.masking import assemble, plan_masks
 from terraloom.schemas.modalities import Layout, get_modality
-from terraloom.tokenize_jobs.store import TokenStore
+from terraloom.tokenize_jobs.store import ReadMode, TokenStore
 
 _SEED_TAG_ORDER = 0x5EED
 _SEED_TAG_MASK = 0x3A5C
@@ -280,8 +281,11 @@ class MaskedBatches(Dataset):
         world: int = 1,
         pixel_dtype: torch.dtype = torch.float16,
         shrink_batch: bool = False,
+        store_mode: ReadMode = "auto",
     ) -> None:
         self.tokens_path = Path(tokens)
+        #: ``TokenStore`` read mode (``auto``: in RAM up to 512 MiB, else memory-mapped)
+        self.store_mode: ReadMode = store_mode
         self.corpus_path = Path(corpus) if corpus else None
         self.model_cfg = model
         self.masking = masking
@@ -289,7 +293,7 @@ class MaskedBatches(Dataset):
         self.pixel_dtype = pixel_dtype
         if any(s.kind is Kind.PIXELS for s in self.specs.inputs) and self.corpus_path is None:
             raise ValueError("the model has pixel inputs but no corpus path was given")
-        store = TokenStore(self.tokens_path)
+        store = TokenStore(self.tokens_path, mode=store_mode)
         missing = [m for m in self.specs.token_modalities if m not in store.modalities]
         if missing:
             raise ValueError(f"{self.tokens_path}: token store lacks modalities {missing}")
@@ -310,8 +314,10 @@ class MaskedBatches(Dataset):
         return self.order.batches_per_epoch
 
     def _open(self) -> None:
-        if self._pid != os.getpid():  # forked worker: reopen handles
-            self._store = TokenStore(self.tokens_path)
+        if self._pid != os.getpid():  # worker process: fresh handles, same metadata
+            # A copy drops the maps and caches (TokenStore.__getstate__) but keeps ``valid``:
+            # re-opening would re-read every commit marker (31k at a million samples) per worker.
+            self._store = copy.copy(self._store)
             self._pixels = None
             self._pid = os.getpid()
         if self._pixels is None and self.corpus_path is not None:

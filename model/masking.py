@@ -23,6 +23,7 @@ except the span masking of sequences (a few small NumPy ops per sample).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -196,21 +197,24 @@ def plan_masks(
     n_img = specs.n_image_positions
     a_in, a_t, mix_p = mixture_alphas(specs, cfg)
 
+    # One generator per sample, drawn in a fixed order: mixture, input then target gammas,
+    # input then target position keys. Consecutive draws of the same kind are made in one
+    # call (the same numbers as separate calls; fewer calls is what the loader's hot path
+    # needs, see docs/bench.md, bench/loader.py).
     mixture = np.zeros(b, np.int64)
-    w_in = np.zeros((b, m_in))
-    w_t = np.zeros((b, m_t))
-    keys_in = np.zeros((b, m_in, n_img))
-    keys_t = np.zeros((b, m_t, n_img))
+    w_all = np.zeros((b, m_in + m_t))
+    keys_all = np.empty((b, m_in + m_t, n_img))
+    cum_p = np.cumsum(mix_p).tolist()
+    a_all = np.concatenate([a_in, a_t], 1)
+    last = len(mix_p) - 1
     for i, rng in enumerate(rngs):
-        mixture[i] = min(
-            int(np.searchsorted(np.cumsum(mix_p), rng.random(), side="right")), len(mix_p) - 1
-        )
-        w_in[i] = rng.gamma(a_in[mixture[i]])
-        w_t[i] = rng.gamma(a_t[mixture[i]])
-        keys_in[i] = rng.random((m_in, n_img))
-        keys_t[i] = rng.random((m_t, n_img))
-    w_in = _normalise(w_in * avail_in, avail_in)
-    w_t = _normalise(w_t * avail_tgt, avail_tgt)
+        c = min(bisect.bisect_right(cum_p, rng.random()), last)
+        mixture[i] = c
+        w_all[i] = rng.gamma(a_all[c])
+        rng.random(out=keys_all[i])
+    w_in = _normalise(w_all[:, :m_in] * avail_in, avail_in)
+    w_t = _normalise(w_all[:, m_in:] * avail_tgt, avail_tgt)
+    keys_in, keys_t = keys_all[:, :m_in], keys_all[:, m_in:]
 
     seq_len = {name: np.asarray(lens, np.int64) for name, (_, lens) in sequences.items()}
     caps_in = np.zeros((b, m_in), np.int64)
@@ -223,8 +227,7 @@ def plan_masks(
     in_sel = np.zeros((b, m_in, width), bool)
     img_in = [i for i, s in enumerate(specs.inputs) if s.kind is not Kind.SEQUENCE]
     if img_in:
-        rank = np.argsort(np.argsort(keys_in[:, img_in], axis=-1), axis=-1)
-        in_sel[:, img_in, :n_img] = rank < n_in[:, img_in, None]
+        in_sel[:, img_in, :n_img] = _smallest(keys_in[:, img_in], n_in[:, img_in])
     in_seq: dict[int, np.ndarray] = {}
     tgt_from_input: dict[str, list[np.ndarray]] = {}
     for i, s in enumerate(specs.inputs):
@@ -269,8 +272,7 @@ def plan_masks(
     img_t = [j for j, t in enumerate(specs.targets) if t.kind is not Kind.SEQUENCE]
     if img_t:
         k = np.where(blocked[:, img_t], np.inf, keys_t[:, img_t])
-        rank = np.argsort(np.argsort(k, axis=-1), axis=-1)
-        tgt_sel[:, img_t, :n_img] = rank < n_tgt[:, img_t, None]
+        tgt_sel[:, img_t, :n_img] = _smallest(k, n_tgt[:, img_t])
     for j, t in enumerate(specs.targets):
         if t.kind is not Kind.SEQUENCE:
             continue
@@ -288,14 +290,42 @@ def _normalise(w: np.ndarray, avail: np.ndarray) -> np.ndarray:
     return np.where(s > 0, w / np.where(s > 0, s, 1.0), uniform)
 
 
+def _smallest(keys: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Mask of the ``n[...]`` smallest of each row of ``keys`` (..., P).
+
+    What ``argsort(argsort(keys)) < n`` selects (keys are continuous random draws, so
+    there are no ties among the selected; blocked positions are ``inf`` and ``n`` never
+    exceeds the finite ones), with one sort of only the rows that are neither empty nor
+    full: the double argsort of every row was the loader's largest cost.
+    """
+    p = keys.shape[-1]
+    sel = np.zeros(keys.shape, bool)
+    sel[n >= p] = True
+    part = (n > 0) & (n < p)
+    if part.any():
+        k = keys[part]
+        thr = np.take_along_axis(np.sort(k, axis=-1), (n[part] - 1)[:, None], -1)
+        sel[part] = k <= thr
+    return sel
+
+
 def _compact(sel: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
-    """(B, C) candidate mask -> (B, budget) candidate indices (selected first, in order) and pad."""
-    c = sel.shape[1]
-    if c < budget:
-        sel = np.pad(sel, ((0, 0), (0, budget - c)))
-    order = np.argsort(~sel, axis=1, kind="stable")[:, :budget]
-    pad = ~np.take_along_axis(sel, order, 1)
-    return np.where(order < c, order, 0), pad
+    """(B, C) candidate mask -> (B, budget) candidate indices (selected first, in order) and pad.
+
+    The order of a stable argsort of ``~sel`` (selected, then the rest, each in index
+    order), computed by scattering running counts: linear instead of a sort per row.
+    """
+    b, c = sel.shape
+    cs = np.cumsum(sel, 1, dtype=np.int32)
+    n_sel = cs[:, -1:] if c else np.zeros((b, 1), np.int32)
+    # selected: their rank among the selected; the rest: after all selected, in order
+    dest = np.where(sel, cs - 1, n_sel + np.arange(c, dtype=np.int32) - cs)
+    keep = dest < budget
+    order = np.zeros((b, budget), np.int64)
+    rows, cols = np.nonzero(keep)
+    order[rows, dest[rows, cols]] = cols
+    pad = np.arange(budget)[None, :] >= n_sel
+    return order, pad
 
 
 def assemble(

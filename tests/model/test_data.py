@@ -173,3 +173,39 @@ def test_dataset_rejects_inconsistent_setups(toy_world, small_model, small_maski
             small_masking,
             global_batch=8,
         )
+
+
+@pytest.mark.parametrize("mode", ["memmap", "zarr"])
+def test_store_mode_is_used_and_gives_the_same_batches(make_dataset, mode) -> None:
+    """A big store is read memory-mapped (or through zarr) on request, in workers too,
+    with batches identical to the in-RAM read."""
+    ds = make_dataset(store_mode=mode)
+    assert ds._store.mode == mode
+    ref = make_dataset(store_mode="memory")
+    assert _same(ds[(0, 2)], ref[(0, 2)])
+    (got,) = list(TokenLoader(ds, num_workers=1, max_batches=1))
+    assert _same(got, ref[(0, 0)])
+
+
+def test_workers_keep_the_parent_view_of_the_store(toy_world, small_model, tmp_path) -> None:
+    """Workers copy the opened store (valid rows included) instead of re-opening it: the
+    epoch order was drawn from the parent's valid rows, and re-opening re-reads every commit
+    marker (tens of thousands at a million samples) in every worker."""
+    import shutil
+
+    from terraloom.model.config import MaskingConfig
+
+    tokens = tmp_path / "train.zarr"
+    shutil.copytree(toy_world.tokens / "train.zarr", tokens)
+    ds = MaskedBatches(
+        tokens, None, replace(small_model, pixel_inputs=()), MaskingConfig(48, 48), global_batch=8
+    )
+    ref = ds[(0, 1)]
+    # a marker directory appears after opening: a re-opened store would see only shard 0
+    # committed and refuse rows of the others
+    (tmp_path / "_commits" / "train").mkdir(parents=True)
+    (tmp_path / "_commits" / "train" / "shard-000000.json").write_text('{"shard": 0}')
+    fresh = TokenStore(tokens)
+    assert fresh.valid.sum() < ds._store.valid.sum()
+    got = list(TokenLoader(ds, num_workers=1, max_batches=2))
+    assert _same(got[1], ref)
