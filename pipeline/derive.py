@@ -3,10 +3,11 @@
 All functions are pure and take the co-registered float32 arrays (NaN = nodata) of one
 sample. :func:`derive` computes every derived modality of the registry that has a
 deriver in :data:`DERIVERS` (text modalities come from the captioner), so the sample
-builder never names one. Sentinel-2 values stay in the source DN everywhere in the corpus (the registry's
-normalisation statistics assume DN); only NDVI, a ratio of reflectances, converts DN to
-reflectance first, because the processing-baseline-04.00 offset (-1000 DN) would
-otherwise bias it.
+builder never names one. Sentinel-2 values arrive harmonised onto the corpus's one DN
+convention (``schemas.modalities.S2_STORED_OFFSET_DN``: ``DN = 10000 * reflectance + 1000``,
+whatever convention the item was published in), so every deriver reads them the same way;
+NDVI, a ratio of reflectances, converts DN to reflectance first, because the +1000 DN
+offset would otherwise bias it.
 """
 
 from __future__ import annotations
@@ -19,11 +20,19 @@ import numpy as np
 
 from terraloom.pipeline.quality import Issue
 from terraloom.schemas.modalities import (
+    CLOUD_MASK_CLEAR,
+    CLOUD_MASK_CLOUD,
+    CLOUD_MASK_NODATA,
+    CLOUD_MASK_SHADOW,
     REGISTRY,
+    S2_DN_SCALE,
+    S2_STORED_OFFSET_DN,
     SCL_CLOUD_SHADOW,
     SCL_NODATA,
     Layout,
     get_modality,
+    reflectance,
+    s2_reflectance_params,
 )
 from terraloom.schemas.tables import RejectReason
 
@@ -48,10 +57,6 @@ __all__ = [
     "unsourced",
 ]
 
-CLOUD_MASK_CLEAR = 0
-CLOUD_MASK_CLOUD = 1
-CLOUD_MASK_SHADOW = 2
-CLOUD_MASK_NODATA = 255
 #: SCL classes that are cloud shadow (the rest of SCL_CLOUD_SHADOW is cloud / cirrus).
 SCL_SHADOW: tuple[int, ...] = (3,)
 
@@ -78,26 +83,6 @@ def s2rgb(
     out = np.rint(scaled).astype(np.uint8)
     out[:, ~valid] = 0
     return out
-
-
-def s2_reflectance_params(
-    scale: float | None, offset: float | None, processing_baseline: str | None
-) -> tuple[float, float]:
-    """DN -> reflectance (scale, offset): the asset's ``raster:bands`` when given, else
-    the ESA convention (1e-4, and -0.1 from processing baseline 04.00 on)."""
-    if scale is not None:
-        return float(scale), float(offset or 0.0)
-    off = 0.0
-    if processing_baseline:
-        try:
-            off = -0.1 if float(processing_baseline) >= 4.0 else 0.0
-        except ValueError:
-            off = 0.0
-    return 1e-4, off
-
-
-def reflectance(dn: np.ndarray, scale: float, offset: float) -> np.ndarray:
-    return dn.astype(np.float32) * np.float32(scale) + np.float32(offset)
 
 
 def ndvi(nir: np.ndarray, red: np.ndarray) -> np.ndarray:
@@ -164,14 +149,14 @@ class DeriveInputs:
     images: Mapping[str, np.ndarray]
     #: The built bands of each source image, in its band order.
     bands: Mapping[str, Sequence[str]]
-    #: The S2L2A scene most pixels came from (asset ``scale``/``offset``, baseline).
+    #: The S2L2A scene most pixels came from (its values are already harmonised).
     s2_scene: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Derived:
     """Derived modality -> its array (``None``: its sources lack what it needs), and
-    the quality figures the derivation measured (``ndvi_mean``, ``s2_offset_ignored``)."""
+    the quality figures the derivation measured (``ndvi_mean``)."""
 
     arrays: dict[str, np.ndarray | None]
     quality: dict[str, float]
@@ -188,26 +173,9 @@ def _has_s2(inputs: DeriveInputs, bands: set[str]) -> bool:
 def _ndvi_of(inputs: DeriveInputs) -> tuple[np.ndarray | None, dict[str, float]]:
     if not _has_s2(inputs, {"B04", "B08"}):
         return None, {}
-    sc = inputs.s2_scene
-    assets = {a["band"]: a for a in sc.get("assets") or []}
-    names = ("B08", "B04")
-    params = [
-        s2_reflectance_params(
-            assets.get(b, {}).get("scale"),
-            assets.get(b, {}).get("offset"),
-            sc.get("processing_baseline"),
-        )
-        for b in names
-    ]
+    scale, offset = 1 / S2_DN_SCALE, -S2_STORED_OFFSET_DN / S2_DN_SCALE
     quality: dict[str, float] = {}
-    refl = [reflectance(_s2_band(inputs, b), *p) for b, p in zip(names, params)]
-    if any(p[1] < 0 for p in params) and any(float(np.nanmedian(r)) < 0 for r in refl):
-        # A negative median reflectance is impossible: the provider already removed the
-        # offset from the DN but still declares it (Earth Search v1 items with
-        # earthsearch:boa_offset_applied). Use the DN as offset-free reflectance.
-        refl = [reflectance(_s2_band(inputs, b), p[0], 0.0) for b, p in zip(names, params)]
-        quality["s2_offset_ignored"] = 1.0
-    out = ndvi(refl[0], refl[1])
+    out = ndvi(*(reflectance(_s2_band(inputs, b), scale, offset) for b in ("B08", "B04")))
     if np.isfinite(out).any():
         quality["ndvi_mean"] = float(np.nanmean(out))
     return out[None], quality
