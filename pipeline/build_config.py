@@ -19,19 +19,56 @@ from terraloom.pipeline.caption import Captioner
 from terraloom.pipeline.ee_quota import EeRequestConfig
 from terraloom.pipeline.hrefs import HrefPolicy
 from terraloom.schemas.layouts import CORPUS_MODALITIES
-from terraloom.schemas.modalities import Layout, get_modality
+from terraloom.schemas.modalities import S2_CONVENTION, Layout, get_modality
 
 if TYPE_CHECKING:
     from terraloom.pipeline.readers import ReaderOptions
 
 __all__ = [
     "DEFAULT_REQUIRED",
+    "PLAN_BANDS_KEY",
     "PLAN_MODALITIES_KEY",
+    "BandSubset",
     "BuildConfig",
+    "check_band_subset",
     "follow_plan",
+    "parse_band_flags",
     "plan_request_metadata",
+    "planned_bands",
     "planned_modalities",
+    "store_attrs",
 ]
+
+#: Bands of some modalities, e.g. (("S2L2A", ("B02", "B03", "B04", "B08")),); the same
+#: spelling in the plan and build configs (a YAML mapping ``{S2L2A: [B02, B03]}`` reads as it).
+BandSubset = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def parse_band_flags(values: Sequence[str], flag: str = "--bands") -> BandSubset:
+    """``--bands S2L2A=B02,B03,B04,B08`` flag values (repeatable) as a :data:`BandSubset`;
+    ``ValueError`` (one line) for a value that is not ``MODALITY=BAND,BAND``."""
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for item in values:
+        key, sep, value = item.partition("=")
+        bands = tuple(b.strip() for b in value.split(",") if b.strip())
+        if not sep or not key.strip() or not bands:
+            raise ValueError(f"bad {flag} {item!r}: expected MODALITY=BAND,BAND,...")
+        out.append((key.strip(), bands))
+    return tuple(out)
+
+
+def check_band_subset(subset: BandSubset, where: str = "band_subset") -> BandSubset:
+    """Registry names for every modality and band of a subset (``ValueError`` otherwise)."""
+    out = tuple((get_modality(m).name, tuple(bands)) for m, bands in subset)
+    for m, bands in out:
+        names = get_modality(m).band_names
+        unknown = [b for b in bands if b not in names]
+        if unknown:
+            raise ValueError(f"{where}: {m} has no bands {unknown}; its bands: {', '.join(names)}")
+        if not bands:
+            raise ValueError(f"{where}: no band of {m} given")
+    return out
+
 
 #: Source modalities a sample must have by default (TerraMind's core set).
 DEFAULT_REQUIRED: tuple[str, ...] = ("S2L2A", "S1GRD", "DEM", "LULC")
@@ -56,7 +93,7 @@ class BuildConfig:
     gdal_cache_mb: int = 256
     #: Build only these bands of a modality, e.g. (("S2L2A", ("B02", "B03", "B04", "B08")),);
     #: the others stay at the fill value and are not judged. Empty: all bands.
-    band_subset: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    band_subset: BandSubset = ()
     #: Max decoded-pixels ratio of a shared read over what its member samples need.
     read_slack: float = 2.0
     #: GCP warping of radar geometry: thin-plate spline (exact at GCPs) or polynomial.
@@ -83,12 +120,7 @@ class BuildConfig:
         req = tuple(get_modality(m).name for m in self.required)
         object.__setattr__(self, "modalities", mods)
         object.__setattr__(self, "required", tuple(m for m in req if m in mods))
-        subset = tuple((get_modality(m).name, tuple(bands)) for m, bands in self.band_subset)
-        for m, bands in subset:
-            unknown = set(bands) - set(get_modality(m).band_names)
-            if unknown:
-                raise ValueError(f"band_subset: {m} has no bands {sorted(unknown)}")
-        object.__setattr__(self, "band_subset", subset)
+        object.__setattr__(self, "band_subset", check_band_subset(self.band_subset))
         object.__setattr__(
             self, "gdal_options", tuple((str(k), str(v)) for k, v in self.gdal_options)
         )
@@ -162,14 +194,54 @@ class BuildConfig:
         return cap
 
 
+def store_attrs(config: BuildConfig) -> dict[str, object]:
+    """What a corpus store built with ``config`` holds, for its group attributes:
+    ``built_bands`` (modality -> the bands that hold data; the others stay at the fill
+    value), ``s2_convention`` (the DN convention of every stored S2 value) and
+    ``dem_vertical_datum`` (the datum of stored heights)."""
+    mods = [get_modality(m) for m in config.modalities]
+    attrs: dict[str, object] = {
+        "built_bands": {m.name: list(config.bands(m.name)) for m in mods if not m.is_derived}
+    }
+    if any(m.name in ("S2L2A", "S2L1C") for m in mods):
+        attrs["s2_convention"] = S2_CONVENTION
+    for m in mods:
+        if m.vertical_datum is not None:
+            attrs[f"{m.name.lower()}_vertical_datum"] = m.vertical_datum
+    return attrs
+
+
 #: Plan-file (Parquet schema) metadata key holding the JSON list of the modalities the
 #: plan was asked for; the build follows it (:func:`follow_plan`).
 PLAN_MODALITIES_KEY = b"terraloom:plan_modalities"
+#: Plan metadata key holding the JSON object {modality: [bands]} of the band subsets the
+#: plan was made for (absent: all bands); the build follows it like the modalities.
+PLAN_BANDS_KEY = b"terraloom:plan_bands"
 
 
-def plan_request_metadata(modalities: Sequence[str]) -> dict[bytes, bytes]:
+def plan_request_metadata(
+    modalities: Sequence[str], band_subset: BandSubset = ()
+) -> dict[bytes, bytes]:
     """The plan metadata recording what it was asked to plan (written by the planner)."""
-    return {PLAN_MODALITIES_KEY: json.dumps([get_modality(m).name for m in modalities]).encode()}
+    meta = {PLAN_MODALITIES_KEY: json.dumps([get_modality(m).name for m in modalities]).encode()}
+    if band_subset:
+        subset = {m: list(b) for m, b in check_band_subset(band_subset)}
+        meta[PLAN_BANDS_KEY] = json.dumps(subset).encode()
+    return meta
+
+
+def planned_bands(metadata: Mapping[bytes, bytes] | None) -> BandSubset:
+    """The band subsets a plan was made for (empty: all bands, or a plan that does not say)."""
+    raw = (metadata or {}).get(PLAN_BANDS_KEY)
+    if raw is None:
+        return ()
+    try:
+        data = json.loads(raw)
+        return check_band_subset(tuple((str(m), tuple(map(str, b))) for m, b in data.items()))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(
+            f"malformed {PLAN_BANDS_KEY.decode()} in the plan metadata: {exc}"
+        ) from None
 
 
 def planned_modalities(metadata: Mapping[bytes, bytes] | None) -> tuple[str, ...] | None:
@@ -195,14 +267,19 @@ def _buildable(name: str, planned: set[str]) -> bool:
     return not m.is_image or all(s in planned for s in m.derived_from)
 
 
-def follow_plan(config: BuildConfig, planned: Sequence[str] | None) -> BuildConfig:
+def follow_plan(
+    config: BuildConfig, planned: Sequence[str] | None, bands: BandSubset = ()
+) -> BuildConfig:
     """The config a build of a plan runs: a modality set and required set left at their
     defaults follow what the plan was asked for (a plan of S2L2A alone builds S2L2A and
     what derives from it, and requires S2L2A); sets given explicitly are kept as given,
     so a required modality the plan lacks still rejects its samples, with that reason.
     A set equal to its default counts as the default (a config does not record which
     fields were given). ``planned`` None (a plan that does not record it) keeps the
-    config."""
+    config. A band subset left empty follows the plan's (``bands``): a plan of four S2
+    bands builds those four."""
+    if bands and not config.band_subset:
+        config = dataclasses.replace(config, band_subset=bands)
     if planned is None:
         return config
     have = set(planned)

@@ -25,7 +25,9 @@ import pyarrow.parquet as pq
 from terraloom.pipeline.build_config import (
     BuildConfig,
     follow_plan,
+    planned_bands,
     planned_modalities,
+    store_attrs,
 )
 from terraloom.pipeline.build_layout import (
     BUILD_DIR,
@@ -157,7 +159,7 @@ def config_for_plan(config: BuildConfig, plan_path: str | os.PathLike[str]) -> B
         return config  # prepare says so, in its words
     try:
         meta = plan_metadata(plan_path)
-        return follow_plan(config, planned_modalities(meta))
+        return follow_plan(config, planned_modalities(meta), planned_bands(meta))
     except (ValueError, OSError, pa.ArrowException) as exc:
         raise BuildInputError(f"{plan_path}: {exc}") from exc
 
@@ -329,7 +331,7 @@ def prepare(
             info["n_samples"],
             shard_samples,
             modality_names,
-            attrs={"plan_sha256": sha, **_sources_attr(manifest)},
+            attrs={"plan_sha256": sha, **store_attrs(config), **_sources_attr(manifest)},
         )
     if not manifest.get("stores_ready"):
         manifest["stores_ready"] = True

@@ -50,10 +50,13 @@ def _config_from_args(args: argparse.Namespace) -> Any:
 
     Every field is reachable from a config file or ``--set``; the flags are shortcuts.
     """
-    from terraloom.pipeline.build_config import BuildConfig
+    from terraloom.pipeline.build_config import BuildConfig, parse_band_flags
     from terraloom.schemas.modalities import UnknownModalityError
 
-    bands = [(m, [b for b in v.split(",") if b]) for m, v in _pairs(args.bands, "--bands")]
+    try:
+        bands = parse_band_flags(args.bands)
+    except ValueError as exc:
+        raise BuildInputError(str(exc)) from exc
     flags: dict[str, Any] = {
         "modalities": args.modalities,
         "required": args.required,

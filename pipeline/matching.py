@@ -318,12 +318,14 @@ def group_by(
 
 
 def _complete_bands(
-    items: Sequence[SourceItem], modality: str
+    items: Sequence[SourceItem], modality: str, bands: Sequence[str] | None = None
 ) -> tuple[list[SourceItem], list[str]]:
+    """Items with an asset for every band the plan wants (``bands``; None: all of the
+    registry's), and a note on each one without."""
     ok: list[SourceItem] = []
     bad: list[str] = []
     for it in items:
-        missing = it.missing_bands(modality)
+        missing = it.missing_bands(modality, bands)
         if missing:
             bad.append(f"{it.id} lacks {','.join(missing)}")
         else:
@@ -365,14 +367,19 @@ def _optical_cloud(
 
 
 def s2_candidates(
-    modality: str, items: Sequence[SourceItem], sample: SampleGrid, cfg: MatchConfig, use_scl: bool
+    modality: str,
+    items: Sequence[SourceItem],
+    sample: SampleGrid,
+    cfg: MatchConfig,
+    use_scl: bool,
+    bands: Sequence[str] | None = None,
 ) -> tuple[list[_S2Candidate], ModalityMatch | None]:
     """Covering, cloud-screened acquisitions of an S2 product, or the reason there are none."""
     if not items:
         return [], _fail(
             modality, RejectReason.NO_MATCH, "no item intersects the footprint in the period"
         )
-    usable, incomplete = _complete_bands(items, modality)
+    usable, incomplete = _complete_bands(items, modality, bands)
     if not usable:
         return [], _fail(
             modality, RejectReason.NO_MATCH, f"no item has all bands ({'; '.join(incomplete[:3])})"
@@ -423,14 +430,18 @@ def _rank_clear_recent(c: _S2Candidate) -> tuple[float, float, tuple[str, ...]]:
 
 
 def l1c_for(
-    l2a: Acquisition, l1c_items: Sequence[SourceItem], sample: SampleGrid, cfg: MatchConfig
+    l2a: Acquisition,
+    l1c_items: Sequence[SourceItem],
+    sample: SampleGrid,
+    cfg: MatchConfig,
+    bands: Sequence[str] | None = None,
 ) -> ModalityMatch:
     """The L1C items of the same pass as the chosen L2A acquisition."""
     if not l1c_items:
         return _fail(
             "S2L1C", RejectReason.NO_MATCH, "no L1C item intersects the footprint in the period"
         )
-    usable, _ = _complete_bands(l1c_items, "S2L1C")
+    usable, _ = _complete_bands(l1c_items, "S2L1C", bands)
     key = s2_pass_key(l2a.items[0])
     same_pass = [it for it in usable if s2_pass_key(it) == key]
     if not same_pass:
@@ -456,14 +467,18 @@ def l1c_for(
 
 
 def s1_passes(
-    modality: str, items: Sequence[SourceItem], sample: SampleGrid, cfg: MatchConfig
+    modality: str,
+    items: Sequence[SourceItem],
+    sample: SampleGrid,
+    cfg: MatchConfig,
+    bands: Sequence[str] | None = None,
 ) -> list[Acquisition] | ModalityMatch:
     """The S1 passes (VV+VH slices of one pass) covering the footprint, or why there are none."""
     if not items:
         return _fail(
             modality, RejectReason.NO_MATCH, "no item intersects the footprint in the period"
         )
-    usable, incomplete = _complete_bands(items, modality)
+    usable, incomplete = _complete_bands(items, modality, bands)
     if not usable:
         return _fail(
             modality, RejectReason.NO_MATCH, f"no item has VV+VH ({'; '.join(incomplete[:3])})"
@@ -528,12 +543,16 @@ def pick_s1(
 
 
 def static_match(
-    modality: str, items: Sequence[SourceItem], sample: SampleGrid, cfg: MatchConfig
+    modality: str,
+    items: Sequence[SourceItem],
+    sample: SampleGrid,
+    cfg: MatchConfig,
+    bands: Sequence[str] | None = None,
 ) -> ModalityMatch:
     """Tiles of a time-invariant layer (DEM) covering the footprint."""
     if not items:
         return _fail(modality, RejectReason.NO_MATCH, "no tile intersects the footprint")
-    usable, incomplete = _complete_bands(items, modality)
+    usable, incomplete = _complete_bands(items, modality, bands)
     if not usable:
         return _fail(
             modality,
@@ -551,12 +570,17 @@ def static_match(
 
 
 def yearly_match(
-    modality: str, items: Sequence[SourceItem], sample: SampleGrid, cfg: MatchConfig, year: int
+    modality: str,
+    items: Sequence[SourceItem],
+    sample: SampleGrid,
+    cfg: MatchConfig,
+    year: int,
+    bands: Sequence[str] | None = None,
 ) -> ModalityMatch:
     """Tiles of the annual map of ``year`` (else the nearest year within the gap) covering the footprint."""
     if not items:
         return _fail(modality, RejectReason.NO_MATCH, "no tile intersects the footprint")
-    usable, _ = _complete_bands(items, modality)
+    usable, _ = _complete_bands(items, modality, bands)
     by_year: dict[int, list[SourceItem]] = defaultdict(list)
     for it in usable:
         by_year[it.year].append(it)
@@ -592,6 +616,14 @@ class MatchRequest:
     period: tuple[datetime, datetime]
     #: read SCL for cloud cover where ``MatchConfig.scl_hrefs`` allows
     use_scl: bool = True
+    #: the bands planned per modality, e.g. (("S2L2A", ("B02", "B03", "B04", "B08")),): an
+    #: item needs assets for those only (a 4-band static catalog, a sensor offering some
+    #: S2 bands); modalities not listed need all their registry bands
+    band_subset: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def bands(self, modality: str) -> tuple[str, ...] | None:
+        name = get_modality(modality).name
+        return next((tuple(b) for m, b in self.band_subset if get_modality(m).name == name), None)
 
 
 def match_sample(
@@ -609,24 +641,32 @@ def match_sample(
     results: dict[str, ModalityMatch] = {}
     reference: Acquisition | None = None
     s1_wanted = [m for m in S1_MODALITIES if m in mods]
-    s1_pre = {m: s1_passes(m, candidates.get(m, ()), sample, cfg) for m in s1_wanted}
+    s1_pre = {
+        m: s1_passes(m, candidates.get(m, ()), sample, cfg, request.bands(m)) for m in s1_wanted
+    }
 
     def s2_in_period(m: str) -> list[SourceItem]:
         t0, t1 = request.period
         return [it for it in candidates.get(m, ()) if t0 <= it.datetime <= t1]
 
     if "S2L2A" in mods:
-        cands, failure = s2_candidates("S2L2A", s2_in_period("S2L2A"), sample, cfg, request.use_scl)
+        cands, failure = s2_candidates(
+            "S2L2A", s2_in_period("S2L2A"), sample, cfg, request.use_scl, request.bands("S2L2A")
+        )
         if failure is not None:
             results["S2L2A"] = failure
         else:
             l1c_items = s2_in_period("S2L1C")
+            l1c_bands = request.bands("S2L1C")
 
             def completeness(c: _S2Candidate) -> int:
                 if not cfg.prefer_complete:
                     return 0
                 n = 0
-                if "S2L1C" in mods and l1c_for(c.acquisition, l1c_items, sample, cfg).matched:
+                if (
+                    "S2L1C" in mods
+                    and l1c_for(c.acquisition, l1c_items, sample, cfg, l1c_bands).matched
+                ):
                     n += 1
                 for m in s1_wanted:
                     if pick_s1(m, s1_pre[m], cfg, c.acquisition).matched:
@@ -638,13 +678,17 @@ def match_sample(
             results["S2L2A"] = ModalityMatch("S2L2A", reference)
         if "S2L1C" in mods:
             if reference is not None:
-                results["S2L1C"] = l1c_for(reference, s2_in_period("S2L1C"), sample, cfg)
+                results["S2L1C"] = l1c_for(
+                    reference, s2_in_period("S2L1C"), sample, cfg, request.bands("S2L1C")
+                )
             else:
                 results["S2L1C"] = _fail(
                     "S2L1C", RejectReason.NO_MATCH, "no S2L2A acquisition to pair with"
                 )
     elif "S2L1C" in mods:
-        cands, failure = s2_candidates("S2L1C", s2_in_period("S2L1C"), sample, cfg, use_scl=False)
+        cands, failure = s2_candidates(
+            "S2L1C", s2_in_period("S2L1C"), sample, cfg, False, request.bands("S2L1C")
+        )
         if failure is not None:
             results["S2L1C"] = failure
         else:
@@ -663,9 +707,9 @@ def match_sample(
         if m in results or m in S2_MODALITIES or m in S1_MODALITIES:
             continue
         if m == "LULC":
-            results[m] = yearly_match(m, candidates.get(m, ()), sample, cfg, year)
+            results[m] = yearly_match(m, candidates.get(m, ()), sample, cfg, year, request.bands(m))
         else:
-            results[m] = static_match(m, candidates.get(m, ()), sample, cfg)
+            results[m] = static_match(m, candidates.get(m, ()), sample, cfg, request.bands(m))
 
     delta = None
     if reference is not None:

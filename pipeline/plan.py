@@ -32,7 +32,7 @@ from shapely.geometry import box
 from shapely.prepared import prep
 from tqdm import tqdm
 
-from terraloom.pipeline.build_config import plan_request_metadata
+from terraloom.pipeline.build_config import BandSubset, check_band_subset, plan_request_metadata
 from terraloom.pipeline.grid import GRID, CellId, Region, SampleGrid, samples_for_cell
 from terraloom.pipeline.hrefs import scope_metadata, source_scope
 from terraloom.pipeline.matching import (
@@ -73,6 +73,9 @@ class PlanConfig:
     item_max_cloud: float | None = None
     #: keep samples with unmatched modalities in the plan (the build rejects them with reasons)
     keep_unmatched: bool = True
+    #: plan only these bands of a modality, e.g. {S2L2A: [B02, B03, B04, B08]}: items need
+    #: assets for those only, and the build of the plan builds those (recorded in its metadata)
+    band_subset: BandSubset = ()
 
     def __post_init__(self) -> None:
         mods = tuple(get_modality(m).name for m in self.modalities)
@@ -84,6 +87,11 @@ class PlanConfig:
                     f"{m} is derived during the build, it is not planned from a source"
                 )
         object.__setattr__(self, "modalities", mods)
+        subset = check_band_subset(self.band_subset)
+        for m, _ in subset:
+            if m not in mods:
+                raise ValueError(f"band_subset names {m}, which is not planned ({', '.join(mods)})")
+        object.__setattr__(self, "band_subset", subset)
         colls = {get_modality(k).name: v for k, v in dict(self.collections).items()}
         object.__setattr__(self, "collections", colls)
         if not (
@@ -278,7 +286,7 @@ def match_block(
         for m, its in items.items()
         if its
     }
-    request = MatchRequest(config.modalities, period)
+    request = MatchRequest(config.modalities, period, band_subset=config.band_subset)
     out = []
     for s in samples:
         cands: dict[str, list[SourceItem]] = {}
@@ -414,7 +422,7 @@ def plan_samples(
     table = finalize_plan(rows, config)
     # where this source's hrefs may point: the build's href policy reads it back
     scope = scope_metadata(source_scope(source))
-    scope.update(plan_request_metadata(config.modalities))  # what the build follows
+    scope.update(plan_request_metadata(config.modalities, config.band_subset))  # the build follows
     return table.replace_schema_metadata({**(table.schema.metadata or {}), **scope})
 
 

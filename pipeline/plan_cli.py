@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from terraloom.pipeline.build_config import parse_band_flags
 from terraloom.pipeline.grid import GridError, Region
 from terraloom.pipeline.matching import MatchConfig
 from terraloom.pipeline.plan import (
@@ -69,6 +70,15 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     p.add_argument(
         "--modalities", help=d(PlanConfig, "modalities", "comma-separated modalities to plan")
+    )
+    p.add_argument(
+        "--bands",
+        action="append",
+        default=[],
+        metavar="MODALITY=BAND,BAND",
+        help="plan only these bands of a modality, e.g. S2L2A=B02,B03,B04,B08 (repeatable): "
+        "items need assets for those only, and the build of the plan builds those "
+        "(default: all bands)",
     )
     p.add_argument(
         "--collection",
@@ -168,6 +178,7 @@ def plan_config_from_args(args: argparse.Namespace) -> PlanConfig:
         if not sep or not coll:
             raise ConfigError(f"bad --collection {spec!r}: expected MODALITY=COLLECTION")
         collections[mod] = coll
+    bands = parse_band_flags(args.bands)
     return config_from_args(
         PlanConfig,
         args,
@@ -183,6 +194,7 @@ def plan_config_from_args(args: argparse.Namespace) -> PlanConfig:
             "split_block_cells": args.split_block_cells,
             "seed": args.seed,
             "keep_unmatched": False if args.drop_unmatched else None,
+            "band_subset": bands or None,
             **{f"collections.{k}": v for k, v in collections.items()},
         },
     )

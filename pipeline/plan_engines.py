@@ -373,7 +373,8 @@ def _finalize(
         )
     numbers = number_rows(ids, job.config)
     metadata = scope_metadata(source_scope(driver_source))
-    metadata.update(plan_request_metadata(job.config.modalities))  # what the build follows
+    # what the build follows
+    metadata.update(plan_request_metadata(job.config.modalities, job.config.band_subset))
 
     def parts() -> Iterator[tuple[str, pa.Table]]:
         for b in blocks:

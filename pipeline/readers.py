@@ -56,6 +56,8 @@ __all__ = [
     "open_info",
     "pixel_bounds",
     "read_window",
+    "resolve_band",
+    "split_vertical",
 ]
 
 _VSI_PREFIX = {
@@ -245,6 +247,12 @@ class AssetInfo:
     gcps: tuple[GroundControlPoint, ...] = ()
     gcps_crs: CRS | None = None
     overviews: tuple[int, ...] = ()
+    #: Per band (file order): declared nodata and GDAL description (a band's name).
+    band_nodata: tuple[float | None, ...] = ()
+    descriptions: tuple[str | None, ...] = ()
+    #: The vertical part of a compound (or 3D) CRS: its WKT (``crs`` is then the horizontal
+    #: part the geometry is computed in); None when the file declares no vertical datum.
+    vertical_wkt: str | None = None
 
     @property
     def has_gcps(self) -> bool:
@@ -285,14 +293,67 @@ def pixel_bounds(transform: Affine, height: int, width: int) -> tuple[float, flo
     return min(xs), min(ys), max(xs), max(ys)
 
 
+def split_vertical(crs: CRS | None) -> tuple[CRS | None, str | None]:
+    """(horizontal CRS, vertical CRS WKT or None) of a CRS.
+
+    A compound CRS (EPSG:9707 = WGS 84 + EGM96 height) splits into its parts; a 3D CRS
+    (EPSG:4979) is its 2D counterpart plus the WGS 84 ellipsoid as vertical reference,
+    written ``ELLIPSOIDAL``. Geometry is always computed in the horizontal part.
+    """
+    if crs is None:
+        return None, None
+    wkt = crs.to_wkt()
+    from pyproj import CRS as ProjCRS
+
+    try:
+        pc = ProjCRS.from_wkt(wkt)
+    except Exception:  # a CRS pyproj cannot read: keep it as it is
+        return crs, None
+    if pc.is_compound and len(pc.sub_crs_list) >= 2:
+        horiz, vert = pc.sub_crs_list[0], pc.sub_crs_list[1]
+        return CRS.from_wkt(horiz.to_wkt()), vert.to_wkt()
+    if len(pc.axis_info) == 3 and not pc.is_vertical:
+        return CRS.from_wkt(pc.to_2d().to_wkt()), ELLIPSOIDAL
+    return crs, None
+
+
+#: ``AssetInfo.vertical_wkt`` of a 3D CRS: heights above the ellipsoid.
+ELLIPSOIDAL = "ELLIPSOIDAL"
+
+
+def resolve_band(info: AssetInfo, band_index: int | None, names: Sequence[str]) -> int | str:
+    """The 1-based file band holding a band, or why it cannot be told (a message).
+
+    The item's band index when it has one; the only band of a one-band file; else the band
+    whose GDAL description is one of ``names`` (the registry band and its asset key). A
+    multi-band file with none of these is never read as band 1 by default.
+    """
+    if band_index is not None:
+        if 1 <= int(band_index) <= info.count:
+            return int(band_index)
+        return f"the item says band {band_index}, the file has {info.count} band(s)"
+    if info.count == 1:
+        return 1
+    want = {n.lower() for n in names if n}
+    hits = [i + 1 for i, d in enumerate(info.descriptions) if d and d.strip().lower() in want]
+    if len(hits) == 1:
+        return hits[0]
+    return (
+        f"the file has {info.count} bands and nothing says which one is {names[0]} "
+        "(no band index from the item's eo:bands/raster:bands order, no band description "
+        f"named {'/'.join(sorted(want))})"
+    )
+
+
 def _describe(ds: Any, href: str) -> AssetInfo:
     gcps, gcps_crs = ds.gcps if ds.gcps else ([], None)
     identity = ds.transform == Affine.identity()
+    vertical: str | None = None
     if (ds.crs is None or identity) and not gcps:
         transform, crs = None, None
     else:
         transform = None if (gcps and (identity or ds.crs is None)) else ds.transform
-        crs = ds.crs
+        crs, vertical = split_vertical(ds.crs)
     try:
         overviews = tuple(ds.overviews(1))
     except RasterioError:
@@ -309,6 +370,9 @@ def _describe(ds: Any, href: str) -> AssetInfo:
         gcps=tuple(gcps),
         gcps_crs=gcps_crs,
         overviews=overviews,
+        band_nodata=tuple(ds.nodatavals),
+        descriptions=tuple(ds.descriptions),
+        vertical_wkt=vertical,
     )
 
 
@@ -329,11 +393,15 @@ class Asset:
         nodata: float | None = None,
         resampling: GdalResampling = GdalResampling.nearest,
         out_shape: tuple[int, int] | None = None,
+        fill_values: Sequence[float] = (),
     ) -> RasterWindow:
         """Read one band window; ``decimation`` > 1 reads a coarser rendition (overviews),
         ``out_shape`` one of exactly that (height, width).
 
-        ``nodata`` stands in for a file that declares none (the item's ``raster:bands``).
+        ``nodata`` stands in for a file that declares none (the item's ``raster:bands``);
+        ``fill_values`` are nodata whatever the file declares (a collection's convention,
+        e.g. S1 GRD's zero border fill), so resampling kernels renormalise over valid
+        neighbours instead of averaging fill in.
         Raises :class:`AssetError` (truncated or corrupt blocks are ``UNREADABLE_ASSET``).
         """
         info = self.info
@@ -355,8 +423,11 @@ class Asset:
             if err.reason is RejectReason.UNREACHABLE_ASSET and not is_remote(self.href):
                 err = AssetError(RejectReason.UNREADABLE_ASSET, self.href, err.message)
             raise err from exc
-        nd = info.nodata if info.nodata is not None else nodata
+        declared = info.band_nodata[band - 1] if len(info.band_nodata) >= band else info.nodata
+        nd = declared if declared is not None else nodata
         data, bad = _to_float(raw, nd)
+        for v in fill_values:
+            data[raw == np.asarray(v).astype(raw.dtype)] = np.nan
         sy, sx = h / out_h, w / out_w
         crs = info.source_crs
         if crs is None:
@@ -434,7 +505,8 @@ def check_georeferencing(
         expected = CRS.from_epsg(int(epsg))
     except Exception as exc:  # an invalid code in the item is a mismatch too
         return f"item declares an invalid proj:epsg {epsg!r}: {exc}"
-    if info.crs != expected and info.crs.to_epsg() != int(epsg):
+    expected_h = split_vertical(expected)[0]  # an item may name a compound CRS (EPSG:9707)
+    if info.crs != expected and info.crs != expected_h and info.crs.to_epsg() != int(epsg):
         return f"asset CRS {info.crs.to_string()} differs from the item's EPSG:{epsg}"
     if transform is None or shape is None or len(transform) < 6 or len(shape) < 2:
         return None

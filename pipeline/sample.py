@@ -87,6 +87,7 @@ from terraloom.pipeline.readers import (
     check_georeferencing,
     gdal_env,
     open_asset,
+    resolve_band,
 )
 from terraloom.pipeline.sample_output import (
     corpus_arrays,
@@ -95,7 +96,16 @@ from terraloom.pipeline.sample_output import (
     reject_row,
     unplanned,
 )
-from terraloom.schemas.modalities import SAMPLE_PX, Modality, Resampling, get_modality
+from terraloom.pipeline.vertical import VerticalDatumError, height_shift, source_datum
+from terraloom.schemas.modalities import (
+    S2_CONVENTION,
+    SAMPLE_PX,
+    Modality,
+    Resampling,
+    get_modality,
+    s2_harmonise_params,
+    source_convention,
+)
 from terraloom.schemas.tables import RejectReason
 
 __all__ = ["DEFAULT_REQUIRED", "BuildConfig", "SampleResult", "build_block", "build_sample"]
@@ -208,6 +218,10 @@ class _Sample:
     failures: dict[str, Issue] = field(default_factory=dict)
     bad_px: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     stats: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    #: quality figures of the conventions applied (``s2_dn_shift_S2L2A``, ``dem_datum_shift_m``)
+    notes: dict[str, float] = field(default_factory=dict)
+    #: modality -> datums its height sources were in (DEM)
+    datums: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     #: io_threads > 1: two scenes of one mosaic may be warped on different threads
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -282,18 +296,26 @@ def _wanted_bands(modality: str, config: BuildConfig) -> tuple[str, ...]:
 
 
 _GroupKey = tuple[str, str, Any, tuple[float, ...], tuple[int, ...]]
+#: One band of one file: (href, the plan's band index in it or None, registry band). Two
+#: bands of one file are two keys even when neither has an index (each is resolved alone).
+_SrcKey = tuple[str, int | None, str]
+
+
+def _src_key(a: dict[str, Any]) -> _SrcKey:
+    idx = a.get("band_index")
+    return str(a["href"]), None if idx is None else int(idx), str(a["band"])
 
 
 def _collect_uses(
     samples: list[_Sample], config: BuildConfig
-) -> dict[_GroupKey, dict[str, list[_Use]]]:
-    """Group every (sample, band, scene) need by source geometry, then by href.
+) -> dict[_GroupKey, dict[_SrcKey, list[_Use]]]:
+    """Group every (sample, band, scene) need by source geometry, then by (href, band).
 
     A group is one item's bands that share a pixel grid per the plan (same ``proj:*``):
     they are read with the same windows and warped together, sharing one coordinate
-    field per sample.
+    field per sample. Two bands of one multi-band file are two sources of the group.
     """
-    groups: dict[_GroupKey, dict[str, list[_Use]]] = defaultdict(lambda: defaultdict(list))
+    groups: dict[_GroupKey, dict[_SrcKey, list[_Use]]] = defaultdict(lambda: defaultdict(list))
     for i, s in enumerate(samples):
         if s.issue is not None:
             continue
@@ -323,7 +345,7 @@ def _collect_uses(
                         tuple(a.get("transform") or ()),
                         tuple(a.get("shape") or ()),
                     )
-                    groups[key][a["href"]].append(_Use(i, m, band, rank, scene, a))
+                    groups[key][_src_key(a)].append(_Use(i, m, band, rank, scene, a))
     return {k: dict(v) for k, v in groups.items()}
 
 
@@ -390,17 +412,34 @@ class _SamplerCache:
         return self.items[key]
 
 
+@dataclass(frozen=True)
+class _Band:
+    """One band of an open file that a group reads: its plan key and 1-based file band."""
+
+    key: _SrcKey
+    asset: Asset
+    file_band: int
+
+
 def _process_group(
-    group: dict[str, list[_Use]],
+    group: dict[_SrcKey, list[_Use]],
     samples: list[_Sample],
     config: BuildConfig,
     cache: _SamplerCache | None = None,
 ) -> None:
-    """Read the windows of one item's same-grid bands once; warp them onto every sample."""
+    """Read the windows of one item's same-grid bands once; warp them onto every sample.
+
+    Each file is opened once however many of its bands the group needs; which band of a
+    multi-band file holds which registry band is resolved here (:func:`resolve_band`), and
+    a file that cannot say is an ``ambiguous_band`` reject, never band 1 by default."""
+    by_href: dict[str, list[_SrcKey]] = defaultdict(list)
+    for key in group:
+        by_href[key[0]].append(key)
     with ExitStack() as stack:
-        opened: dict[str, Asset] = {}
-        for href in sorted(group):
-            uses = group[href]
+        bands: list[_Band] = []
+        for href in sorted(by_href):
+            keys = sorted(by_href[href], key=lambda k: (-1 if k[1] is None else k[1], k[2]))
+            uses = [u for k in keys for u in group[k]]
             try:
                 asset = stack.enter_context(open_asset(href, config.href_policy))
             except AssetError as exc:
@@ -422,35 +461,82 @@ def _process_group(
                 if msg is not None:
                     _fail(samples, uses, RejectReason.CRS_MISMATCH, msg)
                     continue
-            opened[href] = asset
-        by_geometry: dict[tuple, list[str]] = defaultdict(list)
-        for href, asset in opened.items():
-            by_geometry[_geometry_signature(asset.info)].append(href)
-        for hrefs in by_geometry.values():
+            for k in keys:
+                u0 = group[k][0]
+                names = (u0.band, str(u0.asset.get("key") or ""))
+                fb = resolve_band(asset.info, k[1], names)
+                if isinstance(fb, str):
+                    _fail(samples, group[k], RejectReason.AMBIGUOUS_BAND, fb)
+                    continue
+                bands.append(_Band(k, asset, fb))
+        by_geometry: dict[tuple, list[_Band]] = defaultdict(list)
+        for b in bands:
+            by_geometry[_geometry_signature(b.asset.info)].append(b)
+        for members in by_geometry.values():
             _warp_same_grid(
-                [opened[h] for h in hrefs],
-                {h: group[h] for h in hrefs},
+                members,
+                {b.key: group[b.key] for b in members},
                 samples,
                 config,
                 cache or _SamplerCache(),
             )
 
 
+def _convention_of(u: _Use) -> Any:
+    return source_convention(u.scene.get("collection"))
+
+
+def _harmonise(m: Modality, u: _Use, rw: RasterWindow) -> None:
+    """Source values -> the registry's meaning, in place, before any resampling.
+
+    Sentinel-2 DN onto the corpus convention (``S2_STORED_OFFSET_DN``); a land-cover legend
+    other than the registry's through its declared class map (codes outside it: nodata).
+    """
+    if m.name in ("S2L2A", "S2L1C") and u.band != SCL_BAND:
+        gain, bias = s2_harmonise_params(
+            u.asset.get("scale"), u.asset.get("offset"), u.scene.get("processing_baseline")
+        )
+        if (gain, bias) != (1.0, 0.0):
+            rw.data = rw.data * np.float32(gain) + np.float32(bias)
+        return
+    conv = _convention_of(u)
+    lut = conv.class_lut() if conv is not None else None
+    if lut is not None:
+        valid = np.isfinite(rw.data)
+        codes = np.clip(rw.data[valid], 0, 255).astype(np.uint8)
+        mapped = lut[codes].astype(np.float32)
+        mapped[mapped == 0] = np.nan
+        rw.data[valid] = mapped
+
+
 def _warp_same_grid(
-    assets: list[Asset],
-    uses: dict[str, list[_Use]],
+    bands: list[_Band],
+    uses: dict[_SrcKey, list[_Use]],
     samples: list[_Sample],
     config: BuildConfig,
     cache: _SamplerCache,
 ) -> None:
-    info = assets[0].info
+    info = bands[0].asset.info
     geometry = _geometry_signature(info)
-    first = uses[assets[0].href][0]
+    first = uses[bands[0].key][0]
     m = get_modality(first.modality)
-    per_sample: dict[int, dict[str, _Use]] = defaultdict(dict)
-    for href, us in uses.items():
+    per_sample: dict[int, dict[_SrcKey, _Use]] = defaultdict(dict)
+    for key, us in uses.items():
         for u in us:
-            per_sample[u.sample][href] = u
+            per_sample[u.sample][key] = u
+    shift = None
+    if m.vertical_datum is not None:
+        conv = _convention_of(first)
+        datum = source_datum(info.vertical_wkt, conv.vertical_datum if conv else None)
+        try:
+            shift = height_shift(datum, m.vertical_datum, info.vertical_wkt)
+        except VerticalDatumError as exc:
+            everyone = [u for us in uses.values() for u in us]
+            _fail(samples, everyone, RejectReason.VERTICAL_DATUM, str(exc))
+            return
+        for i in per_sample:
+            with samples[i].lock:
+                samples[i].datums[m.name].add(datum)
     order = [i for i in sorted(per_sample) if first.modality not in samples[i].failures]
     warp_rs = modality_resampling(m)
     windows, members = [], []
@@ -465,35 +551,40 @@ def _warp_same_grid(
         return
     decimation = target_decimation(info)
     is_sar = m.resampling is Resampling.BILINEAR_POWER_DB
+    conv = _convention_of(first)
+    fill_values = conv.fill_values if conv is not None else ()
     for window, idx in cluster_windows(windows, config.read_slack):
-        band_windows: list[tuple[Asset, RasterWindow]] = []
-        for asset in assets:
-            us = uses[asset.href]
+        band_windows: list[tuple[_Band, RasterWindow]] = []
+        for b in bands:
+            us = uses[b.key]
             u0 = us[0]
             try:
-                rw = asset.read(
+                rw = b.asset.read(
                     window,
+                    band=b.file_band,
                     decimation=decimation,
                     nodata=u0.asset.get("nodata"),
                     resampling=_read_resampling(m, u0.band),
+                    fill_values=fill_values,
                 )
             except AssetError as exc:
                 _fail(samples, us, exc.reason, exc.message)
                 continue
+            _harmonise(m, u0, rw)
             if is_sar:
                 rw.data = to_linear_power(
                     rw.data, rw.source_dtype, u0.asset.get("scale"), u0.asset.get("offset")
                 )
-            band_windows.append((asset, rw))
+            band_windows.append((b, rw))
         if not band_windows:
             continue
         ref = band_windows[0][1]
         n_members = len(idx)
         # stack each resampling family once per read, not once per sample
-        families: dict[GdalResampling, tuple[list[tuple[Asset, RasterWindow]], np.ndarray]] = {}
-        by_rs: dict[GdalResampling, list[tuple[Asset, RasterWindow]]] = defaultdict(list)
-        for a, rw in band_windows:
-            by_rs[modality_resampling(m, uses[a.href][0].band)].append((a, rw))
+        families: dict[GdalResampling, tuple[list[tuple[_Band, RasterWindow]], np.ndarray]] = {}
+        by_rs: dict[GdalResampling, list[tuple[_Band, RasterWindow]]] = defaultdict(list)
+        for b, rw in band_windows:
+            by_rs[modality_resampling(m, uses[b.key][0].band)].append((b, rw))
         for rs, part in by_rs.items():
             families[rs] = (part, np.stack([rw.data for _, rw in part]))
         bytes_share = sum(rw.bytes_decoded for _, rw in band_windows) / n_members
@@ -511,8 +602,13 @@ def _warp_same_grid(
             sampler = cache.get(
                 geometry, win_key, partial(point_sampler, ref, grid, ref.shape, tps=config.gcp_tps)
             )
+            dz = None
+            if shift is not None and shift.transformer is not None:
+                dz = shift.shift(*grid.pixel_centres_lonlat())
+                with s.lock:
+                    s.notes["dem_datum_shift_m"] = float(np.mean(dz))
             for rs, (part, stacked) in families.items():
-                keep = [j for j, (a, _) in enumerate(part) if a.href in mine]
+                keep = [j for j, (b, _) in enumerate(part) if b.key in mine]
                 if not keep:
                     continue
                 data = stacked if len(keep) == len(part) else stacked[keep]
@@ -521,8 +617,10 @@ def _warp_same_grid(
                     ref, grid, rs, data=data, gcp_tps=config.gcp_tps, sampler=sampler, weight=weight
                 )
                 for j, layer, wgt in zip(keep, out, weight):
-                    a, rw = part[j]
-                    u = mine[a.href]
+                    b, rw = part[j]
+                    u = mine[b.key]
+                    if dz is not None:
+                        layer = layer + dz
                     if rw.bad is not None:
                         bad = warp_to_grid(
                             ref,
@@ -536,6 +634,13 @@ def _warp_same_grid(
                             s.bad_px[u.modality] += int(np.count_nonzero(bad > 0.5))
                     with s.lock:
                         s.plane(u.modality, u.band).add(layer, u.rank, wgt)
+                        if u.modality in ("S2L2A", "S2L1C") and u.band != SCL_BAND:
+                            _, bias = s2_harmonise_params(
+                                u.asset.get("scale"),
+                                u.asset.get("offset"),
+                                u.scene.get("processing_baseline"),
+                            )
+                            s.notes.setdefault(f"s2_dn_shift_{u.modality}", bias)
             with s.lock:
                 s.stats["msec_warp"] += (time.perf_counter() - t0) * 1e3
                 s.stats["bytes_read"] += bytes_share
@@ -543,12 +648,23 @@ def _warp_same_grid(
                 s.stats["reads"] += len(band_windows) / n_members
 
 
+def _by_href(group: dict[_SrcKey, list[_Use]]) -> dict[str, list[_Use]]:
+    out: dict[str, list[_Use]] = defaultdict(list)
+    for (href, _, _), uses in sorted(group.items(), key=lambda kv: (kv[0][0], kv[0][2])):
+        out[href].extend(uses)
+    return dict(out)
+
+
 def _process_group_safe(
-    group: dict[str, list[_Use]], samples: list[_Sample], config: BuildConfig, cache: _SamplerCache
+    group: dict[_SrcKey, list[_Use]],
+    samples: list[_Sample],
+    config: BuildConfig,
+    cache: _SamplerCache,
 ) -> None:
     try:
-        if is_ee_group(group):  # Earth Engine computes the pixels on each sample's own grid
-            read_ee_group(group, samples, config, _fail)
+        hrefs = _by_href(group)
+        if is_ee_group(hrefs):  # Earth Engine computes the pixels on each sample's own grid
+            read_ee_group(hrefs, samples, config, _fail)
         else:
             _process_group(group, samples, config, cache)
     except Exception as exc:  # a bug must not take the block down; the rows say what happened
@@ -557,7 +673,7 @@ def _process_group_safe(
 
 
 def _read_all(
-    groups: dict[_GroupKey, dict[str, list[_Use]]], samples: list[_Sample], config: BuildConfig
+    groups: dict[_GroupKey, dict[_SrcKey, list[_Use]]], samples: list[_Sample], config: BuildConfig
 ) -> None:
     options = config.reader_options()
     # geometry first (epsg, transform, shape), so groups sharing a pixel grid are adjacent
@@ -679,6 +795,10 @@ def _finish(
     if isinstance(judged, Issue):
         return judged
     quality = judged.quality
+    for k, v in s.notes.items():  # conventions applied to the modalities kept
+        source = "DEM" if k.startswith("dem_") else k.rsplit("_", 1)[-1]
+        if source in judged.images:
+            quality[k] = v
     s2_bands = config.bands("S2L2A")
     s2_scene = _dominant_scene(s, "S2L2A", s2_bands) if "S2L2A" in judged.images else None
     cloud_mask = np.full(shape, CLOUD_MASK_NODATA, np.uint8)
@@ -725,6 +845,12 @@ def _finish(
         quality=quality,
         missing=missing,
         caption=caption,
+        s2_convention=S2_CONVENTION
+        if any(m in judged.images for m in ("S2L2A", "S2L1C"))
+        else None,
+        dem_vertical_datum=("+".join(sorted(s.datums["DEM"])) or "unknown")
+        if "DEM" in judged.images
+        else None,
     )
 
 

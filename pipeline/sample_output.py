@@ -132,8 +132,13 @@ def index_row(
     quality: Mapping[str, float | None],
     missing: Sequence[Issue],
     caption: str,
+    s2_convention: str | None = None,
+    dem_vertical_datum: str | None = None,
 ) -> dict[str, Any]:
-    """The ``index.parquet`` row of an accepted sample (non-finite quality figures dropped)."""
+    """The ``index.parquet`` row of an accepted sample (non-finite quality figures dropped).
+
+    ``s2_convention``: the DN convention of its stored S2 arrays (None without S2);
+    ``dem_vertical_datum``: the datum its DEM source was in (None without a DEM)."""
     return {
         **_identity(row),
         "center_lon": float(row["center_lon"]),
@@ -149,4 +154,6 @@ def index_row(
         },
         "missing_modalities": [missing_entry(i) for i in missing],
         "caption": caption,
+        "s2_convention": s2_convention,
+        "dem_vertical_datum": dem_vertical_datum,
     }

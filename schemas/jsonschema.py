@@ -20,7 +20,13 @@ from terraloom.schemas.layouts import (
     corpus_layout,
     token_layout,
 )
-from terraloom.schemas.modalities import REGISTRY
+from terraloom.schemas.modalities import (
+    CONVENTIONS,
+    REGISTRY,
+    S2_CONVENTION,
+    S2_STORED_OFFSET_DN,
+    VERTICAL_DATUMS,
+)
 from terraloom.schemas.tables import TABLES, RejectReason
 
 JSON_DIR = Path(__file__).parent / "json"
@@ -142,9 +148,30 @@ def registry_json() -> list[dict[str, Any]]:
                 "tokens": m.has_tokens,
                 "tokenizer": m.tokenizer.value if m.tokenizer else None,
                 "vocab_size": m.vocab_size,
+                "vertical_datum": m.vertical_datum,
             }
         )
     return out
+
+
+def conventions_json() -> dict[str, Any]:
+    """The per-collection source conventions and the S2 DN convention of the registry."""
+    return {
+        "s2_convention": S2_CONVENTION,
+        "s2_stored_offset_dn": S2_STORED_OFFSET_DN,
+        "vertical_datums": dict(VERTICAL_DATUMS),
+        "collections": [
+            {
+                "collection": c.collection,
+                "modality": c.modality,
+                "fill_values": list(c.fill_values),
+                "vertical_datum": c.vertical_datum,
+                "class_map": {str(k): v for k, v in c.class_map},
+                "asset_keys": dict(c.asset_keys),
+            }
+            for c in CONVENTIONS
+        ],
+    }
 
 
 def all_exports() -> dict[str, Any]:
@@ -156,6 +183,7 @@ def all_exports() -> dict[str, Any]:
         "corpus_format_version": CORPUS_FORMAT_VERSION,
         "tokens_format_version": TOKENS_FORMAT_VERSION,
         "modalities": registry_json(),
+        "conventions": conventions_json(),
     }
     return docs
 

@@ -661,6 +661,87 @@ def index_to_lulc(index: np.ndarray) -> np.ndarray:
     return lut[np.asarray(index, np.uint8)]
 
 
+# --------------------------------------------------------------------------- source conventions
+
+#: Vertical datums heights may be given in -> EPSG code of their vertical CRS. "ellipsoidal"
+#: (heights above the WGS 84 ellipsoid, a 3D CRS such as EPSG:4979) has none.
+VERTICAL_DATUMS: dict[str, int | None] = {
+    "EGM2008": 3855,
+    "EGM96": 5773,
+    "ellipsoidal": None,
+}
+
+#: ESA WorldCover (10 m, 2020/2021, codes 10..100) -> the LULC legend (Esri 9-class values).
+#: Each ESA class goes to the Esri class whose definition contains it: shrubland, grassland and
+#: moss/lichen are Esri's "rangeland" (open, low or sparse vegetation), herbaceous wetland and
+#: mangroves its "flooded vegetation". Esri's "clouds" (10) has no ESA counterpart. Any other
+#: code (0 = ESA nodata) becomes LULC nodata.
+ESA_WORLDCOVER_TO_LULC: tuple[tuple[int, int], ...] = (
+    (10, 2),  # tree cover -> trees
+    (20, 11),  # shrubland -> rangeland
+    (30, 11),  # grassland -> rangeland
+    (40, 5),  # cropland -> crops
+    (50, 7),  # built-up -> built area
+    (60, 8),  # bare / sparse vegetation -> bare ground
+    (70, 9),  # snow and ice -> snow/ice
+    (80, 1),  # permanent water bodies -> water
+    (90, 4),  # herbaceous wetland -> flooded vegetation
+    (95, 4),  # mangroves -> flooded vegetation
+    (100, 11),  # moss and lichen -> rangeland
+)
+
+
+@dataclass(frozen=True)
+class SourceConvention:
+    """How one source collection publishes its values, where the files alone do not say.
+
+    Read by the sources (asset keys) and the build (fill values, legends, vertical datums);
+    ``docs/pipeline.md`` ("Sources in the wild") lists them. Conventions are declared here
+    once, per collection, never sniffed from values. Sentinel-2's offsets are the same for
+    every S2 collection: :data:`S2_STORED_OFFSET_DN` and :func:`s2_harmonise_params`.
+    """
+
+    collection: str
+    #: Registry modality the collection serves.
+    modality: str
+    #: Source values that are nodata whatever the file declares (S1 GRD: the zero fill
+    #: along swath edges, in files that declare no nodata).
+    fill_values: tuple[float, ...] = ()
+    #: Vertical datum of the heights (a :data:`VERTICAL_DATUMS` key) when the file's CRS
+    #: has no vertical part.
+    vertical_datum: str | None = None
+    #: Source class value -> registry legend value; every other value is nodata.
+    class_map: tuple[tuple[int, int], ...] = ()
+    #: Registry band -> asset key, where the collection's key is not the band's usual one.
+    asset_keys: tuple[tuple[str, str], ...] = ()
+
+    def class_lut(self) -> np.ndarray | None:
+        """uint8 value -> legend value lookup (0 = nodata), or None without a class map."""
+        if not self.class_map:
+            return None
+        lut = np.zeros(256, np.uint8)
+        for src, dst in self.class_map:
+            lut[src] = dst
+        return lut
+
+
+CONVENTIONS: tuple[SourceConvention, ...] = (
+    SourceConvention("sentinel-1-grd", "S1GRD", fill_values=(0.0,)),
+    SourceConvention("cop-dem-glo-30", "DEM", vertical_datum="EGM2008"),
+    SourceConvention("cop-dem-glo-90", "DEM", vertical_datum="EGM2008"),
+    SourceConvention("nasadem", "DEM", vertical_datum="EGM96"),
+    SourceConvention(
+        "esa-worldcover", "LULC", class_map=ESA_WORLDCOVER_TO_LULC, asset_keys=(("class", "map"),)
+    ),
+)
+_CONVENTION_BY_COLLECTION = {c.collection: c for c in CONVENTIONS}
+
+
+def source_convention(collection: str | None) -> SourceConvention | None:
+    """The registry's conventions of a source collection, or None (none declared)."""
+    return _CONVENTION_BY_COLLECTION.get(collection or "")
+
+
 # --------------------------------------------------------------------------- TerraMind v1
 
 
@@ -993,6 +1074,15 @@ EARTH_ENGINE: dict[str, EarthEngineConvention] = {
             "legend: 1 water, 2 trees, 4 flooded vegetation, 5 crops, 7 built area, "
             "8 bare ground, 9 snow/ice, 10 clouds, 11 rangeland; 0 nodata",
             legend=tuple((v, v) for v in LULC_CLASSES),
+        ),
+        EarthEngineConvention(
+            "esa-worldcover",
+            "LULC",
+            "ESA/WorldCover/v200",
+            (("class", "Map"),),
+            "ESA WorldCover 10 m 2021 (v200), its 11-class legend mapped onto the registry's "
+            "(ESA_WORLDCOVER_TO_LULC, as for the STAC esa-worldcover collection)",
+            legend=ESA_WORLDCOVER_TO_LULC,
         ),
     )
 }

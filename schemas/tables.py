@@ -39,6 +39,8 @@ class RejectReason(enum.StrEnum):
     UNREACHABLE_ASSET = "unreachable_asset"  # missing file, HTTP error, timeout
     CRS_MISMATCH = "crs_mismatch"  # asset georeferencing disagrees with item proj:*
     HREF_NOT_ALLOWED = "href_not_allowed"  # href refused by the href policy, never opened
+    AMBIGUOUS_BAND = "ambiguous_band"  # multi-band file, nothing says which band is wanted
+    VERTICAL_DATUM = "vertical_datum"  # heights in a datum that cannot be converted here
     INTERNAL_ERROR = "internal_error"  # a bug: kept as a row so nothing is lost
 
 
@@ -57,7 +59,8 @@ ASSET = pa.struct(
         ("shape", pa.list_(pa.int32())),  # proj:shape (rows, cols)
         ("nodata", pa.float64()),
         ("scale", pa.float64()),  # raster:bands scale (DN -> physical)
-        ("offset", pa.float64()),  # raster:bands offset
+        ("offset", pa.float64()),  # raster:bands offset (S2: what the published DN means)
+        ("band_index", pa.int32()),  # 1-based band in a multi-band file; null: the file tells
     ]
 )
 
@@ -123,6 +126,12 @@ INDEX_SCHEMA = pa.schema(
         pa.field("missing_modalities", pa.list_(UNMATCHED)),
         pa.field("caption", pa.string()),
         pa.field("checksums", pa.map_(pa.string(), pa.string())),  # array -> hex digest
+        # the S2 DN convention of the stored S2 arrays (schemas.modalities.S2_CONVENTION);
+        # null: no S2 in the sample
+        pa.field("s2_convention", pa.string()),
+        # vertical datum the DEM source's heights were given in (EGM2008, EGM96,
+        # ellipsoidal; stored heights are always the registry's datum); null: no DEM
+        pa.field("dem_vertical_datum", pa.string()),
     ],
     metadata={b"terraloom:table": b"index", b"terraloom:version": str(INDEX_VERSION).encode()},
 )
@@ -228,7 +237,9 @@ def write_geoparquet(name: str, table: pa.Table, path: str | os.PathLike[str]) -
 
 #: Nullable columns added after a table's version was fixed: a table written before them
 #: reads with the column all null ("not recorded") instead of failing.
-ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"index": ("missing_modalities",)}
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "index": ("missing_modalities", "s2_convention", "dem_vertical_datum")
+}
 
 
 def read_table(name: str, path: str | os.PathLike[str]) -> pa.Table:

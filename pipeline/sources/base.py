@@ -26,7 +26,13 @@ from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.prepared import prep
 
-from terraloom.schemas.modalities import REGISTRY, Modality, get_modality
+from terraloom.schemas.modalities import (
+    REGISTRY,
+    Modality,
+    get_modality,
+    s2_reflectance_params,
+    source_convention,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +125,13 @@ class SkippedItem:
 
 @dataclass(frozen=True)
 class SourceAsset:
-    """One band's file: the plan's ASSET struct (see ``schemas.tables.ASSET``)."""
+    """One band's file: the plan's ASSET struct (see ``schemas.tables.ASSET``).
+
+    ``band_index`` is the band's 1-based index in a multi-band file (from the order of the
+    asset's ``eo:bands`` / ``raster:bands`` / ``bands`` list, or set explicitly by a source);
+    None: the file itself must tell (one band, or band descriptions naming it), else the
+    build rejects the sample (``ambiguous_band``) rather than guess band 1.
+    """
 
     key: str
     href: str
@@ -130,6 +142,7 @@ class SourceAsset:
     nodata: float | None = None
     scale: float | None = None
     offset: float | None = None
+    band_index: int | None = None
 
     def to_struct(self) -> dict[str, Any]:
         return {
@@ -142,6 +155,7 @@ class SourceAsset:
             "nodata": self.nodata,
             "scale": self.scale,
             "offset": self.offset,
+            "band_index": self.band_index,
         }
 
 
@@ -188,9 +202,12 @@ class SourceItem:
         """Year a (possibly annual) product describes: its start, else its datetime."""
         return (self.start_datetime or self.datetime).year
 
-    def missing_bands(self, modality: str | Modality) -> tuple[str, ...]:
+    def missing_bands(
+        self, modality: str | Modality, bands: Sequence[str] | None = None
+    ) -> tuple[str, ...]:
+        """Bands of ``modality`` (only ``bands`` of it, when given) this item has no asset for."""
         m = get_modality(modality)
-        return tuple(b for b in m.band_names if b not in self.assets)
+        return tuple(b for b in (bands or m.band_names) if b not in self.assets)
 
     def to_scene(
         self, modality: str | Modality, cloud_cover: float | None = None
@@ -262,10 +279,14 @@ class Source(abc.ABC):
 
 
 def modality_for_collection(collection: str) -> Modality | None:
-    """The registry modality a collection serves (registry ids first, then aliases)."""
+    """The registry modality a collection serves (registry ids first, then the collections
+    with declared conventions, e.g. ``esa-worldcover``, then aliases)."""
     for m in REGISTRY:
         if collection in m.collections:
             return m
+    conv = source_convention(collection)
+    if conv is not None:
+        return get_modality(conv.modality)
     alias = COLLECTION_ALIASES.get(collection)
     return get_modality(alias) if alias else None
 
@@ -373,33 +394,99 @@ def _eo_band_names(asset: Mapping[str, Any]) -> list[str]:
     return [b.get("name") for b in asset.get("eo:bands") or [] if b.get("name")]
 
 
-def _band_asset_keys(m: Modality, assets: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
-    """Registry band -> asset key: PC key, Earth Search key, then single-band ``eo:bands`` name."""
-    out: dict[str, str] = {}
+def _band_list(asset: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The asset's per-band entries in file band order: ``eo:bands`` (names), else STAC 1.1
+    ``bands``, else ``raster:bands`` (the longest list wins: a one-entry ``eo:bands`` next to
+    a three-entry ``raster:bands`` does not describe the file's layout)."""
+    lists = [asset.get(k) for k in ("eo:bands", "bands", "raster:bands")]
+    usable = [
+        [e if isinstance(e, Mapping) else {} for e in v] for v in lists if isinstance(v, list)
+    ]
+    return max(usable, key=len, default=[])
+
+
+#: Assets that hold a rendering of bands (8-bit true colour), never the bands' values.
+_RENDERED_ASSETS = ("visual", "tci", "thumbnail", "overview", "rendered_preview")
+
+
+def _is_rendering(key: str, asset: Mapping[str, Any]) -> bool:
+    roles = asset.get("roles") or []
+    return (
+        key.lower().removesuffix("-jp2") in _RENDERED_ASSETS
+        or key.endswith("-jp2")
+        or any(r in ("visual", "thumbnail", "overview") for r in roles if isinstance(r, str))
+    )
+
+
+def _index_in(entries: Sequence[Mapping[str, Any]], b: Any) -> int | None:
+    """1-based position of registry band ``b`` in a band list: by name (registry, PC or Earth
+    Search spelling), else by a common name no other entry shares; None if absent."""
+    names = {n.lower() for n in (b.name, b.asset_key, b.es_asset_key) if n}
+    for i, e in enumerate(entries):
+        if str(e.get("name") or "").lower() in names:
+            return i + 1
+    if b.common_name:
+        hits = [i for i, e in enumerate(entries) if e.get("common_name") == b.common_name]
+        if len(hits) == 1:
+            return hits[0] + 1
+    return None
+
+
+def _band_asset_keys(
+    m: Modality, assets: Mapping[str, Mapping[str, Any]], collection: str | None = None
+) -> dict[str, tuple[str, int | None]]:
+    """Registry band -> (asset key, 1-based band index in the file or None).
+
+    The key: the collection's declared key (registry ``SourceConvention.asset_keys``), the
+    PC key, the Earth Search key, a single-band ``eo:bands`` name, then a multi-band asset
+    listing the band (a Landsat-style stack, one asset for all bands). The index: the band's
+    position in the asset's band list when that lists several bands, else None (the file
+    tells at read time)."""
+    out: dict[str, tuple[str, int | None]] = {}
     lower = {k.lower(): k for k in assets}
+    conv = source_convention(collection)
+    declared = dict(conv.asset_keys) if conv is not None else {}
+
+    def found(b: Any, key: str) -> None:
+        entries = _band_list(assets[key])
+        out[b.name] = (key, _index_in(entries, b) if len(entries) > 1 else None)
+
     for b in m.bands:
+        key = declared.get(b.name)
+        if key is not None and key in assets:
+            found(b, key)
+            continue
         for cand in (b.asset_key, b.es_asset_key, b.name):
             if cand and cand in assets:
-                out[b.name] = cand
+                found(b, cand)
                 break
             if cand and cand.lower() in lower:
-                out[b.name] = lower[cand.lower()]
+                found(b, lower[cand.lower()])
                 break
         else:
             for key, a in assets.items():
                 names = _eo_band_names(a)
                 if names == [b.name] and not key.endswith("-jp2"):
-                    out[b.name] = key
+                    found(b, key)
                     break
+            else:
+                for key, a in sorted(assets.items()):
+                    entries = _band_list(a)
+                    if len(entries) < 2 or _is_rendering(key, a):
+                        continue
+                    idx = _index_in(entries, b)
+                    if idx is not None:
+                        out[b.name] = (key, idx)
+                        break
     if m.name == "S2L2A":
         for cand in (m.extra.get("scl_asset"), m.extra.get("es_scl_asset")):
             if cand and cand in assets:
-                out[SCL_BAND] = cand
+                out[SCL_BAND] = (cand, None)
                 break
     if m.name in ("S1GRD", "S1RTC"):
         for pol in SAR_POLARIZATIONS:
             if pol not in out and pol.lower() in assets:
-                out[pol] = pol.lower()
+                out[pol] = (pol.lower(), None)
     return out
 
 
@@ -408,22 +495,43 @@ _RORBIT_RE = re.compile(r"_R(\d{3})_")
 _MGRS_RE = re.compile(r"(?:^|_)T?(\d{1,2}[C-X][A-Z]{2})(?:_|$)")
 
 
-def _raster_band(asset: Mapping[str, Any]) -> dict[str, Any]:
-    """First band's nodata/scale/offset from STAC 1.0 ``raster:bands`` or STAC 1.1 ``bands``.
+def _raster_band(asset: Mapping[str, Any], band_index: int | None = None) -> dict[str, Any]:
+    """A band's nodata/scale/offset from STAC 1.0 ``raster:bands`` or STAC 1.1 ``bands``
+    (the ``band_index``-th entry of a multi-band asset, else the first).
 
     APIs serving STAC 1.1 (and pystac migrating on read) move ``raster:bands`` into the
     common ``bands`` list with ``raster:``-prefixed fields; both spellings mean the same.
     """
+    i = (band_index or 1) - 1
     legacy = asset.get("raster:bands")
     if legacy:
-        return dict(legacy[0])
+        entry = legacy[i] if i < len(legacy) else legacy[0]
+        return dict(entry) if isinstance(entry, Mapping) else {}
     bands = asset.get("bands") or [{}]
-    first = bands[0] if isinstance(bands[0], Mapping) else {}
+    entry = bands[i] if i < len(bands) else bands[0]
+    first = entry if isinstance(entry, Mapping) else {}
     out = {k.removeprefix("raster:"): v for k, v in first.items()}
     for k in ("nodata", "raster:scale", "raster:offset"):  # asset-level in STAC 1.1
         if k in asset:
             out.setdefault(k.removeprefix("raster:"), asset[k])
     return out
+
+
+def _s2_published(
+    scale: float | None, offset: float | None, baseline: str | None, props: Mapping[str, Any]
+) -> tuple[float, float]:
+    """What a Sentinel-2 DN of this item means, ``reflectance = DN * scale + offset``.
+
+    The asset's ``raster:bands`` when given, else ESA's rule (the -0.1 offset from processing
+    baseline 04.00 on). Earth Search v1 items with ``earthsearch:boa_offset_applied: true``
+    have had the offset removed from their DN but still declare it: their offset is 0. The
+    plan records the result, and the build harmonises every item onto the corpus convention
+    (``schemas.modalities.S2_STORED_OFFSET_DN``) from it.
+    """
+    sc, off = s2_reflectance_params(scale, offset, baseline)
+    if props.get("earthsearch:boa_offset_applied") is True:
+        off = 0.0
+    return sc, off
 
 
 def _processing_baseline(props: Mapping[str, Any], hrefs: Iterable[str]) -> str | None:
@@ -597,23 +705,28 @@ def _item_from_stac(
     raw_assets: Mapping[str, Mapping[str, Any]] = d.get("assets") or {}
     _check_assets(raw_assets, item_id)
     assets: dict[str, SourceAsset] = {}
+    s2 = m is not None and m.name in ("S2L2A", "S2L1C")
+    baseline = _processing_baseline(props, (str(a.get("href", "")) for a in raw_assets.values()))
     if m is not None:
-        for band, key in _band_asset_keys(m, raw_assets).items():
+        for band, (key, band_index) in _band_asset_keys(m, raw_assets, collection).items():
             a = raw_assets[key]
             href = _absolute(str(a["href"]), base_href)
             if rewrite_s3:
                 href = s3_to_https(href, d, a)
             if signer is not None:
                 href = signer(href)
-            rb = _raster_band(a)
             epsg = None if gcps else (_proj_epsg(a) or item_epsg)
             transform = (
                 None if gcps else _floats(a.get("proj:transform") or props.get("proj:transform"), 6)
             )
             shp = None if gcps else _floats(a.get("proj:shape") or props.get("proj:shape"), 2)
+            rb = _raster_band(a, band_index)
             nodata = _maybe_float(rb.get("nodata"))
             if nodata is None and a.get("nodata") is not None:
                 nodata = _maybe_float(a.get("nodata"))
+            scale, offset = _maybe_float(rb.get("scale")), _maybe_float(rb.get("offset"))
+            if s2 and band != SCL_BAND:
+                scale, offset = _s2_published(scale, offset, baseline, props)
             assets[band] = SourceAsset(
                 key=key,
                 href=href,
@@ -622,8 +735,9 @@ def _item_from_stac(
                 transform=transform,
                 shape=(int(shp[0]), int(shp[1])) if shp else None,
                 nodata=nodata,
-                scale=_maybe_float(rb.get("scale")),
-                offset=_maybe_float(rb.get("offset")),
+                scale=scale,
+                offset=offset,
+                band_index=band_index,
             )
     cloud = _maybe_float(props.get("eo:cloud_cover"))
     platform = props.get("platform")
@@ -650,9 +764,7 @@ def _item_from_stac(
         relative_orbit=int(rel) if rel is not None else None,
         epsg=item_epsg if item_epsg is not None else _first_asset_epsg(assets),
         needs_gcps=gcps,
-        processing_baseline=_processing_baseline(
-            props, (str(a.get("href", "")) for a in raw_assets.values())
-        ),
+        processing_baseline=baseline,
         mgrs_tile=_mgrs_tile(props, item_id) if collection.startswith("sentinel-2") else None,
         polarizations=pols,
         assets=assets,

@@ -108,20 +108,20 @@ def test_derive_without_the_bands_it_needs_is_none_and_a_required_one_is_a_rejec
     assert underivable(("S2RGB", "GEO"), d) is None
 
 
-def test_a_declared_offset_the_dn_already_lost_is_ignored() -> None:
-    scene = {
-        "assets": [{"band": b, "scale": 1e-4, "offset": -0.1} for b in ("B02", "B03", "B04", "B08")]
-    }
-    d = derive(_inputs(s2_scene=scene))  # DN 1500..4000 minus 1000 DN would still be > 0
-    assert "s2_offset_ignored" not in d.quality
-    low = DeriveInputs(
-        45.5,
-        15.5,
-        {"S2L2A": np.full((4, 8, 8), 400, np.float32) + np.arange(8, dtype=np.float32)},
-        {"S2L2A": ("B02", "B03", "B04", "B08")},
-        scene,
-    )
-    assert derive(low).quality["s2_offset_ignored"] == 1.0
+def test_ndvi_reads_the_corpus_convention_whatever_the_scene_declares() -> None:
+    """S2 images arrive harmonised (DN = 10000 * reflectance + 1000), so NDVI removes the
+    +1000 DN and ignores the scene's published scale/offset (already applied)."""
+    b04, b08 = np.full((8, 8), 1500, np.float32), np.full((8, 8), 4000, np.float32)
+    es = {"assets": [{"band": b, "scale": 1e-4, "offset": 0.0} for b in ("B04", "B08")]}
+    for scene in ({}, es):
+        d = derive(
+            DeriveInputs(
+                0.0, 0.0, {"S2L2A": np.stack([b04, b08])}, {"S2L2A": ("B04", "B08")}, scene
+            )
+        )  # type: ignore[arg-type]
+        assert d.arrays["NDVI"] is not None
+        np.testing.assert_allclose(d.arrays["NDVI"], (0.3 - 0.05) / (0.3 + 0.05), rtol=1e-6)
+        assert "s2_offset_ignored" not in d.quality
 
 
 def test_unsourced_names_the_missing_source_of_a_built_derived_image() -> None:

@@ -70,3 +70,107 @@ def test_world_md_sample_counts_match_the_plan_default() -> None:
         one, nine = (int(n.replace(",", "")) for n in re.findall(r"[\d,]+", shown))
         region = Region(geometry=shapely.union_all([box(*s.bbox) for s in region_specs(preset)]))
         assert (one, nine) == (len(region.samples(default)), len(region.samples(9))), name
+
+
+# --- band subsets chosen at plan time (issue 18.6) ----------------------------------------------
+
+FOUR = ("B02", "B03", "B04", "B08")
+
+
+def _four_band_catalog(root: Path) -> Path:
+    """A static catalog of one S2 L2A item offering only B02, B03, B04 and B08 (local 60 m
+    GeoTIFFs, smooth values, no SCL): the kind of catalog the planner used to reject for
+    lacking B01, B05, ..."""
+    import json
+
+    import numpy as np
+    from affine import Affine
+    from sample_kit import centres_lonlat, write_raster
+
+    epsg, res, n = 32633, 60.0, 400
+    t = Affine(res, 0, 490_000, 0, -res, 5_052_000)
+    lon, lat = centres_lonlat(epsg, t, n, n)
+    assets = {}
+    for i, b in enumerate(FOUR):
+        vals = 2000 + 300 * i + 500 * np.sin(lon * 300.0 + i) * np.cos(lat * 200.0)
+        href = write_raster(root / f"{b}.tif", vals.astype(np.uint16), crs=epsg, transform=t)
+        assets[b] = {
+            "href": f"./{Path(href).name}",
+            "eo:bands": [{"name": b}],
+            "raster:bands": [{"nodata": 0, "scale": 1e-4, "offset": -0.1}],
+            "proj:transform": list(t)[:6],
+            "proj:shape": [n, n],
+        }
+    w, s, e, nn = (float(v) for v in (lon.min(), lat.min(), lon.max(), lat.max()))
+    item = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": "S2_FOUR",
+        "collection": "sentinel-2-l2a",
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[[w, s], [e, s], [e, nn], [w, nn], [w, s]]],
+        },
+        "bbox": [w, s, e, nn],
+        "properties": {
+            "datetime": "2023-07-15T10:00:00Z",
+            "proj:epsg": epsg,
+            "s2:processing_baseline": "05.09",
+            "eo:cloud_cover": 1.0,
+        },
+        "assets": assets,
+        "links": [],
+    }
+    (root / "item.json").write_text(json.dumps(item))
+    links = [
+        {"rel": "root", "href": "./catalog.json"},
+        {"rel": "item", "href": "./item.json"},
+    ]
+    cat = {"type": "Catalog", "id": "four", "stac_version": "1.0.0", "description": "4 bands"}
+    (root / "catalog.json").write_text(json.dumps({**cat, "links": links}))
+    return root / "catalog.json"
+
+
+def test_plan_bands_plans_and_builds_a_four_band_corpus_from_the_cli(tmp_path: Path) -> None:
+    import numpy as np
+    import zarr
+
+    from terraloom.pipeline.build_config import PLAN_BANDS_KEY
+    from terraloom.schemas.modalities import get_modality
+    from terraloom.schemas.tables import read_table
+
+    cat = _four_band_catalog(tmp_path / "cat")
+    from terraloom.pipeline.grid import GRID
+
+    cell = str(GRID.cell_of(15.03, 45.5))  # well inside the item's 24 km square
+    base = ["plan", "--source", f"catalog:{cat}", "--region", cell]
+    base += ["--time", "2023-07-01/2023-07-31", "--modalities", "S2L2A", "--val-fraction", "0"]
+    # without --bands: every item lacks B01, B05, ... and no sample is matched
+    assert main([*base, "--out", str(tmp_path / "all.parquet"), "--no-progress"]) == 0
+    assert all(read_table("plan", tmp_path / "all.parquet").column("unmatched").to_pylist())
+    plan = tmp_path / "plan.parquet"
+    bands = ["--bands", "S2L2A=B02,B03,B04,B08"]
+    assert main([*base, *bands, "--out", str(plan), "--no-progress"]) == 0
+    table = read_table("plan", plan)
+    assert table.num_rows >= 1 and not any(table.column("unmatched").to_pylist())
+    meta = __import__("pyarrow.parquet").parquet.read_schema(plan).metadata
+    assert meta[PLAN_BANDS_KEY] == b'{"S2L2A": ["B02", "B03", "B04", "B08"]}'
+    # the same from a config file
+    (tmp_path / "plan.yaml").write_text("band_subset: {S2L2A: [B02, B03, B04, B08]}\n")
+    again = tmp_path / "again.parquet"
+    argv = [*base, "--config", str(tmp_path / "plan.yaml"), "--out", str(again), "--no-progress"]
+    assert main(argv) == 0
+    assert (
+        read_table("plan", again).column("scenes").to_pylist() == table.column("scenes").to_pylist()
+    )
+    # the build follows the plan's bands: nothing to repeat
+    corpus = tmp_path / "corpus"
+    assert main(["build", "--plan", str(plan), "--out", str(corpus), "--no-progress"]) == 0
+    index = read_table("index", corpus / "index.parquet")
+    assert index.num_rows == table.num_rows
+    group = zarr.open_group(str(corpus / "train.zarr"), mode="r")
+    assert group.attrs["built_bands"]["S2L2A"] == list(FOUR)
+    s2 = np.asarray(group["S2L2A"][0])
+    names = get_modality("S2L2A").band_names
+    for i, b in enumerate(names):
+        assert (s2[i] > 0).all() if b in FOUR else (s2[i] == 0).all(), b

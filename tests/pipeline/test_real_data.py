@@ -25,7 +25,7 @@ from sample_kit import asset, grid_transform, plan_row, scene
 from terraloom.pipeline.alignment import subpixel_shift
 from terraloom.pipeline.readers import open_info
 from terraloom.pipeline.sample import BuildConfig, build_block
-from terraloom.schemas.modalities import get_modality
+from terraloom.schemas.modalities import S2_CONVENTION, get_modality
 from terraloom.schemas.tables import RejectReason
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,7 +84,11 @@ def test_croatia_builds_local_bands_on_the_utm33_grid(croatia: dict[str, dict[st
     s2 = r.arrays["S2L2A"]
     for i, b in enumerate(S2.band_names):
         assert (s2[i] > 0).all() if b in LOCAL else (s2[i] == 0).all(), b
-    # the same grid warped by GDAL straight from the file (same CRS: GDAL is exact here)
+    # the same grid warped by GDAL straight from the file (same CRS: GDAL is exact here),
+    # plus the 1000 DN Earth Search removed (earthsearch:boa_offset_applied): the corpus
+    # stores every S2 item as DN = 10000 * reflectance + 1000
+    assert r.index_row["s2_convention"] == S2_CONVENTION
+    assert r.index_row["quality"]["s2_dn_shift_S2L2A"] == 1000.0
     for band in LOCAL:
         ref = np.zeros((264, 264), np.float32)
         with rasterio.open(
@@ -94,7 +98,7 @@ def test_croatia_builds_local_bands_on_the_utm33_grid(croatia: dict[str, dict[st
                 rasterio.band(ds, 1), ref, dst_transform=t, dst_crs=ds.crs, resampling=R.bilinear
             )
         ours = s2[S2.band_names.index(band)].astype(np.float32)
-        assert np.abs(ours - ref).max() <= 1.0, band  # uint16 rounding only
+        assert np.abs(ours - (ref + 1000)).max() <= 1.0, band  # uint16 rounding only
     assert r.arrays["cloud_mask"].max() < 255  # SCL read and classified everywhere
     assert 0.0 <= r.index_row["cloud_fraction"] <= 0.2
     assert 0.2 < r.index_row["quality"]["ndvi_mean"] < 0.9  # August vegetation in Croatia

@@ -61,7 +61,10 @@ def test_earth_search_s2_l2a(real_dir) -> None:
         and red.href.endswith("/B04.tif")
         and red.href.startswith("https://sentinel-cogs.s3.us-west-2")
     )
-    assert (red.scale, red.offset, red.nodata) == (0.0001, -0.1, 0.0)
+    # raster:bands declares offset -0.1, but earthsearch:boa_offset_applied says the DN
+    # already lost it: the plan records what the DN means (offset 0)
+    assert (red.scale, red.offset, red.nodata) == (0.0001, 0.0, 0.0)
+    assert red.band_index is None
     assert red.transform == (10.0, 0.0, 600000.0, 0.0, -10.0, 3300040.0) and red.shape == (
         10980,
         10980,
@@ -152,7 +155,10 @@ def test_rtc_dem_lulc(real_dir) -> None:
     assert annual.modality == "LULC" and annual.year == 2023  # served through the alias table
 
     wc = next(iter(_items(real_dir, "pc", "esa-worldcover").values()))
-    assert wc.modality is None and wc.assets == {}  # another legend: not a corpus modality
+    # another legend, mapped onto LULC's by the registry's convention; its asset is "map"
+    assert wc.modality == "LULC" and wc.year == 2021
+    assert set(wc.assets) == {"class"} and wc.assets["class"].key == "map"
+    assert wc.assets["class"].nodata == 0.0 and wc.assets["class"].band_index is None
 
 
 def test_static_catalog_relative_hrefs_become_absolute(real_dir) -> None:
@@ -226,3 +232,59 @@ def test_stac_1_1_bands_spelling_reads_like_raster_bands() -> None:
     asset_level = item({"nodata": -32767, "raster:scale": 2.0, "raster:offset": -0.5})
     got = [item_from_stac(d).assets["elevation"] for d in (legacy, v11, asset_level)]
     assert [(a.nodata, a.scale, a.offset) for a in got] == [(-32767.0, 2.0, -0.5)] * 3
+
+
+def _stack_item(assets: dict, props: dict | None = None) -> dict:
+    return {
+        "type": "Feature",
+        "id": "stack",
+        "collection": "sentinel-2-l2a",
+        "bbox": [15, 45, 16, 46],
+        "geometry": {"type": "Polygon", "coordinates": [[[15, 45], [16, 45], [16, 46], [15, 45]]]},
+        "properties": {"datetime": "2023-07-15T10:00:00Z", **(props or {})},
+        "assets": assets,
+    }
+
+
+def test_a_multi_band_asset_gives_each_band_its_index_and_its_raster_band() -> None:
+    """One asset listing bands (eo:bands order = file band order); each band's nodata and
+    scale come from its own raster:bands entry; a true-colour rendering is never a band."""
+    stack = {
+        "href": "https://example.com/stack.tif",
+        "eo:bands": [{"name": "B02"}, {"name": "red", "common_name": "red"}, {"name": "B08"}],
+        "raster:bands": [
+            {"nodata": 0, "scale": 1e-4, "offset": -0.1},
+            {"nodata": 1, "scale": 2e-4, "offset": -0.1},
+            {"nodata": 2, "scale": 1e-4, "offset": -0.1},
+        ],
+    }
+    visual = {"href": "https://example.com/tci.tif", "eo:bands": [{"name": "B03"}, {"name": "B04"}]}
+    it = item_from_stac(_stack_item({"image": stack, "visual": visual}))
+    got = {b: (a.key, a.band_index, a.nodata, a.scale) for b, a in it.assets.items()}
+    assert got == {
+        "B02": ("image", 1, 0.0, 1e-4),
+        "B04": ("image", 2, 1.0, 2e-4),  # by common name (the registry's B04 is "red")
+        "B08": ("image", 3, 2.0, 1e-4),
+    }
+    assert "B03" not in it.assets  # only in the visual rendering
+    assert it.to_scene("S2L2A")["assets"][0]["band_index"] == 1
+    single = item_from_stac(
+        _stack_item({"B04": {"href": "https://example.com/x.tif", "eo:bands": [{"name": "B04"}]}})
+    )
+    assert single.assets["B04"].band_index is None  # one-band list: the file tells
+
+
+def test_s2_assets_record_what_their_dn_means() -> None:
+    """scale/offset of S2 assets: raster:bands, ESA's baseline rule without them, and
+    offset 0 where Earth Search says it already removed it."""
+    a = {"href": "https://example.com/B04.tif"}
+    rb = {**a, "raster:bands": [{"scale": 1e-4, "offset": -0.1}]}
+    cases = [
+        ({"B04": rb}, {"s2:processing_baseline": "05.09"}, (1e-4, -0.1)),
+        ({"B04": rb}, {"earthsearch:boa_offset_applied": True}, (1e-4, 0.0)),
+        ({"B04": a}, {"s2:processing_baseline": "05.00"}, (1e-4, -0.1)),
+        ({"B04": a}, {"s2:processing_baseline": "02.14"}, (1e-4, 0.0)),
+    ]
+    for assets, props, want in cases:
+        b04 = item_from_stac(_stack_item(assets, props)).assets["B04"]
+        assert (b04.scale, b04.offset) == pytest.approx(want), props
