@@ -315,6 +315,14 @@ def test_earth_engine_conventions_map_onto_the_corpus() -> None:
     assert list(ee_to_corpus(esri, "class", np.array([1, 11, 3], np.uint8))[:2]) == [1.0, 11.0]
 
 
+def test_esa_worldcover_from_earth_engine_maps_its_legend() -> None:
+    wc = EARTH_ENGINE["esa-worldcover"]
+    assert wc.collection == "ESA/WorldCover/v200" and wc.modality == "LULC"
+    mapped = ee_to_corpus(wc, "class", np.array([10, 40, 80, 95, 0, 33], np.uint8))
+    assert list(mapped[:4]) == [2.0, 5.0, 1.0, 4.0]  # trees, crops, water, flooded veg.
+    assert np.isnan(mapped[4:]).all()  # nodata and a value outside the legend
+
+
 def test_clear_error_without_credentials(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     for var in ("GOOGLE_APPLICATION_CREDENTIALS", "EE_SERVICE_ACCOUNT_KEY", "EARTHENGINE_TOKEN"):
