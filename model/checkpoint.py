@@ -31,6 +31,7 @@ from torch import nn
 
 from terraloom.model.config import TrainConfig, to_dict
 from terraloom.model.transformer import TerraloomModel
+from terraloom.storage.location import Location, LocationError
 
 STATE_FILE = "train_state.pt"
 MODEL_FILE = "model.safetensors"
@@ -278,9 +279,39 @@ def load_checkpoint(
     return state
 
 
-def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
-    """A checkpoint directory (``model.safetensors`` + ``config.json``) or a run directory."""
-    p = Path(path)
+def fetch_checkpoint(location: Location) -> Path:
+    """The weights and config of a remote checkpoint (or of a remote run's ``latest``) in
+    the local cache: generation and evaluation load a checkpoint URL through it. Files
+    already cached with their remote size are not copied again."""
+    from terraloom.model.rundir import RunDir
+    from terraloom.storage.transfer import cache_dir, download_file
+
+    ck = location
+    if not ((ck / MODEL_FILE).exists() and (ck / CONFIG_FILE).exists()):
+        try:
+            name = RunDir(location, Path()).remote_latest()
+        except LocationError as exc:
+            raise CheckpointError(str(exc)) from None
+        if name is None or not (location / f"{name}/{MODEL_FILE}").exists():
+            raise FileNotFoundError(
+                f"{location} is neither a checkpoint (model.safetensors + config.json) nor a run directory with one"
+            )
+        ck = location / name
+    dest = cache_dir(ck, "checkpoints")
+    for f in (CONFIG_FILE, MODEL_FILE):
+        target = dest / f
+        if not target.exists() or target.stat().st_size != (ck / f).size():
+            download_file(ck / f, target)
+    return dest
+
+
+def resolve_checkpoint(path: str | os.PathLike[str] | Location) -> Path:
+    """A checkpoint directory (``model.safetensors`` + ``config.json``) or a run directory;
+    a URL (``s3://bkt/run``) is read through the local cache (:func:`fetch_checkpoint`)."""
+    loc = Location.parse(path)
+    if not loc.is_local:
+        return fetch_checkpoint(loc)
+    p = loc.local_path
     if (p / "model.safetensors").is_file() and (p / "config.json").is_file():
         return p
     if p.is_dir():
@@ -308,6 +339,8 @@ def checkpoint_data_paths(ckpt: Path) -> dict[str, str]:
     return out
 
 
-def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> TerraloomModel:
+def load_model(
+    path: str | os.PathLike[str] | Location, device: str | torch.device = "cpu"
+) -> TerraloomModel:
     """The model of a checkpoint or of a run's latest checkpoint, in eval mode."""
     return TerraloomModel.from_pretrained(resolve_checkpoint(path), map_location=device).eval()

@@ -24,8 +24,21 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     add_config_args(p, TrainConfig)
 
 
+def _add_storage_option(p: argparse.ArgumentParser) -> None:
+    """``--storage-option key=value`` (repeatable) for every location of the command."""
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of the storage backend for the command's URLs, e.g. "
+        "endpoint_url=http://minio:9000 (repeatable; see docs/cloud.md)",
+    )
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from terraloom.model.train import train
+    from terraloom.storage.location import parse_storage_options
 
     for flag, value in (("--steps", args.steps), ("--max-steps", args.max_steps)):
         if value is not None and value < 1:
@@ -43,7 +56,11 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     try:
         result = train(
-            cfg, resume=not args.no_resume, max_steps=args.max_steps, progress=not args.no_progress
+            cfg,
+            resume=not args.no_resume,
+            max_steps=args.max_steps,
+            progress=not args.no_progress,
+            storage_options=parse_storage_options(args.storage_option),
         )
     finally:
         import torch.distributed as dist
@@ -58,7 +75,7 @@ def _run_train(args: argparse.Namespace) -> int:
             {
                 "steps": result.steps_done,
                 "loss": last.get("loss"),  # null when this call trained nothing
-                "out_dir": str(result.out_dir),
+                "out_dir": str(result.out_dir) if "://" not in cfg.out_dir else cfg.out_dir,
             }
         )
     )
@@ -72,7 +89,12 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         description="Train the dual-scale encoder-decoder. Launch with torchrun for DDP/FSDP.",
     )
     _add_config_args(p)
-    p.add_argument("--out-dir", help="run directory (checkpoints, metrics.csv); overrides out_dir")
+    p.add_argument(
+        "--out-dir",
+        help="run directory or URL, e.g. s3://bucket/run (checkpoints, metrics.csv); "
+        "overrides out_dir",
+    )
+    _add_storage_option(p)
     p.add_argument("--steps", type=int, help="total schedule length; overrides steps")
     p.add_argument("--max-steps", type=int, help="stop after this step (schedule unchanged)")
     p.add_argument(
@@ -191,7 +213,8 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument(
         "--checkpoint",
         required=True,
-        help="checkpoint directory (model.safetensors + config.json) or a run directory",
+        help="checkpoint directory (model.safetensors + config.json) or a run directory; "
+        "a path or URL",
     )
     p.add_argument(
         "--input",
@@ -205,7 +228,8 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         required=True,
         help="comma-separated targets, generated in this order, e.g. LULC,S2L2A,DEM",
     )
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory or URL")
+    _add_storage_option(p)
     p.add_argument("--corpus", help="corpus root (default: the checkpoint's data.corpus)")
     p.add_argument("--tokens", help="token-store root (default: the checkpoint's data.tokens)")
     p.add_argument("--tokenizers", help="tokenizer root (default: <tokens>/../tokenizers)")
@@ -232,11 +256,15 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p = subparsers.add_parser(
         "evaluate",
         help="generation metrics on val next to trivial baselines (Markdown + JSON)",
-        description="S1GRD->S2L2A (PSNR, SSIM), S2L2A->LULC (accuracy, mIoU), S2L2A->DEM (MAE), S2L2A->GEO (median km), "
+        description="S1GRD->S2L2A (PSNR, SSIM), S2L2A->LULC (accuracy, mIoU), S2L2A->DEM (MAE), S2L2A->S1GRD (MAE dB), "
+        "S2L2A->GEO (median km), a 16 px grid-artifact row per image target, "
         "each next to a baseline fitted on train in the same run and the tokenizer ceiling.",
     )
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True, help="directory for evaluation.json / evaluation.md")
+    p.add_argument(
+        "--out", required=True, help="directory or URL for evaluation.json / evaluation.md"
+    )
+    _add_storage_option(p)
     p.add_argument("--corpus")
     p.add_argument("--tokens")
     p.add_argument("--tokenizers")

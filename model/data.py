@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -468,3 +468,42 @@ def split_path(root: str | os.PathLike[str], split: str) -> Path:
     if (root / "zarr.json").exists() and root.suffix == ".zarr":
         return root
     return root / f"{split}.zarr"
+
+
+def local_root(
+    root: str | os.PathLike[str],
+    kind: str,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Path:
+    """A token store (``kind="tokens"``) or corpus (``"corpus"``) root as a local path.
+
+    A local root is itself: memory-mapping stays the fast path. A URL (``s3://...``) is read
+    through the local cache: a token store is fetched commit by commit
+    (``tokenize_jobs.fetch``: shards already cached are not copied again, uncommitted ones
+    not at all), a corpus mirrored file by file (files present with their remote size are
+    kept). A split store URL (``.../train.zarr``) brings only that split.
+    """
+    from terraloom.storage.location import Location
+    from terraloom.storage.transfer import cache_dir, download_tree
+    from terraloom.tokenize_jobs.fetch import local_token_store
+
+    loc = Location.parse(root, storage_options)
+    if loc.is_local:
+        return loc.local_path
+    split = loc.name if loc.name.endswith(".zarr") and (loc / "zarr.json").exists() else None
+    base = loc.parent if split else loc
+    if kind == "tokens":
+        local = local_token_store(base, [split[: -len(".zarr")]] if split else None)
+    elif kind == "corpus":
+        local = cache_dir(base, "corpus")
+
+        def wanted(rel: str) -> bool:  # split stores and top-level tables, not _build/_parts
+            top = rel.split("/", 1)[0]
+            if split is not None:
+                return top == split or "/" not in rel
+            return top.endswith(".zarr") or "/" not in rel
+
+        download_tree(base, local, include=wanted)
+    else:
+        raise ValueError(f"kind must be 'tokens' or 'corpus', got {kind!r}")
+    return local / split if split else local

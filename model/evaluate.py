@@ -574,17 +574,31 @@ def _cpu(x: Any) -> Any:
 def run_evaluate_command(args: Any) -> int:
     """``terraloom-model evaluate`` (see ``model.cli``): prints the Markdown table."""
     from terraloom.model.checkpoint import checkpoint_data_paths, resolve_checkpoint
+    from terraloom.model.data import local_root
+    from terraloom.model.generate_command import command_locations, output_stage, publish_outputs
+    from terraloom.storage.location import Location
     from terraloom.tokenize_jobs.tokenizers.io import load_tokenizers
 
-    ckpt = resolve_checkpoint(args.checkpoint)
+    # every location parsed first (URLs read through the local cache, --out staged)
+    locs = command_locations(args, "checkpoint", "out", "tokens", "corpus", "tokenizers")
+    out = locs["out"]
+    assert out is not None and locs["checkpoint"] is not None  # required arguments
+    opts = out.storage_options
+    ckpt = resolve_checkpoint(locs["checkpoint"])
     model = TerraloomModel.from_pretrained(ckpt, map_location=args.device).eval()
     paths = checkpoint_data_paths(ckpt)
-    tokens = args.tokens or paths.get("tokens")
-    corpus = args.corpus or paths.get("corpus")
-    if not tokens or not corpus:
+    tokens_loc = locs["tokens"] or (
+        Location.parse(paths["tokens"], opts) if paths.get("tokens") else None
+    )
+    corpus_loc = locs["corpus"] or (
+        Location.parse(paths["corpus"], opts) if paths.get("corpus") else None
+    )
+    if tokens_loc is None or corpus_loc is None:
         raise ValueError("--tokens and --corpus are needed (the checkpoint records none)")
-    tok_root = Path(args.tokenizers) if args.tokenizers else Path(tokens).parent / "tokenizers"
+    tok_root = locs["tokenizers"] or tokens_loc.parent / "tokenizers"
     tokenizers = load_tokenizers(tok_root, [t.target for t in DEFAULT_TASKS], args.device)
+    tokens = str(local_root(tokens_loc, "tokens", opts))
+    corpus = str(local_root(corpus_loc, "corpus", opts))
     sampling = SamplingConfig(
         steps=args.steps, schedule=args.schedule, order=args.order, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg,
@@ -600,7 +614,10 @@ def run_evaluate_command(args: Any) -> int:
         progress=not args.no_progress,
     )
     report = evaluate_generation(model, tokenizers, corpus, tokens, cfg)
-    j, m = report.write(args.out)
+    stage = output_stage(out)
+    j, m = report.write(stage)
+    if not out.is_local:
+        j, m = publish_outputs(stage, out, [str(j), str(m)])
     print(report.to_markdown())
     print(f"wrote {j} and {m}")
     return 0

@@ -8,6 +8,7 @@ checkpoint, tokenizers, a conditioning and the written examples.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,15 @@ import torch
 
 from terraloom.model.checkpoint import checkpoint_data_paths, resolve_checkpoint
 from terraloom.model.config import PIXEL_SUFFIX, TOKEN_SUFFIX
+from terraloom.model.data import local_root
 from terraloom.model.examples import write_examples
 from terraloom.model.generate import Conditioning, SamplingConfig
 from terraloom.model.geotiff import read_geotiff
 from terraloom.model.samples import SampleReader, SampleRef, lookup_sample, reference_values
 from terraloom.model.transformer import TerraloomModel
 from terraloom.schemas.modalities import get_modality
+from terraloom.storage.location import Location, LocationError, parse_storage_options
+from terraloom.storage.transfer import cache_dir, upload_tree
 from terraloom.tokenize_jobs.tokenizers.io import MissingTokenizerError, load_tokenizers
 
 #: SamplingConfig field <- the ``generate`` flag (argparse dest) that sets it.
@@ -50,25 +54,70 @@ def parse_inputs(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def command_locations(args: Any, *names: str) -> dict[str, Location | None]:
+    """The named path/URL arguments of a model command as Locations, all parsed before
+    anything runs (a malformed URL is a one-line ``LocationError``, exit 2), with the
+    command's ``--storage-option`` items attached."""
+    opts = parse_storage_options(getattr(args, "storage_option", None))
+    return {
+        n: None if getattr(args, n, None) is None else Location.parse(getattr(args, n), opts)
+        for n in names
+    }
+
+
+def publish_outputs(stage: Path, out: Location, records: Any) -> Any:
+    """Upload a staged output folder to a remote ``--out``; the records name the remote
+    objects instead of the stage's files."""
+    upload_tree(stage, out)
+    text = json.dumps(records).replace(json.dumps(str(stage))[1:-1], str(out))
+    return json.loads(text)
+
+
+def output_stage(out: Location) -> Path:
+    """Where a command writes its outputs: ``--out`` itself when local, else a fresh folder
+    of the local cache that :func:`publish_outputs` uploads."""
+    if out.read_only:
+        raise LocationError(f"{out} is read-only ({out.scheme}://)")
+    if out.is_local:
+        return out.local_path
+    stage = cache_dir(out, "outputs")
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    return stage
+
+
 def run_generate_command(args: Any) -> int:
-    """``terraloom-model generate`` (see ``model.cli``)."""
+    """``terraloom-model generate`` (see ``model.cli``). Every location may be a URL: the
+    checkpoint, token store, corpus and tokenizers are read through the local cache, a
+    remote ``--out`` is written locally and uploaded."""
+    locs = command_locations(args, "checkpoint", "out", "tokens", "corpus", "tokenizers")
+    out = locs["out"]
+    assert out is not None and locs["checkpoint"] is not None  # required arguments
+    opts = out.storage_options
     device = torch.device(args.device)
-    ckpt = resolve_checkpoint(args.checkpoint)
+    ckpt = resolve_checkpoint(locs["checkpoint"])
     model = TerraloomModel.from_pretrained(ckpt, map_location=device).eval()
     paths = checkpoint_data_paths(ckpt)
-    tokens_arg = args.tokens or paths.get("tokens")
-    corpus_arg = args.corpus or paths.get("corpus")
-    tokens_root = Path(tokens_arg) if tokens_arg else None
+    tokens_loc = locs["tokens"] or (
+        Location.parse(paths["tokens"], opts) if paths.get("tokens") else None
+    )
+    corpus_loc = locs["corpus"] or (
+        Location.parse(paths["corpus"], opts) if paths.get("corpus") else None
+    )
     inputs = parse_inputs(args.input)
     targets = [get_modality(t).name for t in args.target.split(",") if t.strip()]
     if not targets:
         raise ValueError("--target needs at least one modality")
-    if args.tokenizers:
-        tok_root = Path(args.tokenizers)
-    elif tokens_root is not None:
-        tok_root = tokens_root.parent / "tokenizers"
+    tok_root: Location | Path
+    if locs["tokenizers"] is not None:
+        tok_root = locs["tokenizers"]
+    elif tokens_loc is not None:
+        tok_root = tokens_loc.parent / "tokenizers"
     else:
         raise ValueError("--tokenizers is needed (no token store to find them next to)")
+    tokens_root = local_root(tokens_loc, "tokens", opts) if tokens_loc is not None else None
+    corpus_arg = str(local_root(corpus_loc, "corpus", opts)) if corpus_loc is not None else None
     tokenizers: dict[str, Any] = {}
     for n in dict.fromkeys([*targets, *inputs]):
         try:
@@ -116,18 +165,21 @@ def run_generate_command(args: Any) -> int:
             raise ValueError(
                 f"the model cannot take {n} from a file (no pixel input, no tokenizer for its tokens)"
             )
+    stage = output_stage(out)
     records = write_examples(
         model,
         tokenizers,
         cond,
         refs,
         targets,
-        args.out,
+        stage,
         cfg,
         seed=args.seed,
         chain=not args.no_chain,
         references=references,
     )
+    if not out.is_local:
+        records = publish_outputs(stage, out, records)
     for r in records:
         print(json.dumps(r, indent=2))
     return 0

@@ -35,7 +35,8 @@ from terraloom.model.checkpoint import (
     unwrap,
 )
 from terraloom.model.config import TrainConfig, save_config
-from terraloom.model.data import MaskedBatches, TokenLoader, TooFewRowsError, split_path
+from terraloom.model.data import MaskedBatches, TokenLoader, TooFewRowsError, local_root, split_path
+from terraloom.model.rundir import RunDir
 from terraloom.model.transformer import TerraloomModel
 
 
@@ -301,13 +302,15 @@ def _dataset(
     *,
     shrink_batch: bool = False,
     seed_offset: int = 0,
+    storage_options: dict[str, Any] | None = None,
 ) -> MaskedBatches:
     d = cfg.data
     if not d.tokens:
         raise ValueError("data.tokens (token-store root) is not set")
+    # a URL is read through the local cache (fetched once); a local root is used in place
     return MaskedBatches(
-        split_path(d.tokens, split),
-        split_path(d.corpus, split) if d.corpus else None,
+        split_path(local_root(d.tokens, "tokens", storage_options), split),
+        split_path(local_root(d.corpus, "corpus", storage_options), split) if d.corpus else None,
         cfg.model,
         cfg.masking,
         global_batch=cfg.batch_size,
@@ -342,7 +345,9 @@ class ValPlan:
     note: str = ""
 
 
-def plan_validation(cfg: TrainConfig, info: DistInfo) -> ValPlan:
+def plan_validation(
+    cfg: TrainConfig, info: DistInfo, storage_options: dict[str, Any] | None = None
+) -> ValPlan:
     """Open the val split before training so a run never dies at its last evaluation.
 
     A split smaller than one global batch gets one smaller batch; one with fewer valid rows
@@ -352,18 +357,27 @@ def plan_validation(cfg: TrainConfig, info: DistInfo) -> ValPlan:
     """
     if not cfg.eval_every:
         return ValPlan(None)
-    path = split_path(cfg.data.tokens, cfg.data.val_split)
+    opts = storage_options
+    path = split_path(local_root(cfg.data.tokens, "tokens", opts), cfg.data.val_split)
     if not path.exists():
         return ValPlan(None)
     try:
         ds = _dataset(
-            cfg, cfg.data.val_split, info.rank, info.world, shrink_batch=True, seed_offset=1
+            cfg,
+            cfg.data.val_split,
+            info.rank,
+            info.world,
+            shrink_batch=True,
+            seed_offset=1,
+            storage_options=opts,
         )
         return ValPlan(ds)
     except TooFewRowsError:
         pass
     try:
-        ds = _dataset(cfg, cfg.data.val_split, 0, 1, shrink_batch=True, seed_offset=1)
+        ds = _dataset(
+            cfg, cfg.data.val_split, 0, 1, shrink_batch=True, seed_offset=1, storage_options=opts
+        )
     except TooFewRowsError:
         return ValPlan(None, note=f"validation off: {path} has no valid rows")
     n = len(ds.order.rows)
@@ -402,12 +416,18 @@ def train(
     max_steps: int | None = None,
     progress: bool = True,
     echo: bool = True,
+    storage_options: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Run (or resume) training as configured; returns what this process observed.
 
     ``max_steps`` stops early (the schedule still follows ``cfg.steps``), which is how a
     run is interrupted in tests; ``resume`` continues from the newest checkpoint of
     ``cfg.out_dir``.
+
+    ``cfg.out_dir``, ``cfg.data.tokens`` and ``cfg.data.corpus`` may be URLs (``s3://...``,
+    with ``storage_options`` for their backend): the data is read through the local cache
+    (``model.data.local_root``) and a remote run directory is staged locally and published
+    by checkpoint (``model.rundir``).
     """
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
@@ -418,15 +438,26 @@ def train(
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)
-    out_dir = Path(cfg.out_dir)
+    run = RunDir.open(cfg.out_dir, storage_options)  # a malformed URL: one line, nothing written
+    out_dir = run.local
     # validate the data first: nothing is written for a run that cannot start
-    loader = _token_loader(_dataset(cfg, cfg.data.train_split, info.rank, info.world), cfg, device)
-    val_plan = plan_validation(cfg, info)
+    loader = _token_loader(
+        _dataset(cfg, cfg.data.train_split, info.rank, info.world, storage_options=storage_options),
+        cfg,
+        device,
+    )
+    val_plan = plan_validation(cfg, info, storage_options)
     if echo and info.is_main and val_plan.note:
         print(val_plan.note)
+    if run.remote:
+        if info.is_main:
+            run.pull(resume)  # the stage starts as what the bucket holds (resume from its latest)
+        if info.world > 1:
+            dist.barrier()
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(anchored_data(cfg), out_dir / "config.yaml")
+        run.push_files("config.yaml")
     init = bool(cfg.init_from) and not (resume and latest_checkpoint(out_dir) is not None)
     model = TerraloomModel(cfg.model, init=not init).to(device)
     if init:
@@ -543,6 +574,7 @@ def train(
             result.history.append(row)
             if log is not None:
                 log.write(row)
+                run.push_files("metrics.csv")
             if echo and info.is_main:
                 mods = " ".join(
                     f"{n}={row[f'loss/{n}']:.3f}" for n in names if row[f"loss/{n}"] is not None
@@ -567,6 +599,8 @@ def train(
                 keep=cfg.keep_ckpts,
             )
             result.checkpoints.append(path)
+            if info.is_main:
+                run.push_checkpoint(path, cfg.keep_ckpts)  # a no-op for a local run
             t0 = time.perf_counter()
         if val_plan.dataset is not None and (step % cfg.eval_every == 0 or step == end):
             val = evaluate(
@@ -581,6 +615,7 @@ def train(
             result.history.append(vrow)
             if log is not None:
                 log.write(vrow)
+                run.push_files("metrics.csv")
             if echo and info.is_main:
                 (bar.write if bar is not None else print)(f"step {step} val loss {val['loss']:.4f}")
             t0 = time.perf_counter()

@@ -366,6 +366,17 @@ def _codecs(spec: ArraySpec) -> dict[str, Any]:
     return kwargs
 
 
+def _as_path(path: Any) -> Any:
+    """A local path as a ``Path``; a storage ``Location`` (anything with ``zarr_store``, e.g.
+    ``s3://...``) as itself. Duck-typed: schemas import no storage code, but the stores they
+    describe may live on object stores."""
+    return path if hasattr(path, "zarr_store") else Path(path)
+
+
+def _zarr_target(path: Any, read_only: bool = False) -> Any:
+    return path.zarr_store(read_only=read_only) if hasattr(path, "zarr_store") else str(path)
+
+
 def create_store(
     path: str | os.PathLike[str], layout: StoreLayout, attrs: dict[str, Any] | None = None
 ) -> Any:
@@ -377,15 +388,15 @@ def create_store(
     """
     import zarr
 
-    path = Path(path)
-    if (path / "zarr.json").exists():
-        findings = validate_store(path, layout)
+    root = _as_path(path)
+    if (root / "zarr.json").exists():
+        findings = validate_store(root, layout)
         if findings:
             raise ValueError(
-                f"existing store {path} does not match the requested layout: " + "; ".join(findings)
+                f"existing store {root} does not match the requested layout: " + "; ".join(findings)
             )
-        return zarr.open_group(str(path), mode="r+")
-    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        return zarr.open_group(_zarr_target(root), mode="r+")
+    group = zarr.open_group(_zarr_target(root), mode="w", zarr_format=3)
     for spec in layout.arrays + layout.coords:
         arr = group.create_array(
             spec.name,
@@ -442,13 +453,13 @@ def validate_store(
     """Check a store against a layout; return findings (empty list when valid)."""
     import zarr
 
-    path = Path(path)
-    if not (path / "zarr.json").exists():
-        return [f"{path}: not a Zarr v3 group (no zarr.json)"]
+    root = _as_path(path)
+    if not (root / "zarr.json").exists():
+        return [f"{root}: not a Zarr v3 group (no zarr.json)"]
     try:
-        group = zarr.open_group(str(path), mode="r")
+        group = zarr.open_group(_zarr_target(root, read_only=True), mode="r")
     except Exception as exc:  # a corrupt root is a finding, not a crash
-        return [f"{path}: cannot open as a Zarr group: {exc}"]
+        return [f"{root}: cannot open as a Zarr group: {exc}"]
     findings: list[str] = []
     attrs = dict(group.attrs)
     if check_attrs:
@@ -484,13 +495,15 @@ def validate_store(
     return findings
 
 
-def _layout_from_attrs(path: Path, kind: str) -> tuple[StoreLayout | None, list[str]]:
+def _layout_from_attrs(path: Any, kind: str) -> tuple[StoreLayout | None, list[str]]:
     import zarr
 
     if not (path / "zarr.json").exists():
         return None, [f"{path}: not a Zarr v3 group (no zarr.json)"]
     try:
-        attrs: dict[str, Any] = dict(zarr.open_group(str(path), mode="r").attrs)
+        attrs: dict[str, Any] = dict(
+            zarr.open_group(_zarr_target(path, read_only=True), mode="r").attrs
+        )
     except Exception as exc:
         return None, [f"{path}: cannot open as a Zarr group: {exc}"]
     try:
@@ -516,11 +529,11 @@ def _layout_from_attrs(path: Path, kind: str) -> tuple[StoreLayout | None, list[
 
 def validate_corpus(path: str | os.PathLike[str]) -> list[str]:
     """Findings of a corpus split store (``<split>.zarr``) against its layout."""
-    layout, findings = _layout_from_attrs(Path(path), "corpus")
+    layout, findings = _layout_from_attrs(_as_path(path), "corpus")
     return findings if layout is None else validate_store(path, layout)
 
 
 def validate_tokens(path: str | os.PathLike[str]) -> list[str]:
     """Findings of a token split store against its layout."""
-    layout, findings = _layout_from_attrs(Path(path), "tokens")
+    layout, findings = _layout_from_attrs(_as_path(path), "tokens")
     return findings if layout is None else validate_store(path, layout)

@@ -31,6 +31,39 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+# --------------------------------------------------------------------------- locations
+
+
+def add_storage_option(p: argparse.ArgumentParser) -> None:
+    """``--storage-option key=value`` (repeatable): fsspec options of every location given."""
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of the storage backend for every location of this command, e.g. "
+        "endpoint_url=http://minio:9000 or anon=true (repeatable; see docs/cloud.md)",
+    )
+
+
+def parse_locations(args: argparse.Namespace, *values: Any) -> list[Any]:
+    """Every path/URL argument as a ``storage.Location`` (``None`` stays ``None``), all parsed
+    before anything runs: a malformed URL raises ``LocationError`` (one line, exit 2) while
+    nothing has been written, and never becomes a local folder named ``s3:``."""
+    from terraloom.storage.location import Location, parse_storage_options
+
+    opts = parse_storage_options(getattr(args, "storage_option", None))
+    return [None if v is None else Location.parse(v, opts) for v in values]
+
+
+def _expect_kind(loc: Any, kind: str) -> None:
+    """``storage.kind.expect_store_kind`` where it can look (local stores)."""
+    from terraloom.storage.kind import expect_store_kind
+
+    if loc is not None and loc.is_local:
+        expect_store_kind(loc.local_path, kind)
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -64,7 +97,12 @@ def add_train_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
 
     p.add_argument("--modality", help=f"one of {names} (or `modality` in --config)")
     p.add_argument("--corpus", required=True, help="corpus directory holding <split>.zarr stores")
-    p.add_argument("--out", default=None, help="output directory (default tokenizers/<modality>)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output directory or URL, e.g. s3://bucket/tok/s2l2a (default tokenizers/<modality>)",
+    )
+    add_storage_option(p)
     add_config_args(p, TrainConfig)
     p.add_argument("--steps", type=int, help=d("steps", "optimizer steps"))
     p.add_argument("--batch", type=int, help=d("batch", "crops per step and rank"))
@@ -149,26 +187,27 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from terraloom.schemas.modalities import UnknownModalityError, get_modality, modalities
-    from terraloom.storage.kind import CORPUS, WrongStoreError, expect_store_kind
+    from terraloom.storage.kind import CORPUS, WrongStoreError
 
     def fail(message: str) -> int:
         print(f"terraloom-tokenize train: error: {message}", file=sys.stderr)
         return 2
 
-    corpus = Path(args.corpus)
     try:
+        corpus, out = parse_locations(args, args.corpus, args.out)
         config = train_config_from_args(args)
         m = get_modality(config.modality)
         if not m.has_tokens:
             tokenized = ", ".join(t.name for t in modalities(tokens=True))
             return fail(f"{m.name} has no tokenizer; tokenized modalities: {tokenized}")
+        if out is None:
+            (out,) = parse_locations(args, os.path.join("tokenizers", m.name.lower()))
+        if out.read_only:
+            return fail(f"{out} is read-only ({out.scheme}://)")
         if not corpus.is_dir():
             return fail(f"corpus directory {corpus} does not exist")
-        expect_store_kind(corpus, CORPUS)
-        out = Path(args.out) if args.out else Path("tokenizers") / m.name.lower()
+        _expect_kind(corpus, CORPUS)
         from terraloom.tokenize_jobs.train import train_tokenizer
 
         train_tokenizer(config, corpus, out)
@@ -183,7 +222,7 @@ def run_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         eval_md = out / "eval.md"
         if eval_md.exists():
-            print(eval_md.read_text(encoding="utf-8"))
+            print(eval_md.read_text())
         print(f"{m.name} tokenizer written to {out}")
     return 0
 
@@ -205,13 +244,20 @@ def add_encode_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         "Under torchrun each rank takes its own shards. Every EncodeConfig field is reachable "
         "with --config/--set; the flags below are shortcuts.",
     )
-    p.add_argument("--corpus", required=True, help="corpus directory holding <split>.zarr stores")
+    p.add_argument(
+        "--corpus", required=True, help="corpus directory or URL holding <split>.zarr stores"
+    )
     p.add_argument(
         "--tokenizers",
         required=True,
-        help="directory holding one tokenizer folder per modality (s2l2a/, geo/, ...)",
+        help="directory or URL holding one tokenizer folder per modality (s2l2a/, geo/, ...)",
     )
-    p.add_argument("--out", required=True, help="token store directory (tokens/<split>.zarr)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="token store directory or URL, e.g. s3://bucket/tokens (<out>/<split>.zarr)",
+    )
+    add_storage_option(p)
     add_config_args(p, EncodeConfig)
     p.add_argument("--crops", type=int, help=d("n_crops", "crops per sample; crop 0 is centred"))
     p.add_argument("--crop-size", type=int, help=d("crop_px", "crop side in pixels"))
@@ -288,15 +334,17 @@ def _config_sets(args: argparse.Namespace, key: str) -> bool:
 
 
 def run_encode(args: argparse.Namespace) -> int:
-    from terraloom.storage.kind import CORPUS, TOKENS, WrongStoreError, expect_store_kind
+    from terraloom.storage.kind import CORPUS, TOKENS, WrongStoreError
+    from terraloom.storage.location import LocationError
     from terraloom.tokenize_jobs.encode import EncodeError, encode
 
     try:
+        corpus, tokenizers, out = parse_locations(args, args.corpus, args.tokenizers, args.out)
         cfg = encode_config_from_args(args)
-        expect_store_kind(args.corpus, CORPUS)
-        expect_store_kind(args.out, TOKENS)
-        report = encode(args.corpus, args.tokenizers, args.out, cfg)
-    except (EncodeError, ConfigError, WrongStoreError, FileNotFoundError) as exc:
+        _expect_kind(corpus, CORPUS)
+        _expect_kind(out, TOKENS)
+        report = encode(corpus, tokenizers, out, cfg)
+    except (EncodeError, ConfigError, WrongStoreError, FileNotFoundError, LocationError) as exc:
         print(f"terraloom-tokenize encode: error: {exc}", file=sys.stderr)
         return 2
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -324,23 +372,26 @@ def add_verify_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         help="check a token store: layout, commits, checksums, alignment with the corpus",
         description="Exit 0 when the store is complete and intact, 1 with a list of findings otherwise, 2 on bad input.",
     )
-    p.add_argument("tokens", help="token store directory (or one <split>.zarr)")
+    p.add_argument("tokens", help="token store directory or URL (or one <split>.zarr)")
     p.add_argument(
-        "--corpus", default=None, help="corpus directory (default: the path recorded by encode)"
+        "--corpus",
+        default=None,
+        help="corpus directory or URL (default: the location recorded by encode)",
     )
+    add_storage_option(p)
     p.set_defaults(func=run_verify)
     return p
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from terraloom.storage.kind import CORPUS, TOKENS, expect_store_kind
+    from terraloom.storage.kind import CORPUS, TOKENS
     from terraloom.tokenize_jobs.verify import verify_tokens
 
     try:
-        expect_store_kind(args.tokens, TOKENS)
-        if args.corpus is not None:
-            expect_store_kind(args.corpus, CORPUS)
-        report = verify_tokens(args.tokens, args.corpus)
+        tokens, corpus = parse_locations(args, args.tokens, args.corpus)
+        _expect_kind(tokens, TOKENS)
+        _expect_kind(corpus, CORPUS)
+        report = verify_tokens(tokens, corpus)
     except (FileNotFoundError, ValueError) as exc:
         print(f"terraloom-tokenize verify: error: {exc}", file=sys.stderr)
         return 2
@@ -354,6 +405,55 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+# --------------------------------------------------------------------------- fetch
+
+
+def add_fetch_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "fetch",
+        help="copy a token store (e.g. from s3://) to a local directory, once",
+        description="Copy the committed shards of a token store to a local directory, so "
+        "training memory-maps them from local disk. Commit by commit: a shard's marker is "
+        "written locally after its data; shards already there unchanged are not copied "
+        "again, so re-running it only brings what is new.",
+    )
+    p.add_argument("src", help="token store directory or URL (holding <split>.zarr)")
+    p.add_argument("--out", required=True, help="local directory to copy it into")
+    p.add_argument(
+        "--splits", type=_csv, default=None, help="comma-separated splits (default: all)"
+    )
+    add_storage_option(p)
+    p.set_defaults(func=run_fetch)
+    return p
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    from terraloom.tokenize_jobs.fetch import fetch_token_store
+
+    def fail(message: str) -> int:
+        print(f"terraloom-tokenize fetch: error: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        src, out = parse_locations(args, args.src, args.out)
+        if not out.is_local:
+            return fail(f"--out {out} must be a local directory (fetch copies to local disk)")
+        if src.is_local and src.local_path.resolve() == out.local_path.resolve():
+            return fail("--out is the source itself")
+        report = fetch_token_store(src, out.local_path, args.splits)
+    except (ValueError, FileNotFoundError) as exc:
+        return fail(" ".join(str(exc).split()))
+    for note in report.notes:
+        print(f"note: {note}")
+    for split in report.copied:
+        print(
+            f"{split}: {report.copied[split]} shards copied, {report.kept[split]} already there"
+            + (f", {report.withdrawn[split]} withdrawn" if report.withdrawn[split] else "")
+        )
+    print(f"{report.bytes} bytes copied to {out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 #: Subcommand registrations, in help order.
@@ -361,6 +461,7 @@ REGISTRATIONS: list[Callable[[SubParsers], argparse.ArgumentParser]] = [
     add_train_parser,
     add_encode_parser,
     add_verify_parser,
+    add_fetch_parser,
 ]
 
 

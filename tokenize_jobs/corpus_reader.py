@@ -10,30 +10,31 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from terraloom.schemas.modalities import CROP_PX, SAMPLE_PX, get_modality
+from terraloom.storage.location import Location
 from terraloom.tokenize_jobs.crops import apply_crops
 
 DEFAULT_CACHE_BYTES = 1 << 30
 
 
-def split_path(corpus: str | os.PathLike[str], split: str) -> Path:
-    """``<corpus>/<split>.zarr``."""
-    return Path(corpus) / f"{split}.zarr"
+def split_path(corpus: str | os.PathLike[str] | Location, split: str) -> Location:
+    """``<corpus>/<split>.zarr`` (a local path or any location)."""
+    return Location.parse(corpus) / f"{split}.zarr"
 
 
-def open_split(corpus: str | os.PathLike[str], split: str) -> Any:
-    """Open a corpus split read-only, with a clear error when it is missing."""
+def open_split(corpus: str | os.PathLike[str] | Location, split: str) -> Any:
+    """Open a corpus split read-only, with a clear error when it is missing. The corpus may
+    be on any location: zarr reads it through the store the location gives."""
     import zarr
 
     path = split_path(corpus, split)
     if not (path / "zarr.json").exists():
         raise FileNotFoundError(f"no corpus split {split!r} at {path} (expected a Zarr v3 group)")
-    return zarr.open_group(str(path), mode="r")
+    return zarr.open_group(path.zarr_store(read_only=True), mode="r")
 
 
 def valid_rows(group: Any) -> np.ndarray:

@@ -39,7 +39,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +50,7 @@ from terraloom.schemas.layouts import (
 from terraloom.schemas.modalities import SAMPLE_PX, get_modality
 from terraloom.storage.lease import Lease, LeaseHeld, LeaseLost
 from terraloom.storage.lease import acquire as acquire_lease
+from terraloom.storage.location import Location, LocationError
 from terraloom.tokenize_jobs.encode_config import (
     EncodeBusyError,
     EncodeConfig,
@@ -133,7 +133,9 @@ class EncodeReport:
 # --------------------------------------------------------------------------- tokenizers
 
 
-def _load_tokenizers(directory: str | os.PathLike[str], names: Sequence[str]) -> dict[str, Any]:
+def _load_tokenizers(
+    directory: str | os.PathLike[str] | Location, names: Sequence[str]
+) -> dict[str, Any]:
     """The tokenizers to encode with, on the CPU; a missing or unloadable one is bad input."""
     from terraloom.tokenize_jobs.tokenizers.io import load_tokenizers
 
@@ -147,9 +149,13 @@ def _load_tokenizers(directory: str | os.PathLike[str], names: Sequence[str]) ->
 # --------------------------------------------------------------------------- store
 
 
-def _relpath(target: Path, start: Path) -> str:
+def _relpath(target: Location, start: Location) -> str:
+    """Where the corpus is, as recorded in the token store: relative when both are local,
+    else the corpus URL (never its storage options)."""
+    if not (target.is_local and start.is_local):
+        return str(target)
     try:
-        return os.path.relpath(target.resolve(), start.resolve())
+        return os.path.relpath(target.local_path.resolve(), start.local_path.resolve())
     except ValueError:  # other drive on Windows
         return str(target)
 
@@ -163,8 +169,8 @@ def _describe(ident: Mapping[str, Any] | None) -> str:
 
 
 def open_store(
-    out_split: Path,
-    corpus_split: Path,
+    out_split: Location,
+    corpus_split: Location,
     n_samples: int,
     shard_samples: int,
     modality_names: Sequence[str],
@@ -217,7 +223,7 @@ def open_store(
 
 
 def write_shard(
-    store_path: Path,
+    store_path: Location,
     arrays: Mapping[str, Any],
     shard: int,
     lo: int,
@@ -225,8 +231,9 @@ def write_shard(
     blocks: Mapping[str, np.ndarray],
     identities: Mapping[str, Mapping[str, str]],
     seed: int,
-) -> Path:
-    """Write a shard's blocks, checksum them, then commit the shard atomically."""
+) -> Location:
+    """Write a shard's blocks, checksum them, then commit the shard (a write-once marker
+    created after the chunk objects it vouches for)."""
     for name, block in blocks.items():
         arrays[name][lo:hi] = block
     record = {
@@ -303,8 +310,8 @@ class _Writer:
 
 
 def encode_split(
-    corpus_split: Path,
-    out_split: Path,
+    corpus_split: Location | str | os.PathLike[str],
+    out_split: Location | str | os.PathLike[str],
     tokenizers: Mapping[str, Any],
     cfg: EncodeConfig,
     keys: np.ndarray | None = None,
@@ -314,9 +321,10 @@ def encode_split(
     import zarr
 
     d = dist_ or Dist()
+    corpus_split, out_split = Location.parse(corpus_split), Location.parse(out_split)
     split = out_split.name[: -len(".zarr")] if out_split.name.endswith(".zarr") else out_split.name
     try:
-        corpus = zarr.open_group(str(corpus_split), mode="r")
+        corpus = zarr.open_group(corpus_split.zarr_store(read_only=True), mode="r")
         c_attrs: dict[str, Any] = dict(corpus.attrs)
         n_samples, shard_samples = int(c_attrs["n_samples"]), int(c_attrs["shard_samples"])
     except (FileNotFoundError, KeyError, ValueError) as exc:
@@ -376,10 +384,11 @@ def encode_split(
             if isinstance(getattr(tok, "model", None), torch.nn.Module):
                 tok.model.eval()
             encoders[m] = image_encoder(tok, cfg)
-        group = zarr.open_group(str(out_split), mode="r+")
+        out_store = out_split.zarr_store()
+        group = zarr.open_group(out_store, mode="r+")
         corpus_arrays = {name: corpus[name] for name in (*names, "valid")}
         arrays = {
-            name: zarr.open_array(str(out_split / name), mode="r+").with_config(
+            name: zarr.open_array(out_store, path=name, mode="r+").with_config(
                 {"write_empty_chunks": True}
             )
             for name in group.array_keys()
@@ -443,7 +452,7 @@ def encode_split(
 
 
 def recheck_commits(
-    out_split: Path,
+    out_split: Location | str | os.PathLike[str],
     n_samples: int,
     shard_samples: int,
     *,
@@ -470,7 +479,7 @@ def recheck_commits(
     return failed
 
 
-def _check_finished(out_split: Path, n_samples: int, shard_samples: int, d: Dist) -> None:
+def _check_finished(out_split: Location, n_samples: int, shard_samples: int, d: Dist) -> None:
     """A split whose shards are all committed is re-checked (cheaply) before it is reported
     done: a shard changed by someone else while this job ran is an error, not a success."""
     if d.rank != 0:
@@ -492,26 +501,34 @@ def _check_finished(out_split: Path, n_samples: int, shard_samples: int, d: Dist
 
 
 def encode(
-    corpus_dir: str | os.PathLike[str],
-    tokenizers: str | os.PathLike[str] | Mapping[str, Any],
-    out_dir: str | os.PathLike[str],
+    corpus_dir: str | os.PathLike[str] | Location,
+    tokenizers: str | os.PathLike[str] | Location | Mapping[str, Any],
+    out_dir: str | os.PathLike[str] | Location,
     cfg: EncodeConfig | None = None,
 ) -> EncodeReport:
     """Encode every split of ``corpus_dir`` into ``out_dir/<split>.zarr`` (resumable).
 
-    ``tokenizers`` is a directory of tokenizer folders (``s2l2a/``, ``geo/`` ...) or a
-    mapping modality -> tokenizer object. Under ``torchrun`` each rank encodes its own
-    shards; a store written by other tokenizers raises :class:`TokenizerMismatchError`.
+    Each of the three is a local path or a location (``s3://...``, ``memory://...``): the
+    corpus is read and the token store written through zarr's store for it, commits are
+    write-once markers and the lease works on every backend. ``tokenizers`` is a directory
+    of tokenizer folders (``s2l2a/``, ``geo/`` ...) or a mapping modality -> tokenizer
+    object. Under ``torchrun`` each rank encodes its own shards; a store written by other
+    tokenizers raises :class:`TokenizerMismatchError`.
     """
     cfg = cfg or EncodeConfig()
-    corpus_root, out_root = Path(corpus_dir), Path(out_dir)
+    try:
+        corpus_root, out_root = Location.parse(corpus_dir), Location.parse(out_dir)
+        if out_root.read_only:
+            raise LocationError(f"{out_root} is read-only ({out_root.scheme}://)")
+    except LocationError as exc:
+        raise EncodeError(str(exc)) from exc
     if not corpus_root.is_dir():
         raise EncodeError(f"corpus directory {corpus_root} does not exist")
     splits = list(cfg.splits) if cfg.splits is not None else corpus_splits(corpus_root)
     if not splits:
         raise EncodeError(f"no <split>.zarr corpus stores in {corpus_root}")
     for s in splits:
-        if not (corpus_root / f"{s}.zarr" / "zarr.json").is_file():
+        if not (corpus_root / f"{s}.zarr/zarr.json").exists():
             raise EncodeError(f"corpus split {corpus_root / (s + '.zarr')} does not exist")
     d = Dist.from_env(cfg.device)
     lease: Lease | None = None
@@ -521,7 +538,7 @@ def encode(
             if isinstance(tokenizers, Mapping)
             else _load_tokenizers(tokenizers, cfg.modality_names)
         )
-        out_root.mkdir(parents=True, exist_ok=True)
+        out_root.makedirs()
         busy: EncodeError | None = None
         if d.rank == 0:  # the job's ranks share rank 0's lease
             try:
@@ -551,12 +568,14 @@ def encode(
         d.close()
 
 
-def lease_path(out_dir: str | os.PathLike[str]) -> Path:
+def lease_path(out_dir: str | os.PathLike[str] | Location) -> Location:
     """``tokens/_commits/lease.json``: beside the commit markers it guards."""
-    return Path(out_dir) / COMMITS_DIR / LEASE_NAME
+    return Location.parse(out_dir) / f"{COMMITS_DIR}/{LEASE_NAME}"
 
 
-def acquire_encode_lease(out_dir: str | os.PathLike[str], ttl: float = LEASE_TTL_S) -> Lease:
+def acquire_encode_lease(
+    out_dir: str | os.PathLike[str] | Location, ttl: float = LEASE_TTL_S
+) -> Lease:
     """The exclusive lease of one encode job on ``out_dir``; :class:`EncodeBusyError` (one
     line: who holds it, until when) while another live job holds it. A stale lease (expired,
     or of a dead process on this host) is taken over."""

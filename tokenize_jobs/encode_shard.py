@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 
 from terraloom.schemas.layouts import CAPTION_MAX_TOKENS, SPLITS
 from terraloom.schemas.modalities import SAMPLE_PX, Layout, get_modality
+from terraloom.storage.location import Location
 from terraloom.tokenize_jobs.crops import apply_crops, draw_crops, row_key
 from terraloom.tokenize_jobs.encode_config import UINT16_MAX, EncodeConfig, EncodeError
 from terraloom.tokenize_jobs.store import LEN_SUFFIX
@@ -57,24 +57,30 @@ def check_tokenizers(
 # --------------------------------------------------------------------------- corpus
 
 
-def corpus_splits(corpus_dir: str | os.PathLike[str]) -> list[str]:
+def corpus_splits(corpus_dir: str | os.PathLike[str] | Location) -> list[str]:
     """Splits present in a corpus directory (``<split>.zarr``), known splits first."""
-    root = Path(corpus_dir)
+    root = Location.parse(corpus_dir)
     found = sorted(
-        p.name[: -len(".zarr")] for p in root.glob("*.zarr") if (p / "zarr.json").is_file()
+        n[: -len(".zarr")]
+        for n in root.listdir()
+        if n.endswith(".zarr") and (root / f"{n}/zarr.json").exists()
     )
     return [s for s in SPLITS if s in found] + [s for s in found if s not in SPLITS]
 
 
-def sample_keys(corpus_dir: str | os.PathLike[str], split: str, n_samples: int) -> np.ndarray:
+def sample_keys(
+    corpus_dir: str | os.PathLike[str] | Location, split: str, n_samples: int
+) -> np.ndarray:
     """Crop-seeding key of each row: the ``sample_id`` from ``index.parquet``, or
     :func:`~tokenize_jobs.crops.row_key` for rows (or corpora) without an index entry."""
     keys = np.array([row_key(split, r) for r in range(n_samples)], dtype=object)
-    index = Path(corpus_dir) / "index.parquet"
-    if index.is_file():
+    index = Location.parse(corpus_dir) / "index.parquet"
+    if index.exists() and not index.is_dir():
         import pyarrow.parquet as pq
 
-        table = pq.ParquetFile(index).read(columns=["sample_id", "split", "row"])
+        fs, path = index.arrow_filesystem()
+        with fs.open_input_file(path) as f:
+            table = pq.ParquetFile(f).read(columns=["sample_id", "split", "row"])
         sel = np.asarray(table.column("split").to_numpy(zero_copy_only=False)) == split
         rows = np.asarray(table.column("row").to_numpy())[sel]
         ids = np.asarray(table.column("sample_id").to_numpy(zero_copy_only=False))[sel]

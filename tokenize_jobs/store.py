@@ -4,8 +4,10 @@ Layout (``schemas.layouts.token_layout``): one Zarr v3 group per split,
 ``tokens/<split>.zarr``, with uncompressed chunks of one whole corpus shard of rows;
 commit markers ``tokens/_commits/<split>/shard-<k>.json`` hold the sha256 of every
 array's bytes in that shard and the size of each chunk file, and are written only after
-the data, atomically (tmp + rename), so a marker's presence means "this shard was
-complete and checked". A resume does not take that on trust: :func:`commit_problem`
+the data, write-once (``storage.commit``: no rename, so they hold on object stores too),
+so a marker's presence means "this shard was complete and checked". The writer's side
+(markers, sizes, checks) takes any location; the reader maps local files (a remote store is
+read through a local copy, ``tokenize_jobs.fetch``). A resume does not take that on trust: :func:`commit_problem`
 re-checks each committed shard (file sizes always; checksums on request) before skipping it.
 
 :class:`TokenStore` reads chunk files directly (``np.memmap`` / ``np.fromfile`` of the
@@ -30,6 +32,8 @@ import torch
 
 from terraloom.schemas.layouts import TOKENS_FORMAT
 from terraloom.schemas.modalities import Layout, get_modality
+from terraloom.storage.commit import write_once
+from terraloom.storage.location import Location
 
 COMMITS_DIR = "_commits"
 COMMIT_VERSION = 1
@@ -40,22 +44,42 @@ AUTO_MEMORY_BYTES = 512 * 2**20
 
 
 # --------------------------------------------------------------------------- commits
+#
+# The commit functions take a split store as a local path or any location (``s3://...``):
+# the encode job writes token stores on object stores, where a marker is a write-once object
+# (``storage.commit.write_once``: ``If-None-Match: *`` on S3, a hard link locally) created
+# after the shard's chunk objects. ``marker_path``/``commits_dir`` stay the local-path view.
+
+StoreLike = str | os.PathLike[str] | Location
 
 
-def split_name(store_path: str | os.PathLike[str]) -> str:
+def _loc(store_path: StoreLike) -> Location:
+    return Location.parse(store_path)
+
+
+def split_name(store_path: StoreLike) -> str:
     """``tokens/train.zarr`` -> ``train``."""
-    name = Path(store_path).name
+    name = _loc(store_path).name
     return name[: -len(".zarr")] if name.endswith(".zarr") else name
 
 
-def commits_dir(store_path: str | os.PathLike[str]) -> Path:
+def commits_location(store_path: StoreLike) -> Location:
     """Where the commit markers of a split store live: ``<tokens>/_commits/<split>/``."""
-    p = Path(store_path)
-    return p.parent / COMMITS_DIR / split_name(p)
+    loc = _loc(store_path)
+    return loc.parent / f"{COMMITS_DIR}/{split_name(loc)}"
+
+
+def marker_location(store_path: StoreLike, shard: int) -> Location:
+    return commits_location(store_path) / f"shard-{int(shard):06d}.json"
+
+
+def commits_dir(store_path: str | os.PathLike[str]) -> Path:
+    """:func:`commits_location` of a local store, as a path."""
+    return commits_location(store_path).local_path
 
 
 def marker_path(store_path: str | os.PathLike[str], shard: int) -> Path:
-    return commits_dir(store_path) / f"shard-{int(shard):06d}.json"
+    return marker_location(store_path, shard).local_path
 
 
 def array_checksum(values: np.ndarray) -> str:
@@ -81,39 +105,50 @@ def write_json_atomic(path: Path, record: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def write_commit(store_path: str | os.PathLike[str], shard: int, record: Mapping[str, Any]) -> Path:
-    path = marker_path(store_path, shard)
-    write_json_atomic(path, {"commit_version": COMMIT_VERSION, "shard": int(shard), **record})
-    return path
+def write_commit(store_path: StoreLike, shard: int, record: Mapping[str, Any]) -> Location:
+    """Commit a shard: create its marker if absent (write-once, after the data). A marker
+    already there was written by another writer of the same shard and is left alone."""
+    loc = marker_location(store_path, shard)
+    doc = {"commit_version": COMMIT_VERSION, "shard": int(shard), **record}
+    write_once(loc, json.dumps(doc, indent=1, sort_keys=True))
+    return loc
 
 
-def drop_commit(store_path: str | os.PathLike[str], shard: int) -> None:
+def drop_commit(store_path: StoreLike, shard: int) -> None:
     """Withdraw a shard's commit (before redoing it), so a kill mid-redo leaves it uncommitted."""
-    marker_path(store_path, shard).unlink(missing_ok=True)
+    marker_location(store_path, shard).delete()
 
 
-def shard_files(store_path: str | os.PathLike[str]) -> dict[str, _ArrayInfo]:
+def shard_files(store_path: StoreLike) -> dict[str, _ArrayInfo]:
     """Per array of a split store, what locates its chunk files (a token chunk = one shard)."""
-    root = Path(store_path)
+    root = _loc(store_path)
+    base = root.local_path if root.is_local else Path(root.path)
     out: dict[str, _ArrayInfo] = {}
-    for meta in sorted(root.glob("*/zarr.json")):
-        doc = _read_json(meta)
+    for name in root.listdir():
+        meta = root / f"{name}/zarr.json"
+        if name.startswith(".") or not meta.exists():
+            continue
+        doc = meta.read_json()
         if doc.get("node_type") == "array":
-            out[meta.parent.name] = _ArrayInfo(root, meta.parent.name, doc)
+            out[name] = _ArrayInfo(base, name, doc)
     return out
 
 
-def shard_file_sizes(store_path: str | os.PathLike[str], shard: int) -> dict[str, int]:
+def _chunk_size(root: Location, info: _ArrayInfo, shard: int) -> int:
+    if root.is_local:
+        return info.chunk_file(shard).stat().st_size
+    return (root / info.chunk_key(shard)).size()
+
+
+def shard_file_sizes(store_path: StoreLike, shard: int) -> dict[str, int]:
     """Bytes of each array's chunk file of ``shard`` (recorded in its commit marker, so a
     resume can check a committed shard without reading it)."""
-    return {
-        name: info.chunk_file(shard).stat().st_size
-        for name, info in shard_files(store_path).items()
-    }
+    root = _loc(store_path)
+    return {name: _chunk_size(root, info, shard) for name, info in shard_files(root).items()}
 
 
 def commit_problem(
-    store_path: str | os.PathLike[str],
+    store_path: StoreLike,
     shard: int,
     record: Mapping[str, Any],
     rows: tuple[int, int],
@@ -127,12 +162,13 @@ def commit_problem(
     were recorded: exists). ``full`` also re-reads every array through zarr and compares
     the sha256 the marker holds, which finds a flipped byte as well.
     """
+    root = _loc(store_path)
     sums = record.get("checksums")
     if list(record.get("rows") or []) != list(rows):
         return f"its marker covers rows {record.get('rows')}, not {list(rows)}"
     if not isinstance(sums, Mapping) or not sums:
         return "its marker records no checksums"
-    files = shard_files(store_path)
+    files = shard_files(root)
     sizes = record.get("sizes")
     sizes = sizes if isinstance(sizes, Mapping) else {}
     for name in sorted(sums):
@@ -140,7 +176,7 @@ def commit_problem(
         if info is None:
             return f"array {name} is missing from the store"
         try:
-            size = info.chunk_file(shard).stat().st_size
+            size = _chunk_size(root, info, shard)
         except FileNotFoundError:
             return f"the {name} chunk file is missing"
         if name in sizes and size != int(sizes[name]):
@@ -150,9 +186,10 @@ def commit_problem(
     import zarr
 
     lo, hi = rows
+    store = root.zarr_store(read_only=True)
     for name in sorted(sums):
         try:
-            values = np.asarray(zarr.open_array(str(files[name].dir), mode="r")[lo:hi])
+            values = np.asarray(zarr.open_array(store, path=name, mode="r")[lo:hi])
         except Exception as exc:  # a garbled chunk is a failed check, not a crash
             return f"{name} cannot be read: {type(exc).__name__}: {exc}"
         if array_checksum(values) != sums[name]:
@@ -162,15 +199,15 @@ def commit_problem(
     return None
 
 
-def read_commits(store_path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
+def read_commits(store_path: StoreLike) -> dict[int, dict[str, Any]]:
     """Parsed commit markers by shard; unreadable markers are left out (= not committed)."""
     out: dict[int, dict[str, Any]] = {}
-    d = commits_dir(store_path)
-    if not d.is_dir():
-        return out
-    for p in sorted(d.glob("shard-*.json")):
+    d = commits_location(store_path)
+    for name in d.listdir():
+        if not (name.startswith("shard-") and name.endswith(".json")):
+            continue
         try:
-            rec = json.loads(p.read_text())
+            rec = (d / name).read_json()
             out[int(rec["shard"])] = rec
         except (OSError, ValueError, KeyError, TypeError):
             continue
@@ -228,6 +265,11 @@ class _ArrayInfo:
     def chunk_file(self, chunk: int) -> Path:
         key = self.separator.join([str(chunk)] + ["0"] * (len(self.shape) - 1))
         return self.dir / f"{self.prefix}{key}"
+
+    def chunk_key(self, chunk: int) -> str:
+        """The chunk's object name relative to the split store (``DEM/c/3/0/0``)."""
+        key = self.separator.join([str(chunk)] + ["0"] * (len(self.shape) - 1))
+        return f"{self.name}/{self.prefix}{key}"
 
 
 class TokenStore:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from terraloom.schemas.modalities import CAPTION_VOCAB, CROP_PX, TokenizerKind, get_modality
+from terraloom.storage.location import Location
+from terraloom.storage.transfer import cache_dir, download_tree, upload_tree
 from terraloom.tokenize_jobs.corpus_reader import DEFAULT_CACHE_BYTES, CropSampler, read_texts
 from terraloom.tokenize_jobs.tokenizers.caption import DEFAULT_SENTINELS, train_wordpiece
 from terraloom.tokenize_jobs.tokenizers.compand import DEFAULT_KNOTS
@@ -37,6 +39,7 @@ from terraloom.tokenize_jobs.tokenizers.image import (
     to_model_space,
 )
 from terraloom.tokenize_jobs.tokenizers.io import (
+    CONFIG_NAME,
     save_caption_tokenizer,
     save_geo_tokenizer,
     save_image_tokenizer,
@@ -340,7 +343,9 @@ def _prepare_start(
     return weights, summary
 
 
-def _train_image(config: TrainConfig, corpus: Path, out: Path, stop_at_step: int | None) -> Path:
+def _train_image(
+    config: TrainConfig, corpus: Location, out: Path, stop_at_step: int | None
+) -> Path:
     from tqdm import tqdm
 
     dist_info = _init_distributed(config.device)
@@ -505,7 +510,7 @@ def _train_image(config: TrainConfig, corpus: Path, out: Path, stop_at_step: int
 # --------------------------------------------------------------------------- sequences
 
 
-def _train_caption(config: TrainConfig, corpus: Path, out: Path) -> Path:
+def _train_caption(config: TrainConfig, corpus: Location, out: Path) -> Path:
     texts = read_texts(corpus, config.train_split)
     if not texts:
         raise ValueError(f"split {config.train_split!r} of {corpus} holds no captions")
@@ -537,7 +542,7 @@ def _train_caption(config: TrainConfig, corpus: Path, out: Path) -> Path:
     return out
 
 
-def _train_geo(config: TrainConfig, corpus: Path, out: Path) -> Path:
+def _train_geo(config: TrainConfig, corpus: Location, out: Path) -> Path:
     tok = GeoTokenizer()
     save_geo_tokenizer(tok, out)
     from terraloom.tokenize_jobs.corpus_reader import open_split, read_rows, valid_rows
@@ -566,11 +571,11 @@ def _train_geo(config: TrainConfig, corpus: Path, out: Path) -> Path:
 
 def train_tokenizer(
     config: TrainConfig,
-    corpus: str | os.PathLike[str],
-    out: str | os.PathLike[str],
+    corpus: str | os.PathLike[str] | Location,
+    out: str | os.PathLike[str] | Location,
     *,
     stop_at_step: int | None = None,
-) -> Path:
+) -> Path | Location:
     """Train (or resume, or just write) the tokenizer of ``config.modality``; return ``out``.
 
     ``out`` receives ``config.json`` plus ``model.safetensors`` (image, EMA weights),
@@ -578,8 +583,29 @@ def train_tokenizer(
     ``train_log.json`` and the evaluation report ``eval.{json,md,png}`` on
     ``config.eval_split``. ``stop_at_step`` ends the run early at that step, as an
     interruption would (the tokenizer is exported only when all steps are done).
+
+    ``corpus`` and ``out`` may be locations (``s3://...``): the corpus is read through zarr's
+    store for it; a remote ``out`` is staged in the local cache (what is already there is
+    fetched first, so a run resumes from its ``ckpt.pt``) and published when the run ends,
+    ``config.json`` last: a tokenizer folder is loadable only once its weights are complete.
     """
-    corpus, out = Path(corpus), Path(out)
+    corpus_loc, out_loc = Location.parse(corpus), Location.parse(out)
+    if out_loc.is_local:
+        return _train_into(config, corpus_loc, out_loc.local_path, stop_at_step)
+    if out_loc.read_only:
+        raise ValueError(f"{out_loc} is read-only ({out_loc.scheme}://)")
+    stage = cache_dir(out_loc, "tokenizer-runs")
+    download_tree(out_loc, stage)
+    _train_into(config, corpus_loc, stage, stop_at_step)
+    if int(os.environ.get("RANK", "0")) == 0:
+        files = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())
+        upload_tree(stage, out_loc, [f for f in files if f != CONFIG_NAME])
+        if CONFIG_NAME in files:
+            upload_tree(stage, out_loc, [CONFIG_NAME])
+    return out_loc
+
+
+def _train_into(config: TrainConfig, corpus: Location, out: Path, stop_at_step: int | None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     kind = get_modality(config.modality).tokenizer
     if kind in (TokenizerKind.FSQ_VAE, TokenizerKind.FSQ_VAE_CLASSES):

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from terraloom.schemas.layouts import CAPTION_MAX_TOKENS, validate_tokens
 from terraloom.schemas.modalities import SAMPLE_PX, Layout, get_modality
+from terraloom.storage.location import Location, LocationError
 from terraloom.tokenize_jobs.crops import centre_crop, draw_crops
-from terraloom.tokenize_jobs.store import LEN_SUFFIX, array_checksum, commits_dir, split_name
+from terraloom.tokenize_jobs.store import (
+    LEN_SUFFIX,
+    array_checksum,
+    commits_location,
+    split_name,
+)
 
 MAX_FINDINGS_PER_KIND = 20
 
@@ -36,41 +41,54 @@ class VerifyReport:
         return not self.findings
 
 
-def _split_stores(path: Path) -> list[Path]:
-    if (path / "zarr.json").is_file():
+def _split_stores(path: Location) -> list[Location]:
+    if (path / "zarr.json").exists():
         return [path]
-    return sorted(p for p in path.glob("*.zarr") if p.is_dir())
+    return [path / n for n in path.listdir() if n.endswith(".zarr") and (path / n).is_dir()]
 
 
-def _corpus_split(store: Path, attrs: dict[str, Any], corpus: Path | None) -> Path | None:
+def _corpus_split(
+    store: Location, attrs: dict[str, Any], corpus: Location | None
+) -> Location | None:
     if corpus is not None:
         cand = (
             corpus
-            if (corpus / "zarr.json").is_file() and corpus.suffix == ".zarr"
+            if (corpus / "zarr.json").exists() and corpus.name.endswith(".zarr")
             else corpus / f"{split_name(store)}.zarr"
         )
         return cand
     rel = attrs.get("corpus")
-    if isinstance(rel, str):
-        cand = (store.parent / rel).resolve()
-        if (cand / "zarr.json").is_file():
+    if isinstance(rel, str) and rel:
+        try:  # a URL recorded by a remote encode, or a path relative to the token store
+            if "://" in rel or not store.is_local:
+                cand = Location.parse(rel)
+            else:
+                cand = Location.parse(os.path.normpath(os.path.join(store.parent.path, rel)))
+        except LocationError:
+            return None
+        if (cand / "zarr.json").exists():
             return cand
     return None
 
 
-def verify_store(store: Path, corpus: Path | None = None) -> VerifyReport:
+def verify_store(
+    store: Location | str | os.PathLike[str],
+    corpus: Location | str | os.PathLike[str] | None = None,
+) -> VerifyReport:
     """Check one split store (``tokens/<split>.zarr``); see :func:`verify_tokens`."""
     import zarr
 
     from terraloom.tokenize_jobs.store import read_commits
 
+    store = Location.parse(store)
+    corpus = Location.parse(corpus) if corpus is not None else None
     rep = VerifyReport()
     prefix = f"{store.name}: "
     layout_findings = validate_tokens(store)
     if layout_findings:
         rep.findings += [prefix + f for f in layout_findings]
         return rep
-    group: Any = zarr.open_group(str(store), mode="r")
+    group: Any = zarr.open_group(store.zarr_store(read_only=True), mode="r")
     attrs: dict[str, Any] = dict(group.attrs)
     n, k, s = int(attrs["n_samples"]), int(attrs["n_crops"]), int(attrs["shard_samples"])
     crop_px = int(attrs["crop_px"])
@@ -85,17 +103,18 @@ def verify_store(store: Path, corpus: Path | None = None) -> VerifyReport:
             )
 
     # -- commits
-    cdir = commits_dir(store)
+    cdir = commits_location(store)
     commits = read_commits(store)
-    if cdir.is_dir():
-        for p in sorted(cdir.glob("shard-*.json")):
-            try:
-                shard_no = int(p.stem.split("-")[1])
-            except (IndexError, ValueError):
-                rep.findings.append(prefix + f"stray file in the commits folder: {p.name}")
-                continue
-            if shard_no not in commits:
-                rep.findings.append(prefix + f"commit marker {p.name} is unreadable")
+    for fname in cdir.listdir():
+        if not (fname.startswith("shard-") and fname.endswith(".json")):
+            continue
+        try:
+            shard_no = int(fname[: -len(".json")].split("-")[1])
+        except (IndexError, ValueError):
+            rep.findings.append(prefix + f"stray file in the commits folder: {fname}")
+            continue
+        if shard_no not in commits:
+            rep.findings.append(prefix + f"commit marker {fname} is unreadable")
     missing = [i for i in range(n_shards) if i not in commits]
     if missing:
         rep.findings.append(
@@ -119,12 +138,12 @@ def verify_store(store: Path, corpus: Path | None = None) -> VerifyReport:
         rep.notes.append(
             prefix + "corpus not found: alignment and crops not checked (pass --corpus)"
         )
-    elif not (csplit / "zarr.json").is_file():
+    elif not (csplit / "zarr.json").exists():
         rep.findings.append(prefix + f"corpus split {csplit} does not exist")
     else:
         from terraloom.tokenize_jobs.encode import sample_keys
 
-        cgroup = zarr.open_group(str(csplit), mode="r")
+        cgroup = zarr.open_group(csplit.zarr_store(read_only=True), mode="r")
         ca: dict[str, Any] = dict(cgroup.attrs)
         if int(ca.get("n_samples", -1)) != n:
             rep.findings.append(
@@ -243,7 +262,8 @@ def _content_findings(
 
 
 def verify_tokens(
-    tokens: str | os.PathLike[str], corpus: str | os.PathLike[str] | None = None
+    tokens: str | os.PathLike[str] | Location,
+    corpus: str | os.PathLike[str] | Location | None = None,
 ) -> VerifyReport:
     """Verify every split store under ``tokens/`` (or one ``<split>.zarr``).
 
@@ -252,7 +272,7 @@ def verify_tokens(
     its commit marker, id ranges and padding, and, given the corpus (``--corpus`` or the
     relative path the encoder recorded), ``valid`` and the crops against the corpus.
     """
-    root = Path(tokens)
+    root = Location.parse(tokens)
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist")
     stores = _split_stores(root)
@@ -260,7 +280,7 @@ def verify_tokens(
         raise FileNotFoundError(f"no token stores (<split>.zarr) in {root}")
     report = VerifyReport()
     for st in stores:
-        r = verify_store(st, Path(corpus) if corpus is not None else None)
+        r = verify_store(st, corpus)
         report.findings += r.findings
         report.notes += r.notes
         report.checked_shards += r.checked_shards

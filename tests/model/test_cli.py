@@ -107,3 +107,40 @@ def test_a_moved_run_generates_from_another_directory(stack, tmp_path, monkeypat
         meta["data"][key] = os.path.relpath(meta["data"][key], moved)
     config.write_text(json.dumps(meta))
     assert main([*gen, "--out", "c"]) == 0
+
+
+@pytest.mark.parametrize("bad", ["s3:/typo", "ftp://x", "nosuchscheme://x"])
+def test_every_location_argument_refuses_a_bad_url_before_writing(
+    bad, tmp_path, monkeypatch, capsys
+):
+    """Issue 19: train/generate/evaluate given a malformed URL or an unknown scheme in any
+    location: one line, exit 2, nothing written anywhere (no local folder named ``s3:``)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    good = str(tmp_path / "in")
+    gen = ["--input", "DEM=x", "--target", "GEO"]
+    commands = [
+        ["train", "--out-dir", bad, "--set", f"data.tokens={good}"],
+        ["train", "--out-dir", "run", "--set", f"data.tokens={bad}"],
+        [
+            "train",
+            "--out-dir",
+            "run",
+            "--set",
+            f"data.tokens={good}",
+            "--set",
+            f"data.corpus={bad}",
+        ],
+        ["generate", "--checkpoint", bad, "--out", "gen", *gen],
+        ["generate", "--checkpoint", good, "--out", bad, *gen],
+        ["generate", "--checkpoint", good, "--out", "gen", "--tokens", bad, *gen],
+        ["evaluate", "--checkpoint", bad, "--out", "ev"],
+        ["evaluate", "--checkpoint", good, "--out", bad],
+        ["evaluate", "--checkpoint", good, "--out", "ev", "--corpus", bad],
+    ]
+    for argv in commands:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "bad location" in err[0] and bad in err[0], (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+    assert not any((tmp_path / "in").iterdir())

@@ -219,3 +219,34 @@ def test_geo_eval_md_carries_the_figures_of_eval_json(toy_corpus: Path, tmp_path
     md = (tmp_path / "eval.md").read_text()
     assert "max_error_lat_deg" in report and "| max_error_lat_deg |" in md
     assert f"| n_samples | {report['n_samples']} |" in md
+
+
+BAD_LOCATIONS = ("s3:/typo", "ftp://x", "nosuchscheme://x")
+
+
+@pytest.mark.parametrize("bad", BAD_LOCATIONS)
+def test_every_location_argument_refuses_a_bad_url_before_writing(
+    bad, tmp_path, monkeypatch, capsys
+):
+    """Issue 19: a malformed URL or unknown scheme in any location argument is one line,
+    exit 2, and nothing is written anywhere (no local folder named ``s3:``)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    good = str(tmp_path / "in")
+    commands = [
+        ["train", "--modality", "GEO", "--corpus", bad, "--out", "tok"],
+        ["train", "--modality", "GEO", "--corpus", good, "--out", bad],
+        ["encode", "--corpus", bad, "--tokenizers", good, "--out", "tokens"],
+        ["encode", "--corpus", good, "--tokenizers", bad, "--out", "tokens"],
+        ["encode", "--corpus", good, "--tokenizers", good, "--out", bad],
+        ["verify", bad],
+        ["verify", good, "--corpus", bad],
+        ["fetch", bad, "--out", "copy"],
+        ["fetch", good, "--out", bad],
+    ]
+    for argv in commands:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "bad location" in err[0] and bad in err[0], (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+    assert not any((tmp_path / "in").iterdir())

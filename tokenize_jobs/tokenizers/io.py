@@ -20,6 +20,8 @@ from typing import Any
 import torch
 
 from terraloom.schemas.modalities import TokenizerKind, get_modality
+from terraloom.storage.location import Location
+from terraloom.storage.transfer import cache_dir, download_tree
 from terraloom.tokenize_jobs.protocol import TOKENIZER_FORMAT_VERSION
 from terraloom.tokenize_jobs.tokenizers.caption import CaptionTokenizer
 from terraloom.tokenize_jobs.tokenizers.geo import GeoTokenizer
@@ -191,11 +193,6 @@ def load_tokenizer(path: str | os.PathLike[str], device: torch.device | str = "c
 
         _check_sha(root / config["weights"], identity)
         return load_terramind_tokenizer(root, config, device)  # type: ignore[return-value]
-    if kind == "terramind_vit_fsq":  # TerraMind v1's own tokenizer encoders (interop)
-        from terraloom.tokenize_jobs.tokenizers.terramind import load_terramind_tokenizer
-
-        _check_sha(root / config["weights"], identity)
-        return load_terramind_tokenizer(root, config, device)  # type: ignore[return-value]
     if kind == str(TokenizerKind.GEO_BINS):
         return GeoTokenizer(float(config["model"]["bin_deg"]))
     if kind == str(TokenizerKind.WORDPIECE):
@@ -210,8 +207,25 @@ class MissingTokenizerError(FileNotFoundError):
     """No tokenizer directory where one is needed (its message is the one-line reason)."""
 
 
+def local_tokenizers(root: str | os.PathLike[str] | Location, names: Sequence[str]) -> Path:
+    """A tokenizer root as a local path: itself when local, else a read-through copy of the
+    named modalities' folders (``config.json`` + weights, small) in the local cache. Loading
+    re-hashes the weights against ``config.json``'s identity, so a stale copy is refused,
+    never used; files are copied again whenever their remote size differs."""
+    loc = Location.parse(root)
+    if loc.is_local:
+        return loc.local_path
+    if not loc.exists():
+        raise MissingTokenizerError(f"tokenizer directory {loc} does not exist")
+    dest = cache_dir(loc, "tokenizers")
+    wanted = {get_modality(n).name.lower() for n in names}
+    download_tree(loc, dest, include=lambda rel: rel.split("/", 1)[0] in wanted)
+    dest.mkdir(parents=True, exist_ok=True)
+    return dest
+
+
 def load_tokenizers(
-    root: str | os.PathLike[str],
+    root: str | os.PathLike[str] | Location,
     names: Sequence[str],
     device: torch.device | str = "cpu",
 ) -> dict[str, Tokenizer]:
@@ -221,7 +235,7 @@ def load_tokenizers(
     Raises :class:`MissingTokenizerError` when ``root`` or a modality's directory is missing
     (a caller may skip optional modalities on it) and ``ValueError`` when one cannot be loaded.
     """
-    base = Path(root)
+    base = local_tokenizers(root, names)
     if not base.is_dir():
         raise MissingTokenizerError(f"tokenizer directory {base} does not exist")
     out: dict[str, Tokenizer] = {}
