@@ -17,6 +17,7 @@ CAPTION and GEO are trained/written and checked for exact round trips. The last 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -31,11 +32,42 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from terraloom.schemas.cliargs import add_config_args, config_from_args  # noqa: E402
+from terraloom.schemas.config import to_dict  # noqa: E402
 from terraloom.schemas.modalities import get_modality  # noqa: E402
+from terraloom.tokenize_jobs.train import TrainConfig  # noqa: E402
 
 IMAGE_MODALITIES = ("S2L2A", "S1GRD", "S1RTC", "DEM", "NDVI", "LULC")
 REQUIRED_USAGE = 0.25
 REQUIRED_LULC_ACC = 0.9
+
+#: The recipe every image tokenizer of the bench trains with (``modality`` is replaced per
+#: modality); flags and ``--config``/``--set`` change its fields. The demo trains with the
+#: same recipe at its own budget (``orchestration.demo.DemoConfig.tokenizer``).
+RECIPE = TrainConfig(
+    modality="S2L2A",
+    steps=1000,
+    batch=8,
+    lr=1e-3,
+    warmup_steps=20,
+    crop_px=96,
+    width=16,
+    eval_samples=48,
+    eval_crops=4,
+    progress=True,
+)
+
+
+def recipe_from_args(args: argparse.Namespace) -> TrainConfig:
+    """RECIPE <- ``--config`` <- ``--set`` <- the flags given."""
+    flags = {
+        k: getattr(args, k)
+        for k in (
+            "steps", "batch", "crop_px", "width", "lr", "entropy_weight", "compand_alpha",
+            "compand_uniform", "compand_knots", "eval_samples", "eval_crops", "device",
+        )
+    }  # fmt: skip
+    return config_from_args(TrainConfig, args, flags, base=to_dict(RECIPE))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,27 +79,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--workdir", type=Path, default=Path("bench_out/tokenizers"))
     p.add_argument("--modalities", default=",".join(IMAGE_MODALITIES) + ",CAPTION,GEO")
-    p.add_argument("--steps", type=int, default=1000, help="training steps per image tokenizer")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=96, help="training crop (eval always uses 224)")
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
+    # shortcuts for fields of the recipe (a tokenizer TrainConfig, RECIPE); None: the recipe's
+    for flag, field, tp, text in (
+        ("--steps", "steps", int, "training steps per image tokenizer"),
+        ("--batch", "batch", int, ""),
+        ("--crop", "crop_px", int, "training crop (eval always uses 224)"),
+        ("--width", "width", int, ""),
+        ("--lr", "lr", float, ""),
+        ("--compand-alpha", "compand_alpha", float, "compander shape"),
+        ("--compand-uniform", "compand_uniform", float, ""),
+        ("--compand-knots", "compand_knots", int, "0: no compander"),
+        ("--eval-samples", "eval_samples", int, "val rows evaluated (toy val split size)"),
+        ("--eval-crops", "eval_crops", int, ""),
+        ("--device", "device", str, ""),
+    ):
+        p.add_argument(
+            flag,
+            dest=field,
+            type=tp,
+            default=None,
+            help=f"{text + ' ' if text else ''}(default {getattr(RECIPE, field)})",
+        )
     p.add_argument(
         "--entropy-weight",
+        dest="entropy_weight",
         type=float,
         default=None,
         help="codebook-usage regulariser (default: the modality's, see TrainConfig)",
     )
-    p.add_argument(
-        "--compand-alpha", type=float, default=None, help="compander shape (TrainConfig)"
-    )
-    p.add_argument("--compand-uniform", type=float, default=None)
-    p.add_argument("--compand-knots", type=int, default=None, help="0: no compander")
-    p.add_argument(
-        "--eval-samples", type=int, default=48, help="val rows evaluated (toy val split size)"
-    )
-    p.add_argument("--eval-crops", type=int, default=4)
-    p.add_argument("--device", default="auto")
+    add_config_args(p, TrainConfig)
     p.add_argument(
         "--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)"
     )
@@ -86,7 +126,7 @@ def corpus_for(args: argparse.Namespace) -> tuple[Path, str]:
     from terraloom.tokenize_jobs.testing import make_toy_corpus
 
     n = args.toy or 96
-    n_val = max(8, args.eval_samples)
+    n_val = max(8, args.recipe.eval_samples)
     root = args.workdir / f"toy_{n}"
     marker = root / "done.json"
     if not marker.exists():
@@ -108,33 +148,19 @@ def corpus_for(args: argparse.Namespace) -> tuple[Path, str]:
 
 
 def train_one(modality: str, corpus: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from terraloom.tokenize_jobs.train import TrainConfig, train_tokenizer
+    from terraloom.tokenize_jobs.train import train_tokenizer
 
     out = args.workdir / "tokenizers" / modality.lower()
     if args.fresh and out.exists():
         import shutil
 
         shutil.rmtree(out)
-    compand = {
-        f"compand_{k}": getattr(args, f"compand_{k}")
-        for k in ("alpha", "uniform", "knots")
-        if getattr(args, f"compand_{k}") is not None
-    }
-    cfg = TrainConfig(
-        **compand,
+    recipe = args.recipe
+    cfg = dataclasses.replace(
+        recipe,
         modality=modality,
-        steps=args.steps,
-        batch=args.batch,
-        lr=args.lr,
-        warmup_steps=min(20, args.steps // 10),
-        crop_px=args.crop,
-        width=args.width,
-        entropy_weight=args.entropy_weight,
-        ckpt_every=max(args.steps, 1),
-        eval_samples=args.eval_samples,
-        eval_crops=args.eval_crops,
-        device=args.device,
-        progress=True,
+        warmup_steps=min(recipe.warmup_steps, recipe.steps // 10),
+        ckpt_every=max(recipe.steps, 1),
     )
     t0 = time.perf_counter()
     train_tokenizer(cfg, corpus, out)
@@ -179,6 +205,11 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        args.recipe = r = recipe_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.threads:
         import torch
 
@@ -188,9 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     corpus, label = corpus_for(args)
     print(f"# tokenizer bench on {label}")
     print(
-        f"# recipe: {args.steps} steps x batch {args.batch} of {args.crop} px crops, width {args.width}, "
-        f"lr {args.lr}, entropy weight {'per modality' if args.entropy_weight is None else args.entropy_weight}; eval: {args.eval_samples} val rows x "
-        f"{args.eval_crops} crops of 224 px; "
+        f"# recipe: {r.steps} steps x batch {r.batch} of {r.crop_px} px crops, width {r.width}, "
+        f"lr {r.lr}, entropy weight {'per modality' if r.entropy_weight is None else r.entropy_weight}, "
+        f"{'linear start' if r.linear_init else 'plain start'}, compander knots {r.compand_knots}; "
+        f"eval: {r.eval_samples} val rows x {r.eval_crops} crops of 224 px; "
         f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default') if not args.threads else args.threads}"
     )
     reports = {}

@@ -20,92 +20,167 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from terraloom.model.config import AlphaMixture, MaskingConfig, ModelConfig, OptimConfig
+from terraloom.model.config import TrainConfig as PretrainConfig
+from terraloom.model.evaluate import EvalConfig
+from terraloom.model.generate import SamplingConfig
+from terraloom.model.tim import FinetuneConfig, TiMStudyConfig
+from terraloom.pipeline.plan import PlanConfig
 from terraloom.schemas.cli import modality_table
-from terraloom.schemas.cliargs import add_config_args, add_version, config_from_args
+from terraloom.schemas.cliargs import add_config_args, add_version
+from terraloom.schemas.config import apply_overrides, from_dict, read_config_file, to_dict
 from terraloom.schemas.jsonschema import out_of_sync
-from terraloom.schemas.modalities import REGISTRY
+from terraloom.schemas.modalities import REGISTRY, get_modality
+from terraloom.tokenize_jobs.encode_config import EncodeConfig
+from terraloom.tokenize_jobs.train import TrainConfig as TokenizerConfig
 
-#: Modalities the demo tokenizes and models (S1RTC and NDVI are built but not tokenized:
-#: the evaluation and TiM tasks do not need them and CPU minutes are scarce).
+#: Modalities the demo tokenizes and models by default (S1RTC and NDVI are built but not
+#: tokenized: the evaluation and TiM tasks do not need them and CPU minutes are scarce).
+#: The model config decides: every token input and target of ``pretrain.model`` is tokenized.
 IMAGE_TOKENS = ("S2L2A", "S1GRD", "DEM", "LULC")
 SEQUENCE_TOKENS = ("GEO",)
 
 
-def plain_tokenizer_start(modality: str) -> dict[str, Any]:
-    """TrainConfig overrides of the plain start (``DemoConfig.tok_linear_start=False``)."""
-    return {
-        "linear_init": False,
-        "balance_bands": False,
-        "linear_paths": False,
-        "fsq_groups": (3, 1, 1) if modality == "DEM" else (),
-    }
+def _tokenizer(steps: int = 200, **kw: Any) -> TokenizerConfig:
+    """The recipe every demo tokenizer trains with (``modality`` is set per modality).
+
+    The recipe ``bench/tokenizers.py`` measured: the linear start with its compander and
+    band balancing, each modality's FSQ grouping and entropy weight (``None``: the
+    modality's default, ``tokenize_jobs.train.DEFAULT_ENTROPY_WEIGHT``).
+    """
+    base: dict[str, Any] = dict(
+        modality="S2L2A",
+        steps=steps,
+        batch=16,
+        lr=2e-3,
+        warmup_steps=max(1, steps // 10),
+        crop_px=64,
+        width=32,
+        channel_mult=(1, 2, 4, 4),
+        unshuffle=2,
+        entropy_weight=None,
+        seed=0,
+        ckpt_every=max(1, steps // 2),
+        device="cpu",
+        eval_samples=8,
+        eval_crops=1,
+        vocab_size=2048,
+    )
+    return TokenizerConfig(**{**base, **kw})
+
+
+def _pretrain(
+    dim: int = 128,
+    enc_depth: int = 4,
+    dec_depth: int = 2,
+    heads: int = 4,
+    image_px: int = 128,
+    input_budget: int = 128,
+    target_budget: int = 64,
+    **kw: Any,
+) -> PretrainConfig:
+    """The any-to-any model and its training budget (data paths are filled in per run)."""
+    mods = IMAGE_TOKENS + SEQUENCE_TOKENS
+    base: dict[str, Any] = dict(
+        model=ModelConfig(
+            dim=dim,
+            enc_depth=enc_depth,
+            dec_depth=dec_depth,
+            heads=heads,
+            image_px=image_px,
+            pixel_inputs=("S2L2A", "S1GRD"),
+            token_inputs=mods,
+            targets=mods,
+        ),
+        masking=MaskingConfig(
+            input_budget=input_budget,
+            target_budget=target_budget,
+            mixtures=(
+                AlphaMixture("all_to_all", 1.0, 0.5, 0.5),
+                AlphaMixture("s2_to_all", 1.0, 1.0, 0.5, input_only=("S2L2A",)),
+                AlphaMixture("s1_to_all", 1.0, 1.0, 0.5, input_only=("S1GRD",)),
+            ),
+        ),
+        optim=OptimConfig(lr=2e-3, warmup_steps=50, weight_decay=0.05),
+        seed=0,
+        steps=1200,
+        batch_size=16,
+        device="cpu",
+        eval_batches=4,
+        keep_ckpts=1,
+        peak_tflops=0.1,
+    )
+    return PretrainConfig(**{**base, **kw})
+
+
+#: What the demo's evaluation decodes with: argmax tokens, most confident first.
+EVAL_SAMPLING = SamplingConfig(steps=4, temperature=0.0, choice_temperature=0.0)
+#: What the example panels are drawn with (see docs/model.md, "Sampling controls").
+EXAMPLE_SAMPLING = SamplingConfig(steps=8, temperature=0.5, top_k=50)
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Every budget of the main job (the fingerprint of an output directory)."""
+    """Every budget of the main job (the fingerprint of an output directory).
+
+    The stages' own config dataclasses, nested: ``--set tokenizer.steps=400``,
+    ``--set pretrain.model.dim=192``, ``--set tim.seeds=[0,1,2,3]``.
+    """
 
     world_preset: str = "demo"
     #: Use the shared world cache (``pipeline.world.cached_world``) instead of ``<out>/world``.
     world_cache: bool = False
+    #: Seed of the world (the stages have their own ``seed`` fields).
     seed: int = 0
     workers: int = 2
-    # plan
-    samples_per_cell: int = 9
-    val_fraction: float = 0.15
-    # tokenizers (FSQ-VAE): steps, batch and crop size of training, net width
-    tok_steps: int = 200
-    tok_batch: int = 16
-    tok_crop: int = 64
-    tok_width: int = 32
-    tok_channel_mult: tuple[int, ...] = (1, 2, 4, 4)
-    #: The first halvings as pixel-unshuffles (much cheaper convolutions at high resolution).
-    tok_unshuffle: int = 2
-    tok_lr: float = 2e-3
-    #: FSQ codebook-usage regulariser; off for the demo's short model budget (why:
-    #: docs/bench.md, "Measured choices behind defaults").
-    tok_entropy_weight: float = 0.0
-    #: False: the plain start (random init); True: the linear start of
-    #: ``tokenize_jobs.tokenizers.linear_init`` (why the demo keeps the plain one:
-    #: docs/bench.md).
-    tok_linear_start: bool = False
-    tok_eval_samples: int = 8
-    # encode: crops per sample and crop size (= the model's image size)
-    n_crops: int = 2
-    crop_px: int = 128
-    # model
-    dim: int = 128
-    enc_depth: int = 4
-    dec_depth: int = 2
-    heads: int = 4
-    input_budget: int = 128
-    target_budget: int = 64
-    train_steps: int = 1200
-    batch_size: int = 16
-    lr: float = 2e-3
-    warmup: int = 50
-    # TiM fine-tuning (each of the two runs)
-    tim_steps: int = 120
-    tim_batch: int = 8
-    tim_lr: float = 3e-3
-    #: S1 at the pixel scale only: the downstream user has imagery, not tokens.
-    tim_scales: str = "pixels"
-    tim_crops: int = 2
-    # evaluation / examples
-    eval_steps: int = 4
-    eval_max_samples: int | None = None
+    plan: PlanConfig = PlanConfig(samples_per_cell=9, val_fraction=0.15)
+    #: The recipe of every image tokenizer; ``modality`` is replaced per modality.
+    tokenizer: TokenizerConfig = field(default_factory=_tokenizer)
+    #: Fields of ``tokenizer`` changed for one modality. LULC trains without the
+    #: codebook-usage regulariser: at the demo's 200 steps its default weight (0.1) cost the
+    #: land-cover tokenizer its lead over the patch-majority baseline (docs/bench.md).
+    tokenizer_overrides: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: {"LULC": {"entropy_weight": 0.0}}, hash=False
+    )
+    #: ``crop_px`` must be the model's ``image_px``; ``modalities`` is set from the model.
+    encode: EncodeConfig = EncodeConfig(n_crops=2, crop_px=128, batch=32, device="cpu")
+    #: ``data`` and ``out_dir`` are set per run.
+    pretrain: PretrainConfig = field(default_factory=_pretrain)
+    tim: TiMStudyConfig = TiMStudyConfig(
+        finetune=FinetuneConfig(steps=120, batch_size=8, lr=3e-3), train_crops=2
+    )
+    evaluation: EvalConfig = EvalConfig(sampling=EVAL_SAMPLING)
     n_examples: int = 3
-    #: Extra captions (WordPiece) in the token store.
-    captions: bool = False
+    example_sampling: SamplingConfig = EXAMPLE_SAMPLING
+
+    def tokenizer_for(self, modality: str) -> TokenizerConfig:
+        """The recipe with ``modality`` and its overrides (checked like any config)."""
+        name = get_modality(modality).name
+        tree = {**to_dict(self.tokenizer), **dict(self.tokenizer_overrides.get(name, {}))}
+        return from_dict(TokenizerConfig, {**tree, "modality": name}, f"tokenizer[{name}]")
+
+    def __post_init__(self) -> None:
+        for name in self.tokenizer_overrides:
+            self.tokenizer_for(name)  # unknown modality or field: refused up front
+        if self.encode.crop_px != self.pretrain.model.image_px:
+            raise ValueError(
+                f"encode.crop_px {self.encode.crop_px} must equal pretrain.model.image_px "
+                f"{self.pretrain.model.image_px} (the model reads the encoded crops)"
+            )
 
     @property
     def token_modalities(self) -> tuple[str, ...]:
-        return IMAGE_TOKENS + SEQUENCE_TOKENS + (("CAPTION",) if self.captions else ())
+        m = self.pretrain.model
+        return tuple(dict.fromkeys([*m.token_inputs, *m.targets]))
+
+    @property
+    def crop_px(self) -> int:
+        return self.pretrain.model.image_px
 
     def subset(self, names: Sequence[str]) -> dict[str, Any]:
         return {n: getattr(self, n) for n in names}
@@ -115,28 +190,27 @@ QUICK = DemoConfig(
     world_preset="tiny",
     world_cache=True,
     workers=1,
-    val_fraction=0.3,
-    tok_steps=20,
-    tok_batch=8,
-    tok_crop=32,
-    tok_width=8,
-    tok_eval_samples=2,
-    n_crops=1,
-    crop_px=64,
-    dim=32,
-    enc_depth=2,
-    dec_depth=1,
-    heads=2,
-    input_budget=48,
-    target_budget=32,
-    train_steps=20,
-    batch_size=4,
-    warmup=5,
-    tim_steps=4,
-    tim_batch=4,
-    tim_crops=1,
-    eval_steps=2,
-    eval_max_samples=8,
+    plan=PlanConfig(samples_per_cell=9, val_fraction=0.3),
+    tokenizer=_tokenizer(20, batch=8, crop_px=32, width=8, eval_samples=2, init_crops=32),
+    encode=EncodeConfig(n_crops=1, crop_px=64, batch=32, device="cpu"),
+    pretrain=_pretrain(
+        dim=32,
+        enc_depth=2,
+        dec_depth=1,
+        heads=2,
+        image_px=64,
+        input_budget=48,
+        target_budget=32,
+        steps=20,
+        batch_size=4,
+        optim=OptimConfig(lr=2e-3, warmup_steps=5, weight_decay=0.05),
+    ),
+    tim=TiMStudyConfig(
+        finetune=FinetuneConfig(steps=4, batch_size=4, lr=3e-3),
+        train_crops=1,
+        generate_steps=2,
+    ),
+    evaluation=EvalConfig(max_samples=8, sampling=dataclasses.replace(EVAL_SAMPLING, steps=2)),
     n_examples=1,
 )
 
@@ -215,7 +289,7 @@ def stage_world(out: Path, cfg: DemoConfig) -> dict:
 
 
 def stage_plan(out: Path, cfg: DemoConfig) -> dict:
-    from terraloom.pipeline.plan import PlanConfig, plan_samples, summarize_plan, write_plan
+    from terraloom.pipeline.plan import plan_samples, summarize_plan, write_plan
     from terraloom.pipeline.sources import open_source
 
     p = paths(out)
@@ -223,9 +297,7 @@ def stage_plan(out: Path, cfg: DemoConfig) -> dict:
     opened = open_source(f"world:{world}")
     if opened.region is None or opened.time_range is None:
         raise RuntimeError("the world catalog names no region or period")
-    pc = PlanConfig(
-        samples_per_cell=cfg.samples_per_cell, val_fraction=cfg.val_fraction, seed=cfg.seed
-    )
+    pc = cfg.plan
     table = plan_samples(opened.source, opened.region, opened.time_range, pc, progress=True)
     write_plan(table, p["plan"])
     summary = summarize_plan(table, pc.modalities)
@@ -248,7 +320,7 @@ def stage_build(out: Path, cfg: DemoConfig) -> dict:
 
 
 def stage_tokenizers(out: Path, cfg: DemoConfig) -> dict:
-    from terraloom.tokenize_jobs.train import TrainConfig, train_tokenizer
+    from terraloom.tokenize_jobs.train import train_tokenizer
 
     p = paths(out)
     result: dict[str, Any] = {}
@@ -258,25 +330,7 @@ def stage_tokenizers(out: Path, cfg: DemoConfig) -> dict:
             print(f"   {name}: already trained")
             result[name] = "reused"
             continue
-        tc = TrainConfig(
-            modality=name,
-            steps=cfg.tok_steps,
-            batch=cfg.tok_batch,
-            lr=cfg.tok_lr,
-            warmup_steps=max(1, cfg.tok_steps // 10),
-            crop_px=cfg.tok_crop,
-            width=cfg.tok_width,
-            channel_mult=cfg.tok_channel_mult,
-            unshuffle=cfg.tok_unshuffle,
-            entropy_weight=cfg.tok_entropy_weight,
-            **({} if cfg.tok_linear_start else plain_tokenizer_start(name)),
-            seed=cfg.seed,
-            ckpt_every=max(1, cfg.tok_steps // 2),
-            device="cpu",
-            eval_samples=cfg.tok_eval_samples,
-            eval_crops=1,
-            vocab_size=2048,
-        )
+        tc = cfg.tokenizer_for(name)
         t0 = time.perf_counter()
         train_tokenizer(tc, p["corpus"], target)
         result[name] = {"seconds": round(time.perf_counter() - t0, 1)}
@@ -299,18 +353,10 @@ def _brief(report: dict) -> dict:
 
 
 def stage_encode(out: Path, cfg: DemoConfig) -> dict:
-    from terraloom.tokenize_jobs.encode import EncodeConfig, encode
+    from terraloom.tokenize_jobs.encode import encode
 
     p = paths(out)
-    ec = EncodeConfig(
-        n_crops=cfg.n_crops,
-        crop_px=cfg.crop_px,
-        batch=32,
-        device="cpu",
-        seed=cfg.seed,
-        modalities=cfg.token_modalities,
-        progress=True,
-    )
+    ec = dataclasses.replace(cfg.encode, modalities=cfg.token_modalities, progress=True)
     report = encode(p["corpus"], p["tokenizers"], p["tokens"], ec)
     for s in report.splits:
         print(
@@ -323,39 +369,13 @@ def stage_encode(out: Path, cfg: DemoConfig) -> dict:
 
 
 def train_config(out: Path, cfg: DemoConfig) -> Any:
-    from terraloom.model.config import (
-        AlphaMixture,
-        DataConfig,
-        MaskingConfig,
-        ModelConfig,
-        OptimConfig,
-        TrainConfig,
-    )
+    """``cfg.pretrain`` with this output directory's data and run paths."""
+    from terraloom.model.config import DataConfig
 
     p = paths(out)
-    mods = cfg.token_modalities
-    model = ModelConfig(
-        dim=cfg.dim,
-        enc_depth=cfg.enc_depth,
-        dec_depth=cfg.dec_depth,
-        heads=cfg.heads,
-        image_px=cfg.crop_px,
-        pixel_inputs=("S2L2A", "S1GRD"),
-        token_inputs=mods,
-        targets=mods,
-    )
-    masking = MaskingConfig(
-        input_budget=cfg.input_budget,
-        target_budget=cfg.target_budget,
-        mixtures=(
-            AlphaMixture("all_to_all", 1.0, 0.5, 0.5),
-            AlphaMixture("s2_to_all", 1.0, 1.0, 0.5, input_only=("S2L2A",)),
-            AlphaMixture("s1_to_all", 1.0, 1.0, 0.5, input_only=("S1GRD",)),
-        ),
-    )
-    return TrainConfig(
-        model=model,
-        masking=masking,
+    tc = cfg.pretrain
+    return dataclasses.replace(
+        tc,
         data=DataConfig(
             tokens=str(p["tokens"]),
             corpus=str(p["corpus"]),
@@ -363,18 +383,10 @@ def train_config(out: Path, cfg: DemoConfig) -> Any:
             prefetch_factor=4,
             pin_memory=False,
         ),
-        optim=OptimConfig(lr=cfg.lr, warmup_steps=cfg.warmup, weight_decay=0.05),
         out_dir=str(p["run"]),
-        seed=cfg.seed,
-        steps=cfg.train_steps,
-        batch_size=cfg.batch_size,
-        device="cpu",
-        log_every=max(1, cfg.train_steps // 10),
-        eval_every=cfg.train_steps,
-        eval_batches=4,
-        ckpt_every=max(1, cfg.train_steps // 4),
-        keep_ckpts=1,
-        peak_tflops=0.1,
+        log_every=max(1, tc.steps // 10),
+        eval_every=tc.steps,
+        ckpt_every=max(1, tc.steps // 4),
     )
 
 
@@ -410,52 +422,35 @@ def _pretrained(out: Path) -> Any:
 
 
 def stage_tim(out: Path, cfg: DemoConfig) -> dict:
-    from terraloom.model.tim import (
-        FinetuneConfig,
-        TiMConfig,
-        compare_tim,
-        load_segmentation_data,
-        write_tim_report,
-    )
-
-    p = paths(out)
-    model = _pretrained(out)
-    tcfg = TiMConfig(inputs=("S1GRD",), thoughts=("LULC",), steps=1, scales=cfg.tim_scales)
-    train = load_segmentation_data(
-        model,
-        p["corpus"],
-        p["tokens"],
-        "train",
-        tcfg,
-        crops=tuple(range(min(cfg.tim_crops, cfg.n_crops))),
-    )
-    val = load_segmentation_data(model, p["corpus"], p["tokens"], "val", tcfg, crops=(0,))
-    ft = FinetuneConfig(steps=cfg.tim_steps, batch_size=cfg.tim_batch, lr=cfg.tim_lr, seed=cfg.seed)
-    summary = compare_tim(model, train, val, tcfg, ft)
-    md = write_tim_report(summary, p["tim"])
-    print(md.read_text())
-    return {
-        "path": str(md),
-        "miou_tim": summary["tim"]["miou"],
-        "miou_no_tim": summary["no_tim"]["miou"],
-        "winner": summary["winner"],
-    }
-
-
-def stage_evaluate(out: Path, cfg: DemoConfig) -> dict:
-    from terraloom.model.evaluate import EvalConfig, evaluate_generation
-    from terraloom.model.generate import SamplingConfig
+    from terraloom.model.tim import load_segmentation_data, tim_study, write_tim_study
     from terraloom.tokenize_jobs.tokenizers.io import load_tokenizers
 
     p = paths(out)
     model = _pretrained(out)
-    tokenizers = load_tokenizers(p["tokenizers"], ["S2L2A", "LULC", "DEM", "GEO"])
-    ec = EvalConfig(
-        max_samples=cfg.eval_max_samples,
-        sampling=SamplingConfig(steps=cfg.eval_steps, temperature=0.0, choice_temperature=0.0),
-        seed=cfg.seed,
-    )
-    report = evaluate_generation(model, tokenizers, p["corpus"], p["tokens"], ec)
+    study = cfg.tim
+    tcfg = study.tim_config()
+    crops = tuple(range(min(study.train_crops, cfg.encode.n_crops)))
+    train = load_segmentation_data(model, p["corpus"], p["tokens"], "train", tcfg, crops=crops)
+    val = load_segmentation_data(model, p["corpus"], p["tokens"], "val", tcfg, crops=(0,))
+    lulc = load_tokenizers(p["tokenizers"], ["LULC"])["LULC"]
+    summary = tim_study(model, train, val, study, lulc)
+    md = write_tim_study(summary, p["tim"])
+    print(md.read_text())
+    return {
+        "path": str(md),
+        "miou": {k: round(r["miou"]["mean"], 4) for k, r in summary["finetune"].items()},
+        "verdicts": {k: r.get("verdict") for k, r in summary["finetune"].items() if k != "none"},
+    }
+
+
+def stage_evaluate(out: Path, cfg: DemoConfig) -> dict:
+    from terraloom.model.evaluate import DEFAULT_TASKS, evaluate_generation
+    from terraloom.tokenize_jobs.tokenizers.io import load_tokenizers
+
+    p = paths(out)
+    model = _pretrained(out)
+    tokenizers = load_tokenizers(p["tokenizers"], [t.target for t in DEFAULT_TASKS])
+    report = evaluate_generation(model, tokenizers, p["corpus"], p["tokens"], cfg.evaluation)
     j, m = report.write(p["evaluation"])
     print(report.to_markdown())
     return {"json": str(j), "markdown": str(m), "all_beat_baseline": report.all_beat_baseline}
@@ -471,20 +466,18 @@ def stage_generate(out: Path, cfg: DemoConfig) -> dict:
     import numpy as np
 
     from terraloom.model.examples import write_examples
-    from terraloom.model.generate import SamplingConfig
     from terraloom.model.samples import SampleReader, reference_values
     from terraloom.tokenize_jobs.tokenizers.io import load_tokenizers
 
     p = paths(out)
     model = _pretrained(out)
-    tokenizers = load_tokenizers(p["tokenizers"], [*IMAGE_TOKENS, *SEQUENCE_TOKENS])
+    tokenizers = load_tokenizers(p["tokenizers"], list(cfg.token_modalities))
     reader = SampleReader(p["corpus"], p["tokens"], "val")
     rows = reader.valid_rows
     pick = rows[np.linspace(0, len(rows) - 1, min(cfg.n_examples, len(rows))).astype(int)]
     crops = reader.crops(pick, 0)
     refs = reader.refs(pick, crops)
-    image = SamplingConfig(steps=8, temperature=0.5, top_k=50)
-    sampling = {name: image for name in IMAGE_TOKENS}
+    sampling = {n: cfg.example_sampling for n in cfg.token_modalities if get_modality(n).is_image}
     panels: list[str] = []
     records = []
     for inputs, targets in EXAMPLE_CHAINS:
@@ -499,7 +492,7 @@ def stage_generate(out: Path, cfg: DemoConfig) -> dict:
             targets,
             sub,
             sampling,
-            seed=cfg.seed,
+            seed=cfg.evaluation.seed,
             chain=True,
             references=refs_v,
         )
@@ -519,14 +512,18 @@ def stage_generate(out: Path, cfg: DemoConfig) -> dict:
 def stage_report(out: Path, cfg: DemoConfig) -> dict:
     p = paths(out)
     done = {s.name: _marker(out, s.name) for s in STAGES if s.name != "report"}
-    budgets = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())
+    import yaml
+
+    from terraloom.schemas.config import to_dict
+
+    budgets = yaml.safe_dump(to_dict(cfg), sort_keys=False)
     lines = [
         "# terraloom demo report",
         "",
         f"The whole mission on the embedded synthetic world (preset `{cfg.world_preset}`, seed {cfg.seed}),",
         "from a STAC catalog to generated GeoTIFFs. Paths are relative to this file.",
         "",
-        f"<details><summary>budgets (DemoConfig)</summary>\n\n`{budgets}`\n\n</details>",
+        f"<details><summary>budgets (DemoConfig)</summary>\n\n```yaml\n{budgets}```\n\n</details>",
         "",
     ]
     build = done.get("build") or {}
@@ -589,19 +586,6 @@ def _marker(out: Path, name: str) -> dict | None:
     return json.loads(m.read_text()) if m.is_file() else None
 
 
-_MODEL_FIELDS = (
-    "dim",
-    "enc_depth",
-    "dec_depth",
-    "heads",
-    "input_budget",
-    "target_budget",
-    "train_steps",
-    "batch_size",
-    "lr",
-    "warmup",
-)
-
 STAGES: tuple[Stage, ...] = (
     Stage("registry", stage_registry, "validate the modality registry and contracts"),
     Stage(
@@ -615,7 +599,7 @@ STAGES: tuple[Stage, ...] = (
         "plan",
         stage_plan,
         "plan samples: grid cells x matched scenes -> plan.parquet",
-        ("samples_per_cell", "val_fraction"),
+        ("plan",),
         ("plan",),
     ),
     Stage(
@@ -629,53 +613,42 @@ STAGES: tuple[Stage, ...] = (
         "tokenizers",
         stage_tokenizers,
         "train the tokenizers (FSQ-VAE images, GEO bins) on a short budget",
-        (
-            "tok_steps",
-            "tok_batch",
-            "tok_crop",
-            "tok_width",
-            "tok_channel_mult",
-            "tok_unshuffle",
-            "tok_lr",
-            "tok_entropy_weight",
-            "tok_linear_start",
-            "captions",
-        ),
+        ("tokenizer", "tokenizer_overrides", "token_modalities"),
         ("tokenizers",),
     ),
     Stage(
         "encode",
         stage_encode,
         "pre-tokenize the corpus into the token store",
-        ("n_crops", "crop_px"),
+        ("encode", "token_modalities"),
         ("tokens",),
     ),
     Stage(
         "train",
         stage_train,
         "train the dual-scale any-to-any model on a short budget",
-        _MODEL_FIELDS,
+        ("pretrain",),
         ("run",),
     ),
     Stage(
         "tim",
         stage_tim,
-        "S1 -> land-cover segmentation fine-tuned with and without TiM (LULC thoughts)",
-        ("tim_steps", "tim_batch", "tim_lr", "tim_scales", "tim_crops"),
+        "S1 -> land-cover segmentation with and without thoughts, over seeds, both placements",
+        ("tim",),
         ("tim",),
     ),
     Stage(
         "evaluate",
         stage_evaluate,
         "generation metrics on val next to trivial baselines",
-        ("eval_steps", "eval_max_samples"),
+        ("evaluation",),
         ("evaluation",),
     ),
     Stage(
         "generate",
         stage_generate,
         "chained any-to-any examples: GeoTIFFs + PNG panels",
-        ("n_examples",),
+        ("n_examples", "example_sampling"),
         ("examples",),
     ),
     Stage("report", stage_report, "write report.md", (), ("report",)),
@@ -714,13 +687,13 @@ def run_stages(
     (a skipped stage: its marker, with ``"skipped": True``).
     """
     out.mkdir(parents=True, exist_ok=True)
-    (out / "demo_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    (out / "demo_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     results: dict[str, dict] = {}
     t_all = time.perf_counter()
     stale = False
     for i, stage in enumerate(stages, 1):
         marker = out / f".{stage.name}.done"
-        want = json.loads(json.dumps(cfg.subset(stage.config), default=str))
+        want = json.loads(json.dumps(to_dict(cfg.subset(stage.config)), default=str))
         print(
             f"\n== [{i}/{len(stages)}] {stage.name}: {stage.description}  (t = {time.perf_counter() - t_all:.0f} s)",
             flush=True,
@@ -785,12 +758,28 @@ def add_demo_args(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser, DemoConfig)
 
 
-def demo_config_from_args(args: argparse.Namespace) -> DemoConfig:
-    """``DemoConfig`` (or ``--quick``'s budgets) <- ``--config`` <- ``--set``."""
-    from terraloom.schemas.config import to_dict
+def _merge(tree: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` merged into ``tree`` section by section (a file may set one nested key)."""
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(tree.get(k), dict):
+            _merge(tree[k], v)
+        else:
+            tree[k] = v
+    return tree
 
-    base = to_dict(QUICK) if args.quick else None
-    return config_from_args(DemoConfig, args, base=base)
+
+def demo_config_from_args(args: argparse.Namespace) -> DemoConfig:
+    """``DemoConfig`` (or ``--quick``'s budgets) <- ``--config`` <- ``--set``.
+
+    Nested sections merge key by key: ``--set tokenizer.steps=400`` (or a file holding only
+    ``tokenizer: {steps: 400}``) keeps every other field of the demo's tokenizer recipe,
+    not the stage dataclass' own defaults.
+    """
+    tree = to_dict(QUICK if args.quick else DemoConfig())
+    if args.config is not None:
+        _merge(tree, read_config_file(args.config))
+    apply_overrides(tree, args.overrides)
+    return from_dict(DemoConfig, tree)
 
 
 def run_demo_command(args: argparse.Namespace) -> int:

@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 from gen_support import one_thread  # noqa: F401  (autouse: one torch thread)
 
-from terraloom.orchestration.demo import QUICK, STAGES, DemoConfig, Stage, main, run_stages
+from terraloom.orchestration.demo import (
+    QUICK,
+    STAGES,
+    DemoConfig,
+    Stage,
+    add_demo_args,
+    demo_config_from_args,
+    main,
+    run_stages,
+)
 
 
 def _ran(results: dict[str, dict]) -> list[str]:
@@ -39,15 +48,20 @@ def test_quick_demo_runs_every_stage_and_writes_the_outputs(quick_run: tuple[Pat
         "S1GRD -> S2L2A",
         "S2L2A -> LULC",
         "S2L2A -> DEM",
+        "S2L2A -> S1GRD",
         "S2L2A -> GEO",
     }
+    assert {r["key"] for r in ev["rows"] if r["key"] == "grid"} == {"grid"}
     tim = json.loads((out / "tim" / "tim.json").read_text())
-    assert 0 <= tim["tim"]["miou"] <= 1 and 0 <= tim["no_tim"]["miou"] <= 1
+    assert list(tim["finetune"]) == ["none", "LULC", "S2L2A"]
+    for run in tim["finetune"].values():
+        assert len(run["miou"]["values"]) == 3 and 0 <= run["miou"]["mean"] <= 1
+    assert set(tim["inference_only"]) == {"none", "S2L2A"}
     panels = json.loads((out / ".generate.done").read_text())["panels"]
     assert panels and all(Path(p).is_file() for p in panels)
     report = (out / "report.md").read_text()
     assert "| task | metric | model | trivial baseline |" in report
-    assert "Thinking-in-Modalities" in report and "![" in report
+    assert "Thinking-in-Modalities" in report and "![" in report and "+-" in report
     assert (out / "runs" / "pretrain" / "latest").is_file()
     # the summary printed at the end: the table and the output paths
     assert "median error (km)" in log and str(out / "report.md") in log
@@ -107,3 +121,58 @@ def test_runner_resumes_after_a_failed_stage(tmp_path: Path) -> None:
     run_stages(tmp_path, (stages[0], ok("b"), stages[2]), QUICK)
     assert calls == ["b", "c"]
     assert json.loads((tmp_path / ".c.done").read_text())["name"] == "c"
+
+
+def _args(argv: list[str]) -> DemoConfig:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_demo_args(parser)
+    return demo_config_from_args(parser.parse_args(argv))
+
+
+def test_nested_overrides_keep_the_rest_of_the_stage_config(tmp_path: Path) -> None:
+    cfg = _args(["--set", "tokenizer.steps=400", "--set", "pretrain.model.dim=64"])
+    assert cfg.tokenizer.steps == 400 and cfg.pretrain.model.dim == 64
+    # the demo's recipe, not the stage dataclass' own defaults, for every other field
+    assert cfg.tokenizer.batch == DemoConfig().tokenizer.batch == 16
+    assert cfg.tokenizer.linear_init and cfg.tokenizer.entropy_weight is None
+    assert cfg.pretrain.model.heads == 4 and cfg.pretrain.steps == DemoConfig().pretrain.steps
+    assert cfg.plan == DemoConfig().plan
+    f = tmp_path / "demo.yaml"
+    f.write_text("tim:\n  seeds: [3, 4, 5]\n  finetune: {steps: 7}\n")
+    cfg = _args(["--quick", "--config", str(f), "--set", "tim.finetune.lr=0.01"])
+    assert cfg.tim.seeds == (3, 4, 5) and cfg.tim.finetune.steps == 7
+    assert (
+        cfg.tim.finetune.lr == 0.01 and cfg.tim.finetune.batch_size == QUICK.tim.finetune.batch_size
+    )
+    assert cfg.pretrain == QUICK.pretrain
+
+
+def test_bad_demo_config_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--set", "encode.crop_px=96", "--out", "unused"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pretrain.model.image_px" in err
+    assert main(["--set", "tokenizer.stepz=3", "--out", "unused"]) == 2
+    assert "stepz" in capsys.readouterr().err
+
+
+def test_model_budgets_do_not_retrain_the_tokenizers(tmp_path: Path) -> None:
+    calls: list[str] = []
+    stages = tuple(
+        Stage(s.name, lambda out, cfg, n=s.name: calls.append(n) or {}, s.name, s.config, ())
+        for s in STAGES
+        if s.name in ("tokenizers", "encode", "train")
+    )
+    run_stages(tmp_path, stages, QUICK)
+    calls.clear()
+    more = dataclasses.replace(QUICK, pretrain=dataclasses.replace(QUICK.pretrain, steps=30))
+    run_stages(tmp_path, stages, more)
+    assert calls == ["train"]
+    calls.clear()
+    run_stages(
+        tmp_path,
+        stages,
+        dataclasses.replace(more, tokenizer=dataclasses.replace(QUICK.tokenizer, steps=5)),
+    )
+    assert calls == ["tokenizers", "encode", "train"]
