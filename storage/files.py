@@ -8,13 +8,14 @@ writes, then gives the file the mode ``open()`` would have given it.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["apply_umask", "current_umask", "save_safetensors"]
+__all__ = ["apply_umask", "current_umask", "is_disk_full", "save_safetensors"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -44,3 +45,23 @@ def save_safetensors(
     save_file(dict(tensors), str(path), metadata=dict(metadata) if metadata else None)
     apply_umask(path)
     return path
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True if ``exc`` or anything in its cause/context chain is ENOSPC.
+
+    Jobs report a full disk as one line that says the output is resumable, instead of a
+    traceback; engines wrap a worker's exception (Beam sometimes only in its message), so
+    the whole chain and the message text are searched.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        text = str(e)
+        if "No space left on device" in text or f"[Errno {errno.ENOSPC}]" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False

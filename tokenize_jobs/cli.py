@@ -347,6 +347,17 @@ def run_encode(args: argparse.Namespace) -> int:
     except (EncodeError, ConfigError, WrongStoreError, FileNotFoundError, LocationError) as exc:
         print(f"terraloom-tokenize encode: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        from terraloom.storage.files import is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        print(
+            f"terraloom-tokenize encode: error: no space left on the device of {args.out}; "
+            "the token store is resumable: free space and re-run the same command",
+            file=sys.stderr,
+        )
+        return 1
     world = int(os.environ.get("WORLD_SIZE", "1"))
     tag = f"[rank {os.environ.get('RANK', '0')}/{world}] " if world > 1 else ""
     for s in report.splits:

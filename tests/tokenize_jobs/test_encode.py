@@ -396,3 +396,33 @@ def test_a_second_encode_is_refused_while_another_holds_the_output(env, tmp_path
     assert "encoded 3 shards" in resumed.stdout
     assert verify_tokens(out).ok
     assert not (out / "_commits" / "lease.json").exists()  # released at the end
+
+
+def test_disk_full_is_one_line_and_the_rerun_resumes(env, tmp_path, monkeypatch, capsys):
+    """Issue 15.10: ENOSPC while writing shard 2 of 3 -> exit 1 with one line saying the
+    token store is resumable; the re-run encodes only the shards not committed and the
+    store equals an uninterrupted one."""
+    import errno
+
+    import terraloom.tokenize_jobs.encode as encode_mod
+
+    real_write = encode_mod.write_shard
+    calls = {"n": 0}
+
+    def full_disk(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "shard")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(encode_mod, "write_shard", full_disk)
+    out = tmp_path / "tokens"
+    argv = ["encode", "--corpus", str(env["corpus"]), "--tokenizers", str(env["tokenizers"])]
+    assert main([*argv, "--out", str(out), *ENCODE_ARGS]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "no space left" in err and "resumable" in err
+    assert sorted(read_commits(out / "train.zarr")) == [0]
+    monkeypatch.setattr(encode_mod, "write_shard", real_write)
+    assert main([*argv, "--out", str(out), *ENCODE_ARGS]) == 0
+    _assert_same_store(env["tokens"], out)
