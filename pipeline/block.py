@@ -25,26 +25,34 @@ from terraloom.pipeline.corpus_writer import (
     BlockKey,
     BlockOutcome,
     MarkerError,
+    Where,
     assemble_block,
     is_committed,
+    open_split_store,
     outcome_from_marker,
-    split_store_path,
     store_layout,
     write_block,
 )
 from terraloom.schemas.layouts import DEFAULT_SHARD_SAMPLES
 from terraloom.schemas.tables import PLAN_SCHEMA
+from terraloom.storage.location import Location
 
 __all__ = ["BuildJob", "EngineResult", "process_block", "read_plan_block", "sum_counters"]
 
 
 @dataclass(frozen=True)
 class BuildJob:
-    """Everything a worker needs to process any block; small and picklable."""
+    """Everything a worker needs to process any block; small and picklable.
 
-    out: str
+    ``out`` is the output's :class:`Location`; workers receive it pickled with its storage
+    options (credentials given on the command line reach them without being written)."""
+
+    out: Location
     config: BuildConfig
     shard_samples: int = DEFAULT_SHARD_SAMPLES
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Location.parse(self.out))
 
 
 @dataclass
@@ -59,20 +67,28 @@ class EngineResult:
     workers: int = 1
 
 
-def _plan_file(path: str) -> pq.ParquetFile:
+def _plan_file(loc: Location) -> pq.ParquetFile:
     """The frozen plan, opened once per process and file version (the footer is read once,
-    not per block; a plan rewritten at the same path is opened afresh)."""
-    st = os.stat(path)
-    return _open_plan_file(path, st.st_ino, st.st_mtime_ns, st.st_size)
+    not per block; a plan rewritten at the same path is opened afresh). On an object store
+    the version is the object's ETag, and a block's row group is read by range requests."""
+    if loc.is_local:
+        st = os.stat(loc.path)
+        return _open_plan_file(loc, (st.st_ino, st.st_mtime_ns, st.st_size))
+    info = loc.fs.info(loc.path)
+    tag = info.get("ETag") or info.get("etag") or info.get("generation") or info.get("mtime")
+    return _open_plan_file(loc, (str(tag), int(info.get("size") or 0)))
 
 
 @functools.lru_cache(maxsize=4)
-def _open_plan_file(path: str, inode: int, mtime_ns: int, size: int) -> pq.ParquetFile:
-    return pq.ParquetFile(path)
+def _open_plan_file(loc: Location, version: tuple[Any, ...]) -> pq.ParquetFile:
+    if loc.is_local:
+        return pq.ParquetFile(loc.path)
+    fs, key = loc.arrow_filesystem()
+    return pq.ParquetFile(fs.open_input_file(key))
 
 
 def read_plan_block(
-    out: str | os.PathLike[str], key: BlockKey, manifest: dict[str, Any] | None = None
+    out: Where, key: BlockKey, manifest: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
     """The plan rows of one block (a slice of one row group of the frozen plan)."""
     manifest = manifest or read_manifest(out)
@@ -85,7 +101,7 @@ def read_plan_block(
     group = info["row_group_offset"] + key.block // per_group
     first = (key.block % per_group) * int(manifest["shard_samples"])
     table = (
-        _plan_file(str(frozen_plan_path(out)))
+        _plan_file(frozen_plan_path(out))
         .read_row_group(group)
         .slice(first, int(manifest["shard_samples"]))
     )
@@ -98,8 +114,6 @@ def process_block(job: BuildJob, key: BlockKey) -> BlockOutcome:
 
     This is the only function the engines run, so every engine writes identical bytes.
     """
-    import zarr
-
     if is_committed(job.out, key):
         try:
             return outcome_from_marker(job.out, key)
@@ -112,7 +126,7 @@ def process_block(job: BuildJob, key: BlockKey) -> BlockOutcome:
 
     results = sample.build_block(rows, job.config)
     t1 = time.perf_counter()
-    group = zarr.open_group(str(split_store_path(job.out, key.split)), mode="r+")
+    group = open_split_store(job.out, key.split, "r+")
     block = assemble_block(store_layout(group), key, rows, results)
     block.stats.setdefault("msec_build_block", (t1 - t0) * 1e3)
     block.stats["msec_assemble"] = (time.perf_counter() - t1) * 1e3

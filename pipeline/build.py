@@ -23,18 +23,22 @@ resume does not trust its commit markers blindly: each committed block is checke
 the file sizes its marker records (``--verify-committed``: against its checksums) and
 redone if it fails; a finished output is re-finalized if its tables do not match
 ``final.json``. Credentials never reach the manifest or a message (``storage.redact``).
+
+``plan`` and ``out`` are storage locations (a local path, ``s3://``, ``gs://``, ``az://``,
+``memory://``; ``storage.location``): parsed before anything runs, so a typo is a
+:class:`BuildInputError` and nothing is written. The lease, the markers and every table go
+through the storage layer; workers get the output's ``Location`` pickled, storage options
+included, and need no shared disk.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from terraloom.pipeline.block import (
     BuildJob,
@@ -85,6 +89,7 @@ from terraloom.pipeline.build_summary import BuildSummary, MarkerProgress
 from terraloom.pipeline.corpus_writer import BlockKey, marker_path
 from terraloom.schemas.layouts import DEFAULT_SHARD_SAMPLES
 from terraloom.storage.lease import LeaseLost
+from terraloom.storage.location import Location, LocationError
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +170,8 @@ def run_engine(
 
 
 def run_build(
-    plan: str | os.PathLike[str],
-    out: str | os.PathLike[str],
+    plan: str | os.PathLike[str] | Location,
+    out: str | os.PathLike[str] | Location,
     *,
     engine: str = "beam",
     config: BuildConfig | None = None,
@@ -190,6 +195,12 @@ def run_build(
         raise BuildInputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if workers < 1:
         raise BuildInputError("--workers must be >= 1")
+    try:
+        plan, out = Location.parse(plan), Location.parse(out)
+    except LocationError as exc:
+        raise BuildInputError(str(exc)) from None
+    if out.read_only:
+        raise BuildInputError(f"--out {out} is read-only ({out.scheme}://)")
     t0 = time.perf_counter()
     config = config if config is not None else BuildConfig()
     if engine != "beam" and (runner is not None or pipeline_args):
@@ -203,20 +214,20 @@ def run_build(
             check_local_cluster_safe(sys._getframe(1))
     config = config_for_plan(config, plan)
     if not manifest_path(out).exists():
-        check_fresh_out(Path(out))  # before the lease creates anything in a foreign dir
+        check_fresh_out(out)  # before the lease creates anything in a foreign dir
     with acquire_build_lease(out) as lease, lease.keep_alive():
         manifest = prepare(plan, out, config, shard_samples, lease)
         keys = all_blocks(manifest)
         redone = check_committed(out, manifest, full=verify_committed)
         for key, why in redone:
             log.warning("redoing committed block %s: %s", key, why)
-            marker_path(out, key).unlink(missing_ok=True)
+            marker_path(out, key).delete()
         pending = pending_blocks(out, manifest)
-        job = BuildJob(str(out), scope_config(config, plan), shard_samples)
+        job = BuildJob(out, scope_config(config, plan), shard_samples)
         counters: dict[str, int] = {}
         ran_with = workers
         if pending:
-            final_path(out).unlink(missing_ok=True)
+            final_path(out).delete()
             with MarkerProgress(out, len(keys), len(keys) - len(pending), enabled=progress):
                 result = run_engine(
                     engine,
@@ -240,8 +251,7 @@ def run_build(
                 raise BuildBusyError(str(exc)) from exc
             final = finalize(out, manifest)
         else:
-            with open(final_path(out)) as f:
-                final = json.load(f)
+            final = final_path(out).read_json()
         still = pending_blocks(out, manifest)
     run = len(pending) - len(still)
     return BuildSummary(

@@ -6,9 +6,7 @@ tell a sound finished output from one whose tables must be merged again.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -18,16 +16,25 @@ from terraloom.pipeline.build_layout import (
     all_blocks,
     file_sha256,
     final_path,
+    pending_blocks,
     read_manifest,
 )
 from terraloom.pipeline.corpus_writer import (
     MarkerError,
-    is_committed,
+    Where,
     merge_parts,
     read_marker,
     write_json_atomic,
 )
 from terraloom.schemas.tables import write_geoparquet
+from terraloom.storage.location import Location
+
+
+def _footer_rows(loc: Location) -> int:
+    """Rows the Parquet footer of ``loc`` records (reads the footer only)."""
+    with loc.open("rb") as f:
+        return int(pq.ParquetFile(f).metadata.num_rows)
+
 
 __all__ = ["finalize", "finalized_problem", "is_finalized", "missing_modality_counts"]
 
@@ -48,7 +55,7 @@ def missing_modality_counts(index: pa.Table, split: str) -> dict[str, dict[str, 
     return out
 
 
-def finalize(out: str | os.PathLike[str], manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+def finalize(out: Where, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge the block parts into ``index.parquet`` and ``rejects.parquet`` (atomically).
 
     Refuses while any block is uncommitted, and checks accepted + rejected = planned and
@@ -56,7 +63,7 @@ def finalize(out: str | os.PathLike[str], manifest: dict[str, Any] | None = None
     """
     manifest = manifest or read_manifest(out)
     keys = all_blocks(manifest)
-    missing = [str(k) for k in keys if not is_committed(out, k)]
+    missing = [str(k) for k in pending_blocks(out, manifest)]
     if missing:
         raise RuntimeError(
             f"cannot finalize: {len(missing)} blocks are not committed, e.g. {missing[:3]}"
@@ -109,15 +116,12 @@ def finalize(out: str | os.PathLike[str], manifest: dict[str, Any] | None = None
         }
     tables: dict[str, dict[str, Any]] = {}
     for name, table in (("index", index), ("rejects", rejects)):
-        path = write_geoparquet(name, table, Path(out) / f"{name}.parquet")
-        rows = pq.ParquetFile(path).metadata.num_rows  # what was written reads back whole
+        path = Location.parse(out) / f"{name}.parquet"
+        write_geoparquet(name, table, path)
+        rows = _footer_rows(path)  # what was written reads back whole
         if rows != table.num_rows:
             raise RuntimeError(f"{path} reads back {rows} rows, {table.num_rows} were written")
-        tables[name] = {
-            "rows": table.num_rows,
-            "bytes": path.stat().st_size,
-            "sha256": file_sha256(path),
-        }
+        tables[name] = {"rows": table.num_rows, "bytes": path.size(), "sha256": file_sha256(path)}
     final = {
         "plan_sha256": manifest["plan_sha256"],
         "blocks": len(keys),
@@ -128,17 +132,18 @@ def finalize(out: str | os.PathLike[str], manifest: dict[str, Any] | None = None
     return final
 
 
-def finalized_problem(
-    out: str | os.PathLike[str], manifest: dict[str, Any], *, full: bool = False
-) -> str | None:
+def finalized_problem(out: Where, manifest: dict[str, Any], *, full: bool = False) -> str | None:
     """Why ``out`` is not a sound finished build (``None`` if it is): ``final.json`` is
     readable and of this plan, and index/rejects have the row count, size (``full``: the
     sha256) it recorded and a readable footer."""
     fp = final_path(out)
-    if not fp.exists():
-        return "not finalized"
     try:
         final = json.loads(fp.read_bytes())
+    except FileNotFoundError:
+        return "not finalized"
+    except ValueError as exc:
+        return f"{fp.name} is damaged or of an older format ({type(exc).__name__})"
+    try:
         tables = final["tables"]
         plan_ok = final["plan_sha256"] == manifest["plan_sha256"]
     except (ValueError, KeyError, TypeError) as exc:
@@ -146,13 +151,13 @@ def finalized_problem(
     if not plan_ok:
         return f"{fp.name} is of another plan"
     for name in ("index", "rejects"):
-        path = Path(out) / f"{name}.parquet"
+        path = Location.parse(out) / f"{name}.parquet"
         try:
             want = tables[name]
-            size = path.stat().st_size
+            size = path.size()
             if size != want["bytes"]:
                 return f"{path.name} is {size} bytes, {want['bytes']} were written"
-            rows = pq.ParquetFile(path).metadata.num_rows
+            rows = _footer_rows(path)
             if rows != want["rows"]:
                 return f"{path.name} has {rows} rows, {want['rows']} were written"
             if full and file_sha256(path) != want["sha256"]:
@@ -166,5 +171,5 @@ def finalized_problem(
     return None
 
 
-def is_finalized(out: str | os.PathLike[str], manifest: dict[str, Any]) -> bool:
+def is_finalized(out: Where, manifest: dict[str, Any]) -> bool:
     return finalized_problem(out, manifest) is None

@@ -3,18 +3,17 @@
 The output layout (``out/_build/{manifest,plan,final,lease}``, ``out/_parts``), the
 manifest reader, the block list and the build's input errors: what the driver, the
 workers (``pipeline.block``), verify and publish all need, with no engine or I/O
-library beyond pyarrow's.
+library beyond pyarrow's. ``out`` is any storage location; the paths are ``Location`` objects.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
-from terraloom.pipeline.corpus_writer import BlockKey, is_committed
+from terraloom.pipeline.corpus_writer import BlockKey, Where, committed_blocks
 from terraloom.pipeline.plan_store import sha256_file
+from terraloom.storage.location import Location
 
 #: sha256 of a file's bytes (the one implementation, ``plan_store.sha256_file``).
 file_sha256 = sha256_file
@@ -27,6 +26,7 @@ __all__ = [
     "BuildInputError",
     "all_blocks",
     "build_dir",
+    "committed_blocks",
     "committed_count",
     "file_sha256",
     "final_path",
@@ -54,35 +54,34 @@ class BuildBusyError(BuildInputError):
     """Another build holds (or took over) the output's lease: CLI exit 2, one line."""
 
 
-def build_dir(out: str | os.PathLike[str]) -> Path:
-    return Path(out) / BUILD_DIR
+def build_dir(out: Where) -> Location:
+    return Location.parse(out) / BUILD_DIR
 
 
-def manifest_path(out: str | os.PathLike[str]) -> Path:
+def manifest_path(out: Where) -> Location:
     return build_dir(out) / "manifest.json"
 
 
-def frozen_plan_path(out: str | os.PathLike[str]) -> Path:
+def frozen_plan_path(out: Where) -> Location:
     return build_dir(out) / "plan.parquet"
 
 
-def final_path(out: str | os.PathLike[str]) -> Path:
+def final_path(out: Where) -> Location:
     return build_dir(out) / "final.json"
 
 
-def lease_path(out: str | os.PathLike[str]) -> Path:
+def lease_path(out: Where) -> Location:
     return build_dir(out) / "lease.json"
 
 
-def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
+def read_manifest(out: Where) -> dict[str, Any]:
     path = manifest_path(out)
-    if not path.exists():
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
         raise BuildInputError(
             f"{out} is not a terraloom build output (no {BUILD_DIR}/manifest.json)"
-        )
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BuildInputError(f"{path} is damaged (not JSON: {exc})") from exc
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
@@ -96,18 +95,19 @@ def all_blocks(manifest: dict[str, Any]) -> list[BlockKey]:
     ]
 
 
-def pending_blocks(
-    out: str | os.PathLike[str], manifest: dict[str, Any] | None = None
-) -> list[BlockKey]:
-    """Blocks without a commit marker: what a (resumed) build still has to do."""
+def pending_blocks(out: Where, manifest: dict[str, Any] | None = None) -> list[BlockKey]:
+    """Blocks without a commit marker: what a (resumed) build still has to do (one
+    listing per split, not a request per block: on an object store that is the
+    difference between one round trip and thousands)."""
     manifest = manifest or read_manifest(out)
-    return [k for k in all_blocks(manifest) if not is_committed(out, k)]
+    done = {s: committed_blocks(out, s) for s in manifest["splits"]}
+    return [k for k in all_blocks(manifest) if k.block not in done[k.split]]
 
 
-def committed_count(out: str | os.PathLike[str]) -> str:
+def committed_count(out: Where) -> str:
     try:
         manifest = read_manifest(out)
     except BuildInputError:
         return "0"
     keys = all_blocks(manifest)
-    return f"{sum(1 for k in keys if is_committed(out, k))} of {len(keys)}"
+    return f"{len(keys) - len(pending_blocks(out, manifest))} of {len(keys)}"

@@ -4,7 +4,9 @@ The driver's O(plan) work before any block runs: validate the plan, freeze a cop
 into the output (one Parquet row group per block, so a worker reads just its rows),
 create every split store template-first, and, on a resume, check that the output is of
 this plan and config and that its committed blocks hold what their markers record.
-Credentials never reach the manifest or a message (``storage.redact``).
+Credentials never reach the manifest or a message (``storage.redact``). The plan and the
+output are storage locations: the frozen plan goes to an object store as one upload, the
+stores through zarr's fsspec store, nothing through a rename.
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
+import tempfile
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -39,15 +40,17 @@ from terraloom.pipeline.build_layout import (
     frozen_plan_path,
     lease_path,
     manifest_path,
+    pending_blocks,
     read_manifest,
 )
 from terraloom.pipeline.corpus_writer import (
     BlockKey,
+    Where,
     canonical_modalities,
     check_committed_block,
     create_split_store,
-    is_committed,
     n_blocks,
+    open_split_store,
     split_store_path,
     write_json_atomic,
 )
@@ -56,6 +59,7 @@ from terraloom.pipeline.provenance import modality_sources
 from terraloom.schemas.layouts import CORPUS_MODALITIES, DEFAULT_SHARD_SAMPLES, SPLITS
 from terraloom.storage.lease import Lease, LeaseHeld
 from terraloom.storage.lease import acquire as acquire_lease
+from terraloom.storage.location import Location, LocationError
 from terraloom.storage.redact import redact
 
 __all__ = [
@@ -139,7 +143,7 @@ def _config_differences(old: Any, new: dict[str, Any]) -> str:
     return "; ".join(diffs)
 
 
-def scope_config(config: BuildConfig, plan_path: str | os.PathLike[str]) -> BuildConfig:
+def scope_config(config: BuildConfig, plan_path: Where) -> BuildConfig:
     """The config workers get: its href policy scoped with the plan's recorded source
     scope (catalog root, schemes), so local hrefs stay under the catalog's root."""
     from terraloom.pipeline.hrefs import plan_scope
@@ -152,10 +156,10 @@ def scope_config(config: BuildConfig, plan_path: str | os.PathLike[str]) -> Buil
     return dataclasses.replace(config, href_policy=policy.scoped(scope))
 
 
-def config_for_plan(config: BuildConfig, plan_path: str | os.PathLike[str]) -> BuildConfig:
-    """``config`` with the modalities and required set it leaves at their defaults taken
-    from what the plan was asked for (``build_config.follow_plan``)."""
-    if not Path(plan_path).exists():
+def config_for_plan(config: BuildConfig, plan_path: Where) -> BuildConfig:
+    """``config`` with the modalities, required set and band subset it leaves at their
+    defaults taken from what the plan was asked for (``build_config.follow_plan``)."""
+    if not Location.parse(plan_path).exists():
         return config  # prepare says so, in its words
     try:
         meta = plan_metadata(plan_path)
@@ -168,7 +172,7 @@ def config_modalities(config: BuildConfig) -> tuple[str, ...]:
     return canonical_modalities(config.modalities or CORPUS_MODALITIES)
 
 
-def acquire_build_lease(out: str | os.PathLike[str], ttl: float = LEASE_TTL_S) -> Lease:
+def acquire_build_lease(out: Where, ttl: float = LEASE_TTL_S) -> Lease:
     """The exclusive lease of one build on ``out``; :class:`BuildBusyError` if another
     live build holds it."""
     try:
@@ -177,7 +181,7 @@ def acquire_build_lease(out: str | os.PathLike[str], ttl: float = LEASE_TTL_S) -
         raise BuildBusyError(f"another build is running on {out}: {exc}") from exc
 
 
-def _load_plan(plan_path: Path) -> pa.Table:
+def _load_plan(plan_path: Location) -> pa.Table:
     """A ``plan.parquet`` file or a committed partitioned plan (``pipeline.plan_store``)."""
     if not plan_path.exists():
         raise BuildInputError(f"plan {plan_path} does not exist")
@@ -216,13 +220,29 @@ def blocks_per_row_group(shard_samples: int) -> int:
 
 
 def _freeze_plan(
-    plan: pa.Table, sizes: dict[str, int], shard_samples: int, path: Path
+    plan: pa.Table, sizes: dict[str, int], shard_samples: int, path: Location
 ) -> dict[str, int]:
     """Write the plan sorted by (split, row), row groups of whole blocks; return each
-    split's first row group."""
+    split's first row group. Written to a temp file first, then renamed into place
+    (locally) or uploaded as one object (a streamed multipart upload on object stores)."""
+    if path.is_local:
+        local = path.local_path
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}")
+        offsets = _write_frozen(plan, sizes, shard_samples, str(tmp))
+        os.replace(tmp, local)
+        return offsets
+    with tempfile.TemporaryDirectory(prefix="terraloom-plan-") as d:
+        tmp_name = os.path.join(d, "plan.parquet")
+        offsets = _write_frozen(plan, sizes, shard_samples, tmp_name)
+        path.fs.put_file(tmp_name, path.path)
+    return offsets
+
+
+def _write_frozen(
+    plan: pa.Table, sizes: dict[str, int], shard_samples: int, tmp: str
+) -> dict[str, int]:
     offsets: dict[str, int] = {}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows_per_group = blocks_per_row_group(shard_samples) * shard_samples
     group = 0
     with pq.ParquetWriter(tmp, plan.schema, compression="zstd") as writer:
@@ -232,13 +252,12 @@ def _freeze_plan(
             for a in range(0, n, rows_per_group):
                 writer.write_table(part.slice(a, rows_per_group), row_group_size=rows_per_group)
                 group += 1
-    os.replace(tmp, path)
     return offsets
 
 
 def prepare(
-    plan_path: str | os.PathLike[str],
-    out: str | os.PathLike[str],
+    plan_path: Where,
+    out: Where,
     config: BuildConfig,
     shard_samples: int = DEFAULT_SHARD_SAMPLES,
     lease: Lease | None = None,
@@ -252,11 +271,16 @@ def prepare(
     """
     if shard_samples < 1:
         raise BuildInputError("shard_samples must be >= 1")
-    plan_path = Path(plan_path)
+    try:
+        plan_path, out = Location.parse(plan_path), Location.parse(out)
+    except LocationError as exc:
+        raise BuildInputError(str(exc)) from None
+    if out.read_only:
+        raise BuildInputError(f"--out {out} is read-only ({out.scheme}://)")
     if not plan_path.exists():
         raise BuildInputError(f"plan {plan_path} does not exist")
     if not manifest_path(out).exists():
-        check_fresh_out(Path(out))  # before the lease creates anything in a foreign dir
+        check_fresh_out(out)  # before the lease creates anything in a foreign dir
     if lease is None:
         with acquire_build_lease(out) as own:
             return prepare(plan_path, out, config, shard_samples, own)
@@ -289,7 +313,7 @@ def prepare(
                 f"{out} was built from a different {', '.join(clash)}; build into a fresh --out directory (differences: {'; '.join(details)})"
             )
     else:
-        check_fresh_out(Path(out))
+        check_fresh_out(out)
         plan = _load_plan(plan_path)
         sizes = _split_sizes(plan)
         if not sizes:
@@ -301,7 +325,6 @@ def prepare(
             "plan_sha256": sha,
             # which source each modality came from (STAC collection or Earth Engine)
             "modality_sources": modality_sources(plan),
-            # which source each modality came from (STAC collection or Earth Engine)
             "plan_source": redact(str(plan_path)),
             "shard_samples": shard_samples,
             "modalities": list(modality_names),
@@ -323,7 +346,7 @@ def prepare(
         # No worker has run yet, so a store left half-created by a killed prepare holds no
         # data: remove it and create it again.
         for split in manifest["splits"]:
-            shutil.rmtree(split_store_path(out, split), ignore_errors=True)
+            split_store_path(out, split).delete(recursive=True)
     for split, info in manifest["splits"].items():
         create_split_store(
             out,
@@ -346,13 +369,14 @@ def _sources_attr(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"modality_sources": sources} if sources else {}
 
 
-def check_fresh_out(out: Path) -> None:
+def check_fresh_out(out: Where) -> None:
     """A new build needs an empty (or absent) --out, or the leftovers of a killed prepare."""
+    out = Location.parse(out)
     if not out.exists():
         return
     if not out.is_dir():
         raise BuildInputError(f"--out {out} exists and is not a directory")
-    other = [p.name for p in out.iterdir() if p.name != BUILD_DIR]
+    other = [name for name in out.listdir() if name != BUILD_DIR]
     if other:
         raise BuildInputError(
             f"--out {out} is not empty and is not a terraloom build (holds {sorted(other)[:5]}); choose a fresh directory"
@@ -360,19 +384,18 @@ def check_fresh_out(out: Path) -> None:
 
 
 def check_committed(
-    out: str | os.PathLike[str], manifest: dict[str, Any], *, full: bool = False
+    out: Where, manifest: dict[str, Any], *, full: bool = False
 ) -> list[tuple[BlockKey, str]]:
     """Committed blocks that fail their check (cheap: marker parses, file sizes as
     recorded; ``full``: checksums and part row counts too), with the reason."""
-    import zarr
-
     failed: list[tuple[BlockKey, str]] = []
     groups: dict[str, Any] = {}
+    pending = set(pending_blocks(out, manifest))
     for key in all_blocks(manifest):
-        if not is_committed(out, key):
+        if key in pending:
             continue
         if key.split not in groups:
-            groups[key.split] = zarr.open_group(str(split_store_path(out, key.split)), mode="r")
+            groups[key.split] = open_split_store(out, key.split)
         why = check_committed_block(out, key, groups[key.split], full=full)
         if why is not None:
             failed.append((key, why))

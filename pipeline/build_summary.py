@@ -6,10 +6,10 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from terraloom.pipeline.corpus_writer import PARTS_DIR
+from terraloom.storage.location import Location
 
 __all__ = ["BuildSummary", "MarkerProgress"]
 
@@ -92,18 +92,19 @@ class BuildSummary:
 
 
 class MarkerProgress:
-    """A tqdm bar fed by counting commit markers on disk: works with any runner whose
-    workers share the output filesystem, without any message passing."""
+    """A tqdm bar fed by counting commit markers in the output: works with any runner,
+    local disk or object store (one listing per split and tick), without any message
+    passing."""
 
     def __init__(
         self,
-        out: str | os.PathLike[str],
+        out: str | os.PathLike[str] | Location,
         total: int,
         done: int,
         enabled: bool = True,
         interval_s: float = 0.5,
     ) -> None:
-        self.out = Path(out)
+        self.out = Location.parse(out)
         self.total = total
         self.start = done
         self.enabled = enabled
@@ -113,7 +114,13 @@ class MarkerProgress:
         self._bar: Any = None
 
     def _count(self) -> int:
-        return sum(1 for _ in (self.out / PARTS_DIR).glob("*/block-*.done"))
+        parts = self.out / PARTS_DIR
+        return sum(
+            1
+            for split in parts.listdir()
+            for name in (parts / split).listdir()
+            if name.startswith("block-") and name.endswith(".done")
+        )
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -4,6 +4,11 @@ Each sub-command registers itself here; its handler (``args.func``) returns the 
 (0 ok, 1 findings/failure, 2 bad input). The parsers and handlers of ``build``, ``verify``
 and ``quicklook`` live in this module so that the library modules hold no argparse; ``plan``
 and ``world`` have their own CLI modules (``plan_cli``, ``world.cli``).
+
+Every path argument is a storage location (a local path or ``s3://``, ``gs://``, ``az://``,
+``memory://``, ``file://`` URL) with ``--storage-option key=value`` for the backend; all of a
+command's locations are parsed (:func:`parse_locations`) before anything runs, so a typo
+(``s3:/x``, ``ftp://x``) is one line, exit 2, and nothing is written anywhere.
 """
 
 from __future__ import annotations
@@ -27,11 +32,20 @@ from terraloom.pipeline.world import add_world_parser
 from terraloom.schemas.cliargs import (
     add_config_args,
     add_progress_flag,
+    add_storage_option,
     add_version,
     config_from_args,
     default_help,
 )
 from terraloom.schemas.layouts import DEFAULT_SHARD_SAMPLES
+from terraloom.storage.location import Location, LocationError, parse_storage_options
+
+
+def parse_locations(args: argparse.Namespace, *values: str) -> list[Location]:
+    """Every location argument of a command, parsed at once with the command's
+    ``--storage-option`` values (:class:`LocationError`, one line, for any bad one)."""
+    opts = parse_storage_options(getattr(args, "storage_option", None))
+    return [Location.parse(v, opts) for v in values]
 
 
 def _pairs(items: Sequence[str], flag: str) -> list[tuple[str, str]]:
@@ -88,8 +102,14 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
         "Every BuildConfig field is reachable with --config FILE.yaml / --set key=value; the flags below are "
         "shortcuts and win over both.",
     )
-    p.add_argument("--plan", required=True, help="plan.parquet from `terraloom-pipeline plan`")
-    p.add_argument("--out", required=True, help="corpus output directory")
+    p.add_argument(
+        "--plan",
+        required=True,
+        help="plan.parquet (or partitioned plan) from `terraloom-pipeline plan`: a path or URL",
+    )
+    p.add_argument(
+        "--out", required=True, help="corpus output: a directory or URL (s3://, gs://, az://)"
+    )
     p.add_argument("--engine", choices=ENGINES, default="beam")
     p.add_argument(
         "--runner",
@@ -196,6 +216,7 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="on resume, check committed blocks against their checksums (reads them back) "
         "instead of only their file sizes; blocks that fail are redone",
     )
+    add_storage_option(p)
     add_progress_flag(p)
     p.add_argument("pipeline_args", nargs="*", help="Beam pipeline options, after `--`")
     p.set_defaults(func=build_command)
@@ -204,12 +225,17 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def build_command(args: argparse.Namespace) -> int:
     try:
+        plan, out = parse_locations(args, args.plan, args.out)
+    except LocationError as exc:
+        print(f"terraloom-pipeline build: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    try:
         config = _config_from_args(args)
         if args.pipeline_args and args.engine != "beam":
             raise BuildInputError("pipeline options after `--` apply to --engine beam only")
         summary = run_build(
-            args.plan,
-            args.out,
+            plan,
+            out,
             engine=args.engine,
             config=config,
             shard_samples=args.shard_samples,
@@ -227,8 +253,8 @@ def build_command(args: argparse.Namespace) -> int:
         if not is_disk_full(exc):
             raise
         print(
-            f"terraloom-pipeline build: error: no space left on the device of {args.out} "
-            f"({committed_count(args.out)} blocks committed); the output is resumable: "
+            f"terraloom-pipeline build: error: no space left on the device of {out} "
+            f"({committed_count(out)} blocks committed); the output is resumable: "
             "free space and re-run the same command",
             file=sys.stderr,
         )
@@ -252,23 +278,26 @@ def add_verify_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Exit 0 when the corpus is sound, 1 with the findings listed otherwise, "
         "2 on bad input.",
     )
-    p.add_argument("corpus", help="corpus output directory of `build`")
+    p.add_argument("corpus", help="corpus output of `build`: a directory or URL")
     p.add_argument(
         "--no-checksums",
         action="store_true",
         help="skip reading the arrays (layout and tables only)",
     )
+    add_storage_option(p)
     add_progress_flag(p)
     p.set_defaults(func=verify_command)
     return p
 
 
-def _not_a_corpus(corpus: str) -> str | None:
+def _not_a_corpus(corpus: Location) -> str | None:
     """Why ``corpus`` is not a corpus (it is another kind of store), or None."""
     from terraloom.storage.kind import CORPUS, WrongStoreError, expect_store_kind
 
+    if not corpus.is_local:
+        return None  # the manifest check below says it for remote stores
     try:
-        expect_store_kind(corpus, CORPUS)
+        expect_store_kind(corpus.local_path, CORPUS)
     except WrongStoreError as exc:
         return str(exc)
     return None
@@ -278,15 +307,18 @@ def verify_command(args: argparse.Namespace) -> int:
     from terraloom.pipeline.build import manifest_path
     from terraloom.pipeline.verify import verify_corpus
 
-    problem = _not_a_corpus(args.corpus)
-    if problem is None and not manifest_path(args.corpus).exists():
+    try:
+        (corpus,) = parse_locations(args, args.corpus)
+    except LocationError as exc:
+        print(f"terraloom-pipeline verify: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    problem = _not_a_corpus(corpus)
+    if problem is None and not manifest_path(corpus).exists():
         problem = f"{args.corpus} is not a corpus built by `terraloom-pipeline build`"
     if problem:
         print(f"terraloom-pipeline verify: error: {problem}", file=sys.stderr)
         return 2
-    report = verify_corpus(
-        args.corpus, checksums=not args.no_checksums, progress=not args.no_progress
-    )
+    report = verify_corpus(corpus, checksums=not args.no_checksums, progress=not args.no_progress)
     for finding in report.findings:
         print(f"FAIL {finding}")
     status = "OK" if report.ok else f"{len(report.findings)} findings"
@@ -305,9 +337,11 @@ def add_quicklook_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "quicklook", help="render one PNG per sample with all modalities side by side"
     )
-    p.add_argument("corpus", help="corpus output directory of `build`")
+    p.add_argument("corpus", help="corpus output of `build`: a directory or URL")
     p.add_argument(
-        "--out", required=True, help="directory for the PNGs (<out>/<split>/<sample_id>.png)"
+        "--out",
+        required=True,
+        help="directory or URL for the PNGs (<out>/<split>/<sample_id>.png)",
     )
     p.add_argument("--split", action="append", default=None, help="only these splits (repeatable)")
     p.add_argument(
@@ -315,18 +349,23 @@ def add_quicklook_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=None, help="at most this many samples (>= 0)")
     p.add_argument("--dpi", type=int, default=60, help="resolution of the PNGs (default 60)")
+    add_storage_option(p)
     add_progress_flag(p)
     p.set_defaults(func=quicklook_command)
     return p
 
 
 def quicklook_command(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from terraloom.pipeline.quicklook import render_corpus
 
-    corpus = Path(args.corpus)
-    problem = _not_a_corpus(args.corpus)
+    try:
+        corpus, out = parse_locations(args, args.corpus, args.out)
+    except LocationError as exc:
+        print(f"terraloom-pipeline quicklook: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    problem = _not_a_corpus(corpus)
+    if problem is None and out.read_only:
+        problem = f"--out {out} is read-only ({out.scheme}://)"
     if problem is None and not (corpus / "index.parquet").exists():
         problem = f"{corpus} has no index.parquet (not a finished corpus)"
     if problem is None and args.limit is not None and args.limit < 0:
@@ -339,7 +378,7 @@ def quicklook_command(args: argparse.Namespace) -> int:
     try:
         paths = render_corpus(
             corpus,
-            args.out,
+            out,
             splits=args.split,
             limit=args.limit,
             sample_ids=args.sample_id,

@@ -6,10 +6,13 @@ per-row arrays. Because rows are assigned by the plan, any worker writes its blo
 one region write per array (``arr[a:b] = block``) and never touches another worker's
 files: no locks, no read-modify-write races.
 
-A block is *committed* by ``_parts/<split>/block-<k>.done``, a JSON file written last and
-atomically (tmp + rename) after the shard data and the block's index/rejects parts. A
-block without a marker is simply written again (whole shards are overwritten), which is
-what makes a killed build resumable and a finished build's re-run a no-op.
+A block is *committed* by ``_parts/<split>/block-<k>.done``, a JSON object written last,
+write-once (``storage.commit.write_once``: create-if-absent, so nothing relies on a rename
+and of two writers of one block exactly one commits), after the shard data and the
+block's index/rejects parts. A block without a marker is simply written again (whole
+shards are overwritten), which is what makes a killed build resumable and a finished
+build's re-run a no-op. ``out`` is any storage location (a local path, ``s3://``,
+``gs://``, ``memory://`` ...); every path helper here returns a ``Location``.
 
 A marker is a claim, not a proof: it records the size of every file of its block (each
 array's shard and both table parts; ``None`` for a shard zarr elided because it holds
@@ -35,8 +38,7 @@ import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -50,6 +52,11 @@ from terraloom.schemas.layouts import (
 )
 from terraloom.schemas.modalities import MODALITY_NAMES
 from terraloom.schemas.tables import RejectReason, from_rows, write_geoparquet
+from terraloom.storage.commit import write_once
+from terraloom.storage.location import Location
+
+#: Where a store lives: a local path or a location URL (``storage.location``).
+Where = str | os.PathLike[str] | Location
 
 CHECKSUM_ALGORITHM = "crc32"
 MARKER_FORMAT = "terraloom-block-commit"
@@ -98,20 +105,33 @@ class BlockOutcome:
 # --------------------------------------------------------------------------- paths
 
 
-def split_store_path(out: str | os.PathLike[str], split: str) -> Path:
-    return Path(out) / f"{split}.zarr"
+def split_store_path(out: Where, split: str) -> Location:
+    return Location.parse(out) / f"{split}.zarr"
 
 
-def parts_dir(out: str | os.PathLike[str], split: str) -> Path:
-    return Path(out) / PARTS_DIR / split
+def parts_dir(out: Where, split: str) -> Location:
+    return Location.parse(out) / f"{PARTS_DIR}/{split}"
 
 
-def marker_path(out: str | os.PathLike[str], key: BlockKey) -> Path:
+def marker_path(out: Where, key: BlockKey) -> Location:
     return parts_dir(out, key.split) / f"block-{key.block}.done"
 
 
-def part_path(out: str | os.PathLike[str], key: BlockKey, table: str) -> Path:
-    return parts_dir(out, key.split) / f"block-{key.block}.{table}.parquet"
+def part_rel(key: BlockKey, table: str) -> str:
+    """A block's table part, relative to the output (the name its marker records)."""
+    return f"{PARTS_DIR}/{key.split}/block-{key.block}.{table}.parquet"
+
+
+def part_path(out: Where, key: BlockKey, table: str) -> Location:
+    return Location.parse(out) / part_rel(key, table)
+
+
+def open_split_store(out: Where, split: str, mode: Literal["r", "r+"] = "r") -> Any:
+    """The zarr group of a split store (``LocalStore`` locally, fsspec on object stores)."""
+    import zarr
+
+    loc = split_store_path(out, split)
+    return zarr.open_group(loc.zarr_store(read_only=mode == "r"), mode=mode)
 
 
 def block_rows(key: BlockKey, n_samples: int, shard_samples: int) -> tuple[int, int]:
@@ -127,8 +147,14 @@ def n_blocks(n_samples: int, shard_samples: int) -> int:
     return -(-n_samples // shard_samples)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write a file so readers see either nothing or all of it (tmp + fsync + rename)."""
+def write_bytes_atomic(path: Where, data: bytes) -> None:
+    """Write a file so readers see either nothing or all of it: locally tmp + fsync +
+    rename; on an object store one PUT, which is already whole or absent."""
+    loc = Location.parse(path)
+    if not loc.is_local:
+        loc.write_bytes(data)
+        return
+    path = loc.local_path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -138,8 +164,12 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+
+
+def write_json_atomic(path: Where, obj: Any) -> None:
+    write_bytes_atomic(path, json_bytes(obj))
 
 
 # --------------------------------------------------------------------------- stores
@@ -157,7 +187,7 @@ def canonical_modalities(names: Iterable[str]) -> tuple[str, ...]:
 
 
 def create_split_store(
-    out: str | os.PathLike[str],
+    out: Where,
     split: str,
     n_samples: int,
     shard_samples: int,
@@ -381,21 +411,30 @@ def assemble_block(
 # --------------------------------------------------------------------------- writing
 
 
-def is_committed(out: str | os.PathLike[str], key: BlockKey) -> bool:
+def is_committed(out: Where, key: BlockKey) -> bool:
     """A marker exists (whether it is sound is :func:`check_committed_block`'s question)."""
     return marker_path(out, key).exists()
+
+
+def committed_blocks(out: Where, split: str) -> set[int]:
+    """The blocks of ``split`` whose commit marker exists, from one listing (not a request
+    per block: on an object store, one round trip instead of thousands)."""
+    found = set()
+    for name in parts_dir(out, split).listdir():
+        stem = name[len("block-") : -len(".done")]
+        if name.startswith("block-") and name.endswith(".done") and stem.isdigit():
+            found.add(int(stem))
+    return found
 
 
 class MarkerError(ValueError):
     """A commit marker that cannot be read or does not describe its block."""
 
 
-def read_marker(out: str | os.PathLike[str], key: BlockKey) -> dict[str, Any]:
+def read_marker(out: Where, key: BlockKey) -> dict[str, Any]:
     """The commit marker of ``key``; :class:`MarkerError` if it is damaged or not its own."""
-    path = marker_path(out, key)
     try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
+        data = json.loads(marker_path(out, key).read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MarkerError(f"{key}: commit marker is damaged (not JSON: {exc})") from exc
     if not isinstance(data, dict) or data.get("format") != MARKER_FORMAT:
@@ -434,29 +473,29 @@ def block_storage_keys(group: Any, key: BlockKey) -> dict[str, list[str]]:
     return out
 
 
-def block_files(out: str | os.PathLike[str], key: BlockKey, group: Any) -> dict[str, int | None]:
+def block_files(out: Where, key: BlockKey, group: Any) -> dict[str, int | None]:
     """Size of every file of a block (``None``: absent), keyed by path relative to ``out``."""
-    root = Path(out)
-    store = split_store_path(out, key.split).name
+    root = Location.parse(out)
+    store = split_store_path(root, key.split).name
     rels = [f"{store}/{k}" for keys in block_storage_keys(group, key).values() for k in keys]
-    rels += [part_path(out, key, t).relative_to(root).as_posix() for t in ("index", "rejects")]
+    rels += [part_rel(key, t) for t in ("index", "rejects")]
     sizes: dict[str, int | None] = {}
     for rel in rels:
         try:
-            sizes[rel] = (root / rel).stat().st_size
+            sizes[rel] = (root / rel).size()
         except FileNotFoundError:
             sizes[rel] = None
     return sizes
 
 
-def discard_block_shards(out: str | os.PathLike[str], key: BlockKey, group: Any) -> None:
+def discard_block_shards(out: Where, key: BlockKey, group: Any) -> None:
     """Delete whatever an earlier attempt left of a block's shards before it is rewritten:
     zarr's sharding codec reads an existing shard even when a write covers all of it, so
     a torn (killed mid-write) or damaged shard would otherwise make the rewrite fail."""
     store = split_store_path(out, key.split)
     for keys in block_storage_keys(group, key).values():
         for k in keys:
-            (store / k).unlink(missing_ok=True)
+            (store / k).delete()
 
 
 def _describe(rel: str, got: int | None, want: int | None) -> str:
@@ -468,7 +507,7 @@ def _describe(rel: str, got: int | None, want: int | None) -> str:
 
 
 def check_committed_block(
-    out: str | os.PathLike[str], key: BlockKey, group: Any = None, *, full: bool = False
+    out: Where, key: BlockKey, group: Any = None, *, full: bool = False
 ) -> str | None:
     """Why the committed block ``key`` cannot be trusted, or ``None`` if it checks out.
 
@@ -484,9 +523,7 @@ def check_committed_block(
     except (MarkerError, OSError) as exc:
         return str(exc) if isinstance(exc, MarkerError) else f"{key}: marker unreadable: {exc}"
     if group is None:
-        import zarr
-
-        group = zarr.open_group(str(split_store_path(out, key.split)), mode="r")
+        group = open_split_store(out, key.split)
     recorded = marker.get("files")
     if isinstance(recorded, dict):
         now = block_files(out, key, group)
@@ -526,9 +563,7 @@ def check_committed_block(
     return None
 
 
-def outcome_from_marker(
-    out: str | os.PathLike[str], key: BlockKey, skipped: bool = True
-) -> BlockOutcome:
+def outcome_from_marker(out: Where, key: BlockKey, skipped: bool = True) -> BlockOutcome:
     m = read_marker(out, key)
     return BlockOutcome(
         key,
@@ -540,18 +575,32 @@ def outcome_from_marker(
     )
 
 
-def write_block(group: Any, block: AssembledBlock, out: str | os.PathLike[str]) -> BlockOutcome:
+def _write_arrays(group: Any, block: AssembledBlock) -> None:
+    for name, value in block.arrays.items():
+        group[name][block.start : block.stop] = value
+
+
+def write_block(group: Any, block: AssembledBlock, out: Where) -> BlockOutcome:
     """Write one assembled block: shard data, index/rejects parts, then the commit marker.
 
     Each array gets exactly one region write covering its whole shard (or the last,
-    partial one), after the block's old shard files are deleted, so a re-run replaces
-    whatever a killed attempt (or a damage found on resume) left behind.
+    partial one), so a re-run replaces whatever a killed attempt (or a damage found on
+    resume) left behind. Locally the block's old shard files are deleted first (a write
+    killed midway leaves a torn file that zarr would read); on an object store a PUT is
+    whole or absent, so the old objects are deleted only if the write fails on one (a
+    damaged shard), sparing a request per shard on every fresh block.
     """
     key = block.key
     t0 = time.perf_counter()
-    discard_block_shards(out, key, group)
-    for name, value in block.arrays.items():
-        group[name][block.start : block.stop] = value
+    if Location.parse(out).is_local:
+        discard_block_shards(out, key, group)
+        _write_arrays(group, block)
+    else:
+        try:
+            _write_arrays(group, block)
+        except Exception:  # whatever the codec raises on a damaged shard: once more, clean
+            discard_block_shards(out, key, group)
+            _write_arrays(group, block)
     t1 = time.perf_counter()
     block_sums = {name: checksum(value) for name, value in block.arrays.items()}
     write_geoparquet("index", from_rows("index", block.index_rows), part_path(out, key, "index"))
@@ -581,14 +630,16 @@ def write_block(group: Any, block: AssembledBlock, out: str | os.PathLike[str]) 
         "checksums": block_sums,
         "stats": {k: round(v, 3) for k, v in sorted(stats.items())},
     }
-    write_json_atomic(marker_path(out, key), marker)
+    # create-if-absent: a concurrent writer of the same block (same plan, same bytes) may
+    # have committed first; its marker stands
+    write_once(marker_path(out, key), json_bytes(marker))
     return BlockOutcome(key, block.stop - block.start, len(block.index_rows), rejected, stats)
 
 
 # --------------------------------------------------------------------------- merging
 
 
-def merge_parts(out: str | os.PathLike[str], keys: Sequence[BlockKey], table: str) -> pa.Table:
+def merge_parts(out: Where, keys: Sequence[BlockKey], table: str) -> pa.Table:
     """Concatenate the per-block parts of ``table`` ('index' or 'rejects'), sorted by (split, row)."""
     from terraloom.schemas.tables import empty_table, read_table
 

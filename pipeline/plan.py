@@ -47,6 +47,7 @@ from terraloom.pipeline.sources.base import SkippedItem, Source, SourceItem, Tim
 from terraloom.schemas.layouts import SPLITS
 from terraloom.schemas.modalities import REGISTRY, get_modality
 from terraloom.schemas.tables import PLAN_SCHEMA, from_rows, write_geoparquet
+from terraloom.storage.location import Location
 
 #: Modalities read from a source (derived ones, S2RGB/NDVI/GEO/CAPTION, come from these).
 SOURCE_MODALITIES: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.collections)
@@ -426,9 +427,14 @@ def plan_samples(
     return table.replace_schema_metadata({**(table.schema.metadata or {}), **scope})
 
 
-def write_plan(table: pa.Table, path: str | os.PathLike[str]) -> Path:
-    """Write ``plan.parquet`` (GeoParquet, atomically) so ``schemas.tables.read_table`` reads it."""
-    return write_geoparquet("plan", table, path)
+def write_plan(table: pa.Table, path: str | os.PathLike[str] | Location) -> Path | Location:
+    """Write ``plan.parquet`` (GeoParquet, atomically: tmp + rename locally, one PUT on an
+    object store) so ``schemas.tables.read_table`` reads it; ``path`` is any location.
+    Returns the local ``Path`` of a local plan (what callers and tests join paths to),
+    else the ``Location``."""
+    loc = Location.parse(path)
+    write_geoparquet("plan", table, loc)
+    return loc.local_path if loc.is_local else loc
 
 
 # --- summary ----------------------------------------------------------------------------------
@@ -527,19 +533,19 @@ def plan_report(source: Source, table: pa.Table) -> PlanReport:
     return PlanReport(source.name, table.num_rows, tuple(source.skipped_items()))
 
 
-def report_path(plan_path: str | os.PathLike[str]) -> Path:
+def report_path(plan_path: str | os.PathLike[str] | Location) -> Location:
     """``plan.parquet`` -> ``plan_report.json`` beside it (``x.parquet`` -> ``x_report.json``)."""
-    p = Path(plan_path)
-    return p.with_name(f"{p.stem}_report.json")
+    p = Location.parse(plan_path)
+    stem = p.name[: -len(".parquet")] if p.name.lower().endswith(".parquet") else p.name
+    return p.parent / f"{stem}_report.json"
 
 
-def write_plan_report(report: PlanReport, plan_path: str | os.PathLike[str]) -> Path:
-    """Write the report beside the plan, atomically (tmp file + rename)."""
+def write_plan_report(report: PlanReport, plan_path: str | os.PathLike[str] | Location) -> Location:
+    """Write the report beside the plan, atomically (tmp file + rename; one PUT remotely)."""
+    from terraloom.pipeline.corpus_writer import write_bytes_atomic
+
     path = report_path(plan_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
-    os.replace(tmp, path)
+    write_bytes_atomic(path, (json.dumps(report.to_dict(), indent=1) + "\n").encode())
     return path
 
 

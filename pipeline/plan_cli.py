@@ -3,7 +3,9 @@
 Bad input (unknown source, unreadable region, bad period, no credentials, a source that cannot
 be read or does not answer within its timeout / deadline) is reported as one line on stderr
 with exit code 2, never as a traceback. Malformed items are skipped, counted in the summary and
-listed in ``<plan>_report.json`` beside the plan.
+listed in ``<plan>_report.json`` beside the plan. ``--out`` is a storage location (a path or
+an ``s3://``, ``gs://``, ``az://``, ``memory://`` URL, with ``--storage-option``), parsed before
+the source is opened: a malformed one is refused with nothing written.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from terraloom.pipeline.build_config import parse_band_flags
@@ -32,11 +33,13 @@ from terraloom.pipeline.sources import SourceError, StacApiSource, open_source, 
 from terraloom.schemas.cliargs import (
     add_config_args,
     add_progress_flag,
+    add_storage_option,
     config_from_args,
     default_help,
 )
 from terraloom.schemas.config import ConfigError
 from terraloom.schemas.modalities import UnknownModalityError
+from terraloom.storage.location import Location, LocationError, parse_storage_options
 
 
 def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -62,7 +65,11 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--time", help="START/END, e.g. 2023-06-01/2023-08-31 (dates include the whole END day)"
     )
-    p.add_argument("--out", required=True, help="output plan.parquet")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output plan.parquet, or a directory for a partitioned plan: a path or URL",
+    )
     add_config_args(p, PlanConfig)
 
     def d(cls: type, name: str, text: str = "") -> str:
@@ -160,6 +167,7 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--ee-project", help="Google Cloud project for Earth Engine")
     add_engine_args(p)
+    add_storage_option(p)
     add_progress_flag(p)
     p.set_defaults(func=run_plan)
     return p
@@ -202,6 +210,12 @@ def plan_config_from_args(args: argparse.Namespace) -> PlanConfig:
 
 def run_plan(args: argparse.Namespace) -> int:
     try:
+        out = Location.parse(args.out, parse_storage_options(args.storage_option))
+    except LocationError as err:
+        return _fail(" ".join(str(err).split()))
+    if out.read_only:
+        return _fail(f"--out {out} is read-only ({out.scheme}://)")
+    try:
         config = plan_config_from_args(args)
         opened = open_source(
             args.source,
@@ -222,8 +236,8 @@ def run_plan(args: argparse.Namespace) -> int:
         if period is None:
             return _fail("--time is required for this source")
         t0 = time.perf_counter()
-        if is_dataset(args.out):
-            table, report, path = _plan_dataset(args, config, region, period)
+        if is_dataset(out):
+            table, report, path = _plan_dataset(args, out, config, region, period)
         elif args.engine != "local":
             return _fail(
                 f"--engine {args.engine} writes a partitioned plan: give --out a directory"
@@ -232,7 +246,8 @@ def run_plan(args: argparse.Namespace) -> int:
             table = plan_samples(
                 opened.source, region, period, config, progress=not args.no_progress
             )
-            path = write_plan(table, args.out)
+            write_plan(table, out)
+            path = out
             report = plan_report(opened.source, table)
         report_file = write_plan_report(report, path)
     except (SourceError, GridError, UnknownModalityError, ValueError, OSError) as err:
@@ -279,8 +294,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def _plan_dataset(
-    args: argparse.Namespace, config: PlanConfig, region: Region, period: Any
-) -> tuple[Any, PlanReport, Path]:
+    args: argparse.Namespace, out: Location, config: PlanConfig, region: Region, period: Any
+) -> tuple[Any, PlanReport, Location]:
     """Plan into a partitioned dataset on the chosen engine (resumes a killed run)."""
     spec = SourceSpec(
         args.source,
@@ -306,7 +321,7 @@ def _plan_dataset(
         if show:
             print(f"\rplan: {done}/{total} blocks", end="", file=sys.stderr, flush=True)
 
-    result = plan_dataset(spec, region, period, args.out, config, engine, progress=progress)
+    result = plan_dataset(spec, region, period, out, config, engine, progress=progress)
     if show:
         print(file=sys.stderr)
     print(

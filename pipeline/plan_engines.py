@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -62,6 +61,7 @@ from terraloom.pipeline.plan_store import (
 from terraloom.pipeline.sources import open_source
 from terraloom.pipeline.sources.base import SkippedItem, Source, TimeRange
 from terraloom.pipeline.sources.ratelimit import worker_share
+from terraloom.storage.location import Location
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,10 @@ def worker_source(spec: SourceSpec) -> Source:
 
 @dataclass(frozen=True)
 class PlanJob:
-    """Everything a task needs to plan a block, picklable."""
+    """Everything a task needs to plan a block, picklable (``out`` travels to the workers
+    with its storage options)."""
 
-    out: str
+    out: Location
     source: SourceSpec
     region: Region
     period: TimeRange
@@ -276,7 +277,7 @@ class EngineConfig:
 class DatasetResult:
     """What a distributed plan did: blocks planned now and before, the table, the report."""
 
-    path: Path
+    path: Location
     blocks: int
     planned: int
     resumed: int
@@ -289,7 +290,7 @@ def plan_dataset(
     source: SourceSpec,
     region: Region,
     period: TimeRange,
-    out: str | os.PathLike[str],
+    out: str | os.PathLike[str] | Location,
     config: PlanConfig | None = None,
     engine: EngineConfig | None = None,
     *,
@@ -301,13 +302,13 @@ def plan_dataset(
     engine = engine if engine is not None else EngineConfig()
     if period[1] < period[0]:
         raise ValueError("time range ends before it starts")
-    out = Path(out)
+    out = Location.parse(out)
     # the driver's own requests (collections list) use a whole worker's share
     share = worker_share(engine.rate_limit, engine.processes)
     spec = replace(source, rate_limit=share)
     driver_source = spec.open()
     unavailable = unavailable_modalities(driver_source, config)
-    job = PlanJob(str(out), spec, region, period, config, tuple(sorted(unavailable.items())))
+    job = PlanJob(out, spec, region, period, config, tuple(sorted(unavailable.items())))
     open_job(out, job.describe())
     blocks = region_blocks(region, config)
     if is_committed(out):
@@ -348,7 +349,7 @@ def plan_dataset(
 
 
 def _finalize(
-    out: Path,
+    out: Location,
     blocks: Sequence[PlanBlock],
     job: PlanJob,
     driver_source: Source,

@@ -15,25 +15,27 @@ dataset rather than one file::
 A killed plan resumes by re-running it: blocks with a valid marker are not planned again
 (their searches are not asked again). ``_plan.json`` is written only when every part is,
 so a reader never sees half a plan. :func:`read_plan` reads a dataset or a single
-``plan.parquet`` alike; the build reads plans through it.
+``plan.parquet`` alike; the build reads plans through it. Every path here is a storage
+location (a local path, ``s3://``, ``gs://``, ``memory://`` ...): markers are single
+whole-object writes, so nothing relies on a rename.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from terraloom.pipeline.corpus_writer import write_json_atomic
+from terraloom.pipeline.corpus_writer import Where, write_json_atomic
 from terraloom.schemas.layouts import SPLITS
 from terraloom.schemas.tables import from_rows, read_table, write_geoparquet
+from terraloom.storage.location import Location
 
 DATASET_FORMAT = "terraloom-plan-dataset"
 DATASET_VERSION = 1
@@ -46,21 +48,25 @@ class PlanStoreError(ValueError):
     """A plan dataset is missing, uncommitted, damaged or belongs to another job."""
 
 
-def is_dataset(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` names a partitioned plan (a directory), not one ``plan.parquet``."""
-    p = Path(path)
-    return p.is_dir() or (not p.exists() and p.suffix.lower() != ".parquet")
+def is_dataset(path: Where) -> bool:
+    """Whether ``path`` names a partitioned plan (a directory, or on an object store a
+    prefix with objects below it), not one ``plan.parquet``."""
+    p = Location.parse(path)
+    if p.is_dir():
+        return True
+    return not p.exists() and not p.name.lower().endswith(".parquet")
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
+def sha256_file(path: Where) -> str:
+    """sha256 of a file's (an object's) bytes, read in 1 MiB pieces."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with Location.parse(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Location) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_bytes())
     except FileNotFoundError:
@@ -73,15 +79,15 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 # --- the job ----------------------------------------------------------------------------------
 
 
-def open_job(root: str | os.PathLike[str], job: Mapping[str, Any]) -> None:
+def open_job(root: Where, job: Mapping[str, Any]) -> None:
     """Start or resume the job ``job`` (a JSON-able description) in ``root``: a directory
     holding another job's plan is refused instead of mixing two plans."""
-    r = Path(root)
+    r = Location.parse(root)
     if r.exists() and not r.is_dir():
         raise PlanStoreError(f"{r} exists and is not a plan directory")
     current = _read_json(r / JOB_FILE)
     if current is None:
-        if r.is_dir() and any(p.name not in (BLOCKS_DIR,) for p in r.iterdir()):
+        if any(name not in (BLOCKS_DIR,) for name in r.listdir()):
             raise PlanStoreError(
                 f"{r} is not empty and holds no plan job; plan into a new directory"
             )
@@ -99,16 +105,16 @@ def open_job(root: str | os.PathLike[str], job: Mapping[str, Any]) -> None:
 # --- blocks -----------------------------------------------------------------------------------
 
 
-def block_path(root: str | os.PathLike[str], name: str) -> Path:
-    return Path(root) / BLOCKS_DIR / f"{name}.parquet"
+def block_path(root: Where, name: str) -> Location:
+    return Location.parse(root) / f"{BLOCKS_DIR}/{name}.parquet"
 
 
-def block_marker_path(root: str | os.PathLike[str], name: str) -> Path:
-    return Path(root) / BLOCKS_DIR / f"{name}.json"
+def block_marker_path(root: Where, name: str) -> Location:
+    return Location.parse(root) / f"{BLOCKS_DIR}/{name}.json"
 
 
 def write_block(
-    root: str | os.PathLike[str],
+    root: Where,
     name: str,
     rows: Sequence[dict[str, Any]],
     info: Mapping[str, Any] | None = None,
@@ -119,7 +125,7 @@ def write_block(
     marker = {
         "block": name,
         "rows": len(rows),
-        "bytes": path.stat().st_size,
+        "bytes": path.size(),
         "sha256": sha256_file(path),
         **dict(info or {}),
     }
@@ -127,19 +133,19 @@ def write_block(
     return marker
 
 
-def block_done(root: str | os.PathLike[str], name: str) -> dict[str, Any] | None:
+def block_done(root: Where, name: str) -> dict[str, Any] | None:
     """A block's marker when the block is committed and its file has the recorded size."""
     marker = _read_json(block_marker_path(root, name))
     if marker is None:
         return None
     try:
-        size = block_path(root, name).stat().st_size
+        size = block_path(root, name).size()
     except OSError:
         return None
     return marker if marker.get("bytes") == size else None
 
 
-def read_block(root: str | os.PathLike[str], name: str) -> pa.Table:
+def read_block(root: Where, name: str) -> pa.Table:
     return read_table("plan", block_path(root, name))
 
 
@@ -151,26 +157,27 @@ def part_name(block: str) -> str:
 
 
 def commit(
-    root: str | os.PathLike[str],
+    root: Where,
     parts: Iterable[tuple[str, pa.Table]],
     metadata: Mapping[bytes, bytes],
     info: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the final parts (split and row assigned; empty ones left out) and then the
     dataset's commit marker. Each part carries the plan's schema metadata (href scope)."""
-    r = Path(root)
+    r = Location.parse(root)
     listed = []
     for block, table in parts:
         if table.num_rows == 0:
             continue
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-        path = write_geoparquet("plan", table, r / part_name(block))
+        path = r / part_name(block)
+        write_geoparquet("plan", table, path)
         listed.append(
             {
                 "file": path.name,
                 "block": block,
                 "rows": table.num_rows,
-                "bytes": path.stat().st_size,
+                "bytes": path.size(),
                 "sha256": sha256_file(path),
             }
         )
@@ -186,8 +193,8 @@ def commit(
     return doc
 
 
-def read_commit(root: str | os.PathLike[str]) -> dict[str, Any]:
-    r = Path(root)
+def read_commit(root: Where) -> dict[str, Any]:
+    r = Location.parse(root)
     doc = _read_json(r / COMMIT_FILE)
     if doc is None:
         if (r / JOB_FILE).exists():
@@ -200,7 +207,7 @@ def read_commit(root: str | os.PathLike[str]) -> dict[str, Any]:
     return doc
 
 
-def is_committed(root: str | os.PathLike[str]) -> bool:
+def is_committed(root: Where) -> bool:
     try:
         read_commit(root)
     except PlanStoreError:
@@ -208,23 +215,26 @@ def is_committed(root: str | os.PathLike[str]) -> bool:
     return True
 
 
-def plan_fingerprint(path: str | os.PathLike[str]) -> str:
+def plan_fingerprint(path: Where) -> str:
     """sha256 of a plan: of the file, or of a dataset's commit marker (which lists every
     part's sha256)."""
-    p = Path(path)
+    p = Location.parse(path)
     if p.is_dir():
         read_commit(p)
         return sha256_file(p / COMMIT_FILE)
     return sha256_file(p)
 
 
-def plan_metadata(path: str | os.PathLike[str]) -> dict[bytes, bytes]:
+def plan_metadata(path: Where) -> dict[bytes, bytes]:
     """The plan's schema metadata (its source's href scope) without reading its rows."""
-    p = Path(path)
+    p = Location.parse(path)
     if p.is_dir():
         meta = read_commit(p).get("metadata") or {}
         return {str(k).encode(): str(v).encode() for k, v in dict(meta).items()}
-    return dict(pq.read_schema(p).metadata or {})
+    if p.is_local:
+        return dict(pq.read_schema(p.path).metadata or {})
+    fs, key = p.arrow_filesystem()
+    return dict(pq.read_schema(key, filesystem=fs).metadata or {})
 
 
 def _sorted(table: pa.Table) -> pa.Table:
@@ -236,19 +246,24 @@ def _sorted(table: pa.Table) -> pa.Table:
     )
 
 
-def read_plan(path: str | os.PathLike[str]) -> pa.Table:
+def read_plan(path: Where) -> pa.Table:
     """A plan as one table sorted by (split, row): a ``plan.parquet`` file or a committed
     dataset (every listed part checked against its recorded size)."""
-    p = Path(path)
+    p = Location.parse(path)
     if not p.is_dir():
         return read_table("plan", p)
     doc = read_commit(p)
     tables = []
     for part in doc["parts"]:
-        f = p / str(part.get("file", ""))
-        if Path(str(part.get("file", ""))).name != part.get("file") or not f.is_file():
+        name = str(part.get("file", ""))
+        if not name or PurePosixPath(name).name != name or name in (".", ".."):
             raise PlanStoreError(f"plan {p}: part {part.get('file')!r} is missing")
-        if f.stat().st_size != part.get("bytes"):
+        f = p / name
+        try:
+            size = f.size()
+        except (FileNotFoundError, IsADirectoryError):
+            raise PlanStoreError(f"plan {p}: part {part.get('file')!r} is missing") from None
+        if size != part.get("bytes"):
             raise PlanStoreError(f"plan {p}: part {f.name} does not have its recorded size")
         tables.append(read_table("plan", f))
     if not tables:

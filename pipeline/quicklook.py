@@ -19,6 +19,7 @@ import numpy as np
 
 from terraloom.render import Panel, nodata_mask, write_figure
 from terraloom.schemas.modalities import Layout, get_modality
+from terraloom.storage.location import Location
 
 
 def decode_caption(x: np.ndarray) -> str:
@@ -73,23 +74,29 @@ def render_sample(
 
 
 def render_corpus(
-    corpus: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
+    corpus: str | os.PathLike[str] | Location,
+    dest: str | os.PathLike[str] | Location,
     *,
     splits: Sequence[str] | None = None,
     limit: int | None = None,
     sample_ids: Sequence[str] | None = None,
     dpi: int = 60,
     progress: bool = True,
-) -> list[Path]:
-    """One PNG per accepted sample (index.parquet order): ``dest/<split>/<sample_id>.png``."""
+) -> list[Path | Location]:
+    """One PNG per accepted sample (index.parquet order): ``dest/<split>/<sample_id>.png``.
+
+    ``corpus`` and ``dest`` are storage locations; a remote ``dest`` gets each PNG drawn
+    into a local temp folder and uploaded (matplotlib writes files), and is returned as
+    ``Location`` objects, a local one as ``Path`` objects."""
     if limit is not None and limit < 0:  # a slice would count from the end
         raise ValueError(f"limit must be >= 0, got {limit}")
-    import zarr
+    import tempfile
 
+    from terraloom.pipeline.corpus_writer import open_split_store
     from terraloom.schemas.tables import read_table
 
-    corpus = Path(corpus)
+    corpus = Location.parse(corpus)
+    out = Location.parse(dest)
     index = (
         read_table("index", corpus / "index.parquet")
         .select(["sample_id", "split", "row"])
@@ -106,20 +113,25 @@ def render_corpus(
     if limit is not None:
         index = index[:limit]
     groups: dict[str, Any] = {}
-    paths: list[Path] = []
+    paths: list[Path | Location] = []
     from tqdm import tqdm
 
-    for r in tqdm(index, unit="sample", desc="quicklook", disable=not progress, file=sys.stderr):
-        split = r["split"]
-        if split not in groups:
-            groups[split] = zarr.open_group(str(corpus / f"{split}.zarr"), mode="r")
-        paths.append(
-            render_sample(
-                groups[split],
-                int(r["row"]),
-                Path(dest) / split / f"{r['sample_id']}.png",
-                sample_id=r["sample_id"],
-                dpi=dpi,
+    with tempfile.TemporaryDirectory(prefix="terraloom-quicklook-") as scratch:
+        for r in tqdm(
+            index, unit="sample", desc="quicklook", disable=not progress, file=sys.stderr
+        ):
+            split = r["split"]
+            if split not in groups:
+                groups[split] = open_split_store(corpus, split)
+            rel = f"{split}/{r['sample_id']}.png"
+            target = out / rel
+            local = target.local_path if target.is_local else Path(scratch) / "q.png"
+            png = render_sample(
+                groups[split], int(r["row"]), local, sample_id=r["sample_id"], dpi=dpi
             )
-        )
+            if target.is_local:
+                paths.append(png)
+            else:
+                target.write_bytes(png.read_bytes())
+                paths.append(target)
     return paths

@@ -3,7 +3,8 @@
 Everything is recomputed from what is on disk: each committed block's arrays are read
 back (so undecodable shards are caught), hashed per block against the commit marker
 and per sample against the index row's ``checksums``; ``valid`` must be True exactly on
-the index rows; accepted + rejected must cover the plan exactly once.
+the index rows; accepted + rejected must cover the plan exactly once. The corpus is any
+storage location (local disk or an object store).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import hashlib
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,13 +30,15 @@ from terraloom.pipeline.corpus_writer import (
     block_rows,
     check_committed_block,
     checksum,
-    is_committed,
+    committed_blocks,
+    open_split_store,
     per_sample_arrays,
     read_marker,
     split_store_path,
 )
 from terraloom.schemas.layouts import validate_corpus
 from terraloom.schemas.tables import read_table
+from terraloom.storage.location import Location
 
 
 @dataclass
@@ -60,12 +62,10 @@ def _rows_by_split(table: Any) -> dict[str, dict[int, dict[str, Any]]]:
 
 
 def verify_corpus(
-    out: str | os.PathLike[str], *, checksums: bool = True, progress: bool = False
+    out: str | os.PathLike[str] | Location, *, checksums: bool = True, progress: bool = False
 ) -> VerifyReport:
-    """Check a build output directory; never raises for a defect, reports it."""
-    import zarr
-
-    out = Path(out)
+    """Check a build output (a directory or URL); never raises for a defect, reports it."""
+    out = Location.parse(out)
     report = VerifyReport()
     f = report.findings
     try:
@@ -98,7 +98,7 @@ def verify_corpus(
         f.extend(f"{split}.zarr: {x}" for x in layout_findings)
         if layout_findings:
             continue
-        group = zarr.open_group(str(path), mode="r")
+        group = open_split_store(out, split)
         attrs: dict[str, Any] = dict(group.attrs)
         s = int(attrs["shard_samples"])
         if int(attrs["n_samples"]) != n:
@@ -114,8 +114,9 @@ def verify_corpus(
             f.append(
                 f"{split}: accepted ({len(acc)}) + rejected ({len(rej)}) rows do not cover the {n} planned rows"
             )
+        done = committed_blocks(out, split)
         for key in (k for k in keys if k.split == split):
-            if not is_committed(out, key):
+            if key.block not in done:
                 f.append(f"{key}: not committed (no commit marker); re-run build to resume")
                 if bar is not None:
                     bar.update()
@@ -191,14 +192,12 @@ def _verify_block(
     report.samples_checked += sum(1 for row in range(a, b) if row in acc)
 
 
-def array_digests(out: str | os.PathLike[str]) -> dict[str, str]:
+def array_digests(out: str | os.PathLike[str] | Location) -> dict[str, str]:
     """sha256 of every array of every split store (read block by block), for comparing builds."""
-    import zarr
-
     manifest = read_manifest(out)
     digests: dict[str, str] = {}
     for split in manifest["splits"]:
-        group = zarr.open_group(str(split_store_path(out, split)), mode="r")
+        group = open_split_store(out, split)
         attrs: dict[str, Any] = dict(group.attrs)
         s, n = int(attrs["shard_samples"]), int(attrs["n_samples"])
         for name in per_sample_arrays(group):

@@ -16,12 +16,12 @@ Works on corpora of every format version: sample ids and rows come from
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from terraloom.schemas.modalities import Layout, get_modality
+from terraloom.storage.location import Location
 
 #: Arrays besides the image modalities that :func:`sample_dataarray` can return (y, x).
 PLANE_ARRAYS = ("cloud_mask",)
@@ -63,7 +63,7 @@ def spatial_ref_attrs(epsg: int, transform: Any) -> dict[str, Any]:
     return attrs
 
 
-def _lookup(corpus: Path, split: str, sample: str | int) -> dict[str, Any]:
+def _lookup(corpus: Location, split: str, sample: str | int) -> dict[str, Any]:
     import pyarrow.compute as pc
 
     from terraloom.schemas.tables import read_table
@@ -85,7 +85,7 @@ def _lookup(corpus: Path, split: str, sample: str | int) -> dict[str, Any]:
 
 
 def sample_dataarray(
-    corpus: str | os.PathLike[str], split: str, sample: str | int, modality: str
+    corpus: str | os.PathLike[str] | Location, split: str, sample: str | int, modality: str
 ) -> Any:
     """One accepted sample of one modality as a georeferenced ``xarray.DataArray``.
 
@@ -95,18 +95,19 @@ def sample_dataarray(
     stored array, unchanged (dtype and fill values included); ``attrs`` carry
     ``grid_mapping``, ``_FillValue`` (the modality's nodata, where it has one), and the
     sample's id, split and row; ``time`` is a scalar coordinate when the index records
-    the modality's acquisition time.
+    the modality's acquisition time. ``corpus`` is a path or a URL (``s3://...``; the
+    backend's credentials from the environment, options with ``Location.parse``).
     """
     import xarray as xr
     import zarr
 
-    corpus = Path(corpus)
+    corpus = Location.parse(corpus)
     store = corpus / f"{split}.zarr"
     if not (store / "zarr.json").exists():
         raise FileNotFoundError(f"{store}: no such split store in the corpus")
     rec = _lookup(corpus, split, sample)
     row = int(rec["row"])
-    group: Any = zarr.open_group(str(store), mode="r")
+    group: Any = zarr.open_group(store.zarr_store(read_only=True), mode="r")
     name = modality if modality in PLANE_ARRAYS else get_modality(modality).name
     if name not in PLANE_ARRAYS and get_modality(name).layout is not Layout.IMAGE:
         raise ValueError(f"{name} is not an image modality; it has no x/y grid")

@@ -18,6 +18,7 @@ from terraloom.schemas.config import config_tree, field_default, from_dict, set_
 __all__ = [
     "add_config_args",
     "add_progress_flag",
+    "add_storage_option",
     "add_version",
     "config_from_args",
     "default_help",
@@ -65,6 +66,20 @@ def add_progress_flag(parser: argparse.ArgumentParser) -> None:
     """``--no-progress`` (dest ``no_progress``); ``--quiet`` is a hidden alias."""
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quiet", dest="no_progress", action="store_true", help=argparse.SUPPRESS)
+
+
+def add_storage_option(parser: argparse.ArgumentParser) -> None:
+    """``--storage-option key=value`` (repeatable): fsspec options of every location the
+    command is given; ``terraloom.storage.parse_storage_options`` reads them (here only the
+    flag is spelt: schemas hold no I/O)."""
+    parser.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of the storage backend for every location of this command, e.g. "
+        "endpoint_url=http://minio:9000 or anon=true (repeatable; see docs/cloud.md)",
+    )
 
 
 def default_help(cls: type, name: str, text: str = "") -> str:

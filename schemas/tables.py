@@ -217,16 +217,29 @@ def _check_list_lengths(name: str, table: pa.Table) -> None:
             )
 
 
+def _remote(path: Any) -> bool:
+    """A storage ``Location`` off the local disk (duck-typed, like ``layouts._as_path``:
+    schemas import no storage code, but the tables they describe may live on object stores)."""
+    return hasattr(path, "arrow_filesystem") and not getattr(path, "is_local", True)
+
+
 def write_geoparquet(name: str, table: pa.Table, path: str | os.PathLike[str]) -> Path:
     """Write a plan/index/rejects table atomically (tmp file + rename) with ``geo`` metadata.
 
-    Extra ``terraloom:*`` schema metadata of ``table`` is kept (a plan's href scope).
+    Extra ``terraloom:*`` schema metadata of ``table`` is kept (a plan's href scope). A
+    remote ``Location`` gets the file as one PUT (whole or absent, like the rename) and is
+    returned as given.
     """
     extra = {k: v for k, v in (table.schema.metadata or {}).items() if k.startswith(b"terraloom:")}
     table = conform(name, table)
     meta = {**extra, **dict(table.schema.metadata or {})}
     meta[b"geo"] = json.dumps(geo_metadata(table)).encode()
     table = table.replace_schema_metadata(meta)
+    if _remote(path):
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        path.write_bytes(sink.getvalue().to_pybytes())  # type: ignore[union-attr]
+        return path  # type: ignore[return-value]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -243,8 +256,13 @@ ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 def read_table(name: str, path: str | os.PathLike[str]) -> pa.Table:
-    """Read a table and check it is the named kind of terraloom table."""
-    table = pq.read_table(path)
+    """Read a table and check it is the named kind of terraloom table (a local path or a
+    storage ``Location``)."""
+    if _remote(path):
+        fs, key = path.arrow_filesystem()  # type: ignore[union-attr]
+        table = pq.read_table(key, filesystem=fs)
+    else:
+        table = pq.read_table(os.fspath(path) if hasattr(path, "arrow_filesystem") else path)
     kind = (table.schema.metadata or {}).get(b"terraloom:table", b"").decode()
     if kind and kind != name:
         raise ValueError(f"{path} is a {kind!r} table, expected {name!r}")

@@ -54,11 +54,16 @@ def _fail(message: str) -> int:
 
 
 def run_world(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from terraloom.pipeline.world.generate import generate_world
+    from terraloom.storage.location import Location, LocationError
 
-    out = Path(args.out)
+    try:  # a world is a local catalog of COGs (GDAL opens its files by path)
+        where = Location.parse(args.out)
+    except LocationError as err:
+        return _fail(" ".join(str(err).split()))
+    if not where.is_local:
+        return _fail(f"--out {where}: the world is written to a local directory, not a URL")
+    out = where.local_path
     if not args.overwrite and out.is_dir() and any(out.iterdir()):
         return _fail(f"{out} is not empty (add --overwrite to replace a world there)")
     try:

@@ -92,3 +92,62 @@ def tiny_reference(
     assert ref["n_blocks"] >= 4, "the tiny plan should span several shard blocks"
     assert ref["accepted"] > 0
     return ref
+
+
+#: Samples of the small plan the object-store tests build (one block each: 8 blocks).
+SMALL_SAMPLES = 8
+SMALL_SHARD_SAMPLES = 1
+
+
+@pytest.fixture(scope="session")
+def small_plan(tiny_plan: tuple[Path, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 8 train rows of the tiny plan: what the S3 / distributed tests build
+    (seconds per build on two busy cores, yet 8 blocks to kill a build between)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from terraloom.pipeline.plan import write_plan
+    from terraloom.schemas.tables import read_table
+
+    table = read_table("plan", tiny_plan[0])
+    keep = pc.and_(pc.equal(table["split"], "train"), pc.less(table["row"], SMALL_SAMPLES))
+    meta = pq.read_schema(tiny_plan[0]).metadata  # the source's href scope, what it planned
+    small = table.filter(keep).replace_schema_metadata(meta)
+    assert small.num_rows == SMALL_SAMPLES
+    path = write_plan(small, tmp_path_factory.mktemp("small-plan") / "plan.parquet")
+    assert isinstance(path, Path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_reference(small_plan: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """An uninterrupted in-process Beam build of the small plan on local disk."""
+    from terraloom.pipeline.build import run_build
+    from terraloom.pipeline.verify import array_digests
+    from terraloom.schemas.tables import read_table
+
+    out = tmp_path_factory.mktemp("small-reference") / "corpus"
+    summary = run_build(
+        small_plan, out, engine="beam", shard_samples=SMALL_SHARD_SAMPLES, progress=False
+    )
+    assert sum(summary.accepted.values()) > 0
+    return {
+        "out": out,
+        "n_blocks": summary.blocks_total,
+        "digests": array_digests(out),
+        "index": read_table("index", out / "index.parquet").to_pylist(),
+        "rejects": read_table("rejects", out / "rejects.parquet").to_pylist(),
+    }
+
+
+def same_corpus(out: Any, reference: dict[str, Any]) -> None:
+    """Assert that the corpus at ``out`` (any location) equals ``reference``: every array
+    byte for byte, every index and rejects row."""
+    from terraloom.pipeline.verify import array_digests
+    from terraloom.schemas.tables import read_table
+    from terraloom.storage import Location
+
+    loc = Location.parse(out)
+    assert array_digests(loc) == reference["digests"]
+    assert read_table("index", loc / "index.parquet").to_pylist() == reference["index"]
+    assert read_table("rejects", loc / "rejects.parquet").to_pylist() == reference["rejects"]

@@ -68,3 +68,70 @@ def test_build_corpus_transform_outcomes_and_counters(
     assert counters["bytes_read"] > 0 and counters["msec_write"] >= 0
     finalize(out, manifest)
     assert array_digests(out) == tiny_reference["digests"]
+
+
+def test_direct_runner_multi_processing_writes_to_s3_with_options_from_the_command_line(
+    small_plan: Path, small_reference: dict[str, Any], s3_bucket: str, tmp_path: Path
+) -> None:
+    """Issue 19: Beam's DirectRunner in multi_processing mode (2 worker processes) builds
+    into the S3 endpoint; the endpoint and the credentials are given only as
+    ``--storage-option`` (the environment has none), so the workers get them with the
+    pickled output Location. The store equals the local build, and no object the build
+    wrote holds the credentials."""
+    import os
+    import subprocess
+    import sys
+
+    from terraloom.storage import Location
+    from tests.pipeline.conftest import SMALL_SHARD_SAMPLES, same_corpus
+
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    key, secret = "AKIAsekritkey19", "sekrit-secret-19"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AWS_") or k in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+    }
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    out = f"{s3_bucket}/corpus"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "terraloom.pipeline",
+            "build",
+            "--plan",
+            str(small_plan),
+            "--out",
+            out,
+            "--engine",
+            "beam",
+            "--workers",
+            "2",
+            "--shard-samples",
+            str(SMALL_SHARD_SAMPLES),
+            "--no-progress",
+            "--storage-option",
+            f"endpoint_url={endpoint}",
+            "--storage-option",
+            f"key={key}",
+            "--storage-option",
+            f"secret={secret}",
+            "--storage-option",
+            "client_kwargs.region_name=us-east-1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "engine: beam (2 workers)" in run.stdout
+    same_corpus(out, small_reference)
+    loc = Location.parse(out)
+    for rel in loc.walk_files():
+        data = (loc / rel).read_bytes()
+        assert key.encode() not in data and secret.encode() not in data, rel
+    assert secret not in run.stdout + run.stderr
+    assert os.listdir(tmp_path) == []

@@ -269,7 +269,7 @@ def test_cli_build_rerun_noop_and_resume_of_a_damaged_block(
     a = victim.block * shard
     g["S2L2A"][a : a + 1] = 1234  # a half-written shard ...
     g["valid"][a : a + shard] = True
-    marker_path(out, victim).unlink()  # ... that was never committed
+    marker_path(out, victim).delete()  # ... that was never committed
     assert pending_blocks(out) == [victim]
     assert cli_main(args) == 0
     assert "1 written now" in capsys.readouterr().out
@@ -804,3 +804,147 @@ def test_beam_is_quiet_and_the_summary_counts_pass_through_workers(tmp_path: Pat
         pipeline_args=("--direct_num_workers=2",),
     )
     assert summary.workers == 2 and "(2 workers)" in summary.table()
+
+
+# --------------------------------------------------------------------------- object stores
+
+
+def _objects(out: str) -> dict[str, bytes]:
+    from terraloom.storage import Location
+
+    loc = Location.parse(out)
+    return {rel: (loc / rel).read_bytes() for rel in loc.walk_files()}
+
+
+def test_a_memory_build_equals_the_local_one_and_its_rerun_writes_nothing(
+    small_plan: Path, small_reference: dict[str, Any], memory_root: str
+) -> None:
+    """Every output of a build (stores, parts, markers, manifest, frozen plan, tables)
+    goes through the storage layer: a build into ``memory://`` is the local build, byte for
+    byte, and re-running it finds every block committed and changes no object."""
+    from tests.pipeline.conftest import SMALL_SHARD_SAMPLES, same_corpus
+
+    out = f"{memory_root}/corpus"
+    run_build(small_plan, out, engine="beam", shard_samples=SMALL_SHARD_SAMPLES, progress=False)
+    same_corpus(out, small_reference)
+    names = set(_objects(out))
+    assert {"_build/manifest.json", "_build/plan.parquet", "_build/final.json"} <= names
+    assert "_build/lease.json" not in names  # released
+    before = _objects(out)
+    again = run_build(
+        small_plan, out, engine="beam", shard_samples=SMALL_SHARD_SAMPLES, progress=False
+    )
+    assert again.blocks_run == 0 and again.blocks_skipped == small_reference["n_blocks"]
+    assert _objects(out) == before
+
+
+def _s3_build_cmd(plan: Path, out: str, engine: str, workers: str, *extra: str) -> list[str]:
+    from tests.pipeline.conftest import SMALL_SHARD_SAMPLES
+
+    return [
+        sys.executable,
+        "-m",
+        "terraloom.pipeline",
+        "build",
+        "--plan",
+        str(plan),
+        "--out",
+        out,
+        "--engine",
+        engine,
+        "--workers",
+        workers,
+        "--shard-samples",
+        str(SMALL_SHARD_SAMPLES),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_sigkill_while_writing_to_s3_then_resume_equals_uninterrupted(
+    small_plan: Path, small_reference: dict[str, Any], s3_bucket: str, tmp_path: Path
+) -> None:
+    """Issue 19: a build writing to a real S3 endpoint (moto on 127.0.0.1) gets SIGKILLed
+    with its whole process group (driver and the engine's workers: Beam multi-processing,
+    Dask LocalCluster, in-process Beam) at 3 random points: once k markers exist, plus a
+    random delay (mid-block too). Each kill leaves work behind; the resume finishes it and
+    the store equals the uninterrupted local build, with no lease left."""
+    from terraloom.pipeline.corpus_writer import committed_blocks
+    from terraloom.storage import Location
+    from tests.pipeline.conftest import same_corpus
+
+    n_blocks = small_reference["n_blocks"]
+    rng = random.Random(19)
+    kill_points = sorted(rng.sample(range(1, n_blocks - 1), 3))
+    out = f"{s3_bucket}/corpus"
+    loc = Location.parse(out)
+    before = n_blocks
+    for (engine, workers), kill_after in zip(
+        [("beam", "2"), ("dask", "2"), ("beam", "1")], kill_points
+    ):
+        delay = rng.uniform(0.0, 0.15)
+        target = min(max(kill_after, n_blocks - before + 1), n_blocks - 1)
+        proc = subprocess.Popen(
+            _s3_build_cmd(small_plan, out, engine, workers),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while proc.poll() is None and len(committed_blocks(loc, "train")) < target:
+                assert time.monotonic() < deadline, "the build made no progress"
+                time.sleep(0.02)
+            time.sleep(delay)
+            assert proc.poll() is None, f"{engine} x{workers} finished before the kill"
+            os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait()
+        left = n_blocks - len(committed_blocks(loc, "train"))
+        assert 0 < left < before, f"kill after {target} markers left {left} of {before}"
+        assert not (loc / "index.parquet").exists()
+        before = left
+    assert not (tmp_path / "s3:").exists()
+    done = subprocess.run(
+        _s3_build_cmd(small_plan, out, "beam", "1"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{left} written now, {n_blocks - left} already committed" in done.stdout
+    same_corpus(out, small_reference)
+    assert not (loc / "_build/lease.json").exists()
+    assert os.listdir(tmp_path) == []  # nothing written locally
+
+
+def test_two_builds_started_at_once_into_one_s3_output_one_refuses(
+    small_plan: Path, small_reference: dict[str, Any], s3_bucket: str, tmp_path: Path
+) -> None:
+    """Issue 19: two builds started at the same moment on one S3 output: the lease object
+    (created with If-None-Match) lets exactly one run; the other exits 2 with one line
+    naming the holder, and the store is the uninterrupted build's."""
+    from tests.pipeline.conftest import same_corpus
+
+    out = f"{s3_bucket}/corpus"
+    procs = [
+        subprocess.Popen(
+            _s3_build_cmd(small_plan, out, "beam", "1"),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [(p, *p.communicate(timeout=300)) for p in procs]
+    codes = sorted(p.returncode for p, _, _ in results)
+    assert codes == [0, 2], [(p.returncode, err[-2000:]) for p, _, err in results]
+    loser_err = next(err for p, _, err in results if p.returncode == 2).strip()
+    assert len(loser_err.splitlines()) == 1 and "Traceback" not in loser_err, loser_err
+    assert "another build is running" in loser_err and "lease.json" in loser_err
+    winner = next(p for p, _, _ in results if p.returncode == 0)
+    assert f"pid {winner.pid}" in loser_err
+    same_corpus(out, small_reference)

@@ -142,3 +142,54 @@ def test_render_corpus_rejects_a_negative_limit(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="limit must be >= 0"):
         render_corpus(tmp_path, tmp_path / "png", limit=-1)
+
+
+BAD_LOCATIONS = ("s3:/typo", "ftp://x", "nosuchscheme://x")
+
+
+def _commands(bad: str, good: Path) -> list[list[str]]:
+    """Every pipeline command with ``bad`` in each of its location arguments in turn (the
+    other locations real or at least well-formed)."""
+    plan, corpus = str(good / "plan.parquet"), str(good / "corpus")
+    return [
+        ["plan", "--source", f"world:{good / 'world'}", "--out", bad],
+        ["build", "--plan", bad, "--out", corpus],
+        ["build", "--plan", plan, "--out", bad],
+        [
+            "build",
+            "--plan",
+            plan,
+            "--out",
+            corpus,
+            "--engine",
+            "dask",
+            "--scheduler",
+            "tcp://127.0.0.1:1",
+            "--storage-option",
+            "anon=true",
+            "--out",
+            bad,
+        ],
+        ["verify", bad],
+        ["quicklook", bad, "--out", str(good / "q")],
+        ["quicklook", corpus, "--out", bad],
+        ["world", "--out", bad],
+    ]
+
+
+@pytest.mark.parametrize("bad", BAD_LOCATIONS)
+def test_every_command_refuses_a_malformed_location_before_writing_anything(
+    bad: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 19: ``s3:/typo``, ``ftp://x``, ``nosuchscheme://x`` as any location of any
+    pipeline command: one line naming it, exit 2, and nothing written anywhere (in
+    particular no local folder named ``s3:`` in the working directory)."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for argv in _commands(bad, tmp_path / "elsewhere"):
+        assert main([*argv, "--no-progress"]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, (argv, err)
+        assert bad in err and "bad location" in err, (argv, err)
+        assert list(work.iterdir()) == [] and not (tmp_path / "elsewhere").exists(), argv

@@ -303,7 +303,7 @@ def test_rewriting_a_block_over_a_torn_shard_works(tmp_path: Path) -> None:
     g = _written(tmp_path, key)
     shard = tmp_path / "train.zarr/S2L2A/c/0/0/0/0"
     shard.write_bytes(shard.read_bytes()[:-100])
-    marker_path(tmp_path, key).unlink()
+    marker_path(tmp_path, key).delete()
     g = _written(tmp_path, key)
     assert check_committed_block(tmp_path, key, g, full=True) is None
 

@@ -5,6 +5,8 @@ multi-processing mode writes part of the store in the SIGKILL test of test_build
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +81,128 @@ def test_workers_keep_glibc_malloc_trimming_default() -> None:
         env = _get_env_variables(key)
     assert "MALLOC_TRIM_THRESHOLD_" not in env or "MALLOC_TRIM_THRESHOLD_" in os.environ
     assert env.get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS", "1")
+
+
+def _spawn(cmd: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    cwd.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as f:
+        return subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+
+
+def test_a_cluster_of_separate_processes_builds_into_s3(
+    small_plan: Path, small_reference: dict[str, Any], s3_bucket: str, tmp_path: Path
+) -> None:
+    """Issue 19: a real distributed run. ``dask scheduler`` and two ``dask worker``
+    processes, started separately on 127.0.0.1, each in its own working and local
+    directory (no shared scratch), with a bounded lifetime; the build is given
+    ``--scheduler tcp://...`` and writes to the S3 endpoint. Both workers take blocks, and
+    the arrays and index rows equal the local build's."""
+    import json
+    import time
+
+    from distributed import Client
+
+    from tests.pipeline.conftest import SMALL_SHARD_SAMPLES, same_corpus
+
+    dask_bin = Path(sys.executable).with_name("dask")
+    sched_file = tmp_path / "scheduler" / "scheduler.json"
+    procs = [
+        _spawn(
+            [
+                str(dask_bin),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(sched_file),
+                "--idle-timeout",
+                "600s",
+            ],
+            tmp_path / "scheduler",
+            tmp_path / "scheduler.log",
+        )
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while not sched_file.exists():
+            assert time.monotonic() < deadline and procs[0].poll() is None, (
+                tmp_path / "scheduler.log"
+            ).read_text()
+            time.sleep(0.1)
+        time.sleep(0.2)  # the file is written whole; give the listener a moment
+        address = json.loads(sched_file.read_text())["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        for i in range(2):
+            wd = tmp_path / f"worker-{i}"
+            procs.append(
+                _spawn(
+                    [
+                        str(dask_bin),
+                        "worker",
+                        address,
+                        "--nworkers",
+                        "1",
+                        "--nthreads",
+                        "1",
+                        "--host",
+                        "127.0.0.1",
+                        "--no-dashboard",
+                        "--local-directory",
+                        str(wd / "scratch"),
+                        "--lifetime",
+                        "600s",
+                        "--name",
+                        f"w{i}",
+                    ],
+                    wd,
+                    tmp_path / f"worker-{i}.log",
+                )
+            )
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+            dirs = {w["local_directory"] for w in client.scheduler_info()["workers"].values()}
+        assert len(dirs) == 2 and all(str(tmp_path / "worker-") in d for d in dirs)
+        out = f"{s3_bucket}/corpus"
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "terraloom.pipeline",
+                "build",
+                "--plan",
+                str(small_plan),
+                "--out",
+                out,
+                "--engine",
+                "dask",
+                "--scheduler",
+                address,
+                "--shard-samples",
+                str(SMALL_SHARD_SAMPLES),
+                "--no-progress",
+            ],
+            cwd=tmp_path / "scheduler",
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "engine: dask (2 workers)" in run.stdout
+        same_corpus(out, small_reference)
+        # both workers ran blocks (no shared disk: each wrote straight to S3)
+        with Client(address, timeout="60s") as client:
+            ran = client.run(lambda dask_worker: dask_worker.state.executed_count)
+        assert len(ran) == 2 and all(n > 0 for n in ran.values()), ran
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    assert not any(tmp_path.rglob("s3:")), "a local s3: folder was created"

@@ -67,7 +67,7 @@ def test_missing_marker_and_table_edits_are_found(
 ) -> None:
     s = tiny_reference["shard_samples"]
     key = BlockKey(*tiny_reference["first_block"])
-    marker_path(corpus, key).unlink()
+    marker_path(corpus, key).delete()
     assert pending_blocks(corpus) == [key]
     index = read_table("index", corpus / "index.parquet").to_pylist()
     others = [
@@ -117,3 +117,31 @@ def test_without_checksums_a_deleted_shard_or_truncated_index_is_still_found(
         findings
     )
     assert any(f.startswith("index") for f in findings), findings
+
+
+def test_verify_and_quicklook_of_a_corpus_on_s3(
+    small_reference: dict[str, Any],
+    s3_bucket: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 19: ``verify`` and ``quicklook`` take URLs: a sound S3 corpus verifies, a
+    marker deleted on S3 is found, and quicklooks are written to the bucket (nothing
+    locally)."""
+    from terraloom.storage import Location
+    from terraloom.storage.transfer import upload_tree
+
+    monkeypatch.chdir(tmp_path)
+    url = f"{s3_bucket}/corpus"
+    upload_tree(small_reference["out"], Location.parse(url))
+    assert cli_main(["verify", url, "--no-progress"]) == 0, capsys.readouterr()
+    assert cli_main(["quicklook", url, "--out", f"{s3_bucket}/ql", "--no-progress"]) == 0
+    pngs = Location.parse(f"{s3_bucket}/ql").walk_files()
+    assert pngs == sorted(f"train/{r['sample_id']}.png" for r in small_reference["index"])
+    assert Location.parse(f"{s3_bucket}/ql/{pngs[0]}").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    marker_path(url, BlockKey("train", 1)).delete()
+    capsys.readouterr()
+    assert cli_main(["verify", url, "--no-progress"]) == 1
+    assert "train/block-1: not committed" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []

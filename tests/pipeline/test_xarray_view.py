@@ -120,3 +120,28 @@ def test_format_1_corpora_stay_readable(tiny_reference: dict[str, Any], tmp_path
     da = sample_dataarray(old, "train", r["sample_id"], "S2L2A")
     new = sample_dataarray(tiny_reference["out"], "train", r["sample_id"], "S2L2A")
     xr.testing.assert_identical(da, new)
+
+
+def test_a_corpus_on_s3_opens_by_url(small_reference: dict[str, Any], s3_bucket: str) -> None:
+    """Issue 19: the corpus read where it lives. ``xarray.open_zarr("s3://...")``
+    opens a split store with its labels, geopandas reads the index by URL, and
+    ``sample_dataarray`` takes the corpus URL; values equal the local corpus's."""
+    import geopandas as gpd
+
+    from terraloom.storage import Location
+    from terraloom.storage.transfer import upload_tree
+
+    local: Path = small_reference["out"]
+    url = f"{s3_bucket}/corpus"
+    upload_tree(local, Location.parse(url))
+    ds = xr.open_zarr(f"{url}/train.zarr", storage_options=Location.parse(url).options())
+    here = xr.open_zarr(local / "train.zarr")
+    assert list(ds["sample_id"].values) == list(here["sample_id"].values)
+    np.testing.assert_array_equal(ds["S2L2A"].values, here["S2L2A"].values)
+    index = gpd.read_parquet(f"{url}/index.parquet", storage_options=Location.parse(url).options())
+    assert list(index["sample_id"]) == [r["sample_id"] for r in small_reference["index"]]
+    assert index.crs is not None and index.geometry.is_valid.all()
+    first = small_reference["index"][0]
+    remote = sample_dataarray(url, "train", first["sample_id"], "S2L2A")
+    near = sample_dataarray(local, "train", first["sample_id"], "S2L2A")
+    xr.testing.assert_identical(remote, near)
