@@ -26,8 +26,6 @@ from terraloom.pipeline.build import (
     run_build,
 )
 from terraloom.pipeline.plan_cli import add_plan_parser
-from terraloom.pipeline.publish import add_publish_parser
-from terraloom.pipeline.publish.verify import add_published_option
 from terraloom.pipeline.world import add_world_parser
 from terraloom.schemas.cliargs import (
     add_config_args,
@@ -390,6 +388,140 @@ def quicklook_command(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {len(paths)} quicklooks to {args.out}")
     return 0
+
+
+# --------------------------------------------------------------------------- publish
+
+
+def add_publish_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``publish`` on the ``terraloom-pipeline`` sub-command parser."""
+    from terraloom.pipeline.publish import PublishConfig
+
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "publish",
+        help="publish a corpus: STAC, Croissant, dataset card, stats, SHA256SUMS, TerraMesh shards",
+        description="Write OUT/<version>/ from a finished corpus (OUT and CORPUS: a directory or "
+        "URL). Re-publishing the same corpus is a no-op. Exit 0 ok, 2 on bad input.",
+    )
+    p.add_argument("corpus", help="corpus output of `build`: a directory or URL")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="destination directory or URL; the version is written to <out>/<version>",
+    )
+    p.add_argument(
+        "--tokens",
+        default=None,
+        help="token store of this corpus (`terraloom-tokenize encode` output) to publish beside "
+        "it, as <out>/<version>/tokens",
+    )
+    p.add_argument(
+        "--formats",
+        default="zarr,webdataset",
+        help="comma-separated data formats: zarr, webdataset (default both)",
+    )
+    p.add_argument("--name", default=PublishConfig.name, help="dataset name (STAC/Croissant id)")
+    p.add_argument(
+        "--version", default=PublishConfig.version, help="dataset version (default 1.0.0)"
+    )
+    p.add_argument("--title", default=None)
+    p.add_argument("--license", default=PublishConfig.license, help="SPDX id of the published data")
+    p.add_argument(
+        "--quicklooks", type=int, default=None, help="samples with a quicklook (default all)"
+    )
+    p.add_argument(
+        "--gallery",
+        type=int,
+        default=PublishConfig.gallery_samples,
+        help="samples in the card's gallery",
+    )
+    p.add_argument(
+        "--hub-repo",
+        default=None,
+        metavar="OWNER/NAME",
+        help="Hugging Face dataset repository the version will be uploaded to: the card links "
+        "its pictures by absolute Hub URLs (default: relative links)",
+    )
+    add_storage_option(p)
+    add_progress_flag(p)
+    p.set_defaults(func=publish_command)
+    return p
+
+
+def publish_command(args: argparse.Namespace) -> int:
+    from terraloom.pipeline.publish import PublishConfig, PublishInputError, publish_corpus
+    from terraloom.storage.lease import LeaseHeld
+
+    prog = "terraloom-pipeline publish"
+    try:
+        corpus, out, *tokens = parse_locations(
+            args, args.corpus, args.out, *([args.tokens] if args.tokens else [])
+        )
+        if args.quicklooks is not None and args.quicklooks < 0:
+            raise PublishInputError("--quicklooks must be >= 0")
+        config = PublishConfig(
+            name=args.name,
+            version=args.version,
+            formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+            title=args.title,
+            license=args.license,
+            quicklooks=args.quicklooks,
+            gallery_samples=args.gallery,
+            hub_repo=args.hub_repo,
+        )
+        summary = publish_corpus(
+            corpus,
+            out,
+            config,
+            tokens=tokens[0] if tokens else None,
+            progress=not args.no_progress,
+        )
+    except (PublishInputError, LocationError, LeaseHeld) as exc:
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    print(summary.table())
+    return 0
+
+
+def add_published_option(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--published`` to the ``verify`` parser: ``verify --published DEST``."""
+    p.add_argument(
+        "--published",
+        action="store_true",
+        help="the path is a published dataset (DEST or DEST/<version>, a directory or URL): "
+        "check every digest in SHA256SUMS and the STAC/Croissant/index consistency",
+    )
+    plain = p.get_default("func")
+
+    def run(args: argparse.Namespace) -> int:
+        return published_command(args) if args.published else int(plain(args))
+
+    p.set_defaults(func=run)
+    return p
+
+
+def published_command(args: argparse.Namespace) -> int:
+    from terraloom.pipeline.publish.verify import published_versions, verify_published
+
+    prog = "terraloom-pipeline verify"
+    try:
+        (dest,) = parse_locations(args, args.corpus)
+        versions = published_versions(dest)
+    except (LocationError, OSError) as exc:
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    if not versions:
+        print(
+            f"{prog}: error: {dest} holds no dataset written by `terraloom-pipeline publish`",
+            file=sys.stderr,
+        )
+        return 2
+    report = verify_published(dest)
+    for finding in report.findings:
+        print(f"FAIL {finding}")
+    status = "OK" if report.ok else f"{len(report.findings)} findings"
+    print(f"verify --published {dest}: {status} (versions: {', '.join(report.versions)})")
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

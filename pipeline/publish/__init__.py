@@ -1,7 +1,10 @@
 """Publishing a corpus: STAC, Croissant, a dataset card, statistics, checksums, TerraMesh shards.
 
-``publish_corpus(corpus, out, config)`` writes ``out/<version>/``; ``verify_published``
-checks one; ``ingest_terramesh`` reads a TerraMesh-layout dataset into a terraloom corpus.
+``publish_corpus(corpus, out, config, tokens=...)`` writes ``out/<version>/`` (any location:
+a local folder, ``s3://``, ``memory://`` ...) and commits it with a write-once marker;
+``verify_published`` checks one; ``ingest_terramesh`` reads a TerraMesh-layout dataset into
+a terraloom corpus. The command line (``terraloom-pipeline publish``, ``verify --published``)
+is in ``terraloom.pipeline.cli``.
 """
 
 from terraloom.pipeline.publish.config import (
@@ -10,7 +13,7 @@ from terraloom.pipeline.publish.config import (
     PublishInputError,
     load_corpus,
 )
-from terraloom.pipeline.publish.publish import PublishSummary, add_publish_parser, publish_corpus
+from terraloom.pipeline.publish.publish import PublishSummary, publish_corpus, version_root
 from terraloom.pipeline.publish.verify import PublishedReport, verify_published
 from terraloom.pipeline.publish.webdataset import (
     IngestSummary,
@@ -26,9 +29,9 @@ __all__ = [
     "PublishSummary",
     "PublishedReport",
     "TerraMeshFormatError",
-    "add_publish_parser",
     "ingest_terramesh",
     "load_corpus",
     "publish_corpus",
     "verify_published",
+    "version_root",
 ]

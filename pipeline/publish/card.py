@@ -15,6 +15,8 @@ import yaml
 
 from terraloom.pipeline.publish.config import CorpusFacts, PublishConfig
 from terraloom.pipeline.publish.provenance import source_collections
+from terraloom.pipeline.publish.tokens import TokenFacts
+from terraloom.storage.location import Location
 
 CARD_FILE = "README.md"
 COVERAGE_FILE = "coverage.png"
@@ -76,11 +78,47 @@ def _quality_rows(facts: CorpusFacts) -> list[tuple[str, int, float, float]]:
     return [(k, len(v), sum(v) / len(v), max(v)) for k, v in sorted(acc.items()) if v]
 
 
+def file_url(config: PublishConfig, rel: str) -> str:
+    """Where the card links a file of the version: relative (the Hub resolves a relative
+    link in a dataset repository's README against the repository) or, with ``hub_repo``,
+    the file's absolute ``resolve`` URL on the Hub, which shows wherever the card is read."""
+    if config.hub_repo:
+        return f"https://huggingface.co/datasets/{config.hub_repo}/resolve/main/{rel}"
+    return rel
+
+
+def _gallery_lines(facts: CorpusFacts, config: PublishConfig, gallery: list[str]) -> list[str]:
+    """One picture per sample, each under a line saying what it is and linking its STAC item."""
+    rows = {r["sample_id"]: r for r in facts.index}
+    lines = [
+        "## Gallery",
+        "",
+        "Every modality of a few samples, spread over the splits and grid cells, drawn the way "
+        "terraloom's quicklooks draw them (S2 true colour, S1 VV in dB, elevation in m, land "
+        "cover and cloud mask with their legends, NDVI).",
+        "",
+    ]
+    for rel in gallery:
+        sid = Path(rel).stem
+        r = rows.get(sid)
+        if r is None:
+            continue
+        item = f"stac/items/{r['split']}/{sid}.json"
+        lines += [
+            f"**{sid}** ({r['split']}, cell {r['cell_id']}; [STAC item]({file_url(config, item)}))",
+            "",
+            f"![{sid}: all modalities]({file_url(config, rel)})",
+            "",
+        ]
+    return lines
+
+
 def render_card(
     facts: CorpusFacts,
     config: PublishConfig,
     stats: dict[str, Any],
     gallery: list[str],
+    tokens: TokenFacts | None = None,
 ) -> str:
     """The card's markdown (front matter included)."""
     fm = yaml.safe_dump(front_matter(facts, config), sort_keys=False).strip()
@@ -128,11 +166,18 @@ def render_card(
     )
     lines += ["", "| metric | samples | mean | max |", "|---|---:|---:|---:|"]
     lines += [f"| {k} | {c} | {_fmt(m)} | {_fmt(x)} |" for k, c, m, x in _quality_rows(facts)]
-    lines += ["", "## Coverage", "", f"![sample centres]({COVERAGE_FILE})", ""]
+    lines += [
+        "",
+        "## Coverage",
+        "",
+        "Sample centres on the world, coloured by split; below, each cluster of samples zoomed "
+        "in with every sample's footprint.",
+        "",
+        f"![coverage map: sample centres and footprints]({file_url(config, COVERAGE_FILE)})",
+        "",
+    ]
     if gallery:
-        lines += ["## Gallery", ""]
-        lines += [f"![{Path(p).stem}]({p})" for p in gallery]
-        lines.append("")
+        lines += _gallery_lines(facts, config, gallery)
     lines += ["## Provenance", ""]
     lines.append("| source collection | licence | link |")
     lines.append("|---|---|---|")
@@ -168,6 +213,12 @@ def render_card(
             "- `<split>/<MODALITY>/terraloom_shard_<k>.tar`: WebDataset shards in TerraMesh's layout "
             "(one `<id>.zarr.zip` per sample)"
         )
+    if tokens is not None:
+        lines.append(
+            "- `tokens/<split>.zarr`, `tokens/_commits/`: the token store (uint16 tokenizer codes "
+            "per modality and crop, rows aligned with `<split>.zarr`): "
+            + "; ".join(_token_summary(tokens, s) for s in tokens.splits)
+        )
     lines += ["", "## How to load", ""]
     if "zarr" in config.formats:
         lines += [
@@ -188,10 +239,18 @@ def render_card(
             "```",
         ]
     lines += [
-        "terraloom (pre-tokenize and train on it):",
+        "terraloom (check it, then pre-tokenize and train on it):",
         "```bash",
         "terraloom-pipeline verify --published .   # digests, STAC, Croissant",
-        "terraloom-tokenize encode --corpus . ...",
+    ]
+    if tokens is not None:
+        lines += [
+            "# the token store is published: train directly (the corpus is this folder)",
+            "terraloom-model train --set data.corpus=. --set data.tokens=tokens",
+        ]
+    else:
+        lines.append("terraloom-tokenize encode --corpus . --tokenizers TOKENIZERS --out tokens")
+    lines += [
         "```",
         "",
         "## Citation",
@@ -204,21 +263,16 @@ def render_card(
     return "\n".join(lines)
 
 
-def write_card(
-    root: str | os.PathLike[str],
-    facts: CorpusFacts,
-    config: PublishConfig,
-    stats: dict[str, Any],
-    gallery: list[str],
-) -> Path:
-    path = Path(root) / CARD_FILE
-    path.write_text(render_card(facts, config, stats, gallery), encoding="utf-8")
-    return path
+def _token_summary(tokens: TokenFacts, split: str) -> str:
+    a = tokens.attrs[split]
+    toks = a.get("tokenizers") or {}
+    names = ", ".join(f"{m} ({t.get('id')} v{t.get('version')})" for m, t in toks.items())
+    return f"{split}: {a.get('n_crops')} crops of {a.get('crop_px')} px, {names or 'no tokenizers recorded'}"
 
 
-def read_front_matter(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_front_matter(path: str | os.PathLike[str] | Location) -> dict[str, Any]:
     """The YAML front matter of a card (safe_load); ValueError if it has none."""
-    text = Path(path).read_text(encoding="utf-8")
+    text = Location.parse(path).read_text()
     if not text.startswith("---\n"):
         raise ValueError(f"{path}: no YAML front matter")
     end = text.find("\n---", 4)

@@ -10,17 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from terraloom.schemas.layouts import CORPUS_FORMAT_VERSION
+from terraloom.storage.location import Location, LocationError
 
 FORMATS = ("zarr", "webdataset")
 #: Samples per WebDataset tar, TerraMesh's shard size.
 WDS_SHARD_SAMPLES = 10240
 PUBLISH_FORMAT = "terraloom-published"
 PUBLISH_FORMAT_VERSION = 1
+
+
+_HUB_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class PublishInputError(ValueError):
@@ -44,10 +48,14 @@ class PublishConfig:
     citation: str = "@misc{terraloom_corpus, title={terraloom corpus}, note={Built with terraloom}, year={2025}}"
     #: Samples shown in the card's gallery.
     gallery_samples: int = 6
-    #: Samples that get a quicklook PNG (and a STAC quicklook asset); None = all.
+    #: Samples that get a quicklook PNG (and a STAC quicklook asset), spread over the
+    #: corpus; None: the gallery's samples only. A number >= the sample count: every sample.
     quicklooks: int | None = None
     #: Samples per WebDataset tar (TerraMesh: 10,240).
     wds_shard_samples: int = WDS_SHARD_SAMPLES
+    #: ``owner/name`` of the Hugging Face dataset repository the version is uploaded to: the
+    #: card then links its pictures by absolute Hub URLs (None: relative links).
+    hub_repo: str | None = None
 
     def __post_init__(self) -> None:
         bad = [f for f in self.formats if f not in FORMATS]
@@ -59,6 +67,10 @@ class PublishConfig:
             raise PublishInputError(f"bad --version {self.version!r}: a plain name like 1.0.0")
         if not self.name or "/" in self.name:
             raise PublishInputError(f"bad --name {self.name!r}")
+        if (self.quicklooks is not None and self.quicklooks < 0) or self.gallery_samples < 0:
+            raise PublishInputError("--quicklooks and --gallery must be >= 0")
+        if self.hub_repo is not None and not _HUB_REPO.fullmatch(self.hub_repo):
+            raise PublishInputError(f"bad --hub-repo {self.hub_repo!r}: expected OWNER/NAME")
         if self.wds_shard_samples < 1 or self.wds_shard_samples > WDS_SHARD_SAMPLES:
             raise PublishInputError(f"wds_shard_samples must be in 1..{WDS_SHARD_SAMPLES}")
 
@@ -71,7 +83,7 @@ class PublishConfig:
 class CorpusFacts:
     """A finished corpus as the publishers see it (rows as plain dicts, sorted by split/row)."""
 
-    path: Path
+    path: Location
     manifest: dict[str, Any]
     final: dict[str, Any]
     index: list[dict[str, Any]]
@@ -96,53 +108,57 @@ class CorpusFacts:
         }
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+def load_corpus(corpus: str | os.PathLike[str] | Location) -> CorpusFacts:
+    """Read a finished corpus (``build`` output, any location); PublishInputError if it is not one."""
+    import pyarrow.parquet as pq
 
-
-def load_corpus(corpus: str | os.PathLike[str]) -> CorpusFacts:
-    """Read a finished corpus (``build`` output); raise PublishInputError if it is not one."""
     from terraloom.pipeline.build import final_path, frozen_plan_path, manifest_path
     from terraloom.schemas.tables import read_table
 
-    path = Path(corpus)
-    needed = [
-        manifest_path(path),
-        final_path(path),
-        path / "index.parquet",
-        path / "rejects.parquet",
-    ]
-    missing = [str(p.relative_to(path)) for p in needed if not p.is_file()]
+    try:
+        loc = Location.parse(corpus)
+    except LocationError as exc:
+        raise PublishInputError(str(exc)) from exc
+    needed = {
+        "manifest": manifest_path(loc),
+        "final": final_path(loc),
+        "index": loc / "index.parquet",
+        "rejects": loc / "rejects.parquet",
+    }
+    try:
+        missing = [
+            f"{p.parent.name}/{p.name}" if k in ("manifest", "final") else p.name
+            for k, p in needed.items()
+            if not p.exists()
+        ]
+    except OSError as exc:
+        raise PublishInputError(f"{loc}: cannot be read: {exc}") from exc
     if missing:
         raise PublishInputError(
-            f"{path} is not a finished corpus (missing {', '.join(missing)}); run `build` to the end first"
+            f"{loc} is not a finished corpus (missing {', '.join(missing)}); run `build` to the end first"
         )
     try:
-        manifest = json.loads(manifest_path(path).read_text())
-        final = json.loads(final_path(path).read_text())
-        index = read_table("index", path / "index.parquet").to_pylist()
-        rejects = read_table("rejects", path / "rejects.parquet").to_pylist()
+        raw = {k: p.read_bytes() for k, p in needed.items()}
+        manifest = json.loads(raw["manifest"])
+        final = json.loads(raw["final"])
+        index = read_table("index", needed["index"]).to_pylist()
+        rejects = read_table("rejects", needed["rejects"]).to_pylist()
     except (OSError, ValueError) as exc:
-        raise PublishInputError(f"{path}: cannot read the corpus tables: {exc}") from exc
+        raise PublishInputError(f"{loc}: cannot read the corpus tables: {exc}") from exc
     scenes: dict[str, list[dict[str, Any]]] = {}
-    plan = frozen_plan_path(path)
-    if plan.is_file():
-        import pyarrow.parquet as pq
-
-        for r in pq.read_table(plan, columns=["sample_id", "scenes"]).to_pylist():
+    plan = frozen_plan_path(loc)
+    if plan.exists():
+        fs, key = plan.arrow_filesystem()
+        for r in pq.read_table(key, filesystem=fs, columns=["sample_id", "scenes"]).to_pylist():
             scenes[r["sample_id"]] = r["scenes"] or []
     index.sort(key=lambda r: (r["split"], int(r["row"])))
     rejects.sort(key=lambda r: (r["split"], int(r["row"])))
     h = hashlib.sha256()
-    for p in needed:
+    for k, p in needed.items():
         h.update(p.name.encode())
-        h.update(_file_digest(p).encode())
+        h.update(hashlib.sha256(raw[k]).hexdigest().encode())
     return CorpusFacts(
-        path=path,
+        path=loc,
         manifest=manifest,
         final=final,
         index=index,

@@ -4,19 +4,22 @@ Croissant is what dataset search engines and ML loaders (TFDS, Hugging Face, PyT
 read to find a dataset's files and records. Files: the per-split ``{split}_metadata.parquet``
 tables, the per-split, per-modality WebDataset tar sets and the Zarr split stores. One
 record set per split: scalar fields from the metadata table and one array field per
-modality (dtype, shape, band names). Written and validated with ``mlcroissant``.
+modality (dtype, shape, band names); with a published token store, one file set per split
+(``tokens/<split>.zarr``). The file digests are those taken while the files were written
+(:mod:`.files`). Written and validated with ``mlcroissant``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from terraloom.pipeline.publish.config import CorpusFacts, PublishConfig
+from terraloom.pipeline.publish.tokens import TokenFacts
 from terraloom.schemas.modalities import SAMPLE_PX, Layout, get_modality
+from terraloom.storage.location import Location
 
 CROISSANT_FILE = "croissant.json"
 CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
@@ -31,14 +34,6 @@ _SCALARS = (
 )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _type(name: str) -> Any:
     """The mlcroissant data-type URI of a schema.org type name (Text, Float, Integer)."""
     import mlcroissant as mlc
@@ -50,18 +45,23 @@ def _dtype(m: Any) -> Any:
     return _type("Float" if m.np_dtype.kind == "f" else "Integer")
 
 
-def build_croissant(root: str | os.PathLike[str], facts: CorpusFacts, config: PublishConfig) -> Any:
-    """The Croissant metadata (an ``mlcroissant.Metadata``) of a published root."""
+def build_croissant(
+    digests: Mapping[str, str],
+    facts: CorpusFacts,
+    config: PublishConfig,
+    tokens: TokenFacts | None = None,
+) -> Any:
+    """The Croissant metadata (an ``mlcroissant.Metadata``) of a published version whose
+    files written so far have the given ``relative path -> sha256``."""
     import mlcroissant as mlc
 
-    root = Path(root)
     distribution: list[Any] = []
     record_sets: list[Any] = []
     image = [n for n in facts.modalities if get_modality(n).layout is Layout.IMAGE]
     for split in facts.splits:
         meta = f"{split}_metadata.parquet"
         meta_id = f"{split}-metadata"
-        if not (root / meta).is_file():  # a split without accepted samples has no shards
+        if meta not in digests:  # a split without accepted samples has no shards
             continue
         distribution.append(
             mlc.FileObject(
@@ -70,7 +70,7 @@ def build_croissant(root: str | os.PathLike[str], facts: CorpusFacts, config: Pu
                 description=f"one row per sample of the {split} split",
                 content_url=meta,
                 encoding_formats=["application/x-parquet"],
-                sha256=_sha256(root / meta),
+                sha256=digests[meta],
             )
         )
         fields = [
@@ -98,8 +98,12 @@ def build_croissant(root: str | os.PathLike[str], facts: CorpusFacts, config: Pu
             m = get_modality(name)
             fs_id = f"{split}-{name}"
             tar_ids = []
-            for tar in sorted((root / split / name).glob("*.tar")):
-                tar_id = f"{split}/{name}/{tar.name}"
+            prefix = f"{split}/{name}/"
+            for tar_id in sorted(
+                r
+                for r in digests
+                if r.startswith(prefix) and r.endswith(".tar") and "/" not in r[len(prefix) :]
+            ):
                 tar_ids.append(tar_id)
                 distribution.append(
                     mlc.FileObject(
@@ -108,7 +112,7 @@ def build_croissant(root: str | os.PathLike[str], facts: CorpusFacts, config: Pu
                         description=f"{name} WebDataset shard of the {split} split (TerraMesh layout)",
                         content_url=tar_id,
                         encoding_formats=["application/x-tar"],
-                        sha256=_sha256(tar),
+                        sha256=digests[tar_id],
                     )
                 )
             distribution.append(
@@ -173,6 +177,20 @@ def build_croissant(root: str | os.PathLike[str], facts: CorpusFacts, config: Pu
                     includes=[f"{split}.zarr/**"],
                 )
             )
+    for split in tokens.splits if tokens else ():
+        distribution.append(
+            mlc.FileSet(
+                id=f"tokens-{split}",
+                name=f"tokens-{split}",
+                description=(
+                    f"the {split} split's token store (Zarr v3): uint16 tokenizer codes per "
+                    "modality (sample, crop, token) and the crops (sample, crop, 5), rows aligned "
+                    f"with {split}.zarr; commit markers in tokens/_commits/{split}/"
+                ),
+                encoding_formats=["application/vnd+zarr"],
+                includes=[f"tokens/{split}.zarr/**", f"tokens/_commits/{split}/*"],
+            )
+        )
     return mlc.Metadata(
         name=config.name,
         description=config.description,
@@ -187,25 +205,31 @@ def build_croissant(root: str | os.PathLike[str], facts: CorpusFacts, config: Pu
     )
 
 
-def write_croissant(
-    root: str | os.PathLike[str], facts: CorpusFacts, config: PublishConfig
-) -> Path:
-    """Write ``croissant.json`` at the published root."""
-    metadata = build_croissant(root, facts, config)
-    path = Path(root) / CROISSANT_FILE
-    path.write_text(json.dumps(metadata.to_json(), indent=1, default=str) + "\n")
-    return path
+def croissant_json(
+    digests: Mapping[str, str],
+    facts: CorpusFacts,
+    config: PublishConfig,
+    tokens: TokenFacts | None = None,
+) -> str:
+    """``croissant.json`` of a published version (see :func:`build_croissant`)."""
+    metadata = build_croissant(digests, facts, config, tokens)
+    return json.dumps(metadata.to_json(), indent=1, default=str) + "\n"
 
 
-def validate_croissant(root: str | os.PathLike[str]) -> list[str]:
+def validate_croissant(root: str | os.PathLike[str] | Location) -> list[str]:
     """Findings of mlcroissant's validation of ``croissant.json`` (offline)."""
     import mlcroissant as mlc
 
-    path = Path(root) / CROISSANT_FILE
-    if not path.is_file():
-        return [f"{CROISSANT_FILE}: missing"]
+    root = Location.parse(root)
+    path = root / CROISSANT_FILE
     try:
-        ds = mlc.Dataset(jsonld=str(path))
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return [f"{CROISSANT_FILE}: missing"]
+    except ValueError as exc:
+        return [f"{CROISSANT_FILE}: not JSON: {exc}"]
+    try:
+        ds = mlc.Dataset(jsonld=path.path if root.is_local else doc)
     except mlc.ValidationError as exc:
         return [f"{CROISSANT_FILE}: {line}" for line in str(exc).splitlines() if line.strip()][:20]
     except Exception as exc:  # mlcroissant raises assorted errors for broken JSON-LD

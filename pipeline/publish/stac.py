@@ -23,8 +23,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 from terraloom.pipeline.publish.config import CorpusFacts, PublishConfig
+from terraloom.pipeline.publish.files import VersionFiles
 from terraloom.pipeline.publish.provenance import source_collections
+from terraloom.pipeline.publish.tokens import TOKENS_DIR, TokenFacts
 from terraloom.schemas.modalities import RESOLUTION_M, SAMPLE_PX, Layout, get_modality
+from terraloom.storage.location import Location
 
 STAC_VERSION = "1.1.0"
 EO = "https://stac-extensions.github.io/eo/v2.0.0/schema.json"
@@ -322,31 +325,59 @@ def _license_url(spdx: str) -> str:
     return f"https://spdx.org/licenses/{spdx}.html"
 
 
+def token_assets(tokens: TokenFacts | None) -> dict[str, Any]:
+    """Collection assets of a published token store (hrefs relative to ``stac/``)."""
+    if tokens is None:
+        return {}
+    out: dict[str, Any] = {}
+    for split in tokens.splits:
+        a = tokens.attrs[split]
+        toks = a.get("tokenizers") or {}
+        out[f"tokens-{split}"] = {
+            "href": f"../{TOKENS_DIR}/{split}.zarr",
+            "title": f"token store of the {split} split",
+            "description": (
+                f"uint16 tokenizer codes (sample, crop, token) of {', '.join(a.get('modalities', []))}; "
+                f"{a.get('n_crops')} crops of {a.get('crop_px')} px per sample, rows aligned with "
+                f"{split}.zarr; tokenizers: "
+                + ", ".join(f"{m} {t.get('id')} v{t.get('version')}" for m, t in toks.items())
+            ),
+            "type": ZARR_MEDIA_TYPE,
+            "roles": ["data", "tokens"],
+        }
+    return out
+
+
 def write_stac(
-    root: str | os.PathLike[str],
+    files: VersionFiles,
     facts: CorpusFacts,
     config: PublishConfig,
     stats: dict[str, Any] | None,
     quicklooks: dict[str, str],
+    scratch: Path,
+    *,
+    tokens: TokenFacts | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Write ``stac/collection.json``, ``stac/items/<split>/<id>.json`` and ``stac/items.parquet``.
 
-    ``quicklooks`` maps sample ids to PNG paths relative to the published root.
+    ``quicklooks`` maps sample ids to PNG paths relative to the published root; ``scratch``
+    is a local folder for the GeoParquet file (its writer wants a path).
     """
-    root = Path(root)
-    stac = root / STAC_DIR
     items = []
     for row in facts.index:
         ql = quicklooks.get(row["sample_id"])
         items.append(build_item(row, facts, config, stats, f"../../../{ql}" if ql else None))
     collection = build_collection(facts, config, stats, items)
-    (stac / "items").mkdir(parents=True, exist_ok=True)
-    (stac / COLLECTION_FILE).write_text(json.dumps(collection, indent=1) + "\n")
+    assets = token_assets(tokens)
+    if assets:
+        collection["assets"] = assets
+    files.write_text(f"{STAC_DIR}/{COLLECTION_FILE}", json.dumps(collection, indent=1) + "\n")
     for it in items:
-        p = stac / "items" / it["properties"]["terraloom:split"] / f"{it['id']}.json"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(it, indent=1) + "\n")
-    write_geoparquet_items(items, stac / ITEMS_PARQUET)
+        rel = f"{STAC_DIR}/items/{it['properties']['terraloom:split']}/{it['id']}.json"
+        files.write_text(rel, json.dumps(it, indent=1) + "\n")
+    local = scratch / ITEMS_PARQUET
+    write_geoparquet_items(items, local)
+    files.add_local(local, f"{STAC_DIR}/{ITEMS_PARQUET}")
     return collection, items
 
 
@@ -358,11 +389,12 @@ def write_geoparquet_items(items: list[dict[str, Any]], path: Path) -> None:
     sga.to_parquet(table, path)
 
 
-def read_geoparquet_items(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def read_geoparquet_items(path: str | os.PathLike[str] | Location) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
     import stac_geoparquet.arrow as sga
 
-    return list(sga.stac_table_to_items(pq.read_table(path)))
+    fs, key = Location.parse(path).arrow_filesystem()
+    return list(sga.stac_table_to_items(pq.read_table(key, filesystem=fs)))
 
 
 # --------------------------------------------------------------------------- validation
@@ -378,24 +410,27 @@ def _validator() -> Any:
     return v
 
 
-def validate_stac(root: str | os.PathLike[str]) -> list[str]:
+def validate_stac(root: str | os.PathLike[str] | Location) -> list[str]:
     """Validate the collection and every item offline (core + eo/raster/proj schemas)."""
     import pystac
     from pystac.errors import STACValidationError
 
-    stac = Path(root) / STAC_DIR
+    root = Location.parse(root)
     v = _validator()
     findings: list[str] = []
-    paths = [stac / COLLECTION_FILE, *sorted((stac / "items").rglob("*.json"))]
-    for p in paths:
+    names = [COLLECTION_FILE] + [
+        f"items/{rel}" for rel in (root / STAC_DIR / "items").walk_files() if rel.endswith(".json")
+    ]
+    for name in names:
+        rel = f"{STAC_DIR}/{name}"
         try:
-            d = json.loads(p.read_text())
+            d = json.loads((root / rel).read_bytes())
         except (OSError, ValueError) as exc:
-            findings.append(f"{p.relative_to(root)}: cannot read: {exc}")
+            findings.append(f"{rel}: cannot read: {exc}")
             continue
         try:
             pystac.validation.validate_dict(d, validator=v)
         except STACValidationError as exc:
             msg = str(exc).splitlines()[0]
-            findings.append(f"{p.relative_to(root)}: invalid STAC: {msg}")
+            findings.append(f"{rel}: invalid STAC: {msg}")
     return findings

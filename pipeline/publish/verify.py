@@ -1,22 +1,22 @@
 """Check a published version: every digest, and that STAC, Croissant and the tables agree.
 
 ``terraloom-pipeline verify --published DEST`` runs this on ``DEST`` (one version) or on
-every version under it. Findings, never exceptions, like the corpus verifier.
+every committed version under it, on any location (a local folder or an object-store
+prefix). Findings, never exceptions, like the corpus verifier.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import PurePosixPath
 
 from terraloom.pipeline.publish.checksums import SUMS_NAME, verify_sums
 from terraloom.pipeline.publish.croissant import validate_croissant
 from terraloom.pipeline.publish.publish import MARKER
 from terraloom.pipeline.publish.stac import COLLECTION_FILE, ITEMS_PARQUET, STAC_DIR, validate_stac
+from terraloom.storage.location import Location
 
 
 @dataclass
@@ -29,17 +29,23 @@ class PublishedReport:
         return not self.findings and bool(self.versions)
 
 
-def published_versions(dest: str | os.PathLike[str]) -> list[Path]:
-    """``dest`` itself if it is a published version, else its published version folders."""
-    dest = Path(dest)
-    if (dest / MARKER).is_file() or (dest / SUMS_NAME).is_file():
+def published_versions(dest: str | os.PathLike[str] | Location) -> list[Location]:
+    """``dest`` itself if it is a published version, else its committed version folders.
+
+    A version is recognised by its marker (or, when the marker is what went missing, its
+    ``SHA256SUMS``); a folder without either is an unfinished publish and is not listed.
+    """
+    dest = Location.parse(dest)
+    if (dest / MARKER).exists() or (dest / SUMS_NAME).exists():
         return [dest]
-    if not dest.is_dir():
-        return []
-    return sorted(p for p in dest.iterdir() if p.is_dir() and (p / MARKER).is_file())
+    return [
+        dest / name
+        for name in dest.listdir()
+        if not name.startswith(".") and (dest / name / MARKER).exists()
+    ]
 
 
-def _consistency(root: Path) -> list[str]:
+def _consistency(root: Location) -> list[str]:
     """The index, the STAC items (JSON and GeoParquet) and the marker list the same samples."""
     from terraloom.pipeline.publish.stac import read_geoparquet_items
     from terraloom.schemas.tables import read_table
@@ -47,15 +53,21 @@ def _consistency(root: Path) -> list[str]:
     f: list[str] = []
     try:
         index = read_table("index", root / "index.parquet").to_pylist()
-        marker = json.loads((root / MARKER).read_text())
-        collection = json.loads((root / STAC_DIR / COLLECTION_FILE).read_text())
+        marker = json.loads((root / MARKER).read_bytes())
+        collection = json.loads((root / STAC_DIR / COLLECTION_FILE).read_bytes())
         geo = read_geoparquet_items(root / STAC_DIR / ITEMS_PARQUET)
     except (OSError, ValueError, KeyError) as exc:
         return [f"cannot read the published tables: {exc}"]
     ids = {r["sample_id"] for r in index}
-    stac_ids = {Path(p.name).stem for p in (root / STAC_DIR / "items").rglob("*.json")}
+    stac_ids = {
+        PurePosixPath(rel).stem
+        for rel in (root / STAC_DIR / "items").walk_files()
+        if rel.endswith(".json")
+    }
     linked = {
-        Path(link["href"]).stem for link in collection.get("links", []) if link.get("rel") == "item"
+        PurePosixPath(link["href"]).stem
+        for link in collection.get("links", [])
+        if link.get("rel") == "item"
     }
     geo_ids = {it["id"] for it in geo}
     for what, got in (
@@ -77,7 +89,7 @@ def _consistency(root: Path) -> list[str]:
     return f
 
 
-def verify_published(dest: str | os.PathLike[str]) -> PublishedReport:
+def verify_published(dest: str | os.PathLike[str] | Location) -> PublishedReport:
     """Verify one published version or every version under ``dest``."""
     report = PublishedReport()
     roots = published_versions(dest)
@@ -88,47 +100,10 @@ def verify_published(dest: str | os.PathLike[str]) -> PublishedReport:
         name = root.name
         report.versions.append(name)
         checks = [verify_sums(root)]
-        if (root / MARKER).is_file():
+        if (root / MARKER).exists():
             checks += [validate_stac(root), validate_croissant(root), _consistency(root)]
         else:
-            checks.append([f"{MARKER}: missing"])
+            checks.append([f"{MARKER}: missing (the version is not committed)"])
         for findings in checks:
             report.findings.extend(f"{name}: {x}" for x in findings)
     return report
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_published_option(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--published`` to the ``verify`` parser: ``verify --published DEST``."""
-    p.add_argument(
-        "--published",
-        action="store_true",
-        help="the path is a published dataset (DEST or DEST/<version>): check every digest "
-        "in SHA256SUMS and the STAC/Croissant/index consistency",
-    )
-    plain = p.get_default("func")
-
-    def run(args: argparse.Namespace) -> int:
-        return published_command(args) if args.published else int(plain(args))
-
-    p.set_defaults(func=run)
-    return p
-
-
-def published_command(args: argparse.Namespace) -> int:
-    dest = Path(args.corpus)
-    if not published_versions(dest):
-        print(
-            f"terraloom-pipeline verify: error: {dest} holds no dataset written by "
-            "`terraloom-pipeline publish`",
-            file=sys.stderr,
-        )
-        return 2
-    report = verify_published(dest)
-    for finding in report.findings:
-        print(f"FAIL {finding}")
-    status = "OK" if report.ok else f"{len(report.findings)} findings"
-    print(f"verify --published {dest}: {status} (versions: {', '.join(report.versions)})")
-    return 0 if report.ok else 1

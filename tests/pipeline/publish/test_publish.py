@@ -116,13 +116,34 @@ def test_card_front_matter_tables_and_pictures(
     for reason, n in tiny_reference["rejected_by_reason"].items():
         assert f"| train | {reason} | {n} |" in text
     assert "Copernicus Sentinel data" in text and "CC BY 4.0" in text and "WorldDEM" in text
-    assert "![sample centres](coverage.png)" in text
+    assert "![coverage map: sample centres and footprints](coverage.png)" in text
     gallery = [line for line in text.splitlines() if line.startswith("![") and "gallery/" in line]
-    assert len(gallery) == 4 and any("val/" in g for g in gallery)  # spread over both splits
+    assert len(gallery) == 4 and any("(gallery/val/" in g for g in gallery)  # spread over splits
+    for line in gallery:  # every picture is a file of the version, with its STAC item linked
+        rel = line[line.index("](") + 2 : -1]
+        assert (root / rel).is_file()
+        sid = Path(rel).stem
+        assert f"[STAC item](stac/items/{rel.split('/')[1]}/{sid}.json)" in text
     import matplotlib.image as mpimg
 
     img = mpimg.imread(root / "coverage.png")
-    assert img.shape[1] > 1.5 * img.shape[0] and img[..., :3].std() > 0.05
+    assert img.shape[1] > 1.1 * img.shape[0] and img[..., :3].std() > 0.05
+
+
+def test_card_links_pictures_by_hub_url_when_given_the_repository(
+    published: dict[str, Any], tiny_reference: dict[str, Any]
+) -> None:
+    from terraloom.pipeline.publish.card import render_card
+    from terraloom.pipeline.publish.config import load_corpus
+
+    stats = json.loads((published["root"] / "stats.json").read_text())
+    gallery = published["summary"].gallery[:1]
+    config = PublishConfig(name="tiny-corpus", hub_repo="someone/tiny-corpus")
+    text = render_card(load_corpus(tiny_reference["out"]), config, stats, gallery)
+    base = "https://huggingface.co/datasets/someone/tiny-corpus/resolve/main/"
+    assert f"]({base}coverage.png)" in text and f"]({base}{gallery[0]})" in text
+    with pytest.raises(PublishInputError, match="hub-repo"):
+        PublishConfig(hub_repo="not a repo")
 
 
 def test_verify_published_finds_a_flipped_byte_and_a_missing_file(
@@ -156,7 +177,7 @@ def test_republishing_is_a_noop_and_a_new_version_goes_beside(
     dest, root = published["dest"], published["root"]
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
     again = publish_corpus(tiny_reference["out"], dest, published["config"])
-    assert again.skipped and again.root == root
+    assert again.skipped and Path(again.root) == root
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == before
     with pytest.raises(PublishInputError, match="new --version"):
         publish_corpus(
@@ -170,12 +191,15 @@ def test_republishing_is_a_noop_and_a_new_version_goes_beside(
         PublishConfig(name="tiny-corpus", version="1.1.0", formats=("zarr",), quicklooks=0),
     )
     try:
-        assert not new.skipped and new.root == dest / "1.1.0" and root.is_dir()
-        assert not (new.root / "val").exists() and (new.root / "val.zarr").is_dir()
-        assert verify_published(new.root).ok
+        new_root = Path(new.root)
+        assert not new.skipped and new_root == dest / "1.1.0" and root.is_dir()
+        assert not (new_root / "val").exists() and (new_root / "val.zarr").is_dir()
+        assert verify_published(new_root).ok
         assert sorted(verify_published(dest).versions) == ["1.0.0", "1.1.0"]
+        # no lease or partial version left beside the versions
+        assert sorted(p.name for p in dest.iterdir()) == ["1.0.0", "1.1.0"]
     finally:
-        shutil.rmtree(new.root)
+        shutil.rmtree(dest / "1.1.0")
 
 
 @pytest.mark.parametrize(
@@ -183,7 +207,9 @@ def test_republishing_is_a_noop_and_a_new_version_goes_beside(
     [
         (["--formats", "zarr,parquet"], "unknown format"),
         (["--version", "../x"], "bad --version"),
-        (["--tokens", "tok"], "not supported yet"),
+        (["--tokens", "tok"], "no token store"),
+        (["--gallery", "-1"], "must be >= 0"),
+        (["--hub-repo", "x"], "bad --hub-repo"),
     ],
 )
 def test_publish_cli_bad_input_exits_2(
@@ -204,3 +230,103 @@ def test_publish_cli_rejects_an_unfinished_corpus(
     assert cli_main(["publish", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
     assert "not a finished corpus" in capsys.readouterr().err
     assert cli_main(["verify", "--published", str(tmp_path)]) == 2
+
+
+# --------------------------------------------------------------------------- locations, commits
+
+SMALL = PublishConfig(name="tiny-corpus", formats=("zarr",), quicklooks=0, gallery_samples=0)
+
+
+def _objects(url: str) -> dict[str, str]:
+    """``name -> ETag`` of every object under an s3:// URL."""
+    from terraloom.storage.location import Location
+
+    loc = Location.parse(url)
+    return {
+        str(info["name"]): str(info.get("ETag"))
+        for info in loc.fs.find(loc.path, detail=True).values()
+    }
+
+
+def test_publish_to_s3_verifies_republishes_as_a_noop_and_catches_a_flipped_byte(
+    tiny_reference: dict[str, Any], s3_bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from terraloom.storage.location import Location
+
+    dest = f"{s3_bucket}/datasets/tiny"
+    args = ["publish", str(tiny_reference["out"]), "--out", dest, "--no-progress"]
+    args += ["--quicklooks", "1", "--gallery", "1", "--name", "tiny-corpus"]
+    assert cli_main(args) == 0
+    assert cli_main(["verify", "--published", dest]) == 0
+    root = Location.parse(f"{dest}/1.0.0")
+    listed = set(read_sums_text((root / "SHA256SUMS").read_text()))
+    assert {"val/DEM/terraloom_shard_000001.tar", "val.zarr/zarr.json", "_published.json"} <= listed
+    assert listed == set(root.walk_files()) - {"SHA256SUMS"}
+    before = _objects(dest)
+    capsys.readouterr()
+    assert cli_main(args) == 0  # the same corpus again: nothing is written
+    assert "already published (no-op)" in capsys.readouterr().out
+    assert _objects(dest) == before
+    shard = root / "val/DEM/terraloom_shard_000001.tar"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    shard.write_bytes(bytes(data))
+    assert cli_main(["verify", "--published", dest]) == 1
+    assert "val/DEM/terraloom_shard_000001.tar: sha256 differs" in capsys.readouterr().out
+
+
+def read_sums_text(text: str) -> dict[str, str]:
+    from terraloom.pipeline.publish.checksums import parse_sums
+
+    return parse_sums(text)
+
+
+def test_the_marker_commits_the_version_after_everything_it_lists(
+    tiny_reference: dict[str, Any], memory_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an object store nothing is renamed into place: the write-once marker is created
+    last, when every listed file is already there, and a reader trusts nothing before it."""
+    import terraloom.pipeline.publish.publish as pub
+    from terraloom.pipeline.publish.verify import published_versions
+    from terraloom.storage.location import Location
+
+    seen: dict[str, Any] = {}
+    real = pub.write_once
+
+    def spy(location: Any, data: bytes) -> bool:
+        root = Location.parse(location).parent
+        seen["present"] = set(root.walk_files())
+        seen["listed_before_commit"] = published_versions(root.parent)
+        return real(location, data)
+
+    monkeypatch.setattr(pub, "write_once", spy)
+    summary = publish_corpus(tiny_reference["out"], memory_root, SMALL)
+    sums = read_sums_text((summary.root / "SHA256SUMS").read_text())
+    assert "_published.json" not in seen["present"]
+    assert set(sums) - {"_published.json"} <= seen["present"]
+    assert seen["listed_before_commit"] == []  # an uncommitted version is not a version
+    assert verify_published(memory_root).ok
+
+
+def test_a_killed_publish_is_redone_and_foreign_files_are_refused(
+    tiny_reference: dict[str, Any], tmp_path: Path
+) -> None:
+    import time
+
+    from terraloom.storage.lease import acquire
+
+    dest = tmp_path / "pub"
+    (dest / "1.0.0" / "stac").mkdir(parents=True)
+    (dest / "1.0.0" / "stac" / "collection.json").write_text("{half")  # leftovers
+    with pytest.raises(PublishInputError, match="not a published version"):
+        publish_corpus(tiny_reference["out"], dest, SMALL)  # no lease: not ours to remove
+    held = acquire(dest / ".1.0.0.publish-lease.json", {"job": "publish"})
+    with pytest.raises(PublishInputError, match="another publish"):
+        publish_corpus(tiny_reference["out"], dest, SMALL)
+    held.release()
+    # a publish killed mid-way: its leftovers and its lease (expired) stay behind
+    acquire(dest / ".1.0.0.publish-lease.json", {"job": "publish"}, ttl=0.01)
+    time.sleep(0.05)
+    summary = publish_corpus(tiny_reference["out"], dest, SMALL)
+    assert not summary.skipped and verify_published(dest).ok
+    assert sorted(p.name for p in dest.iterdir()) == ["1.0.0"]
