@@ -33,7 +33,6 @@ included, and need no shared disk.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sys
@@ -88,6 +87,7 @@ from terraloom.pipeline.build_prepare import (
 from terraloom.pipeline.build_summary import BuildSummary, MarkerProgress
 from terraloom.pipeline.corpus_writer import BlockKey, marker_path
 from terraloom.schemas.layouts import DEFAULT_SHARD_SAMPLES
+from terraloom.storage.files import is_disk_full
 from terraloom.storage.lease import LeaseLost
 from terraloom.storage.location import Location, LocationError
 
@@ -270,19 +270,3 @@ def run_build(
         blocks_redone=[(str(k), why) for k, why in redone],
         tables_rewritten=(problem or "") if was_final else "",
     )
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """True if ``exc`` or anything in its cause/context chain is ENOSPC (engines wrap a
-    worker's exception, Beam sometimes only in the message)."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            return True
-        text = str(e)
-        if "No space left on device" in text or f"[Errno {errno.ENOSPC}]" in text:
-            return True
-        e = e.__cause__ or e.__context__
-    return False
