@@ -216,6 +216,11 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_storage_option(p)
     add_progress_flag(p)
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="keep the engine's own log lines (Beam's runner and worker warnings), quiet by default",
+    )
     p.add_argument("pipeline_args", nargs="*", help="Beam pipeline options, after `--`")
     p.set_defaults(func=build_command)
     return p
@@ -243,6 +248,7 @@ def build_command(args: argparse.Namespace) -> int:
             scheduler=args.scheduler,
             progress=not args.no_progress,
             verify_committed=args.verify_committed,
+            verbose=args.verbose,
         )
     except BuildInputError as exc:
         print(f"terraloom-pipeline build: error: {_one_line(exc)}", file=sys.stderr)

@@ -948,3 +948,24 @@ def test_two_builds_started_at_once_into_one_s3_output_one_refuses(
     winner = next(p for p, _, _ in results if p.returncode == 0)
     assert f"pid {winner.pid}" in loser_err
     same_corpus(out, small_reference)
+
+
+def test_beam_runner_warnings_are_quiet_unless_verbose(tmp_path: Path) -> None:
+    """Issue 17.6: Beam's runner warnings (semi_persistent_directory, job-service echoes of
+    worker logs) stay out of a build's output unless ``--verbose``. The two start-up lines
+    each Beam worker process prints before any option reaches it remain (docs/pipeline.md)."""
+    plan = synthetic_plan(tmp_path / "plan.parquet", {"train": 4})
+    errs = {}
+    for flag in ("", "--verbose"):
+        out = tmp_path / f"corpus{flag}"
+        argv = [sys.executable, "-m", "terraloom.pipeline", "build", "--plan", str(plan)]
+        argv += ["--out", str(out), "--engine", "beam", "--modalities", "S2L2A,DEM"]
+        argv += ["--required", "S2L2A", "--shard-samples", "2", "--no-progress"]
+        argv += [*([flag] if flag else []), "--", "--direct_num_workers=2"]
+        argv += ["--direct_running_mode=multi_processing"]
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert run.returncode == 1, run.stderr[-2000:]  # grid-only plan: every sample rejected
+        errs[flag] = run.stderr
+    assert "semi_persistent_directory" not in errs[""]
+    assert "local_job_service" not in errs[""]
+    assert "semi_persistent_directory" in errs["--verbose"]
