@@ -18,6 +18,7 @@ from typing import Any
 from terraloom.schemas.cliargs import (
     add_config_args,
     add_progress_flag,
+    add_storage_option,
     add_version,
     config_from_args,
     default_help,
@@ -32,18 +33,6 @@ def _csv(value: str) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------------------- locations
-
-
-def add_storage_option(p: argparse.ArgumentParser) -> None:
-    """``--storage-option key=value`` (repeatable): fsspec options of every location given."""
-    p.add_argument(
-        "--storage-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="option of the storage backend for every location of this command, e.g. "
-        "endpoint_url=http://minio:9000 or anon=true (repeatable; see docs/cloud.md)",
-    )
 
 
 def parse_locations(args: argparse.Namespace, *values: Any) -> list[Any]:
