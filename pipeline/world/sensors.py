@@ -29,24 +29,11 @@ from terraloom.pipeline.world.landscape import (
 )
 from terraloom.pipeline.world.noise import CosineField, Geometry, Grid, Points, rng_for, smoothstep
 from terraloom.pipeline.world.regions import Acquisition, doy
+from terraloom.schemas.modalities import get_modality
 
 # --- Sentinel-2 ----------------------------------------------------------------------------
 
-S2_BANDS_L1C = (
-    "B01",
-    "B02",
-    "B03",
-    "B04",
-    "B05",
-    "B06",
-    "B07",
-    "B08",
-    "B8A",
-    "B09",
-    "B10",
-    "B11",
-    "B12",
-)
+S2_BANDS_L1C = get_modality("S2L1C").band_names
 S2_BANDS_L2A = tuple(b for b in S2_BANDS_L1C if b != "B10")
 S2_RES = {
     "B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20,

@@ -122,3 +122,37 @@ def test_normalize_sets_nodata_and_non_finite_to_the_mean(name, bad) -> None:
     z[0, 0, 1, 2] = 1.0
     np.testing.assert_allclose(z, 1.0, rtol=1e-5)
     assert m.normalize(x[0])[0, 1, 2] == 0.0
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["modality_types", "registry", "legends", "reflectance", "conventions", "terramind"],
+)
+def test_the_registry_facade_re_exports_every_public_name(module: str) -> None:
+    """``terraloom.schemas.modalities`` stays the one import path of the registry's parts:
+    every public name of each part is re-exported, as the same object."""
+    import importlib
+
+    facade = importlib.import_module("terraloom.schemas.modalities")
+    part = importlib.import_module(f"terraloom.schemas.{module}")
+    public = {
+        n
+        for n, v in vars(part).items()
+        if not n.startswith("_")
+        and getattr(v, "__module__", part.__name__) == part.__name__
+        and n not in {"annotations", "np", "enum", "dataclass", "field"}
+    }
+    assert public <= set(facade.__all__)
+    for n in public:
+        assert getattr(facade, n) is getattr(part, n), n
+
+
+def test_earth_engine_s2_band_ids_follow_the_registry() -> None:
+    """Earth Engine's S2 band ids are derived from the registry's band list (B01 -> B1, B8A)."""
+    from terraloom.schemas.modalities import EARTH_ENGINE
+
+    l1c = dict(EARTH_ENGINE["sentinel-2-l1c"].bands)
+    assert list(l1c) == list(get_modality("S2L1C").band_names)
+    assert l1c["B01"] == "B1" and l1c["B8A"] == "B8A" and l1c["B10"] == "B10"
+    l2a = dict(EARTH_ENGINE["sentinel-2-l2a"].bands)
+    assert "B10" not in l2a and l2a["SCL"] == "SCL" and l2a["B12"] == "B12"
