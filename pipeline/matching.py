@@ -24,21 +24,16 @@ planned. Every unmatched modality gets a :class:`~schemas.tables.RejectReason` a
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
-from urllib.parse import unquote, urlparse
 
-import numpy as np
-from pyproj import Transformer
-from shapely.geometry.base import BaseGeometry
-
+from terraloom.pipeline.coverage import covering_set
 from terraloom.pipeline.grid import SampleGrid
+from terraloom.pipeline.scl_stats import SclStats, local_path, scl_footprint_stats, scl_readable
 from terraloom.pipeline.sources.base import SCL_BAND, SourceItem
-from terraloom.schemas.modalities import SCL_CLOUD_SHADOW, SCL_NODATA, get_modality
+from terraloom.schemas.modalities import get_modality
 from terraloom.schemas.tables import RejectReason
 
 S2_MODALITIES = ("S2L2A", "S2L1C")
@@ -129,165 +124,10 @@ class SampleMatch:
         return next((m for m in self.matches if m.modality == modality), None)
 
 
-# --- coverage ---------------------------------------------------------------------------------
-
-
-def covering_set(
-    items: Sequence[SourceItem],
-    footprint: BaseGeometry,
-    tolerance: float = 1e-5,
-    prefer_epsg: int | None = None,
-) -> tuple[SourceItem, ...] | None:
-    """Fewest items (greedy, then pruned) whose geometries cover the footprint, or None.
-
-    One item is taken whenever one covers alone (MGRS tiles overlap), the first by id, so
-    results are deterministic. With ``prefer_epsg`` (the sample's zone) items in that
-    projection are tried first: on zone boundaries the same ground is tiled in both zones,
-    and a tile on the sample's own 10 m lattice needs no resampling.
-    """
-    if not items:
-        return None
-    if prefer_epsg is not None:
-        same = [it for it in items if it.epsg == prefer_epsg]
-        if same and len(same) < len(items):
-            cover = covering_set(same, footprint, tolerance)
-            if cover is not None:
-                return cover
-    area = footprint.area
-    if area <= 0:
-        return None
-    slack = area * tolerance
-    ordered = sorted(items, key=lambda it: it.id)
-    overlaps = [(it.geometry.intersection(footprint).area, it) for it in ordered]
-    singles = [it for a, it in overlaps if a >= area - slack]
-    if singles:
-        return (singles[0],)
-    remaining = footprint
-    chosen: list[SourceItem] = []
-    pool = [it for a, it in overlaps if a > 0]
-    while remaining.area > slack:
-        gains = [(remaining.intersection(it.geometry).area, it) for it in pool if it not in chosen]
-        if not gains:
-            return None
-        gain, best = max(gains, key=lambda t: t[0])
-        if gain <= 0:
-            return None
-        chosen.append(best)
-        remaining = remaining.difference(best.geometry)
-    # Drop items the others already cover.
-    for it in list(chosen):
-        rest = [o for o in chosen if o is not it]
-        if rest and _uncovered(footprint, rest) <= slack:
-            chosen = rest
-    return tuple(sorted(chosen, key=lambda it: it.id))
-
-
 def _cover(
     items: Sequence[SourceItem], sample: SampleGrid, cfg: MatchConfig
 ) -> tuple[SourceItem, ...] | None:
     return covering_set(items, sample.footprint, cfg.coverage_tolerance, sample.epsg)
-
-
-def _uncovered(footprint: BaseGeometry, items: Sequence[SourceItem]) -> float:
-    remaining = footprint
-    for it in items:
-        remaining = remaining.difference(it.geometry)
-    return remaining.area
-
-
-# --- cloud cover from SCL ---------------------------------------------------------------------
-
-
-def local_path(href: str) -> str | None:
-    """Filesystem path of a local href (``file://`` URI or plain path), else None."""
-    parsed = urlparse(href)
-    if parsed.scheme == "file":
-        return unquote(parsed.path)
-    if not parsed.scheme or len(parsed.scheme) == 1:
-        return href
-    return None
-
-
-def scl_readable(href: str, policy: str) -> bool:
-    if policy == "never":
-        return False
-    path = local_path(href)
-    if path is not None:
-        return os.path.exists(path)
-    return policy == "any"
-
-
-@dataclass(frozen=True)
-class SclStats:
-    cloud_pct: float | None  # cloud + shadow over valid footprint pixels; None if no valid pixel
-    nodata_pct: float
-
-
-@lru_cache(maxsize=256)
-def _transformer(src_epsg: int, dst_epsg: int) -> Transformer:
-    return Transformer.from_crs(src_epsg, dst_epsg, always_xy=True)
-
-
-def scl_footprint_stats(
-    items: Sequence[SourceItem], sample: SampleGrid, res_m: float = 60.0
-) -> SclStats:
-    """Cloud + shadow and nodata percentages of the items' SCL mosaic over the footprint.
-
-    The footprint is sampled at the centres of a ``res_m`` grid in the sample's own CRS
-    (nearest neighbour), so tiles of the neighbouring UTM zone and several tiles at once are
-    handled alike. Each item reads only the window under those points, decimated towards
-    ``res_m`` so GDAL serves it from an overview. Raises ``readers.AssetError`` (or
-    ``ValueError``) on unreadable files; callers fall back to ``eo:cloud_cover``.
-    Files are opened through ``pipeline.readers`` (GDAL's own caches keep re-opening
-    cheap), so planning and the build read assets one way.
-    """
-    from rasterio.enums import Resampling
-    from rasterio.windows import Window
-
-    from terraloom.pipeline.readers import open_asset
-
-    (_, _, x0, _, _, y1), nx, ny = sample.coarse(res_m)
-    xs, ys = np.meshgrid(x0 + (np.arange(nx) + 0.5) * res_m, y1 - (np.arange(ny) + 0.5) * res_m)
-    mosaic = np.zeros(xs.size, np.uint8)
-    for it in items:
-        with open_asset(it.assets[SCL_BAND].href) as asset:
-            info = asset.info
-            epsg = info.crs.to_epsg() if info.crs is not None else None
-            if epsg is None or info.transform is None:
-                raise ValueError(f"SCL of {it.id} has no EPSG CRS and transform")
-            if epsg == sample.epsg:
-                sx, sy = xs.ravel(), ys.ravel()
-            else:
-                sx, sy = _transformer(sample.epsg, epsg).transform(xs.ravel(), ys.ravel())
-                sx, sy = np.asarray(sx), np.asarray(sy)
-            cols, rows = ~info.transform @ (sx, sy)
-            col0 = max(0, math.floor(float(np.min(cols))) - 1)
-            row0 = max(0, math.floor(float(np.min(rows))) - 1)
-            col1 = min(info.width, math.ceil(float(np.max(cols))) + 1)
-            row1 = min(info.height, math.ceil(float(np.max(rows))) + 1)
-            if col1 <= col0 or row1 <= row0:
-                continue
-            win = Window(col0, row0, col1 - col0, row1 - row0)
-            factor = max(1, int(res_m // abs(info.transform.a)))
-            out_h = max(1, math.ceil(win.height / factor))
-            out_w = max(1, math.ceil(win.width / factor))
-            rw = asset.read(win, out_shape=(out_h, out_w), resampling=Resampling.nearest)
-        assert rw.transform is not None
-        arr = np.where(np.isnan(rw.data), SCL_NODATA, rw.data).astype(np.uint8)
-        c, r = ~rw.transform @ (sx, sy)
-        c, r = np.floor(c).astype(np.int64), np.floor(r).astype(np.int64)
-        inside = (r >= 0) & (r < out_h) & (c >= 0) & (c < out_w)
-        part = np.zeros_like(mosaic)
-        part[inside] = arr[r[inside], c[inside]]
-        fill = (mosaic == SCL_NODATA) & (part != SCL_NODATA)
-        mosaic[fill] = part[fill]
-    valid = mosaic != SCL_NODATA
-    n_valid = int(valid.sum())
-    nodata_pct = 100.0 * (1.0 - n_valid / mosaic.size)
-    if n_valid == 0:
-        return SclStats(None, nodata_pct)
-    cloudy = int((np.isin(mosaic, SCL_CLOUD_SHADOW) & valid).sum())
-    return SclStats(100.0 * cloudy / n_valid, nodata_pct)
 
 
 # --- grouping ---------------------------------------------------------------------------------
@@ -719,3 +559,30 @@ def match_sample(
                 delta = (r.acquisition.datetime - reference.datetime).total_seconds() / 86400.0
                 break
     return SampleMatch(sample, tuple(results[m] for m in mods), delta)
+
+
+__all__ = [
+    "ORBIT_PREFERENCES",
+    "S1_MODALITIES",
+    "S2_MODALITIES",
+    "SCL_HREF_POLICIES",
+    "Acquisition",
+    "MatchConfig",
+    "MatchRequest",
+    "ModalityMatch",
+    "SampleMatch",
+    "SclStats",
+    "covering_set",
+    "l1c_for",
+    "local_path",
+    "match_sample",
+    "pick_s1",
+    "s1_passes",
+    "s1_pass_key",
+    "s2_candidates",
+    "s2_pass_key",
+    "scl_footprint_stats",
+    "scl_readable",
+    "static_match",
+    "yearly_match",
+]
