@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from terraloom.pipeline.block_assembly import assemble_block
 from terraloom.pipeline.build_config import BuildConfig
 from terraloom.pipeline.build_layout import frozen_plan_path, read_manifest
 from terraloom.pipeline.corpus_writer import (
@@ -26,7 +27,6 @@ from terraloom.pipeline.corpus_writer import (
     BlockOutcome,
     MarkerError,
     Where,
-    assemble_block,
     is_committed,
     open_split_store,
     outcome_from_marker,

@@ -20,12 +20,10 @@ only fill values), so a resume can check each committed block with a few ``stat`
 (:func:`check_committed_block`) and, on request, against the block checksums, and redo
 a block whose files were deleted, truncated, replaced or whose marker is damaged.
 
-Checksums are CRC-32 (``zlib.crc32``, 8 hex digits) of the C-order little-endian bytes of
-each array's value as stored: per sample (the index row's ``checksums`` map, one entry per
-array) and per block (the marker, covering rejected rows' fill values too). CRC-32 catches
-every flipped byte and burst up to 32 bits at several GB/s, which is what an integrity
-check of our own writes needs; it is not a defence against tampering. NaNs are stored in
-canonical form so that a chunk of fill NaNs hashes the same whether zarr elided it or not.
+Blocks are assembled in :mod:`~terraloom.pipeline.block_assembly`; checksums
+(:mod:`~terraloom.pipeline.checksums`) are CRC-32 of each array's value as stored: per sample
+(the index row's ``checksums`` map, one entry per array) and per block (the marker, covering
+rejected rows' fill values too).
 """
 
 from __future__ import annotations
@@ -34,31 +32,32 @@ import itertools
 import json
 import os
 import time
-import zlib
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import pyarrow as pa
 
+from terraloom.pipeline.checksums import CHECKSUM_ALGORITHM, checksum
+from terraloom.pipeline.checksums import array_bytes as array_bytes  # re-exported
+from terraloom.pipeline.checksums import canonicalize_nans as canonicalize_nans  # re-exported
 from terraloom.schemas.layouts import (
-    ArraySpec,
     StoreLayout,
     corpus_layout,
     create_corpus_store,
-    np_dtype,
 )
 from terraloom.schemas.modalities import MODALITY_NAMES
-from terraloom.schemas.tables import RejectReason, from_rows, write_geoparquet
+from terraloom.schemas.tables import from_rows, write_geoparquet
 from terraloom.storage.commit import write_once
 from terraloom.storage.location import Location
+
+if TYPE_CHECKING:
+    from terraloom.pipeline.block_assembly import AssembledBlock
 
 #: Where a store lives: a local path or a location URL (``storage.location``).
 Where = str | os.PathLike[str] | Location
 
-CHECKSUM_ALGORITHM = "crc32"
 MARKER_FORMAT = "terraloom-block-commit"
 #: 2: the marker records the size of each of the block's files (``files``).
 MARKER_VERSION = 2
@@ -240,172 +239,6 @@ def per_sample_arrays(group: Any) -> list[str]:
         if dims[:1] == ("sample",):
             names.append(name)
     return names
-
-
-# --------------------------------------------------------------------------- checksums
-
-
-def _le_bytes(x: np.ndarray) -> memoryview | bytes:
-    x = np.asarray(x)
-    if x.dtype.kind in "OTU":  # strings: each as UTF-8, NUL-terminated, in C order
-        return b"".join(str(v).encode("utf-8") + b"\0" for v in x.reshape(-1).tolist())
-    x = np.ascontiguousarray(x)
-    if x.dtype.byteorder == ">" or (x.dtype.byteorder == "=" and not np.little_endian):
-        x = x.astype(x.dtype.newbyteorder("<"))
-    return x.reshape(-1).view(np.uint8).data
-
-
-def checksum(x: np.ndarray) -> str:
-    """CRC-32 of an array's little-endian C-order bytes, as 8 hex digits (strings: their
-    UTF-8 bytes, each NUL-terminated)."""
-    return f"{zlib.crc32(_le_bytes(x)) & 0xFFFFFFFF:08x}"
-
-
-def array_bytes(x: np.ndarray) -> bytes:
-    """The bytes :func:`checksum` hashes: a stable serialisation of any stored array (a
-    variable-width string array's own buffer holds pointers, not its text)."""
-    return bytes(_le_bytes(x))
-
-
-def canonicalize_nans(x: np.ndarray) -> None:
-    """Replace every NaN payload by the canonical quiet NaN, in place."""
-    if x.dtype.kind == "f":
-        nan = np.isnan(x)
-        if nan.any():
-            x[nan] = np.nan
-
-
-# --------------------------------------------------------------------------- assembly
-
-
-@dataclass
-class AssembledBlock:
-    """A block ready to write: one array per store array, plus its table rows."""
-
-    key: BlockKey
-    start: int
-    stop: int
-    arrays: dict[str, np.ndarray]
-    index_rows: list[dict[str, Any]]
-    reject_rows: list[dict[str, Any]]
-    stats: dict[str, float]
-
-
-def _internal_reject(
-    plan_row: Mapping[str, Any], message: str, modality: str | None = None
-) -> dict[str, Any]:
-    return {
-        "sample_id": plan_row["sample_id"],
-        "split": plan_row["split"],
-        "row": int(plan_row["row"]),
-        "cell_id": plan_row["cell_id"],
-        "geometry": plan_row["geometry"],
-        "reason": RejectReason.INTERNAL_ERROR.value,
-        "modality": modality,
-        "message": message,
-    }
-
-
-def _check_value(spec: ArraySpec, value: Any) -> np.ndarray:
-    x = np.asarray(value)
-    want = spec.shape[1:]
-    if x.shape != want:
-        raise ValueError(f"array {spec.name!r} has shape {x.shape}, the layout wants {want}")
-    dt = np_dtype(spec.dtype)
-    if x.dtype != dt:
-        if not np.can_cast(x.dtype, dt, casting="same_kind"):
-            raise ValueError(f"array {spec.name!r} has dtype {x.dtype}, the layout wants {dt}")
-        x = x.astype(dt)
-    return x
-
-
-def assemble_block(
-    layout: StoreLayout,
-    key: BlockKey,
-    plan_rows: Sequence[Mapping[str, Any]],
-    results: Sequence[Any],
-) -> AssembledBlock:
-    """Put one block's SampleResults into fill-initialised arrays and table rows.
-
-    Every planned row ends up accepted (arrays + index row, ``valid`` True) or rejected
-    (fill values + reject row). A sample result that breaks the build contract (wrong
-    shape or dtype, missing array, no result at all) becomes an ``internal_error`` reject
-    with the reason, so nothing is silently lost; results for rows outside the block or
-    twice for one row mean ``build_block`` mixed blocks up, and raise ``ValueError``.
-    """
-    n = int(layout.attrs["n_samples"])
-    s = int(layout.attrs["shard_samples"])
-    a, b = block_rows(key, n, s)
-    arrays = {
-        spec.name: np.full((b - a, *spec.shape[1:]), spec.fill_value, dtype=np_dtype(spec.dtype))
-        for spec in layout.arrays
-    }
-    planned = {int(r["row"]): r for r in plan_rows}
-    if sorted(planned) != list(range(a, b)):
-        raise ValueError(
-            f"plan rows of {key} are {sorted(planned)[:5]}..., expected rows {a}..{b - 1}"
-        )
-    if "sample_id" in arrays:  # every planned row keeps its id, accepted or not
-        arrays["sample_id"][:] = [str(planned[row]["sample_id"]) for row in range(a, b)]
-    seen: dict[int, Any] = {}
-    stats: dict[str, float] = defaultdict(float)
-    index_rows: list[dict[str, Any]] = []
-    reject_rows: list[dict[str, Any]] = []
-    extras: list[dict[str, Any]] = []  # internal rejects for contract breaks
-    accepted: list[tuple[int, dict[str, Any]]] = []
-    for r in results:
-        for name, v in (getattr(r, "stats", None) or {}).items():
-            stats[name] += float(v)
-        row = int(r.row)
-        if row not in planned or r.split != key.split:
-            raise ValueError(
-                f"build_block returned row {r.split}/{row}, which is not in block {key}"
-            )
-        if row in seen:
-            raise ValueError(f"build_block returned row {row} of {key} twice")
-        seen[row] = r
-    for row in range(a, b):
-        r = seen.get(row)
-        i = row - a
-        if r is None:
-            extras.append(
-                _internal_reject(
-                    planned[row], "build_block returned no result for this planned row"
-                )
-            )
-            continue
-        if r.reject is not None or r.arrays is None or r.index_row is None:
-            if r.reject is None:
-                extras.append(
-                    _internal_reject(
-                        planned[row], "build_block returned neither arrays+index_row nor a reject"
-                    )
-                )
-            else:
-                reject_rows.append(dict(r.reject))
-            continue
-        values: dict[str, np.ndarray] = {}
-        try:
-            for spec in layout.arrays:
-                if spec.name in ("valid", "sample_id"):
-                    continue
-                if spec.name not in r.arrays:
-                    raise ValueError(f"array {spec.name!r} missing from the result")
-                values[spec.name] = _check_value(spec, r.arrays[spec.name])
-        except ValueError as exc:
-            extras.append(_internal_reject(planned[row], f"build contract broken: {exc}"))
-            continue
-        for name, v in values.items():
-            arrays[name][i] = v
-        arrays["valid"][i] = True
-        accepted.append((i, dict(r.index_row)))
-    for x in arrays.values():
-        canonicalize_nans(x)
-    for i, index_row in accepted:
-        index_row["checksums"] = {name: checksum(x[i]) for name, x in arrays.items()}
-        index_rows.append(index_row)
-    reject_rows.extend(extras)
-    return AssembledBlock(key, a, b, arrays, index_rows, reject_rows, dict(stats))
 
 
 # --------------------------------------------------------------------------- writing

@@ -17,10 +17,10 @@ import pytest
 import shapely
 import zarr
 
+from terraloom.pipeline.block_assembly import assemble_block
 from terraloom.pipeline.corpus_writer import (
     BlockKey,
     MarkerError,
-    assemble_block,
     block_files,
     block_rows,
     canonical_modalities,
