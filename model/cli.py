@@ -186,6 +186,13 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cfg", type=float, default=0.0, help="classifier-free guidance scale (0 = off)"
     )
+    p.add_argument(
+        "--decode",
+        choices=("tokens", "expected"),
+        default="tokens",
+        help="images from the tokens, or from the expected latents of their distributions "
+        "(smooth where the model is unsure; docs/model.md, Sampling controls)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
 
@@ -274,7 +281,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--scales", choices=("both", "pixels", "tokens"), default="both")
     add_progress_flag(p)
     _add_sampling_args(p)
-    p.set_defaults(func=_run_evaluate, temperature=0.0)
+    p.set_defaults(func=_run_evaluate, temperature=0.0, decode="expected")
     return p
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from terraloom.model.generate import GREEDY, SamplingConfig, decode_tokens, generate
+from terraloom.model.generate import EXPECTED, SamplingConfig, decode_tokens, generate
 from terraloom.model.samples import SampleReader
 from terraloom.model.tim import confusion, iou_scores
 from terraloom.model.transformer import TerraloomModel
@@ -77,7 +77,7 @@ class EvalConfig:
     crop: int = 0
     #: Input scales: "both", "pixels" or "tokens".
     scales: str = "both"
-    sampling: SamplingConfig = field(default_factory=lambda: GREEDY)
+    sampling: SamplingConfig = field(default_factory=lambda: EXPECTED)
     seed: int = 0
     progress: bool = True
 
@@ -523,7 +523,11 @@ def evaluate_generation(
             cond = reader.conditioning(model, task.inputs, r, cfg.crop, scales=cfg.scales)
             gen = generate(model, cond, [task.target], cfg.sampling, seed=cfg.seed + 1000 * ti + a)
             pred = decode_tokens(
-                tok, task.target, gen.tokens[task.target].cpu(), gen.lengths.get(task.target)
+                tok,
+                task.target,
+                gen.tokens[task.target].cpu(),
+                gen.lengths.get(task.target),
+                gen.probs.get(task.target),
             )
             true = reader.pixels(task.target, r, crops)
             acc = accs[task.name]
@@ -603,6 +607,7 @@ def run_evaluate_command(args: Any) -> int:
         steps=args.steps, schedule=args.schedule, order=args.order, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg,
         choice_temperature=0.0 if args.temperature == 0 else SamplingConfig.choice_temperature,
+        decode=args.decode,
     )  # fmt: skip
     cfg = EvalConfig(
         split=args.split,

@@ -90,7 +90,11 @@ def write_examples(
         raise ValueError(f"no tokenizer for {missing}: tokens cannot be decoded to pixels")
     gen = generate(model, cond, targets, cfg, seed=seed, chain=chain)
     decoded = {
-        t: _cpu_any(decode_tokens(tokenizers[t], t, gen.tokens[t].cpu(), gen.lengths.get(t)))
+        t: _cpu_any(
+            decode_tokens(
+                tokenizers[t], t, gen.tokens[t].cpu(), gen.lengths.get(t), gen.probs.get(t)
+            )
+        )
         for t in targets
     }
     shown_inputs: dict[str, Any] = {n: v.cpu().numpy() for n, v in cond.pixels.items()}

@@ -38,6 +38,7 @@ from terraloom.schemas.modalities import GEO_BIN_DEG, Layout, get_modality
 
 SCHEDULES = ("cosine", "linear")
 ORDERS = ("confidence", "random")
+DECODES = ("tokens", "expected")
 
 
 # --------------------------------------------------------------------------- config
@@ -51,6 +52,13 @@ class SamplingConfig:
     ``top_p`` 1 disable the filters; ``cfg_scale`` 0 disables guidance (logits
     ``cond + s * (cond - uncond)`` otherwise). ``choice_temperature`` is MaskGIT's Gumbel noise
     on the confidence used to choose which positions to commit, annealed to 0 over the steps.
+
+    ``decode`` says how an image target becomes pixels: ``"tokens"`` decodes the committed
+    codes; ``"expected"`` decodes, per position, the expected latent under the distribution
+    the position was committed from (``softmax(logits / T)`` with top-k/top-p applied; T = 1
+    when ``temperature`` is 0), see ``FSQImageTokenizer.decode_expected``. The tokens (and
+    what a chain feeds on) are the same either way. "expected" keeps a (B, N, V) float
+    tensor per target.
     """
 
     steps: int = 8
@@ -61,6 +69,7 @@ class SamplingConfig:
     top_p: float = 1.0
     choice_temperature: float = 4.5
     cfg_scale: float = 0.0
+    decode: str = "tokens"
     #: Longest generated sequence (GEO / CAPTION tokens); None = the model's maximum.
     max_len: int | None = None
 
@@ -71,6 +80,8 @@ class SamplingConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
+        if self.decode not in DECODES:
+            raise ValueError(f"decode must be one of {DECODES}, got {self.decode!r}")
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
         if self.choice_temperature < 0:
@@ -80,7 +91,11 @@ class SamplingConfig:
 
 
 GREEDY = SamplingConfig(temperature=0.0, choice_temperature=0.0)
-"""Argmax tokens, most confident positions first: the evaluation setting."""
+"""Argmax tokens, most confident positions first."""
+
+EXPECTED = SamplingConfig(steps=4, temperature=0.0, choice_temperature=0.0, decode="expected")
+"""Argmax tokens in 4 steps, images decoded from the expected latents: the evaluation setting
+(docs/model.md, "Sampling controls")."""
 
 
 def unmask_schedule(n_positions: int, steps: int, schedule: str = "cosine") -> list[int]:
@@ -415,10 +430,13 @@ def generate_image(
     generator: torch.Generator | None = None,
     *,
     trace: list[torch.Tensor] | None = None,
+    probs: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(B, n_positions) codes of an image target by iterative parallel decoding.
 
-    ``trace`` (optional list) receives the ``known`` mask after every step. When the model
+    ``trace`` (optional list) receives the ``known`` mask after every step; ``probs``
+    (optional list) receives one (B, n_positions, V) tensor: each position's distribution
+    at the step it was committed (see ``SamplingConfig.decode``). When the model
     does not take the target at the token scale, committed tokens cannot be fed back, so
     all positions are decoded in one step.
     """
@@ -431,6 +449,7 @@ def generate_image(
     codes = torch.zeros(b, n, dtype=torch.long, device=device)
     known = torch.zeros(b, n, dtype=torch.bool, device=device)
     ar = torch.arange(n, device=device)
+    dist = torch.zeros(b, n, spec.vocab, device=device) if probs is not None else None
     for step, k in enumerate(counts):
         unknown = ar[None].expand(b, n)[~known].view(b, -1)  # sorted positions per row
         u = unknown.shape[1]
@@ -453,6 +472,9 @@ def generate_image(
             )
             logits = logits + cfg.cfg_scale * (logits - uncond)
         ids, logp = sample_tokens(logits, cfg, generator)
+        if dist is not None:
+            t = cfg.temperature or 1.0
+            p_step = torch.softmax(filter_logits(logits.float() / t, cfg.top_k, cfg.top_p), -1)
         if k >= u:
             chosen = torch.ones(b, u, dtype=torch.bool, device=device)
         else:
@@ -472,9 +494,15 @@ def generate_image(
             chosen = torch.zeros(b, u, dtype=torch.bool, device=device).scatter(1, top, True)
         pos = unknown[chosen].view(b, -1)
         codes.scatter_(1, pos, ids[chosen].view(b, -1))
+        if dist is not None:
+            rows = torch.arange(b, device=device)[:, None].expand_as(pos)
+            dist[rows, pos] = p_step[chosen].view(b, pos.shape[1], -1)
         known.scatter_(1, pos, True)
         if trace is not None:
             trace.append(known.clone())
+    if probs is not None and dist is not None:
+        kept = dist[..., : spec.base_vocab]
+        probs.append(kept / kept.sum(-1, keepdim=True).clamp_min(1e-12))
     return codes
 
 
@@ -588,6 +616,8 @@ class Generated:
     tokens: dict[str, torch.Tensor]
     lengths: dict[str, torch.Tensor]
     conditioning: Conditioning
+    #: Image targets generated with ``decode="expected"``: (B, N, V) distributions.
+    probs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -614,6 +644,7 @@ def generate(
         generator = make_generator(seed, _device(model))
     tokens: dict[str, torch.Tensor] = {}
     lengths: dict[str, torch.Tensor] = {}
+    dists: dict[str, torch.Tensor] = {}
     current = cond
     try:
         for raw in targets:
@@ -621,7 +652,10 @@ def generate(
             c = _config_for(cfg, name)
             m = get_modality(name)
             if m.is_image:
-                ids = generate_image(model, current, name, c, generator)
+                kept: list[torch.Tensor] | None = [] if c.decode == "expected" else None
+                ids = generate_image(model, current, name, c, generator, probs=kept)
+                if kept:
+                    dists[name] = kept[0]
                 lens = None
             else:
                 ids, lens = generate_sequence(model, current, name, c, generator)
@@ -631,7 +665,7 @@ def generate(
                 current = current.with_tokens(name, ids, lens)
     finally:
         model.train(was_training)
-    return Generated(tokens, lengths, current)
+    return Generated(tokens, lengths, current, dists)
 
 
 def _config_for(cfg: SamplingConfig | Mapping[str, SamplingConfig], name: str) -> SamplingConfig:
@@ -646,16 +680,23 @@ def _config_for(cfg: SamplingConfig | Mapping[str, SamplingConfig], name: str) -
 
 
 def decode_tokens(
-    tokenizer: Any, name: str, ids: torch.Tensor, lengths: torch.Tensor | None = None
+    tokenizer: Any,
+    name: str,
+    ids: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    probs: torch.Tensor | None = None,
 ) -> Any:
     """Tokens -> stored values with the modality's tokenizer.
 
-    Images: (B, N) codes -> (B, C, H, W) float32 (LULC legend values); GEO: (B, 2) float64
+    Images: (B, N) codes -> (B, C, H, W) float32 (LULC legend values), or, given ``probs``
+    (B, N, V) (``Generated.probs``), the expected latents decoded; GEO: (B, 2) float64
     lat/lon; CAPTION: list of str.
     """
     m = get_modality(name)
     if m.is_image:
         g = int(round(math.sqrt(ids.shape[1])))
+        if probs is not None:
+            return tokenizer.decode_expected(probs.reshape(probs.shape[0], g, g, -1))
         return tokenizer.decode(ids.reshape(ids.shape[0], g, g).long())
     if lengths is None:
         lengths = torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long)

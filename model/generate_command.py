@@ -38,6 +38,7 @@ SAMPLING_FLAGS = {
     "top_k": "top_k",
     "top_p": "top_p",
     "cfg_scale": "cfg",
+    "decode": "decode",
 }
 
 

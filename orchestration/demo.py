@@ -28,7 +28,7 @@ from typing import Any
 from terraloom.model.config import AlphaMixture, MaskingConfig, ModelConfig, OptimConfig
 from terraloom.model.config import TrainConfig as PretrainConfig
 from terraloom.model.evaluate import EvalConfig
-from terraloom.model.generate import SamplingConfig
+from terraloom.model.generate import EXPECTED, SamplingConfig
 from terraloom.model.tim import FinetuneConfig, TiMStudyConfig
 from terraloom.pipeline.plan import PlanConfig
 from terraloom.schemas.cli import modality_table
@@ -118,10 +118,11 @@ def _pretrain(
     return PretrainConfig(**{**base, **kw})
 
 
-#: What the demo's evaluation decodes with: argmax tokens, most confident first.
-EVAL_SAMPLING = SamplingConfig(steps=4, temperature=0.0, choice_temperature=0.0)
+#: What the demo's evaluation decodes with: argmax tokens in 4 steps, most confident first,
+#: images from the expected latents (docs/model.md, "Sampling controls").
+EVAL_SAMPLING = EXPECTED
 #: What the example panels are drawn with (see docs/model.md, "Sampling controls").
-EXAMPLE_SAMPLING = SamplingConfig(steps=8, temperature=0.5, top_k=50)
+EXAMPLE_SAMPLING = SamplingConfig(steps=8, temperature=0.5, top_k=50, decode="expected")
 
 
 @dataclass(frozen=True)

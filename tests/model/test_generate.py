@@ -300,3 +300,41 @@ def test_generation_decodes_with_the_tokenizers(stack: Stack, cond: Conditioning
     assert px.shape == (3, 12, CROP, CROP)
     latlon = decode_tokens(toks["GEO"], "GEO", g.tokens["GEO"], g.lengths["GEO"])
     assert latlon.shape == (3, 2) and bool((latlon[:, 0].abs() <= 90).all())
+
+
+def test_expected_decoding_keeps_the_tokens_and_decodes_the_committed_distributions(
+    stack: Stack, cond: Conditioning
+) -> None:
+    from terraloom.model.generate import _logits, decode_tokens
+    from terraloom.model.transformer import Queries
+
+    model = tiny_model()
+    tok = load_tokenizers(stack.tokenizers, ["DEM"])["DEM"]
+    hard = SamplingConfig(steps=3, temperature=0.7, top_k=20)
+    soft = SamplingConfig(steps=3, temperature=0.7, top_k=20, decode="expected")
+    a = generate(model, cond, ["DEM"], hard, seed=5)
+    b = generate(model, cond, ["DEM"], soft, seed=5)
+    assert torch.equal(a.tokens["DEM"], b.tokens["DEM"]) and not a.probs
+    p = b.probs["DEM"]
+    n = a.tokens["DEM"].shape[1]
+    assert p.shape == (3, n, tok.vocab_size)
+    assert torch.allclose(p.sum(-1), torch.ones(3, n), atol=1e-5)
+    assert bool((p.gather(-1, b.tokens["DEM"][..., None]) > 0).all())  # drawn from it
+    assert int((p > 0).sum(-1).max()) <= 20  # the top-k filter applies
+    # one greedy step: every position's distribution is the softmax of its logits
+    one = generate(
+        model, cond, ["DEM"], SamplingConfig(steps=1, temperature=0.0, decode="expected")
+    )
+    j = model.specs.target_index("DEM")
+    q = Queries(
+        mod=torch.full((3, n), j), pos=torch.arange(n).expand(3, n),
+        prev=torch.zeros(3, n, dtype=torch.long), pad=torch.zeros(3, n, dtype=torch.bool),
+    )  # fmt: skip
+    logits = _logits(model, encoder_batch(model, cond), q, "DEM").float()
+    assert torch.allclose(one.probs["DEM"], logits.softmax(-1), atol=1e-5)
+    px_soft = decode_tokens(tok, "DEM", one.tokens["DEM"], probs=one.probs["DEM"])
+    px_hard = decode_tokens(tok, "DEM", one.tokens["DEM"])
+    assert px_soft.shape == px_hard.shape == (3, 1, CROP, CROP)
+    assert not torch.allclose(px_soft, px_hard)  # an unsure model: the mean, not the argmax
+    with pytest.raises(ValueError, match="decode"):
+        SamplingConfig(decode="mean")

@@ -180,3 +180,30 @@ def test_grouped_fsq_keeps_the_code_index() -> None:
     cfg = FSQVAEConfig.for_modality("DEM", TINY)
     assert cfg.fsq_groups == (5,) and cfg.quant_levels == (15360,) and cfg.vocab_size == 15360
     assert FSQVAEConfig.for_modality("DEM", TINY, fsq_groups=()).quant_levels == levels
+
+
+@pytest.mark.parametrize("linear_paths", [False, True])
+def test_decode_expected_of_one_hot_is_decode_and_averages_levels(linear_paths: bool) -> None:
+    torch.manual_seed(0)
+    net = ConvNetConfig(
+        width=8, channel_mult=(1, 1, 2, 2), blocks=(0, 0, 1, 1), linear_paths=linear_paths
+    )
+    cfg = FSQVAEConfig.for_modality("DEM", net, compand_knots=8 if linear_paths else 0)
+    tok = FSQImageTokenizer(FSQVAE(cfg))
+    codes = tok.encode(torch.rand(2, 1, 32, 48) * 1000)
+    one_hot = torch.nn.functional.one_hot(codes, tok.vocab_size).float()
+    assert torch.allclose(tok.decode_expected(one_hot), tok.decode(codes), atol=1e-3)
+    # an even split between two codes decodes the latent halfway between them, not either
+    # code: with the convolutional path silenced the decoder is linear in that latent, so
+    # the result is exactly the mean of the two codes' decodings
+    last = tok.model.decoder.net[-1][0]  # type: ignore[index]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    lo, hi = torch.full_like(codes, 5000), torch.full_like(codes, 5200)
+    eye = torch.eye(tok.vocab_size)
+    mid = tok.decode_expected(0.5 * (eye[lo] + eye[hi]))
+    a, b = tok.decode(lo), tok.decode(hi)
+    assert float((a - b).abs().mean()) > 1.0  # the two codes decode differently
+    assert torch.allclose(mid, 0.5 * (a + b), atol=1e-2)
+    with pytest.raises(ValueError, match="probs must be"):
+        tok.decode_expected(one_hot[..., :10])

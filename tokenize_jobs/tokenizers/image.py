@@ -400,5 +400,33 @@ class FSQImageTokenizer:
         out = self.model.decode_indices(codes.to(self.device).long())
         return from_model_space(self.config, out)
 
+    @torch.no_grad()
+    def decode_expected(self, probs: torch.Tensor) -> torch.Tensor:
+        """(B, h, w, V) distributions over the codes -> (B, C, 16h, 16w) stored values.
+
+        Decodes the *expected* latent under each position's distribution (the quantised
+        code vector, and the linear path's level, averaged with the probabilities) instead
+        of one code. FSQ codes are ordinal, so where a generator is unsure among neighbouring
+        levels the mean level is the least-squares answer, whereas one code drawn or
+        argmax-ed from a flat distribution puts an arbitrary level and texture in each
+        patch: a checkerboard at the patch period. A one-hot distribution decodes exactly
+        like :meth:`decode`.
+        """
+        if probs.dim() != 4 or probs.shape[-1] != self.vocab_size:
+            raise ValueError(
+                f"probs must be (B, h, w, {self.vocab_size}), got shape {tuple(probs.shape)}"
+            )
+        vae = self.model
+        p = probs.to(self.device).float()
+        codes = vae.fsq.indices_to_codes(torch.arange(self.vocab_size, device=self.device))
+        z_q = (p @ codes).permute(0, 3, 1, 2).contiguous()
+        if not self.config.net.linear_paths:
+            return from_model_space(self.config, vae.decoder.decode(z_q))
+        low = vae.fsq.unbound(codes)
+        if vae.compander is not None:
+            low = vae.compander.inverse(low)
+        low_in = (p @ low).permute(0, 3, 1, 2).contiguous()
+        return from_model_space(self.config, vae.decoder.decode(z_q, low_in))
+
     def reconstruct(self, pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
         return self.decode(self.encode(pixels))
