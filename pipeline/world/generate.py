@@ -294,15 +294,7 @@ def generate_world(
         nbytes += r.nbytes
         for coll, item in r.items:
             by_coll.setdefault(coll, []).append(item)
-    order = [
-        "sentinel-2-l2a",
-        "sentinel-2-l1c",
-        "sentinel-1-grd",
-        "sentinel-1-rtc",
-        "cop-dem-glo-30",
-        "io-lulc-9-class",
-    ]
-    present = [c for c in order if c in by_coll]
+    present = [c for c in stac.COLLECTION_ORDER if c in by_coll]
     for coll in present:
         items = sorted(by_coll[coll], key=lambda i: i["id"])
         ids = [i["id"] for i in items]

@@ -102,6 +102,15 @@ SUBSET_SCHEMAS: dict[str, dict[str, Any]] = {
     ),
 }
 
+#: The collections the world (and the synthetic global STAC API) serve, in catalog order.
+COLLECTION_ORDER = (
+    "sentinel-2-l2a",
+    "sentinel-2-l1c",
+    "sentinel-1-grd",
+    "sentinel-1-rtc",
+    "cop-dem-glo-30",
+    "io-lulc-9-class",
+)
 COLLECTIONS: dict[str, dict[str, Any]] = {
     "sentinel-2-l2a": {
         "title": "Sentinel-2 Level-2A (terraloom synthetic world)",

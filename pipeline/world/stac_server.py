@@ -48,30 +48,21 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
-from urllib.parse import parse_qs, urlencode, urlparse
-
-from shapely.geometry import shape
+from urllib.parse import parse_qs, urlparse
 
 from terraloom.pipeline.grid import GRID, CellId, cell_epsg
-from terraloom.pipeline.sources.base import matches_query, parse_datetime
+from terraloom.pipeline.sources.base import matches_query
+from terraloom.pipeline.world.stac import COLLECTION_ORDER
+from terraloom.pipeline.world.stac_documents import (
+    CONFORMANCE,
+    collection_doc,
+    landing_doc,
+    parse_search,
+    search_page,
+)
 from terraloom.schemas.modalities import get_modality
 
-CONFORMANCE = [
-    "https://api.stacspec.org/v1.0.0/core",
-    "https://api.stacspec.org/v1.0.0/item-search",
-    "https://api.stacspec.org/v1.0.0/item-search#query",
-    "https://api.stacspec.org/v1.0.0/collections",
-    "https://api.stacspec.org/v1.0.0/ogcapi-features",
-]
-COLLECTIONS = (
-    "sentinel-2-l2a",
-    "sentinel-2-l1c",
-    "sentinel-1-grd",
-    "sentinel-1-rtc",
-    "cop-dem-glo-30",
-    "io-lulc-9-class",
-)
-GEOJSON = "application/geo+json"
+COLLECTIONS = COLLECTION_ORDER
 #: hrefs of a host that never resolves: planning reads no pixels of this API
 HREF_ROOT = "https://synthetic-stac.invalid"
 EPOCH = datetime(2017, 1, 1, tzinfo=UTC)
@@ -278,26 +269,12 @@ def cell_items(
 
 def search_items(params: Mapping[str, Any], config: ServerConfig = ServerConfig()) -> list[dict]:
     """Every item matching a search's parameters, in a stable order (collection, cell, time)."""
-    colls = params.get("collections") or list(COLLECTIONS)
-    if isinstance(colls, str):
-        colls = colls.split(",")
-    if params.get("bbox"):
-        bb = params["bbox"]
-        w, s, e, n = [float(x) for x in (bb.split(",") if isinstance(bb, str) else bb)][:4]
-    elif params.get("intersects"):
-        g = params["intersects"]
-        w, s, e, n = shape(json.loads(g) if isinstance(g, str) else g).bounds
-    else:
+    search = parse_search(params)
+    colls = search.collections or COLLECTIONS
+    if search.geometry is None:
         raise ValueError("a search of the synthetic API needs a bbox or intersects")
-    t0 = t1 = None
-    if params.get("datetime"):
-        text = str(params["datetime"])
-        a, _, b = text.partition("/") if "/" in text else (text, "", text)
-        t0 = parse_datetime(a) if a not in ("", "..") else None
-        t1 = parse_datetime(b) if b not in ("", "..") else None
-    query = params.get("query")
-    if isinstance(query, str):
-        query = json.loads(query)
+    w, s, e, n = search.geometry.bounds
+    t0, t1, query = search.start, search.end, search.query
     cells = GRID.cells_in_bbox(max(w, -180.0), max(s, -90.0), min(e, 180.0), min(n, 90.0))
     out = []
     for coll in sorted(set(colls)):
@@ -473,64 +450,14 @@ class SyntheticStacApi:
         return hits
 
     def page(self, method: str, p: dict[str, Any]) -> dict[str, Any]:
-        hits = self._all_hits(p)
         limit = max(1, min(int(p.get("limit") or 10), self.config.max_page))
-        token = int(p.get("token") or 0)
-        links: list[dict[str, Any]] = []
-        if token + limit < len(hits):
-            if method == "GET":
-                q = {k: v for k, v in p.items() if k != "token"}
-                q["token"] = token + limit
-                links.append(
-                    {"rel": "next", "href": f"{self.url}/search?{urlencode(q)}", "method": "GET"}
-                )
-            else:
-                links.append(
-                    {
-                        "rel": "next",
-                        "href": f"{self.url}/search",
-                        "method": "POST",
-                        "body": {**p, "token": token + limit},
-                    }
-                )
-        return {
-            "type": "FeatureCollection",
-            "features": hits[token : token + limit],
-            "links": links,
-            "numberMatched": len(hits),
-        }
+        return search_page(self._all_hits(p), p, method, self.url, limit)
 
     def collection(self, cid: str) -> dict[str, Any]:
-        return {
-            "type": "Collection",
-            "id": cid,
-            "stac_version": "1.0.0",
-            "description": f"synthetic {cid}",
-            "license": "proprietary",
-            "extent": {
-                "spatial": {"bbox": [[-180, -90, 180, 90]]},
-                "temporal": {"interval": [[_iso(EPOCH), None]]},
-            },
-            "links": [],
-        }
+        return collection_doc(cid, f"synthetic {cid}", _iso(EPOCH))
 
     def landing(self) -> dict[str, Any]:
-        u = self.url
-        return {
-            "type": "Catalog",
-            "id": "terraloom-synthetic",
-            "stac_version": "1.0.0",
-            "description": "terraloom's synthetic global STAC API",
-            "conformsTo": CONFORMANCE,
-            "links": [
-                {"rel": "self", "href": f"{u}/", "type": "application/json"},
-                {"rel": "root", "href": f"{u}/", "type": "application/json"},
-                {"rel": "conformance", "href": f"{u}/conformance"},
-                {"rel": "data", "href": f"{u}/collections"},
-                {"rel": "search", "href": f"{u}/search", "method": "GET", "type": GEOJSON},
-                {"rel": "search", "href": f"{u}/search", "method": "POST", "type": GEOJSON},
-            ],
-        }
+        return landing_doc(self.url, "terraloom-synthetic", "terraloom's synthetic global STAC API")
 
     # -- lifetime ----------------------------------------------------------------------------
 

@@ -9,13 +9,20 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlparse
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 import shapely
-from shapely.geometry import box, shape
+from shapely.geometry import shape
 
 from terraloom.pipeline.sources.base import matches_query, parse_datetime
+from terraloom.pipeline.world.stac_documents import (
+    CONFORMANCE,
+    collection_doc,
+    landing_doc,
+    parse_search,
+    search_page,
+)
 
 
 def _repo_root() -> Path:
@@ -36,15 +43,6 @@ def real_dir() -> Path:
 
 
 # --- a minimal STAC API over HTTP, served from item dicts by the test itself ---------------------
-
-
-CONFORMANCE = [
-    "https://api.stacspec.org/v1.0.0/core",
-    "https://api.stacspec.org/v1.0.0/item-search",
-    "https://api.stacspec.org/v1.0.0/item-search#query",
-    "https://api.stacspec.org/v1.0.0/collections",
-    "https://api.stacspec.org/v1.0.0/ogcapi-features",
-]
 
 
 class StacServer:
@@ -154,70 +152,17 @@ class StacServer:
         return sorted({d["collection"] for d in self.items})
 
     def collection(self, cid: str) -> dict[str, Any]:
-        return {
-            "type": "Collection",
-            "id": cid,
-            "stac_version": "1.0.0",
-            "description": cid,
-            "license": "proprietary",
-            "extent": {
-                "spatial": {"bbox": [[-180, -90, 180, 90]]},
-                "temporal": {"interval": [[None, None]]},
-            },
-            "links": [],
-        }
+        return collection_doc(cid, cid)
 
     def landing(self) -> dict[str, Any]:
-        u = self.url
-        return {
-            "type": "Catalog",
-            "id": "test-api",
-            "stac_version": "1.0.0",
-            "description": "test STAC API",
-            "conformsTo": CONFORMANCE,
-            "links": [
-                {"rel": "self", "href": f"{u}/", "type": "application/json"},
-                {"rel": "root", "href": f"{u}/", "type": "application/json"},
-                {"rel": "conformance", "href": f"{u}/conformance"},
-                {"rel": "data", "href": f"{u}/collections"},
-                {
-                    "rel": "search",
-                    "href": f"{u}/search",
-                    "method": "GET",
-                    "type": "application/geo+json",
-                },
-                {
-                    "rel": "search",
-                    "href": f"{u}/search",
-                    "method": "POST",
-                    "type": "application/geo+json",
-                },
-            ],
-        }
+        return landing_doc(self.url, "test-api", "test STAC API")
 
     def search(self, method: str, p: dict[str, Any]) -> dict[str, Any]:
-        colls = p.get("collections")
-        if isinstance(colls, str):
-            colls = colls.split(",")
-        geom = None
-        if p.get("bbox"):
-            b = p["bbox"]
-            b = [float(x) for x in (b.split(",") if isinstance(b, str) else b)]
-            geom = box(*b)
-        elif p.get("intersects"):
-            g = p["intersects"]
-            geom = shape(json.loads(g) if isinstance(g, str) else g)
-        t0 = t1 = None
-        if p.get("datetime"):
-            a, _, b = str(p["datetime"]).partition("/")
-            t0 = parse_datetime(a) if a not in ("", "..") else None
-            t1 = parse_datetime(b) if b not in ("", "..") else None
-        query = p.get("query")
-        if isinstance(query, str):
-            query = json.loads(query)
+        search = parse_search(p)
+        t0, t1, geom = search.start, search.end, search.geometry
         hits = []
         for d in self.items:
-            if colls and d["collection"] not in colls:
+            if search.collections and d["collection"] not in search.collections:
                 continue
             if geom is not None and not shapely.intersects(shape(d["geometry"]), geom):
                 continue
@@ -226,35 +171,10 @@ class StacServer:
             end = parse_datetime(pr.get("end_datetime") or pr.get("datetime"))
             if (t0 is not None and end < t0) or (t1 is not None and start > t1):
                 continue
-            if not matches_query(pr, query):
+            if not matches_query(pr, search.query):
                 continue
             hits.append(d)
-        limit = int(p.get("limit") or 10)
-        token = int(p.get("token") or 0)
-        page = hits[token : token + limit]
-        links = []
-        if token + limit < len(hits):
-            if method == "GET":
-                q = {k: v for k, v in p.items() if k != "token"}
-                q["token"] = token + limit
-                links.append(
-                    {"rel": "next", "href": f"{self.url}/search?{urlencode(q)}", "method": "GET"}
-                )
-            else:
-                links.append(
-                    {
-                        "rel": "next",
-                        "href": f"{self.url}/search",
-                        "method": "POST",
-                        "body": {**p, "token": token + limit},
-                    }
-                )
-        return {
-            "type": "FeatureCollection",
-            "features": page,
-            "links": links,
-            "numberMatched": len(hits),
-        }
+        return search_page(hits, p, method, self.url, int(p.get("limit") or 10))
 
     def __enter__(self) -> StacServer:
         self.thread.start()
