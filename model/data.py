@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from terraloom.model.config import Kind, MaskingConfig, ModalitySpecs, ModelConfig, modality_specs
-from terraloom.model.masking import assemble, plan_masks
+from terraloom.model.masking import SampleKeys, assemble, plan_masks
 from terraloom.schemas.modalities import Layout, get_modality
 from terraloom.tokenize_jobs.store import ReadMode, TokenStore
 
@@ -330,11 +330,9 @@ class MaskedBatches(Dataset):
             self._epoch_cache = (epoch, *self.order.epoch(epoch))
         return self._epoch_cache[1], self._epoch_cache[2]
 
-    def sample_rngs(self, epoch: int, positions: np.ndarray) -> list[np.random.Generator]:
-        return [
-            np.random.default_rng([self.order.seed, epoch, int(p), _SEED_TAG_MASK])
-            for p in positions
-        ]
+    def sample_keys(self, epoch: int, positions: np.ndarray) -> SampleKeys:
+        """The masking keys of the samples at ``positions`` of ``epoch`` (counter-based)."""
+        return SampleKeys.derive((self.order.seed, epoch, _SEED_TAG_MASK), positions)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, index = key
@@ -344,10 +342,10 @@ class MaskedBatches(Dataset):
         perm, crop_of = self._epoch(epoch)
         positions = self.order.local_positions(index)
         rows, crop_idx = perm[positions], crop_of[positions]
-        return self.build(rows, crop_idx, self.sample_rngs(epoch, positions))
+        return self.build(rows, crop_idx, self.sample_keys(epoch, positions))
 
     def build(
-        self, rows: np.ndarray, crop_idx: np.ndarray, rngs: list[np.random.Generator]
+        self, rows: np.ndarray, crop_idx: np.ndarray, keys: SampleKeys
     ) -> dict[str, torch.Tensor]:
         """Read, mask and assemble one batch of (row, crop) samples."""
         specs = self.specs
@@ -369,7 +367,7 @@ class MaskedBatches(Dataset):
         for j, t in enumerate(specs.targets):
             if t.kind is Kind.SEQUENCE:
                 avail_t[:, j] = seqs[t.modality][1] > 0
-        plan = plan_masks(specs, self.masking, rngs, avail_in, avail_t, seqs)
+        plan = plan_masks(specs, self.masking, keys, avail_in, avail_t, seqs)
         pixels: dict[str, np.ndarray] = {}
         n_img = specs.n_image_positions
         for i, s in enumerate(specs.inputs):

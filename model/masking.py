@@ -15,15 +15,16 @@ Rules that make the task well posed:
   decoded causally (teacher forcing), truncated to a contiguous window when its budget is
   smaller than the target sequence.
 
-Randomness comes from one generator per sample (seeded by the loader from seed, epoch and
-the sample's position in the epoch), so a sample's masks do not depend on the batch size,
-the worker or the data-parallel rank that builds it. Work is vectorised over the batch
-except the span masking of sequences (a few small NumPy ops per sample).
+Randomness is counter-based: one 64-bit key per sample (the loader derives it from seed,
+epoch and the sample's position in the epoch) and every draw a hash of (key, stream,
+counter), so a sample's masks do not depend on the batch size, the worker or the
+data-parallel rank that builds it, and the whole batch, span masking included, is drawn and
+planned in a few vectorised NumPy passes: a NumPy ``Generator`` per sample cost more than
+the rest of the loader (docs/scale.md, bench/loader.py).
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -178,43 +179,247 @@ def unmask_sequence(inp: np.ndarray, tgt: np.ndarray, base_vocab: int) -> np.nda
     return np.asarray(out, np.int64)
 
 
+# --------------------------------------------------------------------------- randomness
+#
+# Counter-based: every random number of a sample is a hash of (its key, a stream, a counter),
+# so a whole batch is drawn with a few vectorised NumPy passes (no generator per sample) and a
+# sample's draws do not depend on the batch, the worker or the rank that builds it.
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_U64 = np.uint64
+_STREAM_MIXTURE, _STREAM_BOOST, _STREAM_POSITIONS = 1, 2, 3
+_STREAM_WINDOW = 16  # + target index
+_STREAM_SPANS = 64  # + 4 x input index (+0 span count, +1 cut keys, +2 gap keys)
+_STREAM_GAMMA = 1024  # + attempt
+_GAMMA_ATTEMPTS = 256
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser (a bijective avalanche of 64 bits), in place on a uint64 array."""
+    x ^= x >> _U64(30)
+    x *= _U64(_M1)
+    x ^= x >> _U64(27)
+    x *= _U64(_M2)
+    x ^= x >> _U64(31)
+    return x
+
+
+def _mix_int(x: int) -> int:
+    """:func:`mix64` of one Python int."""
+    x &= _MASK64
+    x = ((x ^ (x >> 30)) * _M1) & _MASK64
+    x = ((x ^ (x >> 27)) * _M2) & _MASK64
+    return x ^ (x >> 31)
+
+
+@dataclass(frozen=True)
+class SampleKeys:
+    """One 64-bit key per sample; all of a sample's masking randomness derives from it.
+
+    Draw ``j`` of stream ``s`` is ``mix64(key + (s * 2**32 + j) * golden)``: splitmix64's
+    sequence started at the key, with disjoint counter ranges per stream.
+    """
+
+    keys: np.ndarray  # (B,) uint64
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def derive(cls, parts: Sequence[int], ids: np.ndarray | Sequence[int]) -> SampleKeys:
+        """Keys of samples ``ids`` (e.g. positions in an epoch) under ``parts`` (seed, epoch, tag)."""
+        base = 0x243F6A8885A308D3
+        for p in parts:
+            base = _mix_int(base ^ _mix_int(int(p) + _GOLDEN))
+        ids = np.asarray(ids, np.int64).astype(np.uint64)
+        return cls(mix64(ids * _U64(_GOLDEN) + _U64(base)))
+
+    @classmethod
+    def from_rngs(cls, rngs: Sequence[np.random.Generator]) -> SampleKeys:
+        """One key per generator (one 64-bit draw each), for callers holding generators."""
+        return cls(np.array([r.bit_generator.random_raw() for r in rngs], np.uint64))
+
+    def bits(self, stream: int, n: int) -> np.ndarray:
+        """(B, n) uint64 draws of ``stream``."""
+        ctr = (np.arange(n, dtype=np.uint64) + _U64(stream << 32)) * _U64(_GOLDEN)
+        return mix64(self.keys[:, None] + ctr[None, :])
+
+    def uniform(self, stream: int, n: int) -> np.ndarray:
+        """(B, n) float64 uniforms in [0, 1) (53 bits)."""
+        return (self.bits(stream, n) >> _U64(11)).astype(np.float64) * 2.0**-53
+
+    def position_keys(self, stream: int, rows: int, n: int) -> np.ndarray:
+        """(B, rows, n) distinct float64 sort keys: 32 random bits per position, ties broken
+        by the position (so "the k smallest" is always exactly k positions)."""
+        half = -(-n // 2)
+        h = self.bits(stream, rows * half).astype("<u8", copy=False).view("<u4")
+        k = h.reshape(len(self), rows, 2 * half)[..., :n].astype(np.float64)
+        k *= float(n)
+        k += np.arange(n, dtype=np.float64)
+        return k
+
+
+def gamma(keys: SampleKeys, alpha: np.ndarray) -> np.ndarray:
+    """(B, M) Gamma(alpha, 1) variates (0 where alpha is 0): Marsaglia-Tsang, vectorised.
+
+    Each attempt draws a normal (Box-Muller) and a uniform per variate from its own stream;
+    the rejected ones (a few percent) try again with the next attempt's stream. Shapes
+    below 1 are boosted: Gamma(a) = Gamma(a + 1) * U^(1/a).
+    """
+    b, m = alpha.shape
+    a = np.asarray(alpha, np.float64)
+    boost = (a > 0) & (a < 1)
+    d = np.where(boost, a + 1.0, a) - 1.0 / 3.0
+    c = 1.0 / np.sqrt(9.0 * np.maximum(d, 1e-12))
+    out = np.zeros((b, m))
+    todo = a > 0
+    for attempt in range(_GAMMA_ATTEMPTS):
+        if not todo.any():
+            break
+        u = keys.uniform(_STREAM_GAMMA + attempt, 3 * m).reshape(b, m, 3)
+        x = np.sqrt(-2.0 * np.log1p(-u[..., 0])) * np.cos(2.0 * np.pi * u[..., 1])
+        v = (1.0 + c * x) ** 3
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ok = (v > 0) & (np.log1p(-u[..., 2]) < 0.5 * x * x + d - d * v + d * np.log(v))
+        take = todo & ok
+        out[take] = (d * v)[take]
+        todo &= ~ok
+    else:  # pragma: no cover - a rejection rate of a few percent over 256 attempts
+        raise RuntimeError("gamma sampling did not converge")
+    if boost.any():
+        u = keys.uniform(_STREAM_BOOST, m)
+        with np.errstate(divide="ignore"):
+            out = np.where(boost, out * u ** (1.0 / np.where(boost, a, 1.0)), out)
+    return out
+
+
+def _nonzero2(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero`` of a 2-D array, several times faster (one flat scan, then divmod)."""
+    flat = np.flatnonzero(a)
+    rows = flat // a.shape[1]
+    return rows, flat - rows * a.shape[1]
+
+
+def _pack(emit: np.ndarray, values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``values`` where ``emit`` in order, left-aligned in (B, width), and counts."""
+    rows, cols = _nonzero2(emit)
+    counts = np.count_nonzero(emit, 1)
+    rank = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    out = np.zeros((emit.shape[0], width), np.int64)
+    out[rows, rank] = values[rows, cols]
+    return out, counts
+
+
+def _sorted_marks(sel: np.ndarray, width: int, fill: int) -> np.ndarray:
+    """(B, width) column indices of each row's marked entries in order, ``fill`` after."""
+    out, counts = _pack(sel, np.broadcast_to(np.arange(sel.shape[1]), sel.shape), width)
+    out[np.arange(width) >= counts[:, None]] = fill
+    return out
+
+
+def span_mask_batch(
+    ids: np.ndarray,
+    lens: np.ndarray,
+    n_in: np.ndarray,
+    base_vocab: int,
+    keys: SampleKeys,
+    stream: int,
+    width: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`span_mask` of a whole batch: (inputs (B, width), their lengths, targets
+    (B, width), their lengths), zero padded.
+
+    The same construction per row: ``s`` spans uniform in 1..(n_in+1)//2, the masked tokens
+    split into ``s`` non-empty spans at ``s - 1`` distinct cut points, the kept tokens spread
+    over the ``s + 1`` gaps (interior gaps non-empty) by ``s`` distinct bars among
+    ``free + s`` slots; all three draws from the row's key, as sort keys over fixed widths.
+    """
+    ids = np.asarray(ids, np.int64)
+    b, length = ids.shape
+    lens = np.minimum(np.asarray(lens, np.int64), length)
+    n = np.asarray(n_in, np.int64)
+    full = n >= lens
+    none = (n <= 0) & ~full
+    part = ~full & ~none
+    half = (n + 1) // 2
+    u = keys.uniform(stream, 1)[:, 0]
+    s = np.where(part, np.minimum(1 + (u * half).astype(np.int64), half), none.astype(np.int64))
+    kept = np.where(part, n - s, np.where(full, lens, 0))
+    masked = lens - kept
+    free = kept - np.maximum(s - 1, 0)
+    pos = np.arange(length + 1)
+    # cut points q + 1 (q in 0..masked-2): s - 1 of them; bars: s of free + s slots
+    ck = keys.position_keys(stream + 1, 1, length + 1)[:, 0]
+    cut = _smallest(np.where(pos < (masked - 1)[:, None], ck, np.inf), np.maximum(s - 1, 0))
+    gk = keys.position_keys(stream + 2, 1, length + 1)[:, 0]
+    bar = _smallest(np.where(pos < (free + s)[:, None], gk, np.inf), s)
+    smax = max(int(s.max(initial=0)), 1)
+    c = _sorted_marks(bar, smax, 0)  # bar positions c_j: kept tokens before span j = c_j
+    m0 = _sorted_marks(cut, smax, 0) + 1  # masked index where span j + 1 starts
+    mstart = np.concatenate([np.zeros((b, 1), np.int64), m0[:, : smax - 1]], 1)
+    jj = np.arange(smax)
+    mend = np.where(jj + 1 < s[:, None], m0, masked[:, None])  # masked index where j ends
+    live = jj < s[:, None]
+    st = c + mstart
+    en = c + mend
+    r = np.broadcast_to(np.arange(b)[:, None], live.shape)[live]
+    delta = np.zeros((b, length + 1), np.int64)
+    delta[r, st[live]] += 1
+    delta[r, en[live]] -= 1
+    tok = np.arange(length) < lens[:, None]
+    is_masked = (np.cumsum(delta, 1)[:, :length] > 0) & tok
+    start = np.zeros((b, length + 1), bool)
+    start[r, st[live]] = True
+    start = start[:, :length]
+    sentinel = base_vocab + np.cumsum(start, 1) - 1
+    emit_in = ((tok & ~is_masked) | start) & ~none[:, None]
+    inp, n_inp = _pack(emit_in, np.where(start, sentinel, ids), width)
+    emit_t = np.concatenate(
+        [np.stack([start, is_masked], 2).reshape(b, 2 * length), np.ones((b, 1), bool)], 1
+    )
+    vals_t = np.concatenate(
+        [np.stack([sentinel, ids], 2).reshape(b, 2 * length), (base_vocab + s)[:, None]], 1
+    )
+    tgt, n_tgt = _pack(emit_t, vals_t, width)
+    return inp, n_inp, tgt, n_tgt
+
+
 def plan_masks(
     specs: ModalitySpecs,
     cfg: MaskingConfig,
-    rngs: Sequence[np.random.Generator],
+    keys: SampleKeys | Sequence[np.random.Generator],
     avail_in: np.ndarray,
     avail_tgt: np.ndarray,
     sequences: Mapping[str, tuple[np.ndarray, np.ndarray]],
 ) -> MaskPlan:
     """Decide inputs and targets for a batch.
 
-    ``avail_*`` are (B, M) booleans (modality present for the sample); ``sequences`` maps a
-    sequence modality to ``(ids (B, L), lengths (B,))``.
+    ``keys`` holds one key per sample (:class:`SampleKeys`; generators are turned into keys
+    with one draw each); ``avail_*`` are (B, M) booleans (modality present for the sample);
+    ``sequences`` maps a sequence modality to ``(ids (B, L), lengths (B,))``.
     """
-    b = len(rngs)
+    keys = keys if isinstance(keys, SampleKeys) else SampleKeys.from_rngs(keys)
+    b = len(keys)
     m_in, m_t = len(specs.inputs), len(specs.targets)
     width = candidate_width(specs)
     n_img = specs.n_image_positions
     a_in, a_t, mix_p = mixture_alphas(specs, cfg)
 
-    # One generator per sample, drawn in a fixed order: mixture, input then target gammas,
-    # input then target position keys. Consecutive draws of the same kind are made in one
-    # call (the same numbers as separate calls; fewer calls is what the loader's hot path
-    # needs, see docs/bench.md, bench/loader.py).
-    mixture = np.zeros(b, np.int64)
-    w_all = np.zeros((b, m_in + m_t))
-    keys_all = np.empty((b, m_in + m_t, n_img))
-    cum_p = np.cumsum(mix_p).tolist()
-    a_all = np.concatenate([a_in, a_t], 1)
+    # Every draw of the batch at once: the mixture, Dirichlet weights (gamma variates),
+    # position keys, then span masks and target windows, each from its own stream.
     last = len(mix_p) - 1
-    for i, rng in enumerate(rngs):
-        c = min(bisect.bisect_right(cum_p, rng.random()), last)
-        mixture[i] = c
-        w_all[i] = rng.gamma(a_all[c])
-        rng.random(out=keys_all[i])
+    mixture = np.minimum(
+        np.searchsorted(np.cumsum(mix_p), keys.uniform(_STREAM_MIXTURE, 1)[:, 0], "right"), last
+    ).astype(np.int64)
+    w_all = gamma(keys, np.concatenate([a_in, a_t], 1)[mixture])
     w_in = _normalise(w_all[:, :m_in] * avail_in, avail_in)
     w_t = _normalise(w_all[:, m_in:] * avail_tgt, avail_tgt)
-    keys_in, keys_t = keys_all[:, :m_in], keys_all[:, m_in:]
+    img_in = [i for i, s in enumerate(specs.inputs) if s.kind is not Kind.SEQUENCE]
+    img_t = [j for j, t in enumerate(specs.targets) if t.kind is not Kind.SEQUENCE]
+    pos_keys = keys.position_keys(_STREAM_POSITIONS, len(img_in) + len(img_t), n_img)
+    keys_in, keys_t = pos_keys[:, : len(img_in)], pos_keys[:, len(img_in) :]
 
     seq_len = {name: np.asarray(lens, np.int64) for name, (_, lens) in sequences.items()}
     caps_in = np.zeros((b, m_in), np.int64)
@@ -225,24 +430,20 @@ def plan_masks(
 
     # Inputs: random image positions; span-masked sequences.
     in_sel = np.zeros((b, m_in, width), bool)
-    img_in = [i for i, s in enumerate(specs.inputs) if s.kind is not Kind.SEQUENCE]
     if img_in:
-        in_sel[:, img_in, :n_img] = _smallest(keys_in[:, img_in], n_in[:, img_in])
+        in_sel[:, img_in, :n_img] = _smallest(keys_in, n_in[:, img_in])
     in_seq: dict[int, np.ndarray] = {}
-    tgt_from_input: dict[str, list[np.ndarray]] = {}
+    tgt_from_input: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for i, s in enumerate(specs.inputs):
         if s.kind is not Kind.SEQUENCE:
             continue
         ids, lens = sequences[s.modality]
-        arr = np.zeros((b, width), np.int64)
-        tgts = []
-        for r in range(b):
-            inp, tgt = span_mask(ids[r, : lens[r]], int(n_in[r, i]), s.base_vocab, rngs[r])
-            arr[r, : len(inp)] = inp
-            in_sel[r, i, : len(inp)] = True
-            tgts.append(tgt)
-        in_seq[i] = arr
-        tgt_from_input[s.modality] = tgts
+        inp, n_inp, tgt, n_tgt_seq = span_mask_batch(
+            ids, lens, n_in[:, i], s.base_vocab, keys, _STREAM_SPANS + 4 * i, width
+        )
+        in_seq[i] = inp
+        in_sel[:, i] = np.arange(width) < n_inp[:, None]
+        tgt_from_input[s.modality] = (tgt, n_tgt_seq)
 
     # Targets: image positions not visible at either scale; sequence targets from the spans.
     caps_t = np.zeros((b, m_t), np.int64)
@@ -253,14 +454,13 @@ def plan_masks(
             from_input = tgt_from_input.get(t.modality)
             if from_input is None:  # not an input: the whole sequence is the target
                 ids, lens = sequences[t.modality]
-                tgts = [span_mask(ids[r, : lens[r]], 0, t.base_vocab, rngs[r])[1] for r in range(b)]
+                _, _, tgt, n_tgt_seq = span_mask_batch(
+                    ids, lens, np.zeros(b, np.int64), t.base_vocab, keys, 0, width
+                )
             else:
-                tgts = from_input
-            arr = np.zeros((b, width), np.int64)
-            for r, tg in enumerate(tgts):
-                arr[r, : len(tg)] = tg
-            tgt_seq[j] = arr
-            caps_t[:, j] = np.where(avail_tgt[:, j], [len(tg) for tg in tgts], 0)
+                tgt, n_tgt_seq = from_input
+            tgt_seq[j] = tgt
+            caps_t[:, j] = np.where(avail_tgt[:, j], n_tgt_seq, 0)
         else:
             for i, s in enumerate(specs.inputs):
                 if s.modality == t.modality and s.kind is not Kind.SEQUENCE:
@@ -269,18 +469,18 @@ def plan_masks(
     n_tgt = split_budget(w_t, caps_t, cfg.target_budget)
 
     tgt_sel = np.zeros((b, m_t, width), bool)
-    img_t = [j for j, t in enumerate(specs.targets) if t.kind is not Kind.SEQUENCE]
     if img_t:
-        k = np.where(blocked[:, img_t], np.inf, keys_t[:, img_t])
+        k = np.where(blocked[:, img_t], np.inf, keys_t)
         tgt_sel[:, img_t, :n_img] = _smallest(k, n_tgt[:, img_t])
+    cols = np.arange(width)
     for j, t in enumerate(specs.targets):
         if t.kind is not Kind.SEQUENCE:
             continue
-        for r in range(b):
-            n = int(n_tgt[r, j])
-            if n:
-                start = int(rngs[r].integers(0, caps_t[r, j] - n + 1))
-                tgt_sel[r, j, start : start + n] = True
+        n = n_tgt[:, j]
+        u = keys.uniform(_STREAM_WINDOW + j, 1)[:, 0]
+        start = np.minimum((u * (caps_t[:, j] - n + 1)).astype(np.int64), caps_t[:, j] - n)
+        start = np.where(n > 0, start, 0)
+        tgt_sel[:, j] = (cols >= start[:, None]) & (cols < (start + n)[:, None])
     return MaskPlan(n_in, n_tgt, in_sel, tgt_sel, in_seq, tgt_seq, mixture)
 
 
@@ -312,19 +512,17 @@ def _smallest(keys: np.ndarray, n: np.ndarray) -> np.ndarray:
 def _compact(sel: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
     """(B, C) candidate mask -> (B, budget) candidate indices (selected first, in order) and pad.
 
-    The order of a stable argsort of ``~sel`` (selected, then the rest, each in index
-    order), computed by scattering running counts: linear instead of a sort per row.
+    Selected candidates are scattered to their rank in the row (one ``nonzero``, linear);
+    pad slots hold index 0 (the caller zeroes what it gathers there).
     """
     b, c = sel.shape
-    cs = np.cumsum(sel, 1, dtype=np.int32)
-    n_sel = cs[:, -1:] if c else np.zeros((b, 1), np.int32)
-    # selected: their rank among the selected; the rest: after all selected, in order
-    dest = np.where(sel, cs - 1, n_sel + np.arange(c, dtype=np.int32) - cs)
-    keep = dest < budget
+    rows, cols = _nonzero2(sel)
+    counts = np.count_nonzero(sel, 1)
+    rank = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    keep = rank < budget
     order = np.zeros((b, budget), np.int64)
-    rows, cols = np.nonzero(keep)
-    order[rows, dest[rows, cols]] = cols
-    pad = np.arange(budget)[None, :] >= n_sel
+    order[rows[keep], rank[keep]] = cols[keep]
+    pad = np.arange(budget)[None, :] >= counts[:, None]
     return order, pad
 
 

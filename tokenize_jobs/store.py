@@ -19,10 +19,11 @@ was killed) is safe to train from.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import mmap
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -251,12 +252,23 @@ class _ArrayInfo:
         self.record_shape = self.chunk_shape[2:]
         self.record_bytes = int(np.prod(self.record_shape, dtype=np.int64)) * self.dtype.itemsize
         self.records_per_row = self.chunk_shape[1] if len(self.chunk_shape) > 1 else 1
+        self.chunk_items = int(np.prod(self.chunk_shape, dtype=np.int64))
         self._key_tail = "".join(self.separator + "0" for _ in self.shape[1:])
         self._dir = str(self.dir) + os.sep + self.prefix
 
     @property
     def rows_per_chunk(self) -> int:
         return self.chunk_shape[0]
+
+    @property
+    def chunk_dir(self) -> str:
+        """The directory that :meth:`chunk_rel` is relative to (``<array>/c`` by default)."""
+        return str(self.dir / "c") if self.prefix == "c/" else str(self.dir)
+
+    def chunk_rel(self, chunk: int) -> str:
+        """:meth:`chunk_path` relative to :attr:`chunk_dir`."""
+        head = "" if self.prefix == "c/" else self.prefix
+        return f"{head}{chunk}{self._key_tail}"
 
     def chunk_path(self, chunk: int) -> str:
         """``chunk_file`` as a plain string, cheaply (hot path of the pread reader)."""
@@ -321,7 +333,8 @@ class TokenStore:
             n: _ArrayInfo(self.path, n, _read_json(self.path / n / "zarr.json")) for n in names
         }
         self.check_valid = check_valid
-        self.max_open_chunks = _default_max_open() if max_open_chunks is None else max_open_chunks
+        #: a per-store cap on chunk maps (default none: the process's map budget decides)
+        self.max_open_chunks = sys.maxsize if max_open_chunks is None else max_open_chunks
         total = sum(int(np.prod(i.shape)) * i.dtype.itemsize for i in self._info.values())
         if mode == "auto":
             mode = "memory" if total <= AUTO_MEMORY_BYTES else "memmap"
@@ -334,7 +347,7 @@ class TokenStore:
     # -- pickling: drop maps and caches, rebuild lazily in the worker process
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_full", "_maps", "_zarr"):
+        for key in ("_full", "_maps", "_zarr", "_mapper", "_dir_fds"):
             state.pop(key, None)
         return state
 
@@ -344,10 +357,14 @@ class TokenStore:
 
     def _reset_caches(self) -> None:
         self._full: dict[str, np.ndarray] = {}
-        #: per array: chunk -> ndarray over its mmap (up to ``max_open_chunks`` in all; past
-        #: that, records are read with ``os.pread`` instead of mapping more files)
+        #: per array: chunk -> ndarray over its map (up to ``max_open_chunks`` in all and
+        #: within the process's map budget; past that, records are read with ``os.pread``)
         self._maps: dict[str, dict[int, np.ndarray]] = {}
         self._n_maps = 0
+        self._mapper = _ChunkMaps()
+        self._maps_fit: bool | None = None
+        #: per array: an fd of its chunk directory (``pread`` opens keys relative to it)
+        self._dir_fds: dict[str, _DirFd] = {}
         self._zarr: dict[str, Any] = {}
 
     def __len__(self) -> int:
@@ -395,25 +412,56 @@ class TokenStore:
         if hit is not None:
             return hit
         try:
-            with open(info.chunk_file(chunk), "rb") as f:
-                buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            buf = self._mapper.map(info.chunk_path(chunk))
             # a plain ndarray over the map (np.memmap's subclass overhead dominates small reads)
-            m = np.frombuffer(buf, info.dtype, count=int(np.prod(info.chunk_shape))).reshape(
-                info.chunk_shape
-            )
+            m = np.frombuffer(buf, info.dtype, count=info.chunk_items).reshape(info.chunk_shape)
+            m.flags.writeable = False  # the pages are mapped read-only
         except FileNotFoundError:  # never written: the fill value
             m = np.full(info.chunk_shape, info.fill_value, info.dtype)
         cache[chunk] = m
         self._n_maps += 1
         return m
 
+    def _can_map(self) -> bool:
+        if self._maps_fit is None:
+            # Map only a store whose chunk files all fit the process's map budget: a map
+            # costs about three preads to make, so it pays off when every later read of the
+            # file is a memory copy, not when a random read finds a map one time in six.
+            files = self.n_shards * sum(
+                1 for n, i in self._info.items() if i.plain and n != "valid"
+            )
+            explicit = self.max_open_chunks != sys.maxsize
+            self._maps_fit = explicit or files <= _process_map_budget()
+        return self._maps_fit and self._n_maps < self.max_open_chunks and self._mapper.can_map()
+
+    def _pread_one(self, name: str, chunk: int, loc: int, crop: int) -> bytes | None:
+        """The bytes of one (row, crop) record by ``pread``; ``None`` if its file is missing."""
+        info = self._info[name]
+        d = self._dir_fds.get(name)
+        try:
+            if d is None:
+                d = self._dir_fds[name] = _DirFd(info.chunk_dir)
+            fd = os.open(info.chunk_rel(chunk), os.O_RDONLY, dir_fd=d.fd)
+        except FileNotFoundError:
+            return None
+        try:
+            data = os.pread(
+                fd, info.record_bytes, (loc * info.records_per_row + crop) * info.record_bytes
+            )
+        finally:
+            os.close(fd)
+        return data if len(data) == info.record_bytes else None
+
     def _pread(self, name: str, chunk: int, loc: Any, crop: Any) -> np.ndarray:
         """Read only the requested (row, crop) records of a chunk file, without mapping it
-        (used once ``max_open_chunks`` maps are open: no eviction churn, no fd growth)."""
+        (used once no more maps may be made: no eviction churn, no fd growth)."""
         info = self._info[name]
-        try:
-            fd = os.open(info.chunk_path(chunk), os.O_RDONLY)
-        except FileNotFoundError:
+        try:  # relative to the array's chunk directory: half the cost of a full path walk
+            d = self._dir_fds.get(name)
+            if d is None:
+                d = self._dir_fds[name] = _DirFd(info.chunk_dir)
+            fd = os.open(info.chunk_rel(chunk), os.O_RDONLY, dir_fd=d.fd)
+        except FileNotFoundError:  # never written (no chunk, or no chunk directory yet)
             fill = np.full(info.record_shape, info.fill_value, info.dtype)
             return fill if isinstance(loc, int) else np.broadcast_to(fill, (len(loc), *fill.shape))
         try:
@@ -475,14 +523,30 @@ class TokenStore:
         out = np.empty((len(rows), *info.shape[2:]), info.dtype)
         cache = self._maps.setdefault(name, {})
         direct = self.mode == "memmap" and info.plain
+        can_map = direct and self._can_map()
+        # single records read by pread: their bytes joined and decoded once at the end
+        at: list[int] = []
+        parts: list[bytes] = []
         for chunk, o, loc, cr in g.items:
             m = cache.get(chunk)
             if m is not None:
                 out[o] = m[loc, cr]
-            elif direct and self._n_maps >= self.max_open_chunks:
-                out[o] = self._pread(name, chunk, loc, cr)
+            elif direct and not can_map:
+                if isinstance(o, int) and (data := self._pread_one(name, chunk, loc, cr)):
+                    at.append(o)
+                    parts.append(data)
+                else:
+                    out[o] = self._pread(name, chunk, loc, cr)
             else:
-                out[o] = self._chunk(name, chunk)[loc, cr]
+                try:
+                    out[o] = self._chunk(name, chunk)[loc, cr]
+                except _MapFailed:
+                    out[o] = self._pread(name, chunk, loc, cr)
+                can_map = direct and self._can_map()
+        if at:
+            out[at] = np.frombuffer(b"".join(parts), info.dtype).reshape(
+                len(at), *info.record_shape
+            )
         return out
 
     def batch(
@@ -559,14 +623,114 @@ class _Groups:
                 self.items.append((chunk, sel, local[sel], crops[sel]))
 
 
-def _default_max_open() -> int:
-    """Chunk maps kept open per process: half the file-descriptor limit (each map holds one)."""
-    try:
-        import resource
+class _DirFd:
+    """An open directory descriptor, closed when collected (pickled stores drop it)."""
 
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, OSError, ValueError):
-        soft = 1024
-    if soft == getattr(__import__("resource"), "RLIM_INFINITY", -1) or soft <= 0:
-        soft = 65536
-    return int(max(64, min(32768, soft // 2)))
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.close(self.fd)
+
+
+# --------------------------------------------------------------------------- chunk maps
+#
+# Python's ``mmap.mmap`` keeps a duplicate of the file descriptor for the life of the map, so
+# mapping every chunk file of a store (11 per shard: 34k at 100k samples) would need that many
+# descriptors. The kernel does not: a map outlives the descriptor it was made from. So chunk
+# files are mapped with libc's ``mmap`` and the descriptor closed at once; what bounds maps is
+# then the kernel's per-process map count (``vm.max_map_count``), shared by every store of the
+# process through one budget that leaves room for the allocator and thread stacks.
+
+_PROT_READ, _MAP_SHARED = 1, 1
+#: maps left to the rest of the process (malloc arenas, thread stacks, libraries)
+MAP_RESERVE = 8192
+_DEFAULT_MAP_COUNT = 65530  # Linux's default vm.max_map_count
+_LIBC: Any = None
+_BUDGET: dict[str, int] = {}  # pid -> maps this process may still make ("pid" key: owner)
+
+
+def _libc() -> Any:
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_long,
+        ]
+        libc.munmap.restype = ctypes.c_int
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        _LIBC = libc
+    return _LIBC
+
+
+def _process_map_budget() -> int:
+    """Maps this process may still make (computed once per process, then counted down)."""
+    if _BUDGET.get("pid") != os.getpid():
+        try:
+            with open("/proc/sys/vm/max_map_count") as f:
+                limit = int(f.read())
+            with open(f"/proc/{os.getpid()}/maps", "rb") as f:
+                in_use = sum(1 for _ in f)
+        except (OSError, ValueError):  # not Linux: stay with descriptor-bounded defaults
+            limit, in_use = _DEFAULT_MAP_COUNT, 0
+        _BUDGET.update(pid=os.getpid(), left=max(0, limit - in_use - MAP_RESERVE))
+    return _BUDGET["left"]
+
+
+def _munmap_all(regions: list[tuple[int, int]]) -> None:
+    libc = _libc()
+    for addr, size in regions:
+        libc.munmap(addr, size)
+    if _BUDGET.get("pid") == os.getpid():
+        _BUDGET["left"] += len(regions)
+    regions.clear()
+
+
+class _ChunkMaps:
+    """Read-only maps of whole chunk files that hold no descriptor; unmapped when the
+    last array over any of them is gone (each buffer references this owner)."""
+
+    def __init__(self) -> None:
+        import weakref
+
+        self._regions: list[tuple[int, int]] = []
+        self._pid = os.getpid()
+        self._failed = False
+        weakref.finalize(self, _munmap_all, self._regions)
+
+    def can_map(self) -> bool:
+        return not self._failed and os.name == "posix" and _process_map_budget() > 0
+
+    def map(self, path: str) -> Any:
+        """A writable-looking but read-only buffer over ``path``'s bytes (empty files: b"")."""
+        import ctypes
+
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                return b""
+            addr = _libc().mmap(None, size, _PROT_READ, _MAP_SHARED, fd, 0)
+        finally:
+            os.close(fd)
+        if addr is None or addr == ctypes.c_void_p(-1).value:
+            self._failed = True  # ENOMEM (map count) or similar: read the rest by pread
+            raise _MapFailed(path)
+        self._regions.append((addr, size))
+        _BUDGET["left"] -= 1
+        buf = (ctypes.c_char * size).from_address(addr)
+        buf._owner = self  # type: ignore[attr-defined]  # keeps the maps alive with any view
+        return buf
+
+
+class _MapFailed(OSError):
+    """The kernel refused a map (the process's map count): fall back to ``pread``."""

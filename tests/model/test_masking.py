@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from terraloom.model.config import AlphaMixture, Kind, MaskingConfig, ModelConfig, modality_specs
-from terraloom.model.masking import assemble, plan_masks, span_mask, split_budget, unmask_sequence
+from terraloom.model.masking import (
+    SampleKeys,
+    assemble,
+    gamma,
+    plan_masks,
+    span_mask,
+    span_mask_batch,
+    split_budget,
+    unmask_sequence,
+)
 
 CFG = ModelConfig(
     dim=64,
@@ -233,7 +242,9 @@ def test_input_only_mixture_and_padding_when_capacity_is_short() -> None:
 
 def test_masks_are_pinned_across_implementations() -> None:
     """The masks of a fixed seed never change with a faster implementation: a resumed run
-    and runs on other world sizes rely on them (digest of the argsort-based original)."""
+    and runs on other world sizes rely on them. Re-pinned once, deliberately, when the
+    per-sample NumPy generators gave way to counter-based keys (``SampleKeys``: the whole
+    batch drawn in vectorised passes); the argsort-based original pinned the old stream."""
     import hashlib
 
     _, batch, _, _ = _batch(MaskingConfig(input_budget=64, target_budget=64), b=16, seed=5)
@@ -241,7 +252,7 @@ def test_masks_are_pinned_across_implementations() -> None:
     for k in sorted(batch):
         h.update(k.encode())
         h.update(batch[k].numpy().tobytes())
-    assert h.hexdigest() == "0e703d05be9930b8068a2310039df2f7ca6d39203920838ea8f7a21d7145575f"
+    assert h.hexdigest() == "7ad99ae3cf2e9e36e6083cd4245bad319273a7e35ad35b6b1c4f544be2d41cb2"
 
 
 def test_smallest_and_compact_equal_their_sort_definitions() -> None:
@@ -261,4 +272,89 @@ def test_smallest_and_compact_equal_their_sort_definitions() -> None:
         order = np.argsort(~padded, axis=1, kind="stable")[:, :budget]
         got_order, got_pad = _compact(sel, budget)
         assert np.array_equal(got_pad, ~np.take_along_axis(padded, order, 1))
-        assert np.array_equal(got_order, np.where(order < 120, order, 0))
+        assert np.array_equal(got_order, np.where(got_pad, 0, order))  # pad slots hold 0
+
+
+def test_sample_keys_are_a_function_of_seed_epoch_and_position_only() -> None:
+    ids = np.arange(1000, 1064)
+    keys = SampleKeys.derive((0, 3, 7), ids)
+    again = SampleKeys.derive((0, 3, 7), ids[::-1])  # another batch order: the same keys
+    assert np.array_equal(keys.keys, again.keys[::-1])
+    assert np.array_equal(
+        SampleKeys.derive((0, 3, 7), ids[5:9]).uniform(4, 10), keys.uniform(4, 10)[5:9]
+    )
+    for other in ((0, 4, 7), (1, 3, 7), (0, 3, 8)):  # epoch, seed, tag: independent streams
+        assert not np.isin(SampleKeys.derive(other, ids).keys, keys.keys).any()
+    u = SampleKeys.derive((0, 0, 0), np.arange(4096)).uniform(1, 64)
+    assert u.min() >= 0.0 and u.max() < 1.0 and abs(u.mean() - 0.5) < 0.005
+    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.05  # streams' counters decorrelate
+    pk = keys.position_keys(3, 2, 196)
+    assert all(len(np.unique(row)) == 196 for row in pk.reshape(-1, 196))  # never ties
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.5, 1.0, 3.0])
+def test_gamma_has_the_gamma_distribution(alpha: float) -> None:
+    keys = SampleKeys.derive((9,), np.arange(20000))
+    a = np.zeros((20000, 3))
+    a[:, 1] = alpha
+    x = gamma(keys, a)
+    assert (x[:, 0] == 0).all() and (x[:, 2] == 0).all()  # alpha 0: no weight
+    v = x[:, 1]
+    assert (v >= 0).all() and abs(v.mean() - alpha) < 0.04 * alpha + 0.01
+    assert abs(v.var() - alpha) < 0.1 * alpha + 0.01
+    ref = np.random.default_rng(0).gamma(alpha, size=200000)
+    qs = [0.1, 0.25, 0.5, 0.75, 0.9]
+    assert np.allclose(np.quantile(v, qs), np.quantile(ref, qs), rtol=0.08, atol=0.01)
+
+
+def test_span_mask_batch_is_span_mask_for_a_whole_batch() -> None:
+    """Exact input length, invertible, sentinels in order and never adjacent in the input,
+    and a row's masks independent of the rest of the batch."""
+    g = np.random.default_rng(1)
+    b, length = 400, 64
+    lens = g.integers(0, length + 1, b)
+    lens[:4] = [0, 1, 2, 64]
+    ids = g.integers(0, 100, (b, length))
+    n_in = np.minimum(g.integers(-1, length + 3, b), 70)
+    n_in[:8] = [0, 1, 0, 0, 0, 1, 2, 65]
+    keys = SampleKeys.derive((2, 0), np.arange(b))
+    inp, n_inp, tgt, n_tgt = span_mask_batch(ids, lens, n_in, 100, keys, 64, 196)
+    spans = []
+    for r in range(b):
+        seq, n = ids[r, : lens[r]], int(n_in[r])
+        i, t = inp[r, : n_inp[r]], tgt[r, : n_tgt[r]]
+        assert not inp[r, n_inp[r] :].any() and not tgt[r, n_tgt[r] :].any()
+        assert len(i) == max(0, min(n, len(seq)))
+        assert np.array_equal(unmask_sequence(i, t, 100), seq)
+        sent = i[i >= 100]
+        assert np.array_equal(sent, 100 + np.arange(len(sent)))
+        assert not np.any((i[1:] >= 100) & (i[:-1] >= 100))
+        if 0 < n < len(seq):
+            assert 1 <= len(sent) <= (n + 1) // 2
+            spans.append(len(sent))
+        ref_i, ref_t = span_mask(seq, n, 100, np.random.default_rng(0))
+        if n <= 0 or n >= len(seq):  # no randomness: exactly the scalar definition
+            assert np.array_equal(i, ref_i) and np.array_equal(t, ref_t)
+    assert len(set(spans)) > 5  # the span count varies
+    sub = [3, 77, 200]
+    again = span_mask_batch(
+        ids[sub], lens[sub], n_in[sub], 100, SampleKeys(keys.keys[sub]), 64, 196
+    )
+    for got, want in zip(again, (inp, n_inp, tgt, n_tgt)):
+        assert np.array_equal(got, want[sub])
+
+
+def test_loader_keys_pin_the_mask_stream() -> None:
+    """The loader's path (``SampleKeys.derive``) pinned too: resume and world-size
+    invariance rest on it."""
+    import hashlib
+
+    masking = MaskingConfig(input_budget=64, target_budget=64)
+    seqs, codes = _inputs(16, 5)
+    keys = SampleKeys.derive((5, 2, 0x3A5C), np.arange(100, 116))
+    avail_in = np.ones((16, len(SPECS.inputs)), bool)
+    plan = plan_masks(SPECS, masking, keys, avail_in, np.ones((16, len(SPECS.targets)), bool), seqs)
+    h = hashlib.sha256()
+    for a in (plan.n_in, plan.n_tgt, plan.in_sel, plan.tgt_sel, plan.mixture):
+        h.update(np.ascontiguousarray(a).tobytes())
+    assert h.hexdigest() == "0a0a519c0a29159711e78100ba8ddc0341cad8da538579d53c9de7194a91e816"

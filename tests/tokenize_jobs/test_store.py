@@ -170,3 +170,82 @@ def test_reader_agrees_with_zarr_on_foreign_codecs(tmp_path):
     store = TokenStore(path, mode="memmap")
     assert not store._info["DEM"].plain
     assert store.batch([5, 1], [0, 0], ["DEM"])["DEM"].ravel().tolist() == [5, 1]
+
+
+def _many_chunk_store(path, n_samples: int = 400, shard: int = 4) -> np.ndarray:
+    """A committed DEM store of ``n_samples / shard`` shards (2 chunk files each: DEM, crops)."""
+    g = create_token_store(
+        path,
+        n_samples=n_samples,
+        n_crops=1,
+        crop_px=32,
+        shard_samples=shard,
+        modality_names=("DEM",),
+    )
+    dem = np.random.default_rng(3).integers(1, 60000, (n_samples, 1, 4), dtype=np.uint16)
+    g["DEM"][:] = dem
+    g["valid"][:] = True
+    return dem
+
+
+_FD_LIMITED_READ = """
+import os, resource, sys
+import numpy as np
+from terraloom.tokenize_jobs.store import TokenStore
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+store = TokenStore(sys.argv[1], mode="memmap")
+rows = np.random.default_rng(0).permutation(store.n_samples)
+out = store.arrays(rows, 0, ["DEM"])["DEM"]
+np.save(sys.argv[2], out[np.argsort(rows)])
+print(store._n_maps, len(os.listdir("/proc/self/fd")))
+"""
+
+
+def test_memmap_maps_every_chunk_file_past_the_descriptor_limit(tmp_path):
+    """Maps hold no file descriptor: with a soft fd limit of 64, all 200 chunk files of the
+    store are mapped (rows become memory copies) and no descriptor stays open."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "tokens" / "train.zarr"
+    dem = _many_chunk_store(path)
+    out = tmp_path / "dem.npy"
+    proc = subprocess.run(
+        [sys.executable, "-c", _FD_LIMITED_READ, str(path), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    n_maps, n_fds = (int(v) for v in proc.stdout.split())
+    assert n_maps == 200  # 100 shards x (DEM, crops): every chunk file mapped once
+    assert n_fds < 32  # the maps keep none
+    np.testing.assert_array_equal(np.load(out), dem[:, 0].astype(np.int64))
+
+
+def test_reads_fall_back_to_pread_when_the_process_map_budget_is_spent(tmp_path, monkeypatch):
+    import os
+
+    from terraloom.tokenize_jobs import store as store_mod
+
+    path = tmp_path / "tokens" / "train.zarr"
+    dem = _many_chunk_store(path, n_samples=40)
+    monkeypatch.setattr(store_mod, "_BUDGET", {"pid": os.getpid(), "left": 0})
+    store = TokenStore(path, mode="memmap")
+    rows = np.array([39, 0, 17, 17, 5])
+    np.testing.assert_array_equal(store.arrays(rows, 0, ["DEM"])["DEM"], dem[rows, 0])
+    assert store._n_maps == 0
+    # 20 chunk files (10 shards x DEM, crops) do not fit a budget of 19: no maps at all
+    monkeypatch.setattr(store_mod, "_BUDGET", {"pid": os.getpid(), "left": 19})
+    partial = TokenStore(path, mode="memmap")
+    np.testing.assert_array_equal(partial.arrays(rows, 0, ["DEM"])["DEM"], dem[rows, 0])
+    assert partial._n_maps == 0 and store_mod._BUDGET["left"] == 19
+    monkeypatch.setattr(store_mod, "_BUDGET", {"pid": os.getpid(), "left": 20})
+    mapped = TokenStore(path, mode="memmap")
+    np.testing.assert_array_equal(mapped.arrays(rows, 0, ["DEM"])["DEM"], dem[rows, 0])
+    assert mapped._n_maps == 8 and store_mod._BUDGET["left"] == 16  # 4 DEM files (crops: fill)
+    del mapped
+    import gc
+
+    gc.collect()
+    assert store_mod._BUDGET["left"] == 20  # unmapped with the store: the budget is back
