@@ -75,6 +75,7 @@ from terraloom.pipeline.build_prepare import (
     PLAN_ROWS_PER_GROUP,
     acquire_build_lease,
     blocks_per_row_group,
+    build_locations,
     check_committed,
     check_fresh_out,
     config_digest,
@@ -89,7 +90,7 @@ from terraloom.pipeline.corpus_writer import BlockKey, marker_path
 from terraloom.schemas.layouts import DEFAULT_SHARD_SAMPLES
 from terraloom.storage.files import is_disk_full
 from terraloom.storage.lease import LeaseLost
-from terraloom.storage.location import Location, LocationError
+from terraloom.storage.location import Location
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +196,7 @@ def run_build(
         raise BuildInputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if workers < 1:
         raise BuildInputError("--workers must be >= 1")
-    try:
-        plan, out = Location.parse(plan), Location.parse(out)
-    except LocationError as exc:
-        raise BuildInputError(str(exc)) from None
-    if out.read_only:
-        raise BuildInputError(f"--out {out} is read-only ({out.scheme}://)")
+    plan, out = build_locations(plan, out)
     t0 = time.perf_counter()
     config = config if config is not None else BuildConfig()
     if engine != "beam" and (runner is not None or pipeline_args):

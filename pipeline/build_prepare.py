@@ -255,6 +255,18 @@ def _write_frozen(
     return offsets
 
 
+def build_locations(plan: Where, out: Where) -> tuple[Location, Location]:
+    """(plan, out) as locations; a bad URL or a read-only output is bad input, before anything
+    is read or written."""
+    try:
+        plan_loc, out_loc = Location.parse(plan), Location.parse(out)
+    except LocationError as exc:
+        raise BuildInputError(str(exc)) from None
+    if out_loc.read_only:
+        raise BuildInputError(f"--out {out_loc} is read-only ({out_loc.scheme}://)")
+    return plan_loc, out_loc
+
+
 def prepare(
     plan_path: Where,
     out: Where,
@@ -271,12 +283,7 @@ def prepare(
     """
     if shard_samples < 1:
         raise BuildInputError("shard_samples must be >= 1")
-    try:
-        plan_path, out = Location.parse(plan_path), Location.parse(out)
-    except LocationError as exc:
-        raise BuildInputError(str(exc)) from None
-    if out.read_only:
-        raise BuildInputError(f"--out {out} is read-only ({out.scheme}://)")
+    plan_path, out = build_locations(plan_path, out)
     if not plan_path.exists():
         raise BuildInputError(f"plan {plan_path} does not exist")
     if not manifest_path(out).exists():

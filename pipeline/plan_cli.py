@@ -208,6 +208,21 @@ def plan_config_from_args(args: argparse.Namespace) -> PlanConfig:
     )
 
 
+def _source_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The source flags as ``open_source`` / ``SourceSpec`` keywords (one spelling for both:
+    a single-process plan and a distributed plan's workers open the source alike)."""
+    return {
+        "cache_dir": args.cache_dir,
+        "use_cache": not args.no_cache,
+        "sign": {"auto": None, "yes": True, "no": False}[args.sign],
+        "ee_project": args.ee_project,
+        "timeout": args.timeout,
+        "deadline": args.search_deadline,
+        "max_retries": args.retries,
+        "page_size": args.page_size,
+    }
+
+
 def run_plan(args: argparse.Namespace) -> int:
     try:
         out = Location.parse(args.out, parse_storage_options(args.storage_option))
@@ -217,18 +232,7 @@ def run_plan(args: argparse.Namespace) -> int:
         return _fail(f"--out {out} is read-only ({out.scheme}://)")
     try:
         config = plan_config_from_args(args)
-        opened = open_source(
-            args.source,
-            cache_dir=args.cache_dir,
-            use_cache=not args.no_cache,
-            sign={"auto": None, "yes": True, "no": False}[args.sign],
-            ee_project=args.ee_project,
-            timeout=args.timeout,
-            deadline=args.search_deadline,
-            max_retries=args.retries,
-            rate_limit=args.rate_limit,
-            page_size=args.page_size,
-        )
+        opened = open_source(args.source, rate_limit=args.rate_limit, **_source_options(args))
         region = Region.parse(args.region) if args.region else opened.region
         period = parse_time_range(args.time) if args.time else opened.time_range
         if region is None:
@@ -297,17 +301,7 @@ def _plan_dataset(
     args: argparse.Namespace, out: Location, config: PlanConfig, region: Region, period: Any
 ) -> tuple[Any, PlanReport, Location]:
     """Plan into a partitioned dataset on the chosen engine (resumes a killed run)."""
-    spec = SourceSpec(
-        args.source,
-        cache_dir=args.cache_dir,
-        use_cache=not args.no_cache,
-        sign={"auto": None, "yes": True, "no": False}[args.sign],
-        ee_project=args.ee_project,
-        timeout=args.timeout,
-        deadline=args.search_deadline,
-        max_retries=args.retries,
-        page_size=args.page_size,
-    )
+    spec = SourceSpec(args.source, **_source_options(args))
     engine = EngineConfig(
         engine=args.engine,
         workers=args.workers,

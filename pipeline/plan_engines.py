@@ -214,35 +214,17 @@ def run_dask(
     scheduler: str | None = None,
     threads: int = 1,
 ) -> None:
-    import dask
-    from distributed import Client, LocalCluster, wait
+    from distributed import wait
 
-    from terraloom.pipeline.dask_job import NANNY_ENV_OVERRIDES, _restored_environ
+    from terraloom.pipeline.dask_job import dask_client
 
-    with _restored_environ(), dask.config.set(NANNY_ENV_OVERRIDES):
-        cluster = None
-        if scheduler is None:
-            cluster = LocalCluster(
-                n_workers=workers,
-                threads_per_worker=threads,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-            )
-            client = Client(cluster)
-        else:
-            client = Client(scheduler)
-        try:
-            futures = client.map(
-                plan_block_task, [job] * len(blocks), list(blocks), pure=False, retries=1
-            )
-            wait(futures)
-            for f in futures:
-                f.result()  # raise a task's error here
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+    with dask_client(workers, scheduler, threads) as client:
+        futures = client.map(
+            plan_block_task, [job] * len(blocks), list(blocks), pure=False, retries=1
+        )
+        wait(futures)
+        for f in futures:
+            f.result()  # raise a task's error here
 
 
 # --- the driver ----------------------------------------------------------------------------------
