@@ -25,10 +25,13 @@ from terraloom.schemas.config import (
 )
 from terraloom.schemas.config import to_dict as to_dict  # re-exported: checkpoints, CLI
 from terraloom.schemas.layouts import CAPTION_MAX_TOKENS, n_image_tokens
-from terraloom.schemas.modalities import CROP_PX, PATCH_PX, Layout, get_modality
+from terraloom.schemas.modalities import CROP_PX, PATCH_PX, Layout, get_modality, modalities
 
 PIXEL_SUFFIX = "@px"
 TOKEN_SUFFIX = "@tok"
+#: Every registry modality at each scale, in registry order: the default model sees them all.
+PIXEL_MODALITIES: tuple[str, ...] = tuple(m.name for m in modalities(pixels=True))
+TOKEN_MODALITIES: tuple[str, ...] = tuple(m.name for m in modalities(tokens=True))
 
 
 # --------------------------------------------------------------------------- model
@@ -54,20 +57,11 @@ class ModelConfig:
     patch_px: int = PATCH_PX
     image_px: int = CROP_PX
     #: Pixel-scale inputs (normalised pixels through per-modality linear patch embeddings).
-    pixel_inputs: tuple[str, ...] = ("S2L1C", "S2L2A", "S2RGB", "S1GRD", "S1RTC", "DEM")
+    pixel_inputs: tuple[str, ...] = PIXEL_MODALITIES
     #: Token-scale inputs (tokenizer codes through per-modality embedding tables).
-    token_inputs: tuple[str, ...] = (
-        "S2L2A",
-        "S1GRD",
-        "S1RTC",
-        "DEM",
-        "LULC",
-        "NDVI",
-        "GEO",
-        "CAPTION",
-    )
+    token_inputs: tuple[str, ...] = TOKEN_MODALITIES
     #: Token modalities the decoder predicts.
-    targets: tuple[str, ...] = ("S2L2A", "S1GRD", "S1RTC", "DEM", "LULC", "NDVI", "GEO", "CAPTION")
+    targets: tuple[str, ...] = TOKEN_MODALITIES
     #: Decoder self-attention backend: "auto" (FlexAttention block mask when compiled on
     #: CUDA, else an SDPA boolean mask), "flex" or "dense".
     dec_attn: str = "auto"

@@ -40,6 +40,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -217,18 +218,24 @@ def read_tagged(location: Location) -> tuple[bytes, str] | None:
     return data, str(tag or "")
 
 
+def _memory_if_match(location: Location, tag: str, act: Callable[[Any], Any]) -> bool:
+    """memory://: run ``act(fs)`` only if the object exists with version ``tag`` (its SHA-256),
+    atomically under the process-wide memory lock; ``False`` otherwise."""
+    fs = location.fs
+    with _MEMORY_LOCK:
+        if not fs.exists(location.path):
+            return False
+        if hashlib.sha256(bytes(fs.cat_file(location.path))).hexdigest() != tag:
+            return False
+        act(fs)
+        return True
+
+
 def replace_if_match(location: Location, data: bytes, tag: str) -> bool:
     """Overwrite only if the object still has version ``tag``; ``False`` if it changed or is
     gone. Only where :func:`supports_conditional_replace`."""
     if location.scheme == "memory":
-        fs = location.fs
-        with _MEMORY_LOCK:
-            if not fs.exists(location.path):
-                return False
-            if hashlib.sha256(bytes(fs.cat_file(location.path))).hexdigest() != tag:
-                return False
-            fs.pipe_file(location.path, bytes(data))
-            return True
+        return _memory_if_match(location, tag, lambda fs: fs.pipe_file(location.path, bytes(data)))
     if location.scheme == "s3":
         try:
             _s3_call(location.fs.pipe_file, location.path, bytes(data), IfMatch=tag)
@@ -248,14 +255,7 @@ def delete_if_match(location: Location, tag: str) -> bool:
     S3 endpoints without conditional deletes (answering ``NotImplemented``) fall back to a
     check-then-delete, the same window as on backends without conditions."""
     if location.scheme == "memory":
-        fs = location.fs
-        with _MEMORY_LOCK:
-            if not fs.exists(location.path):
-                return False
-            if hashlib.sha256(bytes(fs.cat_file(location.path))).hexdigest() != tag:
-                return False
-            fs.rm_file(location.path)
-            return True
+        return _memory_if_match(location, tag, lambda fs: fs.rm_file(location.path))
     if location.scheme == "s3":
         fs = location.fs
         bucket, key, _ = fs.split_path(location.path)
