@@ -10,7 +10,7 @@ a block runs, not by the driver.
 from __future__ import annotations
 
 import functools
-import os
+import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -28,8 +28,8 @@ from terraloom.pipeline.corpus_writer import (
     MarkerError,
     Where,
     is_committed,
-    open_split_store,
     outcome_from_marker,
+    split_store_path,
     store_layout,
     write_block,
 )
@@ -67,20 +67,20 @@ class EngineResult:
     workers: int = 1
 
 
-def _plan_file(loc: Location) -> pq.ParquetFile:
-    """The frozen plan, opened once per process and file version (the footer is read once,
-    not per block; a plan rewritten at the same path is opened afresh). On an object store
-    the version is the object's ETag, and a block's row group is read by range requests."""
-    if loc.is_local:
-        st = os.stat(loc.path)
-        return _open_plan_file(loc, (st.st_ino, st.st_mtime_ns, st.st_size))
-    info = loc.fs.info(loc.path)
-    tag = info.get("ETag") or info.get("etag") or info.get("generation") or info.get("mtime")
-    return _open_plan_file(loc, (str(tag), int(info.get("size") or 0)))
+def _plan_file(loc: Location, manifest: dict[str, Any]) -> pq.ParquetFile:
+    """The frozen plan, opened once per process and build (the footer is read once, not per
+    block). ``prepare`` freezes the plan once per manifest (plan fingerprint, shard size,
+    config), so the manifest's digest versions it without a request: an output prepared
+    anew for another plan opens afresh. On an object store a block's row group is read by
+    range requests."""
+    from terraloom.pipeline.split_handle import manifest_version
+
+    options = json.dumps(loc.options(), sort_keys=True, default=repr)
+    return _open_plan_file(loc, options, manifest_version(manifest))
 
 
 @functools.lru_cache(maxsize=4)
-def _open_plan_file(loc: Location, version: tuple[Any, ...]) -> pq.ParquetFile:
+def _open_plan_file(loc: Location, options: str, version: str) -> pq.ParquetFile:
     if loc.is_local:
         return pq.ParquetFile(loc.path)
     fs, key = loc.arrow_filesystem()
@@ -101,7 +101,7 @@ def read_plan_block(
     group = info["row_group_offset"] + key.block // per_group
     first = (key.block % per_group) * int(manifest["shard_samples"])
     table = (
-        _plan_file(frozen_plan_path(out))
+        _plan_file(frozen_plan_path(out), manifest)
         .read_row_group(group)
         .slice(first, int(manifest["shard_samples"]))
     )
@@ -126,11 +126,14 @@ def process_block(job: BuildJob, key: BlockKey) -> BlockOutcome:
 
     results = sample.build_block(rows, job.config)
     t1 = time.perf_counter()
-    group = open_split_store(job.out, key.split, "r+")
-    block = assemble_block(store_layout(group), key, rows, results)
+    from terraloom.pipeline.split_handle import manifest_version, open_split_handle
+
+    # the split store's metadata, read once per worker process and build (split_handle)
+    handle = open_split_handle(split_store_path(job.out, key.split), manifest_version(manifest))
+    block = assemble_block(store_layout(handle), key, rows, results)
     block.stats.setdefault("msec_build_block", (t1 - t0) * 1e3)
     block.stats["msec_assemble"] = (time.perf_counter() - t1) * 1e3
-    return write_block(group, block, job.out)
+    return write_block(handle, block, job.out)
 
 
 def sum_counters(outcomes: Sequence[BlockOutcome]) -> dict[str, int]:

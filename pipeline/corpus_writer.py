@@ -306,29 +306,32 @@ def block_storage_keys(group: Any, key: BlockKey) -> dict[str, list[str]]:
     return out
 
 
-def block_files(out: Where, key: BlockKey, group: Any) -> dict[str, int | None]:
-    """Size of every file of a block (``None``: absent), keyed by path relative to ``out``."""
+def block_files(
+    out: Where, key: BlockKey, group: Any, written: Mapping[str, int | None] | None = None
+) -> dict[str, int | None]:
+    """Size of every file of a block (``None``: absent), keyed by path relative to ``out``.
+
+    ``written``: sizes of the split store's keys as the block write recorded them
+    (``split_handle.BlockWriteStore``), which spares a ``stat`` (a HEAD on an object store)
+    per shard; any other file is asked for its size."""
     root = Location.parse(out)
     store = split_store_path(root, key.split).name
-    rels = [f"{store}/{k}" for keys in block_storage_keys(group, key).values() for k in keys]
-    rels += [part_rel(key, t) for t in ("index", "rejects")]
+    known = written or {}
     sizes: dict[str, int | None] = {}
+    rels: list[str] = []
+    for keys in block_storage_keys(group, key).values():
+        for k in keys:
+            if k in known:
+                sizes[f"{store}/{k}"] = known[k]
+            else:
+                rels.append(f"{store}/{k}")
+    rels += [part_rel(key, t) for t in ("index", "rejects")]
     for rel in rels:
         try:
             sizes[rel] = (root / rel).size()
         except FileNotFoundError:
             sizes[rel] = None
     return sizes
-
-
-def discard_block_shards(out: Where, key: BlockKey, group: Any) -> None:
-    """Delete whatever an earlier attempt left of a block's shards before it is rewritten:
-    zarr's sharding codec reads an existing shard even when a write covers all of it, so
-    a torn (killed mid-write) or damaged shard would otherwise make the rewrite fail."""
-    store = split_store_path(out, key.split)
-    for keys in block_storage_keys(group, key).values():
-        for k in keys:
-            (store / k).delete()
 
 
 def _describe(rel: str, got: int | None, want: int | None) -> str:
@@ -408,32 +411,25 @@ def outcome_from_marker(out: Where, key: BlockKey, skipped: bool = True) -> Bloc
     )
 
 
-def _write_arrays(group: Any, block: AssembledBlock) -> None:
-    for name, value in block.arrays.items():
-        group[name][block.start : block.stop] = value
-
-
 def write_block(group: Any, block: AssembledBlock, out: Where) -> BlockOutcome:
     """Write one assembled block: shard data, index/rejects parts, then the commit marker.
 
-    Each array gets exactly one region write covering its whole shard (or the last,
-    partial one), so a re-run replaces whatever a killed attempt (or a damage found on
-    resume) left behind. Locally the block's old shard files are deleted first (a write
-    killed midway leaves a torn file that zarr would read); on an object store a PUT is
-    whole or absent, so the old objects are deleted only if the write fails on one (a
-    damaged shard), sparing a request per shard on every fresh block.
+    ``group`` is the split store: an open zarr group or, on a worker, the
+    ``split_handle.SplitHandle`` it opened once. Each array gets exactly one region write
+    covering its whole shard (or the last, partial one), through a per-block
+    ``BlockWriteStore`` that never reads the shards it replaces, so a re-run replaces
+    whatever a killed attempt (a torn file) or a damage found on resume left behind, and a
+    fresh block on an object store costs one PUT per shard and nothing else.
     """
+    from terraloom.pipeline.split_handle import BlockWriteStore, split_handle_of
+
     key = block.key
     t0 = time.perf_counter()
-    if Location.parse(out).is_local:
-        discard_block_shards(out, key, group)
-        _write_arrays(group, block)
-    else:
-        try:
-            _write_arrays(group, block)
-        except Exception:  # whatever the codec raises on a damaged shard: once more, clean
-            discard_block_shards(out, key, group)
-            _write_arrays(group, block)
+    handle = split_handle_of(group)
+    shard_keys = block_storage_keys(handle, key)
+    store = BlockWriteStore(handle.store, frozenset(k for ks in shard_keys.values() for k in ks))
+    for name, value in block.arrays.items():
+        handle.array(name, store)[block.start : block.stop] = value
     t1 = time.perf_counter()
     block_sums = {name: checksum(value) for name, value in block.arrays.items()}
     write_geoparquet("index", from_rows("index", block.index_rows), part_path(out, key, "index"))
@@ -448,7 +444,7 @@ def write_block(group: Any, block: AssembledBlock, out: Where) -> BlockOutcome:
         "msec_parts": (t2 - t1) * 1e3,
         "bytes_written": float(sum(v.nbytes for v in block.arrays.values())),
     }
-    files = block_files(out, key, group)
+    files = block_files(out, key, handle, store.written)
     marker = {
         "files": files,
         "format": MARKER_FORMAT,

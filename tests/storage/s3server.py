@@ -21,7 +21,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -40,17 +40,24 @@ CLEARED_ENV = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_S
 @dataclass(frozen=True)
 class S3Server:
     endpoint: str  # http://127.0.0.1:<port>
+    #: Every request served, ``(method, path?query)`` in arrival order: request counts are
+    #: deterministic, so tests bound them (take ``len`` before and after the code measured).
+    log: list[tuple[str, str]] = field(default_factory=list, compare=False)
 
 
 class _Serialised:
-    """WSGI middleware: one request at a time (see the module docstring)."""
+    """WSGI middleware: one request at a time (see the module docstring), each logged."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+    def __init__(self, app: Callable[..., Iterable[bytes]], log: list[tuple[str, str]]) -> None:
         self.app = app
         self.lock = threading.Lock()
+        self.log = log
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
         with self.lock:
+            query = environ.get("QUERY_STRING") or ""
+            path = str(environ.get("PATH_INFO", "")) + (f"?{query}" if query else "")
+            self.log.append((str(environ.get("REQUEST_METHOD", "")), path))
             body = self.app(environ, start_response)
             try:
                 return list(body)
@@ -69,10 +76,11 @@ def s3_server() -> Iterator[S3Server]:
     server.start()
     wsgi = server._server  # the werkzeug server; its handler calls ``server.app``
     assert wsgi is not None
-    wsgi.app = _Serialised(wsgi.app)  # type: ignore[method-assign]
+    log: list[tuple[str, str]] = []
+    wsgi.app = _Serialised(wsgi.app, log)  # type: ignore[method-assign]
     host, port = server.get_host_and_port()
     try:
-        yield S3Server(endpoint=f"http://{host}:{port}")
+        yield S3Server(endpoint=f"http://{host}:{port}", log=log)
     finally:
         server.stop()
 
