@@ -2,7 +2,8 @@
 
 ``encoder_hidden`` is the encoder's output after its final norm (what TerraMind's backbone
 returns and what downstream heads consume), before the decoder's context projection. The
-``embed`` job feeds every patch of the centre 224 px crop of the chosen pixel modalities and
+``embed`` job feeds every patch of the centre ``image_px`` crop (224 px for TerraMind's sizes)
+of the chosen pixel modalities and
 writes the mean over tokens per sample as GeoParquet, following Major TOM's embedding
 datasets (id, grid cell, footprint geometry, time, centre, embedding), and optionally all
 token embeddings as a Zarr array (sample, token, dim).
