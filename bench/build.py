@@ -145,7 +145,10 @@ def make_plan(
 
 
 def subset_plan(plan_path: Path, fraction: float, dest: Path) -> tuple[Path, int]:
-    """The first ceil(fraction * n) rows of every split (rows stay 0..m-1)."""
+    """The first ceil(fraction * n) rows of every split (rows stay 0..m-1), with the plan's
+    ``terraloom:*`` metadata (its href scope: without it every href is refused)."""
+    import pyarrow.parquet as pq
+
     plan = read_table("plan", plan_path)
     parts = []
     for split in sorted(set(plan.column("split").to_pylist())):
@@ -153,6 +156,9 @@ def subset_plan(plan_path: Path, fraction: float, dest: Path) -> tuple[Path, int
         m = max(1, math.ceil(fraction * part.num_rows))
         parts.append(part.filter(pc.less(part.column("row"), m)))
     table = pa.concat_tables(parts)
+    meta = pq.read_schema(plan_path).metadata or {}
+    extra = {k: v for k, v in meta.items() if k.startswith(b"terraloom:")}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
     write_geoparquet("plan", table, dest)
     return dest, table.num_rows
 

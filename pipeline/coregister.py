@@ -446,6 +446,13 @@ class SeparableSampler:
         self.bilinear_ok = self.inside & (self.total > 1e-5)
         self._iy = np.clip(np.floor(rows), 0, h - 1).astype(np.intp)
         self._ix = np.clip(np.floor(cols), 0, w - 1).astype(np.intp)
+        # the source columns the bilinear taps touch: the row pass runs over these only,
+        # not over the whole (shared, often much wider) read window
+        x0, x1 = self._x[0], self._x[1]
+        self._xlo = int(min(x0.min(), x1.min()))
+        self._xhi = int(max(x0.max(), x1.max())) + 1
+        self._x0 = x0 - self._xlo
+        self._x1 = x1 - self._xlo
         self._general: PointSampler | None = None
 
     @staticmethod
@@ -470,22 +477,32 @@ class SeparableSampler:
         return self._general
 
     def sample(
-        self, data: np.ndarray, resampling: GdalResampling, weight: np.ndarray | None = None
+        self,
+        data: np.ndarray,
+        resampling: GdalResampling,
+        weight: np.ndarray | None = None,
+        *,
+        has_nan: bool | None = None,
     ) -> np.ndarray:
-        """As :meth:`PointSampler.sample`."""
+        """As :meth:`PointSampler.sample`. ``has_nan``: whether ``data`` holds a NaN, when
+        the caller knows (a read window shared by many samples is scanned once, not once
+        per sample)."""
         b = data.shape[0]
         if resampling is GdalResampling.nearest:
-            out = data[:, self._iy][:, :, self._ix].astype(np.float32, copy=False)
-            out = out.reshape(b, -1).copy()
+            out = data[:, self._iy[:, None], self._ix[None, :]].astype(np.float32, copy=False)
+            out = out.reshape(b, -1)
             out[:, ~self.inside] = np.nan
             if weight is not None:
                 weight.reshape(b, -1)[:] = np.isfinite(out)
             return out.reshape(b, *self.shape)
-        if np.isnan(data).any():
+        if has_nan is None:
+            has_nan = bool(np.isnan(data).any())
+        if has_nan:
             return self.general().sample(data, resampling, weight)
         y0, y1, wy0, wy1, _ = self._y
-        x0, x1, wx0, wx1, _ = self._x
-        rows = data[:, y0] * wy0[None, :, None] + data[:, y1] * wy1[None, :, None]
+        x0, x1, wx0, wx1 = self._x0, self._x1, self._x[2], self._x[3]
+        cols = slice(self._xlo, self._xhi)
+        rows = data[:, y0, cols] * wy0[None, :, None] + data[:, y1, cols] * wy1[None, :, None]
         full = rows[:, :, x0] * wx0 + rows[:, :, x1] * wx1
         region = self.bilinear_ok if weight is None else self.total > 1e-5
         out = np.where(region, full.reshape(b, -1), np.float32(np.nan)).astype(np.float32)
@@ -537,6 +554,7 @@ def warp_to_grid(
     sampler: PointSampler | SeparableSampler | None = None,
     use_gdal: bool = False,
     weight: np.ndarray | None = None,
+    has_nan: bool | None = None,
 ) -> np.ndarray:
     """Warp a source window (or ``data`` laid out like it) onto ``grid``; float32, NaN nodata.
 
@@ -547,7 +565,8 @@ def warp_to_grid(
     source is not finer than the grid); GDAL's warper for everything else (cubic, mode,
     downsampling) or when ``use_gdal``. ``weight``, a (bands, H, W) float32 array,
     receives each value's kernel weight (see :meth:`PointSampler.sample`; 1 where valid
-    on the other paths).
+    on the other paths). ``has_nan``: whether ``data`` holds a NaN, when the caller knows
+    (see :meth:`SeparableSampler.sample`).
     """
     arr = src.data if data is None else data
     arr = np.ascontiguousarray(arr, dtype=np.float32)
@@ -562,6 +581,9 @@ def warp_to_grid(
     if not use_gdal and resampling in (GdalResampling.nearest, GdalResampling.bilinear):
         if sampler is None:
             sampler = point_sampler(src, grid, arr3.shape[-2:], tps=gcp_tps)
+        if isinstance(sampler, SeparableSampler):
+            out = sampler.sample(arr3, resampling, weight, has_nan=has_nan)
+            return out[0] if squeeze else out
         if sampler is not None:
             out = sampler.sample(arr3, resampling, weight)
             return out[0] if squeeze else out

@@ -83,10 +83,10 @@ from terraloom.pipeline.readers import (
     Asset,
     AssetError,
     AssetInfo,
+    AssetPool,
     RasterWindow,
     check_georeferencing,
     gdal_env,
-    open_asset,
     resolve_band,
 )
 from terraloom.pipeline.sample_output import (
@@ -111,6 +111,11 @@ from terraloom.schemas.tables import RejectReason
 __all__ = ["DEFAULT_REQUIRED", "BuildConfig", "SampleResult", "build_block", "build_sample"]
 
 SCL_BAND = "SCL"
+
+#: Assets stay open between the blocks a worker process runs: neighbouring blocks read
+#: the same COGs, and a kept handle keeps its header parsed and its decoded tiles in GDAL's
+#: block cache (``pipeline.readers.AssetPool``).
+ASSET_POOL = AssetPool(capacity=512)
 
 
 @dataclass
@@ -441,7 +446,7 @@ def _process_group(
             keys = sorted(by_href[href], key=lambda k: (-1 if k[1] is None else k[1], k[2]))
             uses = [u for k in keys for u in group[k]]
             try:
-                asset = stack.enter_context(open_asset(href, config.href_policy))
+                asset = stack.enter_context(ASSET_POOL.open(href, config.href_policy))
             except AssetError as exc:
                 _fail(samples, uses, exc.reason, exc.message)
                 continue
@@ -585,8 +590,11 @@ def _warp_same_grid(
         by_rs: dict[GdalResampling, list[tuple[_Band, RasterWindow]]] = defaultdict(list)
         for b, rw in band_windows:
             by_rs[modality_resampling(m, uses[b.key][0].band)].append((b, rw))
+        band_nan: dict[GdalResampling, np.ndarray] = {}
         for rs, part in by_rs.items():
             families[rs] = (part, np.stack([rw.data for _, rw in part]))
+            if rs is not GdalResampling.nearest:  # scanned once per read, not per sample
+                band_nan[rs] = np.isnan(families[rs][1]).any(axis=(1, 2))
         bytes_share = sum(rw.bytes_decoded for _, rw in band_windows) / n_members
         read_share = sum(rw.read_ms for _, rw in band_windows) / n_members
         for k in idx:
@@ -613,8 +621,16 @@ def _warp_same_grid(
                     continue
                 data = stacked if len(keep) == len(part) else stacked[keep]
                 weight = np.zeros((len(keep), grid.height, grid.width), np.float32)
+                nan = band_nan.get(rs)
                 out = warp_to_grid(
-                    ref, grid, rs, data=data, gcp_tps=config.gcp_tps, sampler=sampler, weight=weight
+                    ref,
+                    grid,
+                    rs,
+                    data=data,
+                    gcp_tps=config.gcp_tps,
+                    sampler=sampler,
+                    weight=weight,
+                    has_nan=None if nan is None else bool(nan[keep].any()),
                 )
                 for j, layer, wgt in zip(keep, out, weight):
                     b, rw = part[j]
