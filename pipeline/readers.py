@@ -45,7 +45,6 @@ __all__ = [
     "Asset",
     "AssetError",
     "AssetInfo",
-    "AssetPool",
     "HrefPolicy",
     "RasterWindow",
     "ReaderOptions",
@@ -205,7 +204,8 @@ def check_href(href: str, policy: HrefPolicy | None) -> None:
         raise AssetError(RejectReason.HREF_NOT_ALLOWED, href, why)
 
 
-def _open_dataset(href: str, policy: HrefPolicy | None = None) -> Any:
+@contextmanager
+def _open(href: str, policy: HrefPolicy | None = None) -> Iterator[Any]:
     """Open a dataset, mapping every failure to an :class:`AssetError`.
 
     The href policy is checked first, before any I/O. Local files keep GDAL's directory
@@ -222,18 +222,13 @@ def _open_dataset(href: str, policy: HrefPolicy | None = None) -> Any:
     try:
         with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN=readdir):
             if opener is not None:
-                return rasterio.open(href, opener=opener)
-            return rasterio.open(path)
+                ds = rasterio.open(href, opener=opener)
+            else:
+                ds = rasterio.open(path)
     except AssetError:
         raise
     except (RasterioError, OSError, ValueError) as exc:
         raise _classify(exc, href) from exc
-
-
-@contextmanager
-def _open(href: str, policy: HrefPolicy | None = None) -> Iterator[Any]:
-    """:func:`_open_dataset`, closed on exit."""
-    ds = _open_dataset(href, policy)
     try:
         yield ds
     finally:
@@ -392,9 +387,6 @@ class Asset:
         self.href = href
         self.info = _describe(ds, href)
 
-    def close(self) -> None:
-        self._ds.close()
-
     def read(
         self,
         window: Window,
@@ -484,127 +476,6 @@ def open_asset(href: str, policy: HrefPolicy | None = None) -> Iterator[Asset]:
         except (RasterioError, OSError, ValueError) as exc:
             raise _classify(exc, href) from exc
         yield asset
-
-
-def _version(href: str) -> tuple[int, ...] | None:
-    """What identifies the bytes behind a local href (inode, mtime, size), so a file
-    rewritten or deleted since it was opened is never read through a stale handle; None
-    for anything else (remote objects are immutable in a catalog; GDAL's ``VSI_CACHE``
-    assumes the same)."""
-    if is_remote(href) or _fsspec_opener(href) is not None:
-        return None
-    st = os.stat(gdal_path(href))  # FileNotFoundError: the caller opens afresh and reports
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-class AssetPool:
-    """Open assets kept between uses in one process, least recently used closed first.
-
-    Why: a build processes a shard block at a time, and neighbouring blocks need the same
-    COGs. Opening a file again parses its header, CRS and overviews anew, and closing it
-    drops its decoded tiles from GDAL's block cache, so the tiles a block's window shares
-    with the next block's were decoded twice. Keeping ``capacity`` handles open (GDAL's
-    cache size still bounds the decoded tiles) makes the second block cost neither.
-
-    Thread-safe: a handle is lent to one caller at a time (two threads reading one file
-    get two handles). A local file is reused only while its inode, mtime and size are the
-    ones it was opened with; the href policy is checked on every use, before any I/O. A
-    pool inherited through ``fork`` starts empty in the child.
-    """
-
-    def __init__(self, capacity: int = 64) -> None:
-        import threading
-        from collections import OrderedDict
-
-        self.capacity = capacity
-        self._lock = threading.Lock()
-        self._idle: OrderedDict[int, tuple[str, tuple[int, ...] | None, Asset]] = OrderedDict()
-        self._by_href: dict[str, list[int]] = {}
-        self._pid = os.getpid()
-        self._seq = 0
-        #: Files opened (not reused) since the pool was made: for tests and benchmarks.
-        self.opened = 0
-
-    def _take(self, href: str, version: tuple[int, ...] | None) -> Asset | None:
-        with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's handles are not ours
-                self._idle.clear()
-                self._by_href.clear()
-                self._pid = os.getpid()
-            seqs = self._by_href.get(href)
-            found: Asset | None = None
-            stale: list[Asset] = []
-            while seqs:
-                _, v, a = self._idle.pop(seqs.pop())
-                if v == version:
-                    found = a
-                    break
-                stale.append(a)  # the file changed since: never read through this handle
-            if seqs is not None and not seqs:
-                del self._by_href[href]
-        for a in stale:
-            a.close()
-        return found
-
-    def _give(self, href: str, version: tuple[int, ...] | None, asset: Asset) -> None:
-        evicted: list[Asset] = []
-        with self._lock:
-            self._seq += 1
-            self._idle[self._seq] = (href, version, asset)
-            self._by_href.setdefault(href, []).append(self._seq)
-            while len(self._idle) > self.capacity:
-                seq, (h, _, a) = self._idle.popitem(last=False)
-                self._by_href[h].remove(seq)
-                if not self._by_href[h]:
-                    del self._by_href[h]
-                evicted.append(a)
-        for a in evicted:
-            a.close()
-
-    @contextmanager
-    def open(self, href: str, policy: HrefPolicy | None = None) -> Iterator[Asset]:
-        """As :func:`open_asset`, reusing an idle handle of the same unchanged file."""
-        check_href(href, policy)
-        try:
-            version = _version(href)
-        except OSError:
-            version = None
-            asset = None  # gone or unreadable: open afresh, which says why
-        else:
-            asset = self._take(href, version)
-        if asset is None:
-            asset = _new_asset(href)
-            self.opened += 1
-        ok = False
-        try:
-            yield asset
-            ok = True
-        finally:
-            if ok and self.capacity > 0 and (version is not None or is_remote(href)):
-                self._give(href, version, asset)
-            else:
-                asset.close()
-
-    def clear(self) -> None:
-        """Close every idle handle."""
-        with self._lock:
-            idle = [a for _, _, a in self._idle.values()]
-            self._idle.clear()
-            self._by_href.clear()
-        for a in idle:
-            a.close()
-
-
-def _new_asset(href: str) -> Asset:
-    ds = _open_dataset(href)
-    try:
-        return Asset(ds, href)
-    except (RasterioError, OSError, ValueError) as exc:
-        ds.close()
-        raise _classify(exc, href) from exc
-    except BaseException:
-        ds.close()
-        raise
 
 
 def open_info(href: str, policy: HrefPolicy | None = None) -> AssetInfo:

@@ -83,10 +83,10 @@ from terraloom.pipeline.readers import (
     Asset,
     AssetError,
     AssetInfo,
-    AssetPool,
     RasterWindow,
     check_georeferencing,
     gdal_env,
+    open_asset,
     resolve_band,
 )
 from terraloom.pipeline.sample_output import (
@@ -111,11 +111,6 @@ from terraloom.schemas.tables import RejectReason
 __all__ = ["DEFAULT_REQUIRED", "BuildConfig", "SampleResult", "build_block", "build_sample"]
 
 SCL_BAND = "SCL"
-
-#: Assets stay open between the blocks a worker process runs: neighbouring blocks read
-#: the same COGs, and a kept handle keeps its header parsed and its decoded tiles in GDAL's
-#: block cache (``pipeline.readers.AssetPool``).
-ASSET_POOL = AssetPool(capacity=512)
 
 
 @dataclass
@@ -446,7 +441,7 @@ def _process_group(
             keys = sorted(by_href[href], key=lambda k: (-1 if k[1] is None else k[1], k[2]))
             uses = [u for k in keys for u in group[k]]
             try:
-                asset = stack.enter_context(ASSET_POOL.open(href, config.href_policy))
+                asset = stack.enter_context(open_asset(href, config.href_policy))
             except AssetError as exc:
                 _fail(samples, uses, exc.reason, exc.message)
                 continue

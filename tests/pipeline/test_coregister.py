@@ -249,3 +249,21 @@ def test_point_sampler_picks_the_separable_path_for_axis_aligned_grids() -> None
         transform=Affine(20.0, 0, round(x0) - 100.0, 0, -20.0, round(y0) + 100.0),
     )
     assert type(point_sampler(src_other_zone, rotated)) is PointSampler
+
+
+@pytest.mark.parametrize("resampling", [R.bilinear, R.nearest])
+def test_separable_sampler_reads_only_its_columns_of_a_wide_shared_window(resampling) -> None:
+    """A read window shared by a row of samples is much wider than one footprint: the
+    sampler's result is bit-identical to sampling the footprint's columns alone, whatever
+    lies outside them (NaN included, when the caller says the window holds none there)."""
+    rng = np.random.default_rng(5)
+    wide = rng.normal(1000, 200, (2, 40, 400)).astype(np.float32)
+    rows = (np.arange(60) + 0.5) * 0.5 + 3.1
+    cols = (np.arange(60) + 0.5) * 0.5 + 201.3  # columns 201..232 of the wide window
+    narrow = np.ascontiguousarray(wide[:, :, 190:250])
+    a = SeparableSampler(rows, cols, (40, 400)).sample(wide, resampling)
+    b = SeparableSampler(rows, cols - 190, (40, 60)).sample(narrow, resampling)
+    np.testing.assert_array_equal(a, b)
+    wide[:, :, :100] = np.nan  # far outside the footprint
+    c = SeparableSampler(rows, cols, (40, 400)).sample(wide, resampling, has_nan=False)
+    np.testing.assert_array_equal(a, c)

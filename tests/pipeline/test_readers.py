@@ -17,8 +17,6 @@ from sample_kit import write_raster
 
 from terraloom.pipeline.readers import (
     AssetError,
-    AssetPool,
-    HrefPolicy,
     ReaderOptions,
     check_georeferencing,
     gdal_env,
@@ -259,61 +257,6 @@ def test_http_hrefs_are_read_with_range_requests(tmp_path: Path) -> None:
     assert info.transform == T and info.crs is not None and info.crs.to_epsg() == 32633
     np.testing.assert_array_equal(rw.data, data[50:80, 100:140])
     assert e.value.reason is RejectReason.UNREACHABLE_ASSET  # HTTP 404
-
-
-# --------------------------------------------------------------------------- asset pool
-
-
-def _ramp(path: Path, offset: float, shape: tuple[int, int] = (300, 400)) -> tuple[str, np.ndarray]:
-    data = (np.arange(shape[0] * shape[1], dtype=np.float32).reshape(shape) % 977) + offset
-    return write_raster(path, data, crs=32633, transform=T), data
-
-
-def test_pool_reuses_an_unchanged_file_and_lends_a_handle_to_one_user(tmp_path: Path) -> None:
-    href, data = _ramp(tmp_path / "a.tif", 0)
-    pool = AssetPool(capacity=4)
-    for _ in range(3):
-        with pool.open(href) as asset:
-            rw = asset.read(Window(10, 20, 50, 30))
-            np.testing.assert_array_equal(rw.data, data[20:50, 10:60])
-    assert pool.opened == 1  # opened once, then reused
-    with pool.open(href) as a, pool.open(href) as b:  # two users at once: two handles
-        assert a is not b
-    assert pool.opened == 2
-
-
-def test_pool_never_reads_a_rewritten_or_deleted_file_through_a_stale_handle(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "a.tif"
-    href, _ = _ramp(path, 0)
-    pool = AssetPool(capacity=4)
-    with pool.open(href) as asset:
-        asset.read(Window(0, 0, 8, 8))
-    path.unlink()
-    href, new = _ramp(path, 5000, shape=(280, 400))  # rewritten: new bytes, new size
-    with pool.open(href) as asset:
-        np.testing.assert_array_equal(asset.read(Window(0, 0, 8, 8)).data, new[:8, :8])
-    assert pool.opened == 2
-    path.unlink()
-    with pytest.raises(AssetError) as e, pool.open(href):
-        pass
-    assert e.value.reason is RejectReason.UNREACHABLE_ASSET
-
-
-def test_pool_checks_the_href_policy_on_every_use_and_stays_bounded(tmp_path: Path) -> None:
-    hrefs = [_ramp(tmp_path / f"{i}.tif", i)[0] for i in range(3)]
-    pool = AssetPool(capacity=2)
-    for href in hrefs:
-        with pool.open(href):
-            pass
-    assert len(pool._idle) == 2  # the least recently used was closed
-    refuse = HrefPolicy(roots=(str(tmp_path / "elsewhere"),))
-    with pytest.raises(AssetError) as e, pool.open(hrefs[-1], refuse):
-        pass
-    assert e.value.reason is RejectReason.HREF_NOT_ALLOWED
-    pool.clear()
-    assert not pool._idle
 
 
 def _gdal_cache_max() -> int:

@@ -562,24 +562,3 @@ def test_an_optional_modality_that_fails_is_recorded_with_its_reason(
         },
     ]
     assert r2.stats["missing_S2L2A_no_coverage"] == 1.0
-
-
-def test_blocks_in_one_process_reuse_open_assets_with_identical_output(
-    world: dict[str, Any],
-) -> None:
-    from terraloom.pipeline.sample import ASSET_POOL
-
-    rows = [_row(world, i, dx=dx) for i, dx in enumerate([0, 300])]
-    ASSET_POOL.clear()
-    opened = ASSET_POOL.opened
-    first = build_block(rows[:1], FAST)
-    n_files = ASSET_POOL.opened - opened
-    assert n_files >= len({a["href"] for sc in world["scenes"] for a in sc["assets"]})
-    second = build_block(rows[1:], FAST)  # the next block needs the same files
-    assert ASSET_POOL.opened - opened == n_files  # none opened again
-    ASSET_POOL.clear()
-    fresh = build_block(rows[1:], FAST)
-    for a, b in zip(second + first, fresh + [build_sample(rows[0], FAST)]):
-        assert a.arrays is not None and b.arrays is not None
-        for name in a.arrays:
-            np.testing.assert_array_equal(a.arrays[name], b.arrays[name], err_msg=name)
