@@ -23,7 +23,7 @@ from terraloom.pipeline.corpus_writer import (
     MarkerError,
     Where,
     merge_parts,
-    read_marker,
+    read_markers,
     write_json_atomic,
 )
 from terraloom.schemas.tables import write_geoparquet
@@ -70,8 +70,7 @@ def finalize(out: Where, manifest: dict[str, Any] | None = None) -> dict[str, An
         )
     committed: dict[str, Counter[str]] = {s: Counter() for s in manifest["splits"]}
     try:
-        for k in keys:
-            m = read_marker(out, k)
+        for k, m in zip(keys, read_markers(out, keys)):
             committed[k.split]["index"] += int(m["accepted"])
             committed[k.split]["rejects"] += sum(int(v) for v in m["rejected"].values())
         index = merge_parts(out, keys, "index")

@@ -33,9 +33,9 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pyarrow as pa
 
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 
 #: Where a store lives: a local path or a location URL (``storage.location``).
 Where = str | os.PathLike[str] | Location
+_T = TypeVar("_T")
 
 MARKER_FORMAT = "terraloom-block-commit"
 #: 2: the marker records the size of each of the block's files (``files``).
@@ -421,15 +422,14 @@ def write_block(group: Any, block: AssembledBlock, out: Where) -> BlockOutcome:
     whatever a killed attempt (a torn file) or a damage found on resume left behind, and a
     fresh block on an object store costs one PUT per shard and nothing else.
     """
-    from terraloom.pipeline.split_handle import BlockWriteStore, split_handle_of
+    from terraloom.pipeline.split_handle import BlockWriteStore, split_handle_of, write_rows
 
     key = block.key
     t0 = time.perf_counter()
     handle = split_handle_of(group)
     shard_keys = block_storage_keys(handle, key)
     store = BlockWriteStore(handle.store, frozenset(k for ks in shard_keys.values() for k in ks))
-    for name, value in block.arrays.items():
-        handle.array(name, store)[block.start : block.stop] = value
+    write_rows(handle, store, block.start, block.stop, block.arrays)
     t1 = time.perf_counter()
     block_sums = {name: checksum(value) for name, value in block.arrays.items()}
     write_geoparquet("index", from_rows("index", block.index_rows), part_path(out, key, "index"))
@@ -468,11 +468,34 @@ def write_block(group: Any, block: AssembledBlock, out: Where) -> BlockOutcome:
 # --------------------------------------------------------------------------- merging
 
 
+def _map_io(out: Where, fn: Callable[[Any], _T], items: Sequence[Any]) -> list[_T]:
+    """``[fn(x) for x in items]``, overlapped on an object store, where each is a few small
+    requests in turn (the driver of a build of thousands of blocks reads a marker and two
+    parts per block); in order, and the first exception raised as is."""
+    if len(items) < 2 or Location.parse(out).is_local:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(16, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def read_markers(out: Where, keys: Sequence[BlockKey]) -> list[dict[str, Any]]:
+    """:func:`read_marker` of every key, in order (read concurrently from object stores)."""
+    return _map_io(out, lambda k: read_marker(out, k), keys)
+
+
 def merge_parts(out: Where, keys: Sequence[BlockKey], table: str) -> pa.Table:
     """Concatenate the per-block parts of ``table`` ('index' or 'rejects'), sorted by (split, row)."""
     from terraloom.schemas.tables import empty_table, read_table
 
-    parts = [read_table(table, part_path(out, k, table)) for k in sorted(keys)]
+    def read(path: Location) -> pa.Table:
+        if path.is_local:
+            return read_table(table, path)
+        # a part is small: one whole-object read, not arrow's file-info and ranged requests
+        return read_table(table, pa.BufferReader(path.read_bytes()))  # type: ignore[arg-type]
+
+    parts = _map_io(out, read, [part_path(out, k, table) for k in sorted(keys)])
     parts = [p for p in parts if p.num_rows]
     if not parts:
         return empty_table(table)

@@ -28,6 +28,7 @@ on the worker when a block is written (it imports zarr), not by the build driver
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
@@ -35,9 +36,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import zarr
 from zarr.abc.store import Store
 from zarr.core.array import AsyncArray
+from zarr.core.sync import sync
 from zarr.storage import StorePath, WrapperStore
 
 from terraloom.storage.location import Location
@@ -53,6 +56,7 @@ __all__ = [
     "manifest_version",
     "open_split_handle",
     "split_handle_of",
+    "write_rows",
 ]
 
 
@@ -69,10 +73,14 @@ class SplitHandle:
     attrs: Mapping[str, Any]
     metadata: Mapping[str, ArrayV3Metadata]
 
-    def array(self, name: str, store: Store | None = None) -> zarr.Array:
+    def async_array(self, name: str, store: Store | None = None) -> AsyncArray[Any]:
         """Array ``name`` on ``store`` (default: the split store), built from the cached
         metadata: no I/O."""
-        return zarr.Array(AsyncArray(self.metadata[name], StorePath(store or self.store, name)))
+        return AsyncArray(self.metadata[name], StorePath(store or self.store, name))
+
+    def array(self, name: str, store: Store | None = None) -> zarr.Array:
+        """:meth:`async_array` wrapped for synchronous use."""
+        return zarr.Array(self.async_array(name, store))
 
     def __getitem__(self, name: str) -> zarr.Array:
         return self.array(name)
@@ -83,6 +91,24 @@ class SplitHandle:
     def bound(self, store: Store) -> SplitHandle:
         """The same metadata over another store."""
         return replace(self, store=store)
+
+
+def write_rows(
+    handle: SplitHandle, store: Store, start: int, stop: int, arrays: Mapping[str, np.ndarray]
+) -> None:
+    """Write rows ``[start, stop)`` of every array in ``arrays`` through ``store``, all
+    arrays at once: their objects are independent, so the PUTs (and zarr's compression,
+    which runs in its thread pool) overlap instead of one round trip per array in turn."""
+
+    async def write_all() -> None:
+        await asyncio.gather(
+            *(
+                handle.async_array(name, store).setitem(slice(start, stop), value)
+                for name, value in arrays.items()
+            )
+        )
+
+    sync(write_all())
 
 
 def split_handle_of(group: Any) -> SplitHandle:

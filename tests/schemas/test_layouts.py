@@ -99,3 +99,33 @@ def test_token_store_valid_and_detects_shape_change(tmp_path):
     assert validate_tokens(path) == []
     _rewrite_array(path, "S1GRD", shape=(5, 2, 100), chunks=(2, 2, 100))
     assert any(f.startswith("S1GRD: shape") for f in validate_tokens(path))
+
+
+def test_a_store_on_a_location_is_the_local_template_uploaded_root_last(
+    tmp_path, s3_bucket, s3_server
+):
+    """Issue 19 bench: creating ~25 arrays one by one on S3 made ~300 requests in turn. On a
+    location the template is written in memory and uploaded, one PUT per object, the root
+    ``zarr.json`` last (it says the store exists); the objects equal the local template's
+    byte for byte, and what a killed upload left (no root, a stale array) is replaced."""
+    from terraloom.storage import Location
+
+    kw = dict(n_samples=10, shard_samples=4, modality_names=("S2L2A", "DEM", "CAPTION"))
+    create_corpus_store(tmp_path / "local.zarr", attrs={"plan": "p"}, **kw)
+    local = {
+        p.relative_to(tmp_path / "local.zarr").as_posix(): p.read_bytes()
+        for p in (tmp_path / "local.zarr").rglob("*")
+        if p.is_file()
+    }
+    loc = Location.parse(f"{s3_bucket}/corpus/train.zarr")
+    (loc / "stale/zarr.json").write_bytes(b"{}")  # a killed upload of another layout
+    n0 = len(s3_server.log)
+    group = create_corpus_store(loc, attrs={"plan": "p"}, **kw)
+    log = s3_server.log[n0:]
+    assert {rel: (loc / rel).read_bytes() for rel in loc.walk_files()} == local
+    puts = [p for m, p in log if m == "PUT"]
+    assert len(puts) == len(local) and puts[-1].endswith("/corpus/train.zarr/zarr.json")
+    assert len(log) <= len(local) + 8, log  # the PUTs, the clearing, the reopen
+    assert group.attrs["plan"] == "p" and group["S2L2A"].shape == (10, 12, 264, 264)
+    again = create_corpus_store(loc, attrs={"plan": "p"}, **kw)  # exists: reopened as is
+    assert dict(again.attrs) == dict(group.attrs)
