@@ -361,8 +361,7 @@ def test_cli_build_uses_the_plan_scope_and_the_widening_flags(
 
 
 def test_cli_flags_build_the_policy(tmp_path: Path) -> None:
-    from terraloom.pipeline.cli import _config_from_args
-    from terraloom.pipeline.cli import build_parser
+    from terraloom.pipeline.cli import _config_from_args, build_parser
 
     args = build_parser().parse_args(
         ["build", "--plan", "p", "--out", "o"]
