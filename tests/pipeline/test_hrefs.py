@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from pyproj import Transformer
+from range_server import RangeHandler
 from sample_kit import Synth, grid_transform, plan_row, write_raster
 
 from terraloom.pipeline.build import BuildInputError, scope_config
@@ -221,35 +222,7 @@ def test_the_planner_records_the_static_catalog_root(tiny_plan: tuple[Path, Any]
 # --------------------------------------------------------------------------- through the build
 
 
-class _CountingHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files with single Range requests and counts every request it gets."""
-
-    requests = 0
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        type(self).requests += 1
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        rng = self.headers.get("Range")
-        if rng and rng.startswith("bytes="):
-            a, _, b = rng[6:].partition("-")
-            start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-            body = data[start : end + 1]
-        else:
-            self.send_response(200)
-            body = data
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+_CountingHandler = RangeHandler
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from range_server import RangeHandler
 from rasterio.control import GroundControlPoint
 from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
@@ -209,32 +210,7 @@ def test_georeferencing_check_compares_crs_and_footprint_not_pixel_size(
     )  # nothing declared: nothing to check
 
 
-class _RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """A static file server that honours single HTTP Range requests (as GDAL's /vsicurl needs)."""
-
-    def log_message(self, *args: object) -> None:  # keep test output clean
-        pass
-
-    def do_GET(self) -> None:
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        rng = self.headers.get("Range")
-        if rng and rng.startswith("bytes="):
-            a, _, b = rng[6:].partition("-")
-            start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-            body = data[start : end + 1]
-        else:
-            self.send_response(200)
-            body = data
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+_RangeHandler = RangeHandler
 
 
 def test_http_hrefs_are_read_with_range_requests(tmp_path: Path) -> None:
