@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +37,16 @@ def _add_storage_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _reports() -> bool:
+    """Whether this process prints the run's summary: rank 0 of a torchrun launch (the
+    process group's rank, else torchrun's ``RANK``), or the only process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from terraloom.model.train import train
     from terraloom.storage.location import parse_storage_options
@@ -54,6 +65,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
         overrides = [*init_overrides(args.init), *overrides]
     cfg = load_config(args.config, overrides)
+    reports = True
     try:
         result = train(
             cfg,
@@ -62,11 +74,14 @@ def _run_train(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             storage_options=parse_storage_options(args.storage_option),
         )
+        reports = _reports()
     finally:
         import torch.distributed as dist
 
         if dist.is_initialized():  # launched by torchrun
             dist.destroy_process_group()
+    if not reports:  # torchrun: every rank holds the same result; one summary line, not N
+        return 0
     last: dict[str, Any] = next(
         (r for r in reversed(result.history) if r.get("split") == "train"), {}
     )

@@ -144,3 +144,23 @@ def test_every_location_argument_refuses_a_bad_url_before_writing(
         assert len(err) == 1 and "bad location" in err[0] and bad in err[0], (argv, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
     assert not any((tmp_path / "in").iterdir())
+
+
+def test_cli_train_prints_its_summary_on_rank_0_only(
+    train_config, tmp_path, capsys, monkeypatch
+) -> None:
+    """Under torchrun every rank runs ``_run_train``; only rank 0 prints the JSON line (issue 17).
+
+    The rank comes from torchrun's ``RANK`` once the process group is gone; with
+    ``WORLD_SIZE`` unset the training itself runs as one process, so no launch is needed.
+    """
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    printed = {}
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        path = tmp_path / f"run{rank}.yaml"
+        save_config(train_config(tmp_path / f"out{rank}", steps=1), path)
+        assert main(["train", "-c", str(path), "--no-progress"]) == 0
+        printed[rank] = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    assert printed["1"] == []
+    assert len(printed["0"]) == 1 and json.loads(printed["0"][0])["steps"] == 1
