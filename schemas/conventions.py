@@ -14,6 +14,16 @@ from terraloom.schemas.legends import ESA_WORLDCOVER_TO_LULC, LULC_CLASSES
 from terraloom.schemas.reflectance import S2_DN_SCALE, s2_harmonise_params
 from terraloom.schemas.registry import get_modality
 
+__all__ = [
+    "CONVENTIONS",
+    "EARTH_ENGINE",
+    "VERTICAL_DATUMS",
+    "EarthEngineConvention",
+    "SourceConvention",
+    "ee_to_corpus",
+    "source_convention",
+]
+
 #: Vertical datums heights may be given in -> EPSG code of their vertical CRS. "ellipsoidal"
 #: (heights above the WGS 84 ellipsoid, a 3D CRS such as EPSG:4979) has none.
 VERTICAL_DATUMS: dict[str, int | None] = {

@@ -12,6 +12,22 @@ import numpy as np
 
 from terraloom.schemas.modality_types import Display, DisplayKind
 
+__all__ = [
+    "CLOUD_MASK_CLEAR",
+    "CLOUD_MASK_CLOUD",
+    "CLOUD_MASK_DISPLAY",
+    "CLOUD_MASK_NODATA",
+    "CLOUD_MASK_SHADOW",
+    "ESA_WORLDCOVER_TO_LULC",
+    "LULC_CLASSES",
+    "LULC_CLASS_NAMES",
+    "LULC_COLORS",
+    "SCL_CLOUD_SHADOW",
+    "SCL_NODATA",
+    "index_to_lulc",
+    "lulc_to_index",
+]
+
 #: Esri 10 m land cover (io-lulc-9-class) legend, nodata 0. Model class index = position.
 LULC_CLASSES: tuple[int, ...] = (1, 2, 4, 5, 7, 8, 9, 10, 11)
 LULC_CLASS_NAMES: tuple[str, ...] = (

@@ -14,6 +14,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+__all__ = [
+    "CROP_PX",
+    "PATCH_PX",
+    "RESOLUTION_M",
+    "SAMPLE_PX",
+    "Band",
+    "Display",
+    "DisplayKind",
+    "Layout",
+    "Modality",
+    "Resampling",
+    "Scale",
+    "TokenizerKind",
+]
+
 SAMPLE_PX = 264
 """Side of a corpus sample in pixels (TerraMesh: 264 x 264 px at 10 m)."""
 RESOLUTION_M = 10.0

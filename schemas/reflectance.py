@@ -9,6 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "S2_BOA_OFFSET",
+    "S2_CONVENTION",
+    "S2_DN_SCALE",
+    "S2_STORED_OFFSET_DN",
+    "reflectance",
+    "s2_harmonise_params",
+    "s2_reflectance_params",
+]
+
 S2_DN_SCALE = 10000.0
 """Sentinel-2 digital numbers per unit reflectance (ESA: reflectance = DN / 10000 + offset)."""
 S2_BOA_OFFSET = -0.1

@@ -7,6 +7,8 @@ A data table (``REGISTRY``) and its lookups: one idea. The types are in
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from terraloom.schemas.legends import LULC_CLASS_NAMES, LULC_CLASSES, LULC_COLORS
@@ -21,6 +23,20 @@ from terraloom.schemas.modality_types import (
     TokenizerKind,
 )
 from terraloom.schemas.reflectance import S2_BOA_OFFSET, S2_DN_SCALE
+
+__all__ = [
+    "CAPTION_MAX_BYTES",
+    "CAPTION_VOCAB",
+    "FSQ_IMAGE_LEVELS",
+    "FSQ_LULC_LEVELS",
+    "GEO_BIN_DEG",
+    "GEO_VOCAB",
+    "MODALITY_NAMES",
+    "REGISTRY",
+    "UnknownModalityError",
+    "get_modality",
+    "modalities",
+]
 
 
 def _s2_bands(with_b10: bool) -> tuple[Band, ...]:
@@ -76,17 +92,53 @@ def _prod(levels: tuple[int, ...]) -> int:
     return int(np.prod(levels))
 
 
-REGISTRY: tuple[Modality, ...] = (
-    Modality(
-        name="S2L1C",
-        description="Sentinel-2 Level-1C top-of-atmosphere reflectance, 13 bands",
-        collections=("sentinel-2-l1c",),
-        bands=_s2_bands(with_b10=True),
+def _s2(level: str, description: str, **fields: Any) -> Modality:
+    """A Sentinel-2 product: L1C and L2A share the DN storage, the 10 m bilinear grid and the
+    true-colour display; each brings its statistics, its scales and tokenizer (``fields``)."""
+    return Modality(
+        name=f"S2{level}",
+        description=description,
+        collections=(f"sentinel-2-{level.lower()}",),
+        bands=_s2_bands(with_b10=level == "L1C"),
         dtype="uint16",
         nodata=0,
         native_resolution_m=10.0,
         resampling=Resampling.BILINEAR,
         value_range=(0, 65535),
+        display=_s2_display(),
+        **fields,
+    )
+
+
+def _s1(
+    name: str, description: str, mean: tuple[float, float], std: tuple[float, float]
+) -> Modality:
+    """A Sentinel-1 product: GRD and RTC differ only in geometry (name, collection,
+    description) and in their statistics; both are VV/VH dB at 10 m, tokenized alike."""
+    return Modality(
+        name=name,
+        description=description,
+        collections=(f"sentinel-1-{name[2:].lower()}",),
+        bands=(Band("VV", "vv", "vv", "vv", 10.0), Band("VH", "vh", "vh", "vh", 10.0)),
+        dtype="float16",
+        nodata=float("nan"),
+        native_resolution_m=10.0,
+        resampling=Resampling.BILINEAR_POWER_DB,
+        value_range=(-50.0, 30.0),
+        mean=mean,
+        std=std,
+        scales=Scale.BOTH,
+        tokenizer=TokenizerKind.FSQ_VAE,
+        vocab_size=_prod(FSQ_IMAGE_LEVELS),
+        fsq_levels=FSQ_IMAGE_LEVELS,
+        display=_s1_display(),
+    )
+
+
+REGISTRY: tuple[Modality, ...] = (
+    _s2(
+        "L1C",
+        "Sentinel-2 Level-1C top-of-atmosphere reflectance, 13 bands",
         mean=(
             2357.1,
             2137.4,
@@ -120,18 +172,10 @@ REGISTRY: tuple[Modality, ...] = (
         scales=Scale.PIXELS,
         tokenizer=None,
         vocab_size=None,
-        display=_s2_display(),
     ),
-    Modality(
-        name="S2L2A",
-        description="Sentinel-2 Level-2A surface reflectance, 12 bands (no B10)",
-        collections=("sentinel-2-l2a",),
-        bands=_s2_bands(with_b10=False),
-        dtype="uint16",
-        nodata=0,
-        native_resolution_m=10.0,
-        resampling=Resampling.BILINEAR,
-        value_range=(0, 65535),
+    _s2(
+        "L2A",
+        "Sentinel-2 Level-2A surface reflectance, 12 bands (no B10)",
         mean=(
             1390.5,
             1503.3,
@@ -165,7 +209,6 @@ REGISTRY: tuple[Modality, ...] = (
         vocab_size=_prod(FSQ_IMAGE_LEVELS),
         fsq_levels=FSQ_IMAGE_LEVELS,
         extra={"scl_asset": "SCL", "es_scl_asset": "scl"},
-        display=_s2_display(),
     ),
     Modality(
         name="S2RGB",
@@ -185,41 +228,17 @@ REGISTRY: tuple[Modality, ...] = (
         derived_from=("S2L2A",),
         display=Display(DisplayKind.RGB, ("red", "green", "blue"), 0.0, 255.0, label="true colour"),
     ),
-    Modality(
-        name="S1GRD",
-        description="Sentinel-1 GRD backscatter (sigma0) in dB, radar geometry georeferenced by GCPs",
-        collections=("sentinel-1-grd",),
-        bands=(Band("VV", "vv", "vv", "vv", 10.0), Band("VH", "vh", "vh", "vh", 10.0)),
-        dtype="float16",
-        nodata=float("nan"),
-        native_resolution_m=10.0,
-        resampling=Resampling.BILINEAR_POWER_DB,
-        value_range=(-50.0, 30.0),
+    _s1(
+        "S1GRD",
+        "Sentinel-1 GRD backscatter (sigma0) in dB, radar geometry georeferenced by GCPs",
         mean=(-12.60, -20.29),
         std=(5.20, 5.89),
-        scales=Scale.BOTH,
-        tokenizer=TokenizerKind.FSQ_VAE,
-        vocab_size=_prod(FSQ_IMAGE_LEVELS),
-        fsq_levels=FSQ_IMAGE_LEVELS,
-        display=_s1_display(),
     ),
-    Modality(
-        name="S1RTC",
-        description="Sentinel-1 radiometrically terrain corrected backscatter (gamma0) in dB, UTM",
-        collections=("sentinel-1-rtc",),
-        bands=(Band("VV", "vv", "vv", "vv", 10.0), Band("VH", "vh", "vh", "vh", 10.0)),
-        dtype="float16",
-        nodata=float("nan"),
-        native_resolution_m=10.0,
-        resampling=Resampling.BILINEAR_POWER_DB,
-        value_range=(-50.0, 30.0),
+    _s1(
+        "S1RTC",
+        "Sentinel-1 radiometrically terrain corrected backscatter (gamma0) in dB, UTM",
         mean=(-10.93, -17.33),
         std=(4.39, 4.46),
-        scales=Scale.BOTH,
-        tokenizer=TokenizerKind.FSQ_VAE,
-        vocab_size=_prod(FSQ_IMAGE_LEVELS),
-        fsq_levels=FSQ_IMAGE_LEVELS,
-        display=_s1_display(),
     ),
     Modality(
         name="DEM",

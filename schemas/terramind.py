@@ -14,6 +14,13 @@ from terraloom.schemas.registry import (
     get_modality,
 )
 
+__all__ = [
+    "TERRAMIND_V1",
+    "TerraMindModality",
+    "terramind_key_to_modality",
+    "terramind_modality",
+]
+
 
 @dataclass(frozen=True)
 class TerraMindModality:

@@ -29,72 +29,51 @@ _COPERNICUS_TERMS = (
     "https://sentinels.copernicus.eu/documents/247904/690755/Sentinel_Data_Legal_Notice"
 )
 _SENTINEL_CREDIT = "Contains modified Copernicus Sentinel data [{year}], processed by terraloom."
+_PC_DATASET = "https://planetarycomputer.microsoft.com/dataset/"
+
+
+def _esa(mission: int) -> tuple[str, str, str]:
+    """ESA, producer and licensor of every Sentinel-``mission`` product."""
+    return (
+        "ESA",
+        "producer,licensor",
+        f"https://sentinel.esa.int/web/sentinel/missions/sentinel-{mission}",
+    )
+
+
+def _sentinel(id: str, title: str, mission: int) -> SourceCollection:
+    """An ESA Sentinel product as Copernicus publishes it: the Sentinel data legal notice
+    and its credit line (the Planetary Computer only hosts it)."""
+    return SourceCollection(
+        id,
+        title,
+        "other",
+        _COPERNICUS_TERMS,
+        (_esa(mission),),
+        _SENTINEL_CREDIT,
+        _PC_DATASET + id,
+    )
+
 
 SOURCES: dict[str, SourceCollection] = {
     s.id: s
     for s in (
-        SourceCollection(
-            "sentinel-2-l1c",
-            "Sentinel-2 Level-1C",
-            "other",
-            _COPERNICUS_TERMS,
-            (
-                (
-                    "ESA",
-                    "producer,licensor",
-                    "https://sentinel.esa.int/web/sentinel/missions/sentinel-2",
-                ),
-            ),
-            _SENTINEL_CREDIT,
-            "https://planetarycomputer.microsoft.com/dataset/sentinel-2-l1c",
-        ),
-        SourceCollection(
-            "sentinel-2-l2a",
-            "Sentinel-2 Level-2A",
-            "other",
-            _COPERNICUS_TERMS,
-            (
-                (
-                    "ESA",
-                    "producer,licensor",
-                    "https://sentinel.esa.int/web/sentinel/missions/sentinel-2",
-                ),
-            ),
-            _SENTINEL_CREDIT,
-            "https://planetarycomputer.microsoft.com/dataset/sentinel-2-l2a",
-        ),
-        SourceCollection(
-            "sentinel-1-grd",
-            "Sentinel-1 Level-1 GRD",
-            "other",
-            _COPERNICUS_TERMS,
-            (
-                (
-                    "ESA",
-                    "producer,licensor",
-                    "https://sentinel.esa.int/web/sentinel/missions/sentinel-1",
-                ),
-            ),
-            _SENTINEL_CREDIT,
-            "https://planetarycomputer.microsoft.com/dataset/sentinel-1-grd",
-        ),
+        _sentinel("sentinel-2-l1c", "Sentinel-2 Level-1C", 2),
+        _sentinel("sentinel-2-l2a", "Sentinel-2 Level-2A", 2),
+        _sentinel("sentinel-1-grd", "Sentinel-1 Level-1 GRD", 1),
         SourceCollection(
             "sentinel-1-rtc",
             "Sentinel-1 Radiometrically Terrain Corrected (RTC)",
             "CC-BY-4.0",
             "https://creativecommons.org/licenses/by/4.0/",
             (
-                (
-                    "ESA",
-                    "producer,licensor",
-                    "https://sentinel.esa.int/web/sentinel/missions/sentinel-1",
-                ),
+                _esa(1),
                 ("Microsoft", "processor,host", "https://planetarycomputer.microsoft.com"),
             ),
             _SENTINEL_CREDIT
             + " RTC processing by Microsoft Planetary Computer (CC BY 4.0); terrain correction uses"
             " the Copernicus DEM GLO-30.",
-            "https://planetarycomputer.microsoft.com/dataset/sentinel-1-rtc",
+            _PC_DATASET + "sentinel-1-rtc",
         ),
         SourceCollection(
             "cop-dem-glo-30",
@@ -108,7 +87,7 @@ SOURCES: dict[str, SourceCollection] = {
             "Produced using Copernicus WorldDEM-30 (c) DLR e.V. 2010-2014 and (c) Airbus Defence "
             "and Space GmbH 2014-2018 provided under COPERNICUS by the European Union and ESA; "
             "all rights reserved.",
-            "https://planetarycomputer.microsoft.com/dataset/cop-dem-glo-30",
+            _PC_DATASET + "cop-dem-glo-30",
         ),
         SourceCollection(
             "io-lulc-9-class",
@@ -123,7 +102,7 @@ SOURCES: dict[str, SourceCollection] = {
             "Land cover: Esri / Impact Observatory 10 m Annual Land Use Land Cover (9-class), "
             "CC BY 4.0 (Karra et al., 2021, 'Global land use / land cover with Sentinel 2 and "
             "deep learning').",
-            "https://planetarycomputer.microsoft.com/dataset/io-lulc-9-class",
+            _PC_DATASET + "io-lulc-9-class",
         ),
     )
 }
