@@ -45,3 +45,30 @@ def test_model_and_tokenizer_weights_are_group_readable(tmp_path: Path, umask_00
     tok = FSQVAE(FSQVAEConfig.for_modality("DEM", ConvNetConfig(8)))
     save_image_tokenizer(tok, tmp_path / "dem")
     assert all(_mode(p) == 0o664 for p in (tmp_path / "dem").iterdir() if p.is_file())
+
+
+def test_save_safetensors_bytes_depend_only_on_the_content(tmp_path: Path) -> None:
+    """The file's bytes (hence a tokenizer's sha256 identity) are a function of the tensors
+    and the metadata: safetensors serialises ``__metadata__`` from a Rust ``HashMap``, whose
+    order differs from one call to the next, so with two keys or more the raw file was a
+    coin toss (issue 19: the S3 chain's DEM tokenizer identity "differed from local")."""
+    import hashlib
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    tensors = {"b.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(3)}
+    meta = {"modality": "DEM", "version": "1.abc", "step": "4", "format": "terraloom-model"}
+    shas = set()
+    for i in range(16):  # 16 saves of 4 keys: an unordered header repeats with p ~ 1e-21
+        order = list(meta.items())
+        order = order[i % 4 :] + order[: i % 4]  # the caller's key order does not count either
+        path = save_safetensors(dict(tensors), tmp_path / f"w{i}.safetensors", dict(order))
+        shas.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(shas) == 1
+    got = load_file(tmp_path / "w0.safetensors")
+    assert sorted(got) == sorted(tensors)
+    for k, v in tensors.items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+    with safe_open(tmp_path / "w0.safetensors", framework="pt") as f:
+        assert f.metadata() == meta
