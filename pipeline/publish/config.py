@@ -56,6 +56,10 @@ class PublishConfig:
     #: ``owner/name`` of the Hugging Face dataset repository the version is uploaded to: the
     #: card then links its pictures by absolute Hub URLs (None: relative links).
     hub_repo: str | None = None
+    #: The corpus was built from generated data (terraloom's synthetic world, as in ``make
+    #: demo``): the card and the STAC collection say so and credit no source collection,
+    #: since no third party's data is in it (they list the collections it imitates).
+    synthetic: bool = False
 
     def __post_init__(self) -> None:
         bad = [f for f in self.formats if f not in FORMATS]

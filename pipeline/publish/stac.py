@@ -253,9 +253,15 @@ def build_collection(
     ends = [it["properties"].get("end_datetime") or it["properties"]["datetime"] for it in items]
     interval = [min(starts) if starts else None, max(ends) if ends else None]
     counts = {s: len(facts.accepted(s)) for s in facts.splits}
-    sources = source_collections(facts.modalities)
+    imitated = source_collections(facts.modalities)
+    # synthetic data (config.synthetic) has no third-party providers or licences to list
+    sources = [] if config.synthetic else imitated
     providers: list[dict[str, Any]] = [
-        {"name": "terraloom", "roles": ["processor"], "url": "https://github.com/terraloom"}
+        {
+            "name": "terraloom",
+            "roles": ["producer", "processor"] if config.synthetic else ["processor"],
+            "url": "https://github.com/terraloom",
+        }
     ]
     for src in sources:
         for pname, roles, url in src.providers:
@@ -312,7 +318,8 @@ def build_collection(
             "terraloom:sample_px": [SAMPLE_PX],
             "terraloom:splits": list(counts),
             "terraloom:split_counts": [counts],
-            "terraloom:source_collections": [s.id for s in sources],
+            "terraloom:source_collections": [s.id for s in imitated],
+            "terraloom:synthetic": [config.synthetic],
         },
         "item_assets": {name: modality_asset(name, stats) for name in facts.modalities},
         "terraloom:citation": config.citation,

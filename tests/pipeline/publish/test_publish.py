@@ -330,3 +330,27 @@ def test_a_killed_publish_is_redone_and_foreign_files_are_refused(
     summary = publish_corpus(tiny_reference["out"], dest, SMALL)
     assert not summary.skipped and verify_published(dest).ok
     assert sorted(p.name for p in dest.iterdir()) == ["1.0.0"]
+
+
+def test_card_credits_the_acquisition_years_and_says_when_the_data_is_synthetic(
+    published: dict[str, Any], tiny_reference: dict[str, Any]
+) -> None:
+    from terraloom.pipeline.publish.card import render_card
+    from terraloom.pipeline.publish.config import load_corpus
+    from terraloom.pipeline.publish.stac import build_collection
+
+    facts = load_corpus(tiny_reference["out"])
+    years = {r["time_S2L2A"].year for r in facts.index}
+    text = (published["root"] / "README.md").read_text()
+    assert "{year}" not in text  # Copernicus asks for the year(s) of the data
+    assert f"Contains modified Copernicus Sentinel data [{min(years)}" in text
+    stats = json.loads((published["root"] / "stats.json").read_text())
+    config = PublishConfig(name="tiny-corpus", synthetic=True)
+    synthetic = render_card(facts, config, stats, [])
+    assert "**Synthetic data.**" in synthetic and "contains no satellite data" in synthetic
+    assert "Copernicus Sentinel data" not in synthetic and "WorldDEM" not in synthetic
+    assert "| Sentinel-2 Level-2A (`sentinel-2-l2a`) |" in synthetic  # what it imitates
+    doc = build_collection(facts, config, stats, [])
+    assert [p["name"] for p in doc["providers"]] == ["terraloom"]
+    assert doc["summaries"]["terraloom:synthetic"] == [True]
+    assert not [link for link in doc["links"] if link["rel"] in ("via",)]
