@@ -21,6 +21,11 @@ Tokens are turned back into pixels / coordinates / text with the tokenizers
 callers never need the model's batch format. Reading corpus samples is
 ``model.samples``, GeoTIFF I/O ``model.geotiff``, the written examples (GeoTIFFs, JSON and
 panels) ``model.examples`` and the ``generate`` command ``model.generate_command``.
+
+Why one module of ~700 lines: image and sequence decoding, guidance and chaining are one
+decoding loop: they share the conditioning, the encoder batch built from stored inputs, the
+logit filtering and the seeded sampling, and a change to one (a new schedule, a new input
+kind) must be made against all of them. Everything around the loop lives elsewhere.
 """
 
 from __future__ import annotations

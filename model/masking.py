@@ -21,6 +21,11 @@ counter), so a sample's masks do not depend on the batch size, the worker or the
 data-parallel rank that builds it, and the whole batch, span masking included, is drawn and
 planned in a few vectorised NumPy passes: a NumPy ``Generator`` per sample cost more than
 the rest of the loader (docs/scale.md, bench/loader.py).
+
+Why one module of ~620 lines: the per-sample rules (budgets, spans, the image-position
+exclusions) and the vectorised batch planner that applies them are one contract, kept
+side by side so the vectorised passes are read against the rules they reproduce; the
+counter-based keys are the randomness both consume.
 """
 
 from __future__ import annotations

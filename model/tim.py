@@ -9,6 +9,12 @@ changes (no gradients, always in eval mode).
 The downstream task here is land-cover / water segmentation from Sentinel-1 alone, with
 LULC as the thought modality: :func:`finetune_segmentation` trains the same encoder + head
 with and without thoughts on the same data and budget, and reports mIoU on val.
+
+Why one module of ~650 lines: the thinking model, its segmentation task and the study are
+one experiment: the study (seeds, both thought placements, a verdict against the spread)
+runs :func:`finetune_segmentation` with and without thoughts (beside the generator's own
+segmentation, :func:`generate_segmentation`), and the task's data and metrics exist only
+for it.
 """
 
 from __future__ import annotations

@@ -14,6 +14,11 @@ block, see ``pipeline.sample``), so warping a sample never touches the file agai
 
 Everything here works in float32 with NaN as nodata, so nodata propagates through
 bilinear kernels and mosaics (:func:`mosaic_first_valid`) without per-dtype sentinels.
+
+Why one module of ~680 lines: it is one operation, a warp onto the sample grid, in its
+steps: the target grid, the source windows it needs (and their clustering), the coordinate
+field and the samplers that resample along it, the mosaic and the SAR power/dB round trip.
+The samplers are the warp's kernels; apart from the grid they serve nothing else.
 """
 
 from __future__ import annotations

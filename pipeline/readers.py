@@ -14,6 +14,12 @@ scheme) is ``HREF_NOT_ALLOWED`` and is never opened, so it costs no I/O.
 A read returns a :class:`RasterWindow`: float32 values with NaN for nodata plus the
 window's own geolocation (an affine transform, or GCPs shifted into the window for radar
 geometry), so the co-registration step never goes back to the file.
+
+Why one module of ~600 lines: it is the one read path of an asset, and its parts only
+serve that read: the href mapping and policy check decide what may be opened, the open and
+the georeferencing check decide whether it is what the item says, and the failure
+classification turns every way the read can go wrong into one reject reason. Split, each
+part would need the others' private state (the open dataset, its classified errors).
 """
 
 from __future__ import annotations
