@@ -38,27 +38,7 @@ from terraloom.model.data import MaskedBatches, TokenLoader, TooFewRowsError, lo
 from terraloom.model.metrics_log import MetricsLog
 from terraloom.model.rundir import RunDir
 from terraloom.model.transformer import TerraloomModel
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+from terraloom.tokenize_jobs.distributed import DistInfo, init_distributed
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -373,7 +353,7 @@ def train(
     if cfg.steps < 1:
         raise ValueError(f"steps must be >= 1, got {cfg.steps}: a run of no steps trains nothing")
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-    info = init_distributed(device.type)
+    info = init_distributed(nccl=device.type == "cuda")
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)
@@ -391,8 +371,7 @@ def train(
     if run.remote:
         if info.is_main:
             run.pull(resume)  # the stage starts as what the bucket holds (resume from its latest)
-        if info.world > 1:
-            dist.barrier()
+        info.barrier()
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(anchored_data(cfg), out_dir / "config.yaml")

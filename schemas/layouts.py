@@ -107,10 +107,6 @@ def _fill(m: Modality) -> Any:
     return m.nodata
 
 
-def _round_up(n: int, k: int) -> int:
-    return max(k, -(-n // k) * k)
-
-
 def corpus_layout(
     n_samples: int,
     shard_samples: int = DEFAULT_SHARD_SAMPLES,

@@ -23,7 +23,8 @@ one line. Rows stay aligned with the corpus: invalid corpus rows keep ``valid = 
 and zero tokens/crops.
 
 The per-shard work of the stages is ``encode_shard``, the job's config and errors
-``encode_config``, its ranks ``encode_dist``; this module runs the stages, owns the store,
+``encode_config``, what its ranks agree on and their devices ``encode_dist`` (the ranks
+themselves: ``distributed``, shared with tokenizer and model training); this module runs the stages, owns the store,
 its commits and the lease.
 """
 
@@ -51,13 +52,14 @@ from terraloom.schemas.modalities import SAMPLE_PX, get_modality
 from terraloom.storage.lease import Lease, LeaseHeld, LeaseLost
 from terraloom.storage.lease import acquire as acquire_lease
 from terraloom.storage.location import Location, LocationError
+from terraloom.tokenize_jobs.distributed import DistInfo, init_distributed
 from terraloom.tokenize_jobs.encode_config import (
     EncodeBusyError,
     EncodeConfig,
     EncodeError,
     TokenizerMismatchError,
 )
-from terraloom.tokenize_jobs.encode_dist import Dist, job_device
+from terraloom.tokenize_jobs.encode_dist import agree, job_device
 from terraloom.tokenize_jobs.encode_shard import (
     ShardCodes,
     ShardInput,
@@ -315,12 +317,12 @@ def encode_split(
     tokenizers: Mapping[str, Any],
     cfg: EncodeConfig,
     keys: np.ndarray | None = None,
-    dist_: Dist | None = None,
+    dist_: DistInfo | None = None,
 ) -> SplitReport:
     """Encode one corpus split store into one token split store (this rank's shards)."""
     import zarr
 
-    d = dist_ or Dist()
+    d = dist_ or DistInfo()
     corpus_split, out_split = Location.parse(corpus_split), Location.parse(out_split)
     split = out_split.name[: -len(".zarr")] if out_split.name.endswith(".zarr") else out_split.name
     try:
@@ -347,7 +349,7 @@ def encode_split(
             )
         except EncodeError as exc:
             error = exc
-    error = d.agree(error)
+    error = agree(d, error)
     if error is not None:
         raise error
     if d.rank != 0:  # every rank checks for itself too (the attrs are on disk now)
@@ -479,7 +481,7 @@ def recheck_commits(
     return failed
 
 
-def _check_finished(out_split: Location, n_samples: int, shard_samples: int, d: Dist) -> None:
+def _check_finished(out_split: Location, n_samples: int, shard_samples: int, d: DistInfo) -> None:
     """A split whose shards are all committed is re-checked (cheaply) before it is reported
     done: a shard changed by someone else while this job ran is an error, not a success."""
     if d.rank != 0:
@@ -530,7 +532,7 @@ def encode(
     for s in splits:
         if not (corpus_root / f"{s}.zarr/zarr.json").exists():
             raise EncodeError(f"corpus split {corpus_root / (s + '.zarr')} does not exist")
-    d = Dist.from_env(cfg.device)
+    d = init_distributed(nccl=cfg.device.startswith("cuda"))
     lease: Lease | None = None
     try:
         toks = (
@@ -545,7 +547,7 @@ def encode(
                 lease = acquire_encode_lease(out_root)
             except EncodeError as exc:
                 busy = exc
-        busy = d.agree(busy)
+        busy = agree(d, busy)
         if busy is not None:
             raise busy
         report = EncodeReport()

@@ -16,7 +16,7 @@ import copy
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from terraloom.schemas.modalities import CROP_PX, TokenizerKind, get_modality
 from terraloom.storage.location import Location
 from terraloom.storage.transfer import cache_dir, download_tree, upload_tree
 from terraloom.tokenize_jobs.corpus_reader import CropSampler, read_texts
+from terraloom.tokenize_jobs.distributed import DistInfo, init_distributed
 from terraloom.tokenize_jobs.tokenizers.caption import train_wordpiece
 from terraloom.tokenize_jobs.tokenizers.geo import GeoTokenizer
 from terraloom.tokenize_jobs.tokenizers.image import (
@@ -61,45 +62,14 @@ CKPT_FORMAT = "terraloom-tokenizer-ckpt"
 # --------------------------------------------------------------------------- distributed
 
 
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int
-    world_size: int
-    local_rank: int
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device_str: str) -> DistInfo:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(0, 1, 0)
-    import torch.distributed as dist
-
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        use_nccl = torch.cuda.is_available() and device_str in ("auto", "cuda")
-        dist.init_process_group("nccl" if use_nccl else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local)
-
-
 def resolve_device(device: str, dist_info: DistInfo) -> torch.device:
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", dist_info.local_rank)
         return torch.device("cpu")
-    if device == "cuda" and dist_info.world_size > 1:
+    if device == "cuda" and dist_info.world > 1:
         return torch.device("cuda", dist_info.local_rank)
     return torch.device(device)
-
-
-def _barrier(dist_info: DistInfo) -> None:
-    if dist_info.world_size > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -179,7 +149,9 @@ def _train_image(
 ) -> Path:
     from tqdm import tqdm
 
-    dist_info = _init_distributed(config.device)
+    dist_info = init_distributed(
+        nccl=torch.cuda.is_available() and config.device in ("auto", "cuda")
+    )
     device = resolve_device(config.device, dist_info)
     torch.manual_seed(config.seed)
     cfg = config.model_config()
@@ -192,7 +164,7 @@ def _train_image(
         batch_size=config.batch,
         seed=config.seed,
         rank=dist_info.rank,
-        world_size=dist_info.world_size,
+        world_size=dist_info.world,
         flips=config.flips,
         cache_bytes=config.cache_bytes,
     )
@@ -217,7 +189,7 @@ def _train_image(
         start, history = int(ckpt["step"]), list(ckpt["history"])
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
     net: torch.nn.Module = model
-    if dist_info.world_size > 1:
+    if dist_info.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(
@@ -260,11 +232,11 @@ def _train_image(
             for b_ema, b in zip(ema.buffers(), model.buffers()):
                 b_ema.copy_(b)
         value = recon_loss.detach()  # the logged loss is the reconstruction loss
-        if dist_info.world_size > 1:
+        if dist_info.world > 1:
             import torch.distributed as dist
 
             dist.all_reduce(value)
-            value /= dist_info.world_size
+            value /= dist_info.world
         history.append(float(value))
         bar.update(1)
         bar.set_postfix(loss=f"{history[-1]:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
@@ -285,7 +257,7 @@ def _train_image(
                     },
                     ckpt_path,
                 )
-            _barrier(dist_info)
+            dist_info.barrier()
     bar.close()
     elapsed = time.perf_counter() - t0
     finished = (stop_at_step is None or stop_at_step >= config.steps) and len(
@@ -306,7 +278,7 @@ def _train_image(
                     "seconds": elapsed,
                     "samples_per_s": run_steps
                     * config.batch
-                    * dist_info.world_size
+                    * dist_info.world
                     / max(elapsed, 1e-9),
                 },
             },
@@ -334,7 +306,7 @@ def _train_image(
                 )
             except FileNotFoundError as exc:
                 (out / "eval.md").write_text(f"No evaluation: {exc}\n", encoding="utf-8")
-    _barrier(dist_info)
+    dist_info.barrier()
     return out
 
 

@@ -246,3 +246,8 @@ def loaded_model(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> TerraloomM
     model = TerraloomModel(cfg, init=False)
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def import_argv(checkpoint: object, out: object, *extra: str) -> list[str]:
+    """``import-terramind --checkpoint C --out O`` plus ``extra`` (``--variant tiny``)."""
+    return ["import-terramind", "--checkpoint", str(checkpoint), "--out", str(out), *extra]

@@ -14,6 +14,7 @@ import pytest
 import torch
 from interop_support import (
     build_terramind,
+    import_argv,
     loaded_model,
     make_pair,
     need_wheel,
@@ -142,20 +143,8 @@ def test_sequence_modalities_are_listed_not_dropped_silently(
         sd[f"encoder_embeddings.{key}.mod_emb"] = torch.zeros(1, 1, d)
         sd[f"decoder_embeddings.{key}.to_logits.weight"] = torch.zeros(30000, d)
     torch.save(sd, tmp_path / "TerraMind_v1_tiny.pt")
-    assert (
-        cli_main(
-            [
-                "import-terramind",
-                "--checkpoint",
-                str(tmp_path / "TerraMind_v1_tiny.pt"),
-                "--variant",
-                "tiny",
-                "--out",
-                str(tmp_path / "run"),
-            ]
-        )
-        == 0
-    )
+    argv = import_argv(tmp_path / "TerraMind_v1_tiny.pt", tmp_path / "run", "--variant", "tiny")
+    assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert "left out coords" in out and "left out caption" in out
     model = TerraloomModel.from_pretrained(tmp_path / "run")
@@ -176,13 +165,7 @@ def test_bad_checkpoints_exit_2_with_one_line(
     tm = build_terramind("tiny", ("S1GRD",), ("LULC",), ("LULC",))
     sd = dict(tm.state_dict())
     torch.save(sd, tmp_path / "tiny.pt")
-    argv = [
-        "import-terramind",
-        "--checkpoint",
-        str(tmp_path / "tiny.pt"),
-        "--out",
-        str(tmp_path / "o"),
-    ]
+    argv = import_argv(tmp_path / "tiny.pt", tmp_path / "o")
     assert cli_main([*argv, "--variant", "base"]) == 2
     assert "not base" in capsys.readouterr().err
     sd["encoder.0.norm1.bias"] = torch.ones_like(sd["encoder.0.norm1.bias"])
@@ -191,18 +174,7 @@ def test_bad_checkpoints_exit_2_with_one_line(
     err = capsys.readouterr().err
     assert "norm1.bias is not zero" in err and len(err.strip().splitlines()) == 1
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"x": object()}))
-    assert (
-        cli_main(
-            [
-                "import-terramind",
-                "--checkpoint",
-                str(tmp_path / "evil.pt"),
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 2
-    )
+    assert cli_main(import_argv(tmp_path / "evil.pt", tmp_path / "o")) == 2
     assert "weights-only" in capsys.readouterr().err
 
 

@@ -20,8 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 import shapely
 import torch
+from encode_support import encode_argv
 from interop_support import (
     build_terramind,
+    import_argv,
     make_pair,
     need_wheel,
     terraloom_outputs,
@@ -78,46 +80,14 @@ def test_continual_pretraining_chain(tmp_path: Path, capsys: pytest.CaptureFixtu
         _, sd = reference(m, seed=10 + i, dim=64, depth=1)
         torch.save(sd, tmp_path / f"TerraMind_Tokenizer_{m}.pt")
         convert_checkpoint(tmp_path / f"TerraMind_Tokenizer_{m}.pt", m, toks / m.lower())
-    assert (
-        tokenize_main(
-            [
-                "encode",
-                "--corpus",
-                str(corpus),
-                "--tokenizers",
-                str(toks),
-                "--out",
-                str(tmp_path / "tokens"),
-                "--crops",
-                "2",
-                "--batch",
-                "8",
-                "--device",
-                "cpu",
-                "--modalities",
-                ",".join(MODS),
-            ]
-        )
-        == 0
-    )
+    encode = ("--crops", "2", "--batch", "8", "--device", "cpu", "--modalities", ",".join(MODS))
+    assert tokenize_main(encode_argv(corpus, toks, tmp_path / "tokens", *encode)) == 0
     # a TerraMind v1 tiny checkpoint (random) -> terraloom
     tm = build_terramind("tiny", ("S1GRD",), MODS, MODS, seed=3)
     torch.save(tm.state_dict(), tmp_path / "TerraMind_v1_tiny.pt")
     run0 = tmp_path / "imported"
-    assert (
-        model_main(
-            [
-                "import-terramind",
-                "--checkpoint",
-                str(tmp_path / "TerraMind_v1_tiny.pt"),
-                "--variant",
-                "tiny",
-                "--out",
-                str(run0),
-            ]
-        )
-        == 0
-    )
+    argv = import_argv(tmp_path / "TerraMind_v1_tiny.pt", run0, "--variant", "tiny")
+    assert model_main(argv) == 0
     steps = 8
     run = tmp_path / "run"
     assert (
@@ -201,10 +171,7 @@ def test_embed_writes_geoparquet_and_patches_resumably(
     tm = build_terramind("tiny", ("S1GRD",), MODS, MODS, seed=3)
     torch.save(tm.state_dict(), tmp_path / "tm.pt")
     run = tmp_path / "imported"
-    assert (
-        model_main(["import-terramind", "--checkpoint", str(tmp_path / "tm.pt"), "--out", str(run)])
-        == 0
-    )
+    assert model_main(import_argv(tmp_path / "tm.pt", run)) == 0
     trained = TerraloomModel.from_pretrained(run)
     capsys.readouterr()
     _index(corpus, "val", 8)

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from terraloom.model.checkpoint import latest_checkpoint
 from terraloom.model.config import AlphaMixture, DataConfig, MaskingConfig, OptimConfig
 from terraloom.model.testing import ToyWorld, make_toy_world, run_data_parallel
-from terraloom.model.train import DistInfo, lr_at, plan_validation, train
+from terraloom.model.train import lr_at, plan_validation, train
+from terraloom.tokenize_jobs.distributed import DistInfo
 
 
 def test_lr_schedule_warms_up_then_decays(train_config, tmp_path) -> None:

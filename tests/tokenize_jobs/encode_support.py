@@ -8,8 +8,11 @@ narrow nets) plus the GEO bins and a WordPiece trained on the toy captions, save
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,8 @@ import zarr
 
 from terraloom.schemas.layouts import TOKEN_MODALITIES
 from terraloom.schemas.modalities import get_modality
+from terraloom.storage.location import Location
+from terraloom.tokenize_jobs.store import read_commits
 from terraloom.tokenize_jobs.testing import make_toy_corpus
 from terraloom.tokenize_jobs.tokenizers.caption import train_wordpiece
 from terraloom.tokenize_jobs.tokenizers.geo import GeoTokenizer
@@ -86,11 +91,14 @@ def make_tokenizers(
     return root
 
 
+def _cli_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
 def run_cli(
     *args: str, torchrun: int = 0, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m terraloom.tokenize_jobs ...`` (optionally under torchrun) from the repo root."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     if torchrun:
         cmd = [
             sys.executable,
@@ -104,12 +112,56 @@ def run_cli(
         ]
     else:
         cmd = [sys.executable, "-m", "terraloom.tokenize_jobs", *args]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd, cwd=REPO, env=_cli_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
-def store_arrays(path: Path) -> dict[str, np.ndarray]:
-    g = zarr.open_group(str(path), mode="r")
+def encode_argv(corpus: object, tokenizers: object, out: object, *extra: str) -> list[str]:
+    """``encode --corpus C --tokenizers T --out O`` plus ``extra`` (paths or URLs)."""
+    paths = ["--corpus", str(corpus), "--tokenizers", str(tokenizers), "--out", str(out)]
+    return ["encode", *paths, *extra]
+
+
+def kill_when_committed(
+    args: list[str], committed: Callable[[], int], n_commits: int, poll_s: float = 0.02
+) -> int:
+    """Start the CLI with ``args``, SIGKILL it once ``committed()`` (asked every ``poll_s``)
+    reaches ``n_commits``; return ``committed()`` after its death. A hang ends at a deadline
+    instead of blocking the test."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "terraloom.tokenize_jobs", *args],
+        cwd=REPO,
+        env=_cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            if committed() >= n_commits:
+                break
+            time.sleep(poll_s)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    return committed()
+
+
+def store_arrays(path: Path | Location) -> dict[str, np.ndarray]:
+    """Every array of a Zarr group, on local disk or at a storage location."""
+    store = path.zarr_store(read_only=True) if isinstance(path, Location) else str(path)
+    g = zarr.open_group(store, mode="r")
     return {name: np.asarray(g[name][...]) for name in sorted(g.array_keys())}
+
+
+def assert_same_store(a_dir: Path | Location, b_dir: Path | Location) -> None:
+    """Two token stores hold the same arrays (``train.zarr``) and the same commits."""
+    a, b = store_arrays(a_dir / "train.zarr"), store_arrays(b_dir / "train.zarr")
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert read_commits(a_dir / "train.zarr") == read_commits(b_dir / "train.zarr")
 
 
 # the reference run of every test module: 3 crops of 64 px (16 tokens), batches of 16
@@ -125,6 +177,9 @@ ENCODE_ARGS = (
     "cpu",
     "--no-progress",
 )
+# the kill-and-resume runs: batches of one crop and one reader, so each shard takes long
+# enough for a SIGKILL to land between commits (the later --batch wins)
+SLOW_ENCODE_ARGS = (*ENCODE_ARGS, "--batch", "1", "--prefetch", "1", "--read-threads", "1")
 
 
 def shared(tmp_path_factory) -> dict[str, Path]:  # type: ignore[no-untyped-def]
@@ -149,3 +204,20 @@ def shared(tmp_path_factory) -> dict[str, Path]:  # type: ignore[no-untyped-def]
         )
         (base / "done").touch()
     return paths
+
+
+def slow_reference(env: dict[str, Path]) -> Path:
+    """The uninterrupted run of the kill tests' schedule (batches of one crop) on local disk,
+    encoded once per session next to the shared store: a resumed run is compared with an
+    uninterrupted run of the same schedule."""
+    from terraloom.tokenize_jobs.encode import EncodeConfig, encode
+
+    reference = env["tokens"].parent / "reference_batch1"
+    if not (reference / "train.zarr").exists():
+        encode(
+            env["corpus"],
+            env["tokenizers"],
+            reference,
+            EncodeConfig(n_crops=CROPS, crop_px=CROP_SIZE, batch=1, progress=False),
+        )
+    return reference

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,9 +20,14 @@ from encode_support import (
     INVALID_ROWS,
     N_SAMPLES,
     REPO,
+    SLOW_ENCODE_ARGS,
+    assert_same_store,
+    encode_argv,
+    kill_when_committed,
     make_tokenizers,
     run_cli,
     shared,
+    slow_reference,
     store_arrays,
 )
 
@@ -125,93 +128,31 @@ def test_cropping_on_the_device_gives_the_same_store(env, tmp_path):
         n_crops=CROPS, crop_px=CROP_SIZE, batch=BATCH, crop_on_device=True, progress=False
     )
     encode(env["corpus"], env["tokenizers"], tmp_path / "tokens", cfg)
-    a, b = (
-        store_arrays(tmp_path / "tokens" / "train.zarr"),
-        store_arrays(env["tokens"] / "train.zarr"),
-    )
-    for name in b:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert_same_store(tmp_path / "tokens", env["tokens"])
 
 
 def test_kill_and_resume_equals_uninterrupted(env, tmp_path):
     """SIGKILL the job once its first shard is committed, re-run, compare with an uninterrupted run."""
     out = tmp_path / "tokens"
-    # batches of one crop make each shard take long enough for the kill to land mid-run
-    args = [
-        "encode",
-        "--corpus",
-        str(env["corpus"]),
-        "--tokenizers",
-        str(env["tokenizers"]),
-        "--out",
-        str(out),
-        "--crops",
-        str(CROPS),
-        "--crop-size",
-        str(CROP_SIZE),
-        "--batch",
-        "1",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--prefetch",
-        "1",
-        "--read-threads",
-        "1",
-    ]
-    envv = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "terraloom.tokenize_jobs", *args],
-        cwd=REPO,
-        env=envv,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    args = encode_argv(env["corpus"], env["tokenizers"], out, *SLOW_ENCODE_ARGS)
     commits = out / "_commits" / "train"
-    while proc.poll() is None and not (commits.is_dir() and any(commits.glob("shard-*.json"))):
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_committed(args, lambda: len(list(commits.glob("shard-*.json"))), 1, poll_s=0.002)
     n_done = len(read_commits(out / "train.zarr"))
     assert 1 <= n_done < 3, f"kill landed after {n_done} commits; the test needs a partial run"
     resumed = run_cli(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{n_done} already committed" in resumed.stdout
-    reference = tmp_path / "reference"
-    encode(
-        env["corpus"],
-        env["tokenizers"],
-        reference,
-        EncodeConfig(n_crops=CROPS, crop_px=CROP_SIZE, batch=1, progress=False),
-    )
-    a, b = store_arrays(out / "train.zarr"), store_arrays(reference / "train.zarr")
-    assert sorted(a) == sorted(b)
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    assert read_commits(out / "train.zarr") == read_commits(reference / "train.zarr")
+    assert_same_store(out, slow_reference(env))
 
 
 def test_torchrun_two_ranks_equal_single_process(env, tmp_path):
     out = tmp_path / "tokens"
-    res = run_cli(
-        "encode",
-        "--corpus",
-        str(env["corpus"]),
-        "--tokenizers",
-        str(env["tokenizers"]),
-        "--out",
-        str(out),
-        *ENCODE_ARGS,
-        torchrun=2,
-    )
+    res = run_cli(*encode_argv(env["corpus"], env["tokenizers"], out, *ENCODE_ARGS), torchrun=2)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (
         "encoded 2 shards" in res.stdout and "encoded 1 shards" in res.stdout
     )  # both ranks worked
-    a, b = store_arrays(out / "train.zarr"), store_arrays(env["tokens"] / "train.zarr")
-    for name in b:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    assert read_commits(out / "train.zarr") == read_commits(env["tokens"] / "train.zarr")
+    assert_same_store(out, env["tokens"])
 
 
 def test_other_tokenizer_version_is_refused(env, tmp_path, capsys):
@@ -219,8 +160,7 @@ def test_other_tokenizer_version_is_refused(env, tmp_path, capsys):
     shutil.copytree(env["tokens"], out)
     shutil.rmtree(out / "_commits" / "train")  # even an unfinished store keeps its tokenizers
     other = make_tokenizers(tmp_path / "other", env["corpus"], seed=1)
-    argv = ["encode", "--corpus", str(env["corpus"]), "--tokenizers", str(other), "--out", str(out)]
-    assert main([*argv, *ENCODE_ARGS]) == 2
+    assert main(encode_argv(env["corpus"], other, out, *ENCODE_ARGS)) == 2
     err = capsys.readouterr().err
     assert "refusing to encode" in err and "S2L2A" in err and "version" in err
     assert not (out / "_commits" / "train").exists()  # nothing was written
@@ -234,8 +174,8 @@ def test_other_tokenizer_version_is_refused(env, tmp_path, capsys):
 
 
 def test_bad_inputs_give_clear_errors(env, tmp_path, capsys):
-    argv = ["encode", "--corpus", str(tmp_path / "nope"), "--tokenizers", str(env["tokenizers"])]
-    assert main([*argv, "--out", str(tmp_path / "t"), *ENCODE_ARGS]) == 2
+    argv = encode_argv(tmp_path / "nope", env["tokenizers"], tmp_path / "t", *ENCODE_ARGS)
+    assert main(argv) == 2
     assert "does not exist" in capsys.readouterr().err
     out = tmp_path / "tokens"
     shutil.copytree(env["tokens"], out)
@@ -278,13 +218,6 @@ def _encode_cfg(**kw):
     return EncodeConfig(n_crops=CROPS, crop_px=CROP_SIZE, batch=BATCH, progress=False, **kw)
 
 
-def _assert_same_store(a_dir, b_dir):
-    a, b = store_arrays(a_dir / "train.zarr"), store_arrays(b_dir / "train.zarr")
-    assert sorted(a) == sorted(b)
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-
-
 def test_resume_redoes_committed_shards_whose_files_are_gone_or_truncated(env, tmp_path):
     """Issue 15 item 5: markers are not trusted blindly; a deleted or truncated chunk file
     under a committed marker is re-encoded on resume (and the CLI says so)."""
@@ -294,22 +227,12 @@ def test_resume_redoes_committed_shards_whose_files_are_gone_or_truncated(env, t
     (store / "S2L2A" / "c" / "1" / "0" / "0").unlink()
     crops = store / "crops" / "c" / "2" / "0" / "0"
     crops.write_bytes(crops.read_bytes()[:-7])
-    res = run_cli(
-        "encode",
-        "--corpus",
-        str(env["corpus"]),
-        "--tokenizers",
-        str(env["tokenizers"]),
-        "--out",
-        str(out),
-        *ENCODE_ARGS,
-    )
+    res = run_cli(*encode_argv(env["corpus"], env["tokenizers"], out, *ENCODE_ARGS))
     assert res.returncode == 0, res.stderr
     assert "committed shard 1 failed its check (the S2L2A chunk file is missing)" in res.stdout
     assert "committed shard 2 failed its check (the crops chunk file has" in res.stdout
     assert "1 already committed; encoded 2 shards" in res.stdout
-    _assert_same_store(out, env["tokens"])
-    assert read_commits(store) == read_commits(env["tokens"] / "train.zarr")
+    assert_same_store(out, env["tokens"])
     assert verify_tokens(out).ok
 
 
@@ -328,7 +251,7 @@ def test_verify_committed_redoes_a_flipped_shard(env, tmp_path):
     assert [s for s, _ in full.splits[0].redone] == [0]
     assert "DEM checksum differs" in full.splits[0].redone[0][1]
     assert full.encoded_shards == 1
-    _assert_same_store(out, env["tokens"])
+    assert_same_store(out, env["tokens"])
     assert verify_tokens(out).ok
 
 
@@ -371,16 +294,7 @@ def test_a_second_encode_is_refused_while_another_holds_the_output(env, tmp_path
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        args = (
-            "encode",
-            "--corpus",
-            str(env["corpus"]),
-            "--tokenizers",
-            str(env["tokenizers"]),
-            "--out",
-            str(out),
-            *ENCODE_ARGS,
-        )
+        args = encode_argv(env["corpus"], env["tokenizers"], out, *ENCODE_ARGS)
         refused = run_cli(*args)
         assert refused.returncode == 2, refused.stderr
         lines = refused.stderr.strip().splitlines()
@@ -417,12 +331,12 @@ def test_disk_full_is_one_line_and_the_rerun_resumes(env, tmp_path, monkeypatch,
 
     monkeypatch.setattr(encode_mod, "write_shard", full_disk)
     out = tmp_path / "tokens"
-    argv = ["encode", "--corpus", str(env["corpus"]), "--tokenizers", str(env["tokenizers"])]
-    assert main([*argv, "--out", str(out), *ENCODE_ARGS]) == 1
+    argv = encode_argv(env["corpus"], env["tokenizers"], out, *ENCODE_ARGS)
+    assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert "no space left" in err and "resumable" in err
     assert sorted(read_commits(out / "train.zarr")) == [0]
     monkeypatch.setattr(encode_mod, "write_shard", real_write)
-    assert main([*argv, "--out", str(out), *ENCODE_ARGS]) == 0
-    _assert_same_store(env["tokens"], out)
+    assert main(argv) == 0
+    assert_same_store(env["tokens"], out)

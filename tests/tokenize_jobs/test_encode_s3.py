@@ -5,44 +5,32 @@ time, and a finished run re-run writing nothing."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 
-import numpy as np
 import pytest
 import zarr
-from encode_support import BATCH, CROP_SIZE, CROPS, ENCODE_ARGS, REPO, run_cli, shared
+from encode_support import (
+    BATCH,
+    CROP_SIZE,
+    CROPS,
+    ENCODE_ARGS,
+    SLOW_ENCODE_ARGS,
+    assert_same_store,
+    encode_argv,
+    kill_when_committed,
+    run_cli,
+    shared,
+    slow_reference,
+)
 
 from terraloom.storage.location import Location
 from terraloom.storage.transfer import upload_tree
 from terraloom.tokenize_jobs.encode import EncodeConfig, acquire_encode_lease, encode
-from terraloom.tokenize_jobs.store import read_commits
 from terraloom.tokenize_jobs.verify import verify_tokens
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     return shared(tmp_path_factory)
-
-
-def _remote_arrays(loc: Location) -> dict[str, np.ndarray]:
-    g = zarr.open_group(loc.zarr_store(read_only=True), mode="r")
-    return {name: np.asarray(g[name][...]) for name in sorted(g.array_keys())}
-
-
-def _local_arrays(path) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
-    g = zarr.open_group(str(path), mode="r")
-    return {name: np.asarray(g[name][...]) for name in sorted(g.array_keys())}
-
-
-def _assert_same_store(remote: Location, local) -> None:  # type: ignore[no-untyped-def]
-    a, b = _remote_arrays(remote / "train.zarr"), _local_arrays(local / "train.zarr")
-    assert sorted(a) == sorted(b)
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    assert read_commits(remote / "train.zarr") == read_commits(local / "train.zarr")
 
 
 def _upload_inputs(env, bucket: str) -> tuple[Location, Location]:  # type: ignore[no-untyped-def]
@@ -58,7 +46,7 @@ def test_encode_to_s3_equals_local_and_a_rerun_writes_nothing(env, s3_bucket):
     cfg = EncodeConfig(n_crops=CROPS, crop_px=CROP_SIZE, batch=BATCH, progress=False)
     report = encode(corpus, toks, out, cfg)
     assert report.encoded_shards == 3
-    _assert_same_store(out, env["tokens"])
+    assert_same_store(out, env["tokens"])
     assert zarr.open_group((out / "train.zarr").zarr_store(read_only=True), mode="r").attrs[
         "corpus"
     ] == str(corpus / "train.zarr")
@@ -75,71 +63,19 @@ def _count_commits(loc: Location) -> int:
     return len((loc / "_commits/train").listdir())
 
 
-def _encode_until(args: list[str], out: Location, n_commits: int) -> int:
-    """Start the encode CLI, SIGKILL it once ``n_commits`` shards are committed on S3;
-    return how many were committed when it died."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "terraloom.tokenize_jobs", *args],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 300  # a hang fails the test instead of blocking it
-        while proc.poll() is None and time.monotonic() < deadline:
-            if _count_commits(out) >= n_commits:
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    return _count_commits(out)
-
-
 def test_kill_twice_on_s3_and_resume_equals_uninterrupted(env, s3_bucket):
     corpus, toks = _upload_inputs(env, s3_bucket)
     out = Location.parse(f"{s3_bucket}/tokens")
-    args = [
-        "encode",
-        "--corpus",
-        str(corpus),
-        "--tokenizers",
-        str(toks),
-        "--out",
-        str(out),
-        "--crops",
-        str(CROPS),
-        "--crop-size",
-        str(CROP_SIZE),
-        "--batch",
-        "1",  # slow shards: the kill lands between commits
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--prefetch",
-        "1",
-        "--read-threads",
-        "1",
-    ]
-    first = _encode_until(args, out, 1)
+    args = encode_argv(corpus, toks, out, *SLOW_ENCODE_ARGS)
+    first = kill_when_committed(args, lambda: _count_commits(out), 1)
     assert 1 <= first < 3, f"first kill landed after {first} commits; the test needs a partial run"
     assert (out / "_commits/lease.json").exists()  # the killed job's lease is left behind
-    second = _encode_until(args, out, first + 1)
+    second = kill_when_committed(args, lambda: _count_commits(out), first + 1)
     assert first < second < 3, f"second kill landed after {second} commits"
     resumed = run_cli(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{second} already committed" in resumed.stdout
-    # the reference of this schedule: batches of 1 crop, uninterrupted, on local disk
-    reference = env["tokens"].parent / "reference_batch1"
-    if not (reference / "train.zarr").exists():
-        encode(
-            env["corpus"],
-            env["tokenizers"],
-            reference,
-            EncodeConfig(n_crops=CROPS, crop_px=CROP_SIZE, batch=1, progress=False),
-        )
-    _assert_same_store(out, reference)
+    assert_same_store(out, slow_reference(env))
     assert verify_tokens(out).ok
 
 
@@ -148,16 +84,7 @@ def test_a_second_encode_into_one_s3_output_is_refused(env, s3_bucket):
     out = Location.parse(f"{s3_bucket}/tokens")
     lease = acquire_encode_lease(out)  # a live job (this process) holds the output
     try:
-        refused = run_cli(
-            "encode",
-            "--corpus",
-            str(corpus),
-            "--tokenizers",
-            str(toks),
-            "--out",
-            str(out),
-            *ENCODE_ARGS,
-        )
+        refused = run_cli(*encode_argv(corpus, toks, out, *ENCODE_ARGS))
         assert refused.returncode == 2, refused.stderr
         lines = refused.stderr.strip().splitlines()
         assert len(lines) == 1 and "another encode is writing this token store" in lines[0]
