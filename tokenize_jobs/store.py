@@ -15,6 +15,11 @@ raw little-endian C-order bytes the ``bytes`` codec writes), groups the requeste
 by shard and fancy-indexes each shard once: no per-sample Python work. Rows of shards
 without a commit marker read as invalid, so a store that is still being written (or
 was killed) is safe to train from.
+
+Why one module of ~800 lines: the commit records and the reader are two sides of one
+format: the reader reads a shard only when its marker says it is complete, and the
+writer's records and checks (sizes, checksums) are what make a marker worth that trust, so
+both sides change together.
 """
 
 from __future__ import annotations
