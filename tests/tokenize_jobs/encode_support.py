@@ -43,15 +43,21 @@ SHARD = 8
 INVALID_ROWS = (3, 9, 10, 21)
 
 
-def make_corpus(root: Path, seed: int = 0, with_index: bool = True) -> Path:
-    """A one-split toy corpus with invalid rows inside shards and a partial last shard."""
+def make_corpus(
+    root: Path,
+    seed: int = 0,
+    with_index: bool = True,
+    modalities: tuple[str, ...] = TOKEN_MODALITIES,
+) -> Path:
+    """A one-split toy corpus with invalid rows inside shards and a partial last shard
+    (``modalities``: the arrays it holds; fewer make it cheaper to write and upload)."""
     make_toy_corpus(
         root,
         {"train": N_SAMPLES},
         seed=seed,
         splits=("train",),
         shard_samples=SHARD,
-        modalities=TOKEN_MODALITIES,
+        modalities=modalities,
     )
     g = zarr.open_group(str(root / "train.zarr"), mode="r+")
     valid = np.asarray(g["valid"][:]).copy()
