@@ -1,7 +1,7 @@
 """The main job: the whole mission on the embedded synthetic world, stage by stage.
 
 registry -> world (``demo`` preset) -> plan -> build (Beam) -> tokenizers -> encode ->
-train -> TiM -> evaluate -> generate -> report. Each stage writes its outputs under
+publish -> train -> probe -> TiM -> evaluate -> generate -> report. Each stage writes its outputs under
 ``--out`` and a ``.<stage>.done`` marker (its JSON summary) last, so a second ``make demo``
 skips what is finished and a killed run resumes at the stage it was in (the stages
 themselves resume too: the build and the encode job skip committed shards, tokenizer and
@@ -10,6 +10,11 @@ model training continue from their checkpoints).
 Budgets (steps, widths, crops) live in :class:`DemoConfig`; ``--quick`` selects a tiny
 world and minimal budgets (the end-to-end test), the default fits the 20-minute budget of
 a 2-core CPU machine.
+
+One module on purpose: the stage list, its budgets, the runner that skips and re-runs
+stages by their markers and the report are one idea (what the main job does and in which
+order) and read best together. Stages with more wiring than a call live beside it
+(``publish_stage``, ``probe_stage``); each stage's work lives in its stage package.
 """
 
 from __future__ import annotations
@@ -29,8 +34,12 @@ from terraloom.model.config import AlphaMixture, MaskingConfig, ModelConfig, Opt
 from terraloom.model.config import TrainConfig as PretrainConfig
 from terraloom.model.evaluate import EvalConfig
 from terraloom.model.generate import EXPECTED, SamplingConfig
+from terraloom.model.probe import ProbeConfig
 from terraloom.model.tim import FinetuneConfig, TiMStudyConfig
+from terraloom.orchestration.probe_stage import probe_markdown, run_probe
+from terraloom.orchestration.publish_stage import DEMO_PUBLISH, publish_demo, publish_section
 from terraloom.pipeline.plan import PlanConfig
+from terraloom.pipeline.publish import PublishConfig
 from terraloom.schemas.cli import modality_table
 from terraloom.schemas.cliargs import add_config_args, add_version
 from terraloom.schemas.config import apply_overrides, from_dict, read_config_file, to_dict
@@ -158,6 +167,10 @@ class DemoConfig:
     evaluation: EvalConfig = EvalConfig(sampling=EVAL_SAMPLING)
     n_examples: int = 3
     example_sampling: SamplingConfig = EXAMPLE_SAMPLING
+    #: How the corpus is published (``<out>/published/<version>/``, with the token store).
+    publish: PublishConfig = DEMO_PUBLISH
+    #: The linear probe on pretrained vs random-init encoder embeddings (``<out>/probe/``).
+    probe: ProbeConfig = ProbeConfig()
 
     def tokenizer_for(self, modality: str) -> TokenizerConfig:
         """The recipe with ``modality`` and its overrides (checked like any config)."""
@@ -230,6 +243,12 @@ class Stage:
     description: str
     config: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    #: False: no later stage reads this stage's outputs (publish, probe), so running it does
+    #: not re-run the later stages, and a re-run removes only its own outputs.
+    feeds_later: bool = True
+    #: Re-run whenever an earlier stage ran in the same call (the report, which reads every
+    #: marker), even with its own marker current.
+    follows_any: bool = False
 
 
 # --------------------------------------------------------------------------- paths
@@ -242,7 +261,9 @@ def paths(out: Path) -> dict[str, Path]:
         "corpus": out / "corpus",
         "tokenizers": out / "tokenizers",
         "tokens": out / "tokens",
+        "published": out / "published",
         "run": out / "runs" / "pretrain",
+        "probe": out / "probe",
         "tim": out / "tim",
         "evaluation": out / "evaluation",
         "examples": out / "examples",
@@ -369,6 +390,11 @@ def stage_encode(out: Path, cfg: DemoConfig) -> dict:
     }
 
 
+def stage_publish(out: Path, cfg: DemoConfig) -> dict:
+    p = paths(out)
+    return publish_demo(p["corpus"], p["tokens"], p["published"], cfg.publish)
+
+
 def train_config(out: Path, cfg: DemoConfig) -> Any:
     """``cfg.pretrain`` with this output directory's data and run paths."""
     from terraloom.model.config import DataConfig
@@ -420,6 +446,11 @@ def _pretrained(out: Path) -> Any:
     from terraloom.model.checkpoint import load_model
 
     return load_model(paths(out)["run"])
+
+
+def stage_probe(out: Path, cfg: DemoConfig) -> dict:
+    p = paths(out)
+    return run_probe(p["corpus"], p["run"], p["probe"], cfg.probe, device=cfg.pretrain.device)
 
 
 def stage_tim(out: Path, cfg: DemoConfig) -> dict:
@@ -534,6 +565,17 @@ def stage_report(out: Path, cfg: DemoConfig) -> dict:
         f"Corpus at `{_rel(p['corpus'], out)}`: accepted {build.get('accepted')} of planned {build.get('planned')} samples.",
         "",
     ]
+    published = done.get("publish")
+    if published:
+        lines += publish_section(published, lambda path: _rel(path, out))
+    probe = p["probe"] / "probe.json"
+    if probe.is_file():
+        lines += [
+            "## Linear probe: land cover from encoder embeddings (val split)",
+            "",
+            probe_markdown(json.loads(probe.read_text())),
+            "",
+        ]
     ev = p["evaluation"] / "evaluation.md"
     if ev.is_file():
         lines += ["## Generation vs trivial baselines (val split)", "", ev.read_text().strip(), ""]
@@ -565,7 +607,9 @@ def stage_report(out: Path, cfg: DemoConfig) -> dict:
         "corpus",
         "tokenizers",
         "tokens",
+        "published",
         "run",
+        "probe",
         "tim",
         "evaluation",
         "examples",
@@ -625,11 +669,27 @@ STAGES: tuple[Stage, ...] = (
         ("tokens",),
     ),
     Stage(
+        "publish",
+        stage_publish,
+        "publish the corpus and token store (STAC, Croissant, card, SHA256SUMS, shards), verify",
+        ("publish",),
+        ("published",),
+        feeds_later=False,
+    ),
+    Stage(
         "train",
         stage_train,
         "train the dual-scale any-to-any model on a short budget",
         ("pretrain",),
         ("run",),
+    ),
+    Stage(
+        "probe",
+        stage_probe,
+        "linear probe of LULC on pretrained vs random-init encoder embeddings",
+        ("probe",),
+        ("probe",),
+        feeds_later=False,
     ),
     Stage(
         "tim",
@@ -652,7 +712,7 @@ STAGES: tuple[Stage, ...] = (
         ("n_examples", "example_sampling"),
         ("examples",),
     ),
-    Stage("report", stage_report, "write report.md", (), ("report",)),
+    Stage("report", stage_report, "write report.md", (), ("report",), follows_any=True),
 )
 
 
@@ -684,14 +744,15 @@ def run_stages(
     """Run the stages in order; a stage whose marker holds the same budgets is skipped.
 
     A stage whose budgets differ from its marker's (or ``force``) re-runs together with
-    every later stage, after their old outputs are removed. Returns each stage's result
-    (a skipped stage: its marker, with ``"skipped": True``).
+    every later stage, after their old outputs are removed (a stage that feeds no later one,
+    ``Stage.feeds_later``, re-runs alone; the report follows any stage that ran). Returns
+    each stage's result (a skipped stage: its marker, with ``"skipped": True``).
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     results: dict[str, dict] = {}
     t_all = time.perf_counter()
-    stale = False
+    stale = ran = False
     for i, stage in enumerate(stages, 1):
         marker = out / f".{stage.name}.done"
         want = json.loads(json.dumps(to_dict(cfg.subset(stage.config)), default=str))
@@ -700,11 +761,13 @@ def run_stages(
             flush=True,
         )
         done = json.loads(marker.read_text()) if marker.exists() else None
-        if done is not None and not stale and not force and done.get("config", {}) == want:
+        changed_budgets = done is not None and done.get("config", {}) != want
+        follows = stage.follows_any and ran
+        if done is not None and not changed_budgets and not stale and not force and not follows:
             results[stage.name] = {**done, "skipped": True}
             print(f"   finished earlier, skipped ({marker.name})")
         else:
-            if done is not None and not force and not stale:
+            if done is not None and changed_budgets and not force and not stale:
                 changed = {
                     k: (done.get("config", {}).get(k), v)
                     for k, v in want.items()
@@ -714,8 +777,10 @@ def run_stages(
                     f"   budgets changed since the last run {changed}: re-running this and every later stage"
                 )
             if done is not None or stale or force:
-                _invalidate(out, stages[i - 1 :])
-            stale = stale or bool(stage.outputs)  # later stages consume this stage's new output
+                _invalidate(out, stages[i - 1 :] if stage.feeds_later else [stage])
+            # later stages consume this stage's new output
+            stale = stale or (bool(stage.outputs) and stage.feeds_later)
+            ran = True
             t0 = time.perf_counter()
             result = stage.run(out, cfg)
             result["seconds"] = round(time.perf_counter() - t0, 1)
@@ -743,6 +808,12 @@ def print_summary(out: Path, results: dict[str, dict], seconds: float) -> None:
     print("Outputs:")
     for key in ("corpus", "tokens", "tokenizers", "run", "evaluation", "tim", "examples"):
         print(f"  {key:<11} {p[key]}")
+    card = (results.get("publish") or {}).get("card")
+    if card:
+        print(f"  {'card':<11} {card}")
+    probe = p["probe"] / "probe.md"
+    if probe.is_file():
+        print(f"  {'probe':<11} {probe}")
     for panel in (results.get("generate") or {}).get("panels", []):
         print(f"  panel       {panel}")
     print(f"  report      {p['report']}")
@@ -799,7 +870,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="terraloom-demo",
         description="The whole mission on the embedded synthetic world, stage by stage: world, "
-        "plan, build (Beam), tokenizers, encode, train, TiM, evaluate, generate, report. Each "
+        "plan, build (Beam), tokenizers, encode, publish, train, probe, TiM, evaluate, generate, "
+        "report. Each "
         "stage writes its outputs under --out and a marker last, so a second run skips what "
         "is finished and a killed run resumes. Budgets are DemoConfig fields (--config/--set); "
         "--quick selects a tiny world and minimal budgets.",

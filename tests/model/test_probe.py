@@ -10,6 +10,7 @@ from terraloom.model.probe import (
     fit_probe,
     majority_class,
     patch_majority,
+    pixel_patch_means,
     pool_modalities,
     probe_study,
 )
@@ -83,3 +84,20 @@ def test_fit_is_deterministic_and_refuses_unlabelled_data() -> None:
         majority_class(np.full(3, IGNORE, np.uint8))
     with pytest.raises(ValueError, match="steps"):
         ProbeConfig(steps=0)
+
+
+def test_pixel_patch_means_are_each_bands_mean_in_the_model_patch_layout() -> None:
+    from terraloom.model.interop.embed import center_patches
+    from terraloom.schemas.modalities import get_modality
+
+    raw = np.zeros((1, 2, 8, 8), np.float32)  # two S1GRD bands, 2 x 2 patches of 4 px
+    raw[0, 0, :4, 4:] = 3.0  # VV, patch (0, 1)
+    raw[0, 1, 4:, :4] = 5.0  # VH, patch (1, 0)
+    patches = center_patches(raw, "S1GRD", 8, 4)
+    means = pixel_patch_means(patches, 2)
+    std = get_modality("S1GRD").std
+    assert means.shape == (1, 4, 2)
+    # the raised patch stands out by its raise (normalised) in its own band only
+    assert means[0, 1, 0] - means[0, 0, 0] == pytest.approx(3.0 / std[0], rel=1e-5)
+    assert means[0, 2, 1] - means[0, 0, 1] == pytest.approx(5.0 / std[1], rel=1e-5)
+    assert means[0, 1, 1] == means[0, 0, 1] and means[0, 3, 0] == means[0, 0, 0]

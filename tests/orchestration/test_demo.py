@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gen_support import one_thread  # noqa: F401  (autouse: one torch thread)
@@ -67,6 +68,64 @@ def test_quick_demo_runs_every_stage_and_writes_the_outputs(quick_run: tuple[Pat
     assert "median error (km)" in log and str(out / "report.md") in log
 
 
+def test_quick_demo_publishes_and_verifies_its_corpus(quick_run: tuple[Path, str]) -> None:
+    from terraloom.pipeline.publish import verify_published
+    from terraloom.pipeline.publish.card import read_front_matter
+    from terraloom.pipeline.publish.checksums import verify_sums
+    from terraloom.pipeline.publish.stac import validate_stac
+
+    out, log = quick_run
+    done = json.loads((out / ".publish.done").read_text())
+    root = out / "published" / "1.0.0"
+    assert Path(done["path"]) == root and done["verified"]["ok"] and done["tokens"]
+    n_index = sum(json.loads((out / ".build.done").read_text())["accepted"].values())
+    assert sum(done["samples"].values()) == n_index and done["webdataset_shards"] > 0
+    assert validate_stac(root) == [] and verify_sums(root) == []
+    assert verify_published(out / "published").ok
+    card = (root / "README.md").read_text()
+    assert read_front_matter(root / "README.md")["license"] == "cc-by-4.0"
+    assert "**Synthetic data.**" in card and "Copernicus Sentinel data" not in card
+    assert (root / "coverage.png").is_file() and (root / "tokens" / "train.zarr").is_dir()
+    assert done["gallery"] and all(Path(g).is_file() for g in done["gallery"])
+    report = (out / "report.md").read_text()
+    assert "[dataset card](published/1.0.0/README.md)" in report
+    assert f"OK, {done['verified']['digests']} SHA256 digests checked" in report
+    assert "![coverage map](published/1.0.0/coverage.png)" in report
+    # a flipped byte in a published file is found by the same check the stage ran
+    target = root / "index.parquet"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    original = target.read_bytes()
+    target.write_bytes(bytes(data))
+    try:
+        assert not verify_published(root).ok
+    finally:
+        target.write_bytes(original)
+
+
+def test_quick_demo_probes_pretrained_and_random_init_embeddings(
+    quick_run: tuple[Path, str],
+) -> None:
+    out, _ = quick_run
+    probe = json.loads((out / "probe" / "probe.json").read_text())
+    assert list(probe["inputs"]) == ["+".join(i) for i in QUICK.probe.inputs]
+    for study in probe["inputs"].values():
+        assert set(study["probes"]) == {"pretrained", "random_init", "pixel_means"}
+        for r in [*study["probes"].values(), study["majority"]]:
+            assert 0 <= r["accuracy"] <= 1 and 0 <= r["miou"] <= 1
+        n = study["patches"]
+        assert n["train"] > 0 and n["val"] > 0
+        # the majority baseline is the train split's most frequent class, scored on val
+        assert 0 <= study["majority"]["class"] < 9
+    # per-patch embeddings of both encoders and splits, written by the embed job
+    for enc in ("pretrained", "random_init"):
+        for split in ("train", "val"):
+            assert (out / "probe" / "embeddings" / "S1GRD" / enc / split / "patches.zarr").is_dir()
+    report = (out / "report.md").read_text()
+    assert "## Linear probe" in report and "same encoder at random init (seed 0)" in report
+    assert "majority class (" in report
+
+
 def test_second_run_skips_every_finished_stage(
     quick_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -99,6 +158,43 @@ def test_a_changed_budget_reruns_from_the_first_stage_it_affects(
     n_val = json.loads((out / ".encode.done").read_text())["splits"]["val"]["valid"]
     assert len(panels) == 2 * min(2, n_val)  # two chains x up to two val samples
     assert all(Path(p).is_file() for p in panels)
+
+
+def test_stages_that_feed_nothing_later_rerun_alone_with_the_report(
+    quick_run: tuple[Path, str],
+) -> None:
+    out, _ = quick_run
+    run_stages(out, STAGES, QUICK)  # back to QUICK's budgets (earlier tests changed some)
+    (out / ".publish.done").unlink()  # a re-publish of the same corpus is a no-op
+    assert _ran(run_stages(out, STAGES, QUICK)) == ["publish", "report"]
+    probe = dataclasses.replace(QUICK, probe=dataclasses.replace(QUICK.probe, steps=40))
+    assert _ran(run_stages(out, STAGES, probe)) == ["probe", "report"]
+    assert (out / "runs" / "pretrain" / "latest").is_file()  # train's output untouched
+    assert json.loads((out / "probe" / "probe.json").read_text())["setup"]["steps"] == 40
+
+
+def test_runner_feeds_later_and_follows_any(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def stage(name: str, **kw: Any) -> Stage:
+        return Stage(name, lambda out, cfg: calls.append(name) or {}, name, (), ("report",), **kw)
+
+    stages = (
+        stage("a"),
+        stage("side", feeds_later=False),
+        stage("b"),
+        stage("r", follows_any=True),
+    )
+    run_stages(tmp_path, stages, QUICK)
+    assert calls == ["a", "side", "b", "r"]
+    calls.clear()
+    (tmp_path / ".side.done").unlink()
+    run_stages(tmp_path, stages, QUICK)
+    assert calls == ["side", "r"]  # b does not read side's output; the report follows
+    calls.clear()
+    (tmp_path / ".a.done").unlink()
+    run_stages(tmp_path, stages, QUICK)
+    assert calls == ["a", "side", "b", "r"]  # a feeds everything after it
 
 
 def test_runner_resumes_after_a_failed_stage(tmp_path: Path) -> None:
