@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +16,7 @@ from terraloom.storage.commit import (
     write_once,
 )
 from terraloom.storage.location import Location, LocationError
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.storage.racing import race
 
 
 @pytest.fixture(params=["local", "memory", "s3"])
@@ -77,38 +73,23 @@ def test_read_only_location_cannot_commit() -> None:
         write_once("https://example.invalid/x", b"1")
 
 
-_RACER = """
-import os, sys, time
-sys.path.insert(0, {root!r})
-from terraloom.storage.commit import write_once
-go = {go!r}
-deadline = time.time() + 60
-while not os.path.exists(go) and time.time() < deadline:
-    time.sleep(0.002)
-print("won" if write_once({marker!r}, ("writer %d" % os.getpid()).encode()) else "lost")
-"""
-
-
 @pytest.mark.parametrize("backend", ["local", "s3"])
 def test_racing_processes_exactly_one_commits(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Four real processes released at once onto one marker (the S3 ones through the server
-    in this process: their environment points at it)."""
+    in this process: their environment points at it, their client warmed up first)."""
     if backend == "s3":
         marker = str(Location.parse(request.getfixturevalue("s3_bucket")) / "_commits/b0.json")
     else:
         marker = str(tmp_path / "_commits" / "b0.json")
-    go = tmp_path / "go"
-    code = _RACER.format(root=str(ROOT), go=str(go), marker=marker)
-    procs = [
-        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-        for _ in range(4)
-    ]
-    time.sleep(1.0)  # let them import and reach the start line
-    go.touch()
-    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    setup = "from terraloom.storage.commit import write_once\n"
+    if backend == "s3":  # the client's first request (imports, session) before the start
+        bucket = str(Location.parse(marker).parent.parent)
+        setup += f"from terraloom.storage.location import Location\nLocation.parse({bucket!r}).exists()\n"
+    once = (
+        f"print('won' if write_once({marker!r}, ('writer %d' % os.getpid()).encode()) else 'lost')"
+    )
+    pids, (outs,) = race(setup, [once], tmp_path)
     assert sorted(outs) == ["lost", "lost", "lost", "won"]
-    winner = procs[outs.index("won")].pid
-    assert Location.parse(marker).read_bytes() == f"writer {winner}".encode()
+    assert Location.parse(marker).read_bytes() == f"writer {pids[outs.index('won')]}".encode()

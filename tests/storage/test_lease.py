@@ -14,8 +14,7 @@ import pytest
 
 from terraloom.storage.lease import LeaseHeld, LeaseLost, acquire, is_stale, read_lease
 from terraloom.storage.location import Location
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.storage.racing import race
 
 
 def _foreign_record(
@@ -126,41 +125,32 @@ def test_unreadable_lease_is_held_until_older_than_the_ttl(tmp_path: Path) -> No
         assert read_lease(path)["token"] == lease.token  # type: ignore[index]
 
 
-_RACER = """
-import os, sys, time
-sys.path.insert(0, {root!r})
+_SETUP = """
 from terraloom.storage.lease import LeaseHeld, acquire
-go = {go!r}
-deadline = time.time() + 30
-while not os.path.exists(go) and time.time() < deadline:
-    time.sleep(0.005)
+from terraloom.storage.location import Location
+held = []
+"""
+
+
+def _round(path: object) -> str:
+    """One race for the lease at ``path``: ``won`` or ``held`` (the winner keeps it)."""
+    return f"""
 try:
-    lease = acquire({path!r}, {{"job": "racer"}}, ttl=60)
+    held.append(acquire({str(path)!r}, {{"job": "racer"}}, ttl=60))
 except LeaseHeld:
     print("held")
 else:
     print("won")
-    time.sleep(0.5)  # hold it while the others try
 """
 
 
-@pytest.mark.parametrize("stale_first", [False, True], ids=["fresh", "stale"])
-def test_racing_processes_exactly_one_wins(tmp_path: Path, stale_first: bool) -> None:
-    """Four real processes released at once onto a fresh path, or onto one stale lease."""
-    path = tmp_path / "lease.json"
-    if stale_first:
-        _foreign_record(path, expires_in=-5)
-    go = tmp_path / "go"
-    code = _RACER.format(root=str(ROOT), go=str(go), path=str(path))
-    procs = [
-        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-        for _ in range(4)
-    ]
-    time.sleep(0.3)
-    go.touch()
-    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
-    assert sorted(outs) == ["held", "held", "held", "won"]
+def test_racing_processes_exactly_one_wins(tmp_path: Path) -> None:
+    """Four real processes released at once onto a fresh path, then onto one stale lease."""
+    fresh, stale = tmp_path / "fresh/lease.json", tmp_path / "stale/lease.json"
+    _foreign_record(stale, expires_in=-5)
+    _, rounds = race(_SETUP, [_round(fresh), _round(stale)], tmp_path)
+    for name, outs in zip(("fresh", "stale"), rounds):
+        assert sorted(outs) == ["held", "held", "held", "won"], name
 
 
 def test_bad_ttl(tmp_path: Path) -> None:
@@ -223,22 +213,13 @@ def test_object_store_lease_taken_over_while_stalled(remote_root: Location) -> N
     second.release()
 
 
-@pytest.mark.parametrize("stale_first", [False, True], ids=["fresh", "stale"])
-def test_s3_racing_processes_exactly_one_wins(
-    s3_bucket: str, tmp_path: Path, stale_first: bool
-) -> None:
-    """Four processes (environment pointed at the test server) race for one S3 lease."""
-    path = Location.parse(s3_bucket) / "out/_build/lease.json"
-    if stale_first:
-        _foreign_object(path, expires_in=-5)
-    go = tmp_path / "go"
-    code = _RACER.format(root=str(ROOT), go=str(go), path=str(path))
-    procs = [
-        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-        for _ in range(4)
-    ]
-    time.sleep(1.0)
-    go.touch()
-    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
-    assert sorted(outs) == ["held", "held", "held", "won"]
+def test_s3_racing_processes_exactly_one_wins(s3_bucket: str, tmp_path: Path) -> None:
+    """Four processes (environment pointed at the test server, client warmed up before the
+    start) race for one fresh S3 lease, then for one stale lease."""
+    fresh = Location.parse(s3_bucket) / "fresh/_build/lease.json"
+    stale = Location.parse(s3_bucket) / "stale/_build/lease.json"
+    _foreign_object(stale, expires_in=-5)
+    warm = f"Location.parse({s3_bucket!r}).exists()\n"
+    _, rounds = race(_SETUP + warm, [_round(fresh), _round(stale)], tmp_path)
+    for name, outs in zip(("fresh", "stale"), rounds):
+        assert sorted(outs) == ["held", "held", "held", "won"], name
