@@ -158,10 +158,46 @@ def grid_energy(x: torch.Tensor, period: int = PATCH_PX) -> torch.Tensor:
     return (tile - tile.mean((-2, -1), keepdim=True)).square().mean((-2, -1))
 
 
+def detrend(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) less, per image and band, its least-squares plane ``a + b x + c y`` over
+    the valid pixels (invalid pixels become 0).
+
+    Why: a plane is a staircase plus a sawtooth of every tile's period, so an image-scale
+    slope puts energy on the patch lattice although nothing in it repeats per patch. A
+    generator that gets the slope of a whole crop wrong (or a constant prediction) would
+    read as a grid; with the plane removed, the lattice holds what is left: seams, ramps
+    and bumps drawn the same way in every patch (a staircase rendition of a slope among
+    them: its sawtooth has no trend, so it stays).
+    """
+    b, c, h, w = x.shape
+    dtype = torch.float64
+    yy, xx = torch.meshgrid(
+        torch.linspace(-1, 1, h, dtype=dtype), torch.linspace(-1, 1, w, dtype=dtype), indexing="ij"
+    )
+    basis = torch.stack([torch.ones_like(xx), xx, yy]).to(x.device)  # (3, H, W)
+    m = valid.expand_as(x).to(dtype)
+    v = torch.where(valid.expand_as(x), x.to(dtype), torch.zeros((), dtype=dtype, device=x.device))
+    gram = torch.einsum("bchw,ihw,jhw->bcij", m, basis, basis)
+    rhs = torch.einsum("bchw,ihw->bci", v, basis)
+    eye = torch.eye(3, dtype=dtype, device=x.device)
+    coef = torch.linalg.solve(gram + 1e-9 * eye, rhs[..., None])[..., 0]  # (B, C, 3)
+    plane = torch.einsum("bci,ihw->bchw", coef, basis)
+    return ((v - plane) * m).to(torch.float32)
+
+
 def grid_terms(
-    pred: torch.Tensor, true: torch.Tensor, valid: torch.Tensor, period: int = PATCH_PX
+    pred: torch.Tensor,
+    true: torch.Tensor,
+    valid: torch.Tensor,
+    period: int = PATCH_PX,
+    detrended: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-band sums over the batch: (grid energy of pred - true, grid energy of true).
+
+    The difference is taken less its per-image plane (:func:`detrend`) unless
+    ``detrended`` is False; the reference is not: the scale stays the reference's own
+    energy on the lattice, its slope included (detrended, a smooth DEM keeps about 1/270
+    of it, and the ratio would be noise over nearly nothing).
 
     Invalid reference pixels (nodata) count as no difference and, in the reference, as
     its band mean, so a nodata hole is not read as structure.
@@ -172,6 +208,8 @@ def grid_terms(
     mean = (t.flatten(2).sum(-1) / n)[..., None, None]
     ref = torch.where(ok, t, mean.expand_as(t))
     diff = torch.where(ok, pred.float() - t, torch.zeros_like(t))
+    if detrended:  # the plane is fitted to the valid pixels only; holes stay 0
+        diff = detrend(diff, ok)
     return grid_energy(diff, period).sum(0), grid_energy(ref, period).sum(0)
 
 
@@ -180,15 +218,20 @@ def grid_ratio(
     true: torch.Tensor,
     valid: torch.Tensor | None = None,
     period: int = PATCH_PX,
+    detrended: bool = True,
 ) -> float:
     """Grid-artifact measure of generated ``pred`` against reference ``true`` (B, C, H, W).
 
-    Per band: the grid energy (:func:`grid_energy`) of ``pred - true`` summed over the
-    batch over that of ``true``; the mean over bands. 0: no error at the patch period;
-    1: as much as the reference holds there (a constant prediction scores exactly 1).
+    Per band: the grid energy (:func:`grid_energy`) of ``pred - true`` less its per-image
+    plane (:func:`detrend`), summed over the batch, over that of ``true``; the mean over
+    bands. 0: no error at the patch period; 1: as much as the reference holds there (a
+    staircase rendering of a slope scores about 1, a constant prediction the share of the
+    reference's lattice energy that is not its plane; ``detrended=False``, the measure
+    before the plane was removed, scores a constant exactly 1 and any wrong crop-scale
+    slope as grid).
     """
     valid = torch.ones_like(true, dtype=torch.bool) if valid is None else valid
-    num, den = grid_terms(pred, true, valid, period)
+    num, den = grid_terms(pred, true, valid, period, detrended)
     return float((num / den.clamp_min(1e-12)).mean())
 
 

@@ -89,7 +89,18 @@ def test_grid_ratio_tells_a_16_px_grid_from_noise() -> None:
     assert r_noise < 0.05  # noise spreads over every frequency, little lands on the lattice
     assert r_grid > 0.5 and r_grid > 20 * r_noise
     assert grid_ratio(ref, ref) == 0.0
-    assert grid_ratio(torch.full_like(ref, float(ref.mean())), ref) == pytest.approx(1.0)
+    flat = torch.full_like(ref, float(ref.mean()))
+    assert grid_ratio(flat, ref, detrended=False) == pytest.approx(1.0)
+    # the slope of a whole crop is not a grid: a constant, or the right hills on a wrong
+    # slope, put little on the lattice once each crop's plane is removed ...
+    assert grid_ratio(flat, ref) < 0.05
+    yy, xx = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    tilted = ref + 0.8 * xx - 0.5 * yy
+    assert grid_ratio(tilted, ref) < 1e-6 and grid_ratio(tilted, ref, detrended=False) > 0.5
+    # ... but drawing the slope as a staircase (every patch flat at its mean) is one
+    patch_means = torch.nn.functional.avg_pool2d(ref, 16).repeat_interleave(16, 2)
+    staircase = patch_means.repeat_interleave(16, 3)
+    assert grid_ratio(staircase, ref) > 0.8
     # blocky but not periodic (an independent level per patch): its spectrum is zero on the
     # lattice; the measure looks for seams repeated in every patch, blockiness shows in the MAE
     levels = torch.randn(4, 1, 8, 8, generator=g).repeat_interleave(16, 2).repeat_interleave(16, 3)
@@ -143,9 +154,15 @@ def test_evaluation_report_with_baselines_from_the_same_run(stack: Stack, tmp_pa
     assert by[("S2L2A -> DEM", "mae_m")]["baseline"] == pytest.approx(
         float(np.nanmean(np.abs(val_dem - dem_mean))), rel=1e-4
     )
-    # a constant prediction holds exactly the reference's own energy at the patch period
-    assert by[("S2L2A -> DEM", "grid")]["baseline"] == pytest.approx(1.0, rel=1e-4)
-    assert by[("S2L2A -> S1GRD", "grid")]["baseline"] == pytest.approx(1.0, rel=1e-4)
+    # a constant prediction: the error is the reference itself, less its per-crop plane
+    # (exactly 1 before the plane is removed)
+    t = torch.from_numpy(val_dem)
+    flat = torch.full_like(t, dem_mean)
+    assert by[("S2L2A -> DEM", "grid")]["baseline"] == pytest.approx(
+        grid_ratio(flat, t, torch.isfinite(t)), rel=1e-4
+    )
+    assert grid_ratio(flat, t, torch.isfinite(t), detrended=False) == pytest.approx(1.0, rel=1e-4)
+    assert by[("S2L2A -> S1GRD", "grid")]["baseline"] < 1.0
     s1_mean = np.nanmean(train.pixels("S1GRD", tr, train.crops(tr)).numpy(), axis=(0, 2, 3))
     val_s1 = val.pixels("S1GRD", vr, val.crops(vr)).numpy()
     assert by[("S2L2A -> S1GRD", "mae_db")]["baseline"] == pytest.approx(
