@@ -243,6 +243,10 @@ class TrainConfig:
     #: a run directory: its latest checkpoint), e.g. an imported TerraMind v1; ignored when
     #: the run resumes from its own checkpoint.
     init_from: str = ""
+    #: Ordinal targets (``model.ordinal``): the codes of fine FSQ scalars (DEM's elevation,
+    #: S1's and NDVI's levels) are trained against a Gaussian over neighbouring levels of
+    #: this width, as a fraction of the scalar's level count; 0 = plain cross-entropy.
+    ordinal_sigma: float = 0.05
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -251,6 +255,8 @@ class TrainConfig:
             raise ValueError(f"parallel must be auto, ddp, fsdp or none, got {self.parallel!r}")
         if self.batch_size < 1 or self.steps < 0:
             raise ValueError("batch_size must be >= 1 and steps >= 0")
+        if not 0 <= self.ordinal_sigma < 1:
+            raise ValueError(f"ordinal_sigma must be in [0, 1), got {self.ordinal_sigma}")
 
 
 # --------------------------------------------------------------------------- (de)serialisation

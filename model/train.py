@@ -36,6 +36,7 @@ from terraloom.model.checkpoint import (
 from terraloom.model.config import TrainConfig, save_config
 from terraloom.model.data import MaskedBatches, TokenLoader, TooFewRowsError, local_root, split_path
 from terraloom.model.metrics_log import MetricsLog
+from terraloom.model.ordinal import run_ordinal_targets
 from terraloom.model.rundir import RunDir
 from terraloom.model.transformer import TerraloomModel
 from terraloom.tokenize_jobs.distributed import DistInfo, init_distributed
@@ -378,6 +379,9 @@ def train(
         run.push_files("config.yaml")
     init = bool(cfg.init_from) and not (resume and latest_checkpoint(out_dir) is not None)
     model = TerraloomModel(cfg.model, init=not init).to(device)
+    model.set_ordinal_targets(
+        run_ordinal_targets(cfg.model.targets, cfg.ordinal_sigma, cfg.data.tokens)
+    )
     if init:
         load_init_weights(model, cfg.init_from)
         if echo and info.is_main:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from terraloom.model.config import (
     to_dict,
 )
 from terraloom.model.embeddings import InputEmbedding, QueryEmbedding
+from terraloom.model.ordinal import OrdinalTarget, ordinal_cross_entropy
 
 try:  # FlexAttention (torch >= 2.5)
     from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
@@ -248,6 +250,8 @@ class TerraloomModel(nn.Module):
             persistent=False,
         )
         self.activation_checkpointing = False
+        #: Target index -> its ordinal soft target (``set_ordinal_targets``; training only).
+        self.ordinal: dict[int, OrdinalTarget] = {}
         #: Set by ``compile_trunk``; the decoder mask backend follows it under "auto".
         self._compiled = False
         self._trunk = self.trunk
@@ -257,6 +261,19 @@ class TerraloomModel(nn.Module):
             self.queries.modality = TiedModalityEmbedding(  # type: ignore[assignment]
                 self.queries.modality, self.inputs.modality, self.specs
             )
+
+    def set_ordinal_targets(self, targets: Mapping[str, OrdinalTarget]) -> None:
+        """Train these target modalities against Gaussians over neighbouring FSQ levels
+        (``model.ordinal``) instead of the exact code; the others keep plain cross-entropy."""
+        ordinal: dict[int, OrdinalTarget] = {}
+        for name, t in targets.items():
+            j = self.specs.target_index(name)
+            if self.specs.targets[j].vocab != t.vocab:
+                raise ValueError(
+                    f"ordinal target of {name} has {t.vocab} codes, its head {self.specs.targets[j].vocab}"
+                )
+            ordinal[j] = t
+        self.ordinal = ordinal
 
     # ------------------------------------------------------------------ init / io
 
@@ -458,6 +475,11 @@ class TerraloomModel(nn.Module):
                 sums.append(0.0 * head.weight.sum().float())
                 continue
             logits = head(h.index_select(0, idx))
+            if j in self.ordinal:
+                sums.append(
+                    ordinal_cross_entropy(logits, labels.index_select(0, idx), self.ordinal[j])
+                )
+                continue
             sums.append(
                 F.cross_entropy(logits.float(), labels.index_select(0, idx), reduction="sum")
             )
