@@ -9,6 +9,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from build_support import small_build_cmd
 
 from terraloom.pipeline.beam import BuildCorpus, beam_options, query_counters
 from terraloom.pipeline.build import BuildJob, all_blocks, finalize, prepare
@@ -80,10 +81,9 @@ def test_direct_runner_multi_processing_writes_to_s3_with_options_from_the_comma
     wrote holds the credentials."""
     import os
     import subprocess
-    import sys
 
     from terraloom.storage import Location
-    from tests.pipeline.conftest import SMALL_SHARD_SAMPLES, same_corpus
+    from tests.pipeline.conftest import same_corpus
 
     endpoint = os.environ["AWS_ENDPOINT_URL"]
     key, secret = "AKIAsekritkey19", "sekrit-secret-19"
@@ -96,21 +96,7 @@ def test_direct_runner_multi_processing_writes_to_s3_with_options_from_the_comma
     out = f"{s3_bucket}/corpus"
     run = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "terraloom.pipeline",
-            "build",
-            "--plan",
-            str(small_plan),
-            "--out",
-            out,
-            "--engine",
-            "beam",
-            "--workers",
-            "2",
-            "--shard-samples",
-            str(SMALL_SHARD_SAMPLES),
-            "--no-progress",
+            *small_build_cmd(small_plan, out, "beam", "2"),
             "--storage-option",
             f"endpoint_url={endpoint}",
             "--storage-option",

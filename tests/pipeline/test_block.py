@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_build import synthetic_plan
+from build_support import synthetic_plan
 
 from terraloom.pipeline.block import BuildJob, EngineResult, process_block, read_plan_block
 from terraloom.pipeline.build import prepare

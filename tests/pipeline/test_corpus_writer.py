@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +35,12 @@ from terraloom.pipeline.corpus_writer import (
     store_layout,
     write_block,
 )
+from terraloom.pipeline.sample import SampleResult
 from terraloom.schemas.layouts import corpus_layout
 from terraloom.schemas.modalities import get_modality
 from terraloom.schemas.tables import read_table
 
 MODS = ("S2L2A", "DEM", "GEO", "CAPTION")
-
-
-@dataclass
-class FakeResult:
-    sample_id: str
-    split: str
-    row: int
-    arrays: dict[str, np.ndarray] | None
-    index_row: dict[str, Any] | None
-    reject: dict[str, Any] | None
-    stats: dict[str, float] = field(default_factory=dict)
 
 
 def plan_row(split: str, row: int) -> dict[str, Any]:
@@ -71,12 +60,12 @@ def plan_row(split: str, row: int) -> dict[str, Any]:
 
 def fake_result(
     p: dict[str, Any], modalities: tuple[str, ...] = MODS, reject: bool = False
-) -> FakeResult:
+) -> SampleResult:
     """Deterministic arrays from the sample id; NaNs in float arrays to exercise canonicalisation."""
     if reject:
         rej = {k: p[k] for k in ("sample_id", "split", "row", "cell_id", "geometry")}
         rej.update(reason="cloudy", modality="S2L2A", message="cloud fraction 0.5 > 0.2")
-        return FakeResult(
+        return SampleResult(
             p["sample_id"], p["split"], p["row"], None, None, rej, {"bytes_read": 10.0}
         )
     seed = int.from_bytes(hashlib.sha256(p["sample_id"].encode()).digest()[:4], "little")
@@ -95,7 +84,7 @@ def fake_result(
         arrays[spec.name] = x
     idx = dict(p)
     idx.update(cloud_fraction=0.01, quality={"sharpness": 1.5}, caption="fields and a river")
-    return FakeResult(
+    return SampleResult(
         p["sample_id"],
         p["split"],
         p["row"],

@@ -12,6 +12,7 @@ from typing import Any
 
 import dask
 import xarray as xr
+from build_support import build_cmd
 
 from terraloom.pipeline.build import run_build
 from terraloom.pipeline.dask_job import NANNY_ENV_OVERRIDES
@@ -166,24 +167,9 @@ def test_a_cluster_of_separate_processes_builds_into_s3(
             dirs = {w["local_directory"] for w in client.scheduler_info()["workers"].values()}
         assert len(dirs) == 2 and all(str(tmp_path / "worker-") in d for d in dirs)
         out = f"{s3_bucket}/corpus"
+        small = ["--shard-samples", str(SMALL_SHARD_SAMPLES), "--no-progress"]
         run = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "terraloom.pipeline",
-                "build",
-                "--plan",
-                str(small_plan),
-                "--out",
-                out,
-                "--engine",
-                "dask",
-                "--scheduler",
-                address,
-                "--shard-samples",
-                str(SMALL_SHARD_SAMPLES),
-                "--no-progress",
-            ],
+            [*build_cmd(small_plan, out, "--engine", "dask", "--scheduler", address), *small],
             cwd=tmp_path / "scheduler",
             capture_output=True,
             text=True,

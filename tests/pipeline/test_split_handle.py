@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from test_build import synthetic_plan
+from build_support import synthetic_plan
 
 from terraloom.pipeline.block import BuildJob, process_block
 from terraloom.pipeline.build import prepare, read_manifest
