@@ -44,44 +44,29 @@ from terraloom.pipeline.block import (
     EngineResult,
     process_block,
     read_plan_block,
-    sum_counters,
 )
 from terraloom.pipeline.build_config import BuildConfig
 from terraloom.pipeline.build_finalize import (
     finalize,
     finalized_problem,
-    is_finalized,
-    missing_modality_counts,
 )
 from terraloom.pipeline.build_layout import (
-    BUILD_DIR,
-    MANIFEST_FORMAT,
-    MANIFEST_VERSION,
     BuildBusyError,
     BuildInputError,
     all_blocks,
-    build_dir,
     committed_count,
-    file_sha256,
     final_path,
     frozen_plan_path,
-    lease_path,
     manifest_path,
     pending_blocks,
     read_manifest,
 )
 from terraloom.pipeline.build_prepare import (
-    LEASE_TTL_S,
-    PLAN_ROWS_PER_GROUP,
     acquire_build_lease,
-    blocks_per_row_group,
     build_locations,
     check_committed,
     check_fresh_out,
-    config_digest,
     config_for_plan,
-    config_modalities,
-    config_to_json,
     prepare,
     scope_config,
 )
@@ -96,12 +81,7 @@ log = logging.getLogger(__name__)
 
 #: The modules above are the build's parts; these names stay importable from here.
 __all__ = [
-    "BUILD_DIR",
     "ENGINES",
-    "LEASE_TTL_S",
-    "MANIFEST_FORMAT",
-    "MANIFEST_VERSION",
-    "PLAN_ROWS_PER_GROUP",
     "BuildBusyError",
     "BuildInputError",
     "BuildJob",
@@ -110,24 +90,15 @@ __all__ = [
     "MarkerProgress",
     "acquire_build_lease",
     "all_blocks",
-    "blocks_per_row_group",
-    "build_dir",
     "check_committed",
     "committed_count",
-    "config_digest",
     "config_for_plan",
-    "config_modalities",
-    "config_to_json",
-    "file_sha256",
     "final_path",
     "finalize",
     "finalized_problem",
     "frozen_plan_path",
     "is_disk_full",
-    "is_finalized",
-    "lease_path",
     "manifest_path",
-    "missing_modality_counts",
     "pending_blocks",
     "prepare",
     "process_block",
@@ -136,7 +107,6 @@ __all__ = [
     "run_build",
     "run_engine",
     "scope_config",
-    "sum_counters",
 ]
 
 ENGINES = ("beam", "dask")
