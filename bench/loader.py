@@ -5,33 +5,37 @@ Generates a token store of ``--samples`` rows (default 1,000,000) with every tok
 through the store writer (``schemas.layouts.create_token_store`` template, zarr region writes
 of many shards at once, ``tokenize_jobs.store`` commit markers with checksums and sizes):
 random codes, no tokenizer, written by ``--gen-workers`` processes. Then measures the
-training loader (``model.data.MaskedBatches``: token rows of a rank's slice of a random epoch
-permutation, 4M masking, static-shape assembly; a token-only ``--variant`` config, since a
-million-sample corpus of pixels does not fit here) in interleaved rounds:
+training loader (``model.data.MaskedBatches``: a rank's batches of an epoch, 4M masking,
+static-shape assembly; a token-only ``--variant`` config, since a million-sample corpus of
+pixels does not fit here) in interleaved rounds (the order of configurations rotates):
 
-* ``rank r/W, in process``: rank ``r`` of world ``W`` built in this process (r cycles over
-  the rounds), no workers;
-* ``loader, N workers``: ``model.data.TokenLoader`` with ``--workers`` worker processes;
-* ``P ranks, P processes``: ``--procs`` separate processes, ranks 0..P-1 of world ``W``.
+* ``random, N workers``: the baseline, per-sample random order (``EpochOrder``: every
+  sample read record by record, 11 chunk files per sample), ``model.data.TokenLoader`` with
+  ``--workers`` worker processes, rank ``r`` of ``--world`` (r cycles over the rounds);
+* ``block, N workers``: the same loader in block order (``BlockOrder``: chunk-level shuffle,
+  per-rank shuffle windows of ``--shuffle-buffer`` samples read a chunk at a time), on the
+  big store and on the ``--small-samples`` store (is memory flat in the store size?);
+* ``block, rank r/W in process``: one rank built in this process, no workers;
+* ``block, P rank processes``: ``--procs`` processes side by side, ranks 0..P-1 of ``W``;
+* ``block, N workers, object-store cache``: a ``--cache-samples`` store put behind a
+  ``memory://`` URL and opened as training opens a URL (``model.data.local_root``: fetched
+  commit by commit into the local read-through cache, then read from there).
 
 Per configuration: samples/s (wall), samples per CPU-second of the process and its workers
 (the per-core figure: a shared 2-core machine inflates wall time, not CPU time), and the peak
 RSS of the process tree (psutil, sampled every 50 ms) split into the private part (RSS minus
-file-backed shared pages) and the total (which also counts page-cache pages of the mapped
-store: reclaimable, and bounded by the store). The same run on a ``--small-samples`` store
-shows whether memory grows with the store size. The store is deleted afterwards unless
-``--keep``.
-
-Object-store read-through: ``terraloom.storage`` offers no read-through cache yet, so that
-column is reported as pending.
+file-backed shared pages) and the total (which also counts page-cache pages of the store:
+reclaimable, and bounded by the store). Block over random is also given per round (the two
+ran side by side). The stores are deleted afterwards unless ``--keep``.
 
 Target: >= 10,000 samples/s per core, 10x one H100's demand training ``base`` at the lean
 rate of ``../shared/anchors/README.md`` (1,074 samples/s). Last line:
-``loader_samples_per_s_per_core=<n>`` (median over rounds of the worker loader on the big
-store, samples per CPU-second).
+``loader_samples_per_s_per_core=<n>`` (median over rounds of the block-order worker loader
+on the big store, samples per CPU-second).
 
-    python bench/loader.py                                  # 1M + 100k stores, a few minutes
-    python bench/loader.py --samples 20000 --small-samples 5000 --rounds 2   # smoke
+    python bench/loader.py                                  # 1M + 100k + 20k stores, minutes
+    python bench/loader.py --samples 20000 --small-samples 5000 --cache-samples 4096 \
+        --rounds 2 --batches 8                              # smoke
 """
 
 from __future__ import annotations
@@ -245,23 +249,23 @@ class Figures:
         return self.samples / max(self.cpu_s, 1e-9)
 
 
-def _dataset(
-    store: Path, variant: str, global_batch: int, rank: int, world: int, seed: int, mode: str
-) -> Any:
+def _dataset(store: Path, a: argparse.Namespace, rank: int, order: str) -> Any:
     from terraloom.model.config import MaskingConfig, model_preset
     from terraloom.model.data import MaskedBatches
 
-    cfg = model_preset(variant, pixel_inputs=())
+    cfg = model_preset(a.variant, pixel_inputs=())
     return MaskedBatches(
         store,
         None,
         cfg,
         MaskingConfig(),
-        global_batch=global_batch,
+        global_batch=a.global_batch,
         rank=rank,
-        world=world,
-        seed=seed,
-        store_mode=mode,
+        world=a.world,
+        seed=a.seed,
+        store_mode=a.mode,
+        order=order,
+        shuffle_buffer=a.shuffle_buffer,
     )
 
 
@@ -271,8 +275,10 @@ def _batch_starts(n_per_epoch: int, n: int, round_: int) -> list[tuple[int, int]
     return [(0, start + i) for i in range(n)]
 
 
-def run_in_process(store: Path, a: argparse.Namespace, rank: int, round_: int) -> Figures:
-    ds = _dataset(store, a.variant, a.global_batch, rank, a.world, a.seed, a.mode)
+def run_in_process(
+    store: Path, a: argparse.Namespace, rank: int, round_: int, order: str = "block"
+) -> Figures:
+    ds = _dataset(store, a, rank, order)
     keys = _batch_starts(len(ds), a.batches + 1, round_)
     ds[keys[0]]  # open handles, epoch permutation
     with PeakRss() as rss:
@@ -282,10 +288,10 @@ def run_in_process(store: Path, a: argparse.Namespace, rank: int, round_: int) -
     return Figures(got, wall, cpu, rss.total, rss.private)
 
 
-def run_workers(store: Path, a: argparse.Namespace, round_: int) -> Figures:
+def run_workers(store: Path, a: argparse.Namespace, round_: int, order: str = "block") -> Figures:
     from terraloom.model.data import LoaderState, TokenLoader
 
-    ds = _dataset(store, a.variant, a.global_batch, round_ % a.world, a.world, a.seed, a.mode)
+    ds = _dataset(store, a, round_ % a.world, order)
     warm = 2 * a.workers  # workers started and past their first batches
     start = _batch_starts(len(ds), warm + a.batches + 8 * a.workers, round_)[0]
     loader = TokenLoader(ds, num_workers=a.workers, prefetch_factor=4, state=LoaderState(*start))
@@ -332,6 +338,42 @@ def run_processes(store: Path, a: argparse.Namespace, round_: int) -> Figures:
 # --------------------------------------------------------------------------- main
 
 
+def through_object_store(path: Path, root: Path) -> tuple[Path, float, float]:
+    """Put a store behind an object-store URL and open it as training opens a URL.
+
+    The store is uploaded to ``memory://`` (the storage layer's in-process object store: no
+    network, so the fetch time is a floor; ``bench/storage.py`` measures S3), then
+    ``model.data.local_root`` fetches it commit by commit into the local read-through cache,
+    which the loader then reads. The in-memory objects are dropped before any measuring.
+    Returns the cached split store and the upload and fetch seconds.
+    """
+    import uuid
+
+    import fsspec
+
+    from terraloom.model.data import local_root, split_path
+    from terraloom.storage.location import Location
+    from terraloom.storage.transfer import CACHE_ENV, upload_tree
+
+    url = f"memory://terraloom-bench-loader-{uuid.uuid4().hex[:8]}/tokens"
+    t = time.perf_counter()
+    upload_tree(path.parent, Location.parse(url))
+    up = time.perf_counter() - t
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(root / "cache")
+    try:
+        t = time.perf_counter()
+        local = local_root(url, "tokens")
+        fetch = time.perf_counter() - t
+    finally:
+        if before is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = before
+        fsspec.filesystem("memory").rm(url.split("/tokens")[0], recursive=True)
+    return split_path(local, "train"), up, fetch
+
+
 def _fmt_mb(n: float) -> str:
     return f"{n / 2**20:,.0f}"
 
@@ -344,6 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--small-samples", type=int, default=100_000, help="rows of the RSS-check store (0: none)"
     )
+    p.add_argument(
+        "--cache-samples",
+        type=int,
+        default=20_000,
+        help="rows of the store read through the object-store cache (0: none)",
+    )
     p.add_argument("--crops", type=int, default=1, help="crops per sample in the store")
     p.add_argument("--shard-samples", type=int, default=32, help="rows per token-store shard")
     p.add_argument("--gen-workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -354,12 +402,26 @@ def main(argv: list[str] | None = None) -> int:
         "--mode",
         default="memmap",
         choices=["memmap", "memory", "auto"],
-        help="TokenStore read mode (memmap: the local memory-mapped store)",
+        help="TokenStore read mode (memmap: the local store's raw chunk files)",
+    )
+    p.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        default=4096,
+        help="samples per shuffle window of the block order (model.data.BlockOrder)",
+    )
+    p.add_argument(
+        "--no-random",
+        action="store_true",
+        help="skip the per-sample random order (the baseline) on the big store",
     )
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--procs", type=int, default=2, help="rank processes run side by side")
     p.add_argument(
-        "--batches", type=int, default=12, help="timed per-rank batches per configuration"
+        "--batches",
+        type=int,
+        default=64,
+        help="timed per-rank batches per configuration (two shuffle windows by default)",
     )
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -369,18 +431,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the generated stores")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = p.parse_args(argv)
-    if a.samples < a.global_batch or a.global_batch % a.world or a.procs > a.world:
+    if (
+        a.samples < a.global_batch
+        or a.global_batch % a.world
+        or a.procs > a.world
+        or min(a.rounds, a.batches, a.workers, a.shuffle_buffer, a.crops, a.shard_samples) < 1
+    ):
         print(
-            "need samples >= global batch, global batch divisible by world, procs <= world",
+            "need samples >= global batch, global batch divisible by world, procs <= world, "
+            "and rounds, batches, workers, shuffle buffer, crops, shard samples >= 1",
             file=sys.stderr,
         )
         return 2
 
     root = a.dir or Path(tempfile.mkdtemp(prefix="terraloom_loader_"))
     root.mkdir(parents=True, exist_ok=True)
-    sizes = [n for n in (a.small_samples, a.samples) if n and n >= a.global_batch]
+    sizes = sorted(
+        {n for n in (a.cache_samples, a.small_samples, a.samples) if n >= a.global_batch}
+    )
     stores: dict[int, Path] = {}
     report: dict[str, Any] = {"load_average_start": os.getloadavg()[0], "stores": {}}
+    cached: Path | None = None
     try:
         for n in sizes:
             path = root / f"tokens_{n}" / "train.zarr"
@@ -401,29 +472,49 @@ def main(argv: list[str] | None = None) -> int:
                 f"store {n:>9,} samples x {a.crops} crop(s), shards of {a.shard_samples}: "
                 f"{size / 1e9:.2f} GB, {how}"
             )
-
-        big = stores[max(stores)]
-        configs: list[tuple[str, int, Callable[[int], Figures]]] = []
-        for n, path in sorted(stores.items()):
-            configs.append(
-                (f"loader, {a.workers} workers", n, lambda r, s=path: run_workers(s, a, r))
+        if a.cache_samples in stores:
+            cached, up_s, fetch_s = through_object_store(stores[a.cache_samples], root)
+            report["object_store"] = {"upload_s": up_s, "fetch_s": fetch_s}
+            print(
+                f"store {a.cache_samples:>9,} samples behind memory://: uploaded in {up_s:.1f} s, "
+                f"fetched into the read-through cache in {fetch_s:.1f} s "
+                f"({a.cache_samples / fetch_s:,.0f} samples/s)"
             )
-            if n == max(stores):
-                configs.append(
-                    (
-                        f"rank r/{a.world}, in process",
-                        n,
-                        lambda r, s=path: run_in_process(s, a, r % a.world, r),
-                    )
+
+        big = max(n for n in (a.small_samples, a.samples) if n in stores)
+        w = f"{a.workers} workers"
+        configs: list[tuple[str, int, Callable[[int], Figures]]] = []
+        if not a.no_random:
+            configs.append(
+                (f"random, {w}", big, lambda r, s=stores[big]: run_workers(s, a, r, "random"))
+            )
+        configs.append((f"block, {w}", big, lambda r, s=stores[big]: run_workers(s, a, r)))
+        for n, path in sorted(stores.items()):
+            if n == a.small_samples and n != big:
+                configs.append((f"block, {w}", n, lambda r, s=path: run_workers(s, a, r)))
+        configs.append(
+            (
+                f"block, rank r/{a.world} in process",
+                big,
+                lambda r, s=stores[big]: run_in_process(s, a, r % a.world, r),
+            )
+        )
+        if a.procs > 1:
+            configs.append(
+                (
+                    f"block, {a.procs} rank processes",
+                    big,
+                    lambda r, s=stores[big]: run_processes(s, a, r),
                 )
-                if a.procs > 1:
-                    configs.append(
-                        (
-                            f"{a.procs} ranks, {a.procs} processes",
-                            n,
-                            lambda r, s=big: run_processes(s, a, r),
-                        )
-                    )
+            )
+        if cached is not None:
+            configs.append(
+                (
+                    f"block, {w}, object-store cache",
+                    a.cache_samples,
+                    lambda r: run_workers(cached, a, r),
+                )
+            )
         results: dict[tuple[str, int], list[Figures]] = {(c, n): [] for c, n, _ in configs}
         for r in range(a.rounds):
             order = configs[r % len(configs) :] + configs[: r % len(configs)]
@@ -433,10 +524,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(
             f"\nvariant={a.variant} (token inputs only) world={a.world} global_batch={a.global_batch} "
-            f"local_batch={a.global_batch // a.world} rounds={a.rounds} batches/config={a.batches} "
-            f"cpus={os.cpu_count()} load_average={load:.1f}"
+            f"local_batch={a.global_batch // a.world} shuffle_buffer={a.shuffle_buffer} "
+            f"rounds={a.rounds} batches/config={a.batches} cpus={os.cpu_count()} "
+            f"load_average={load:.1f}"
         )
-        head = f"{'configuration':<28}{'store':>11}{'samples/s':>11}{'spread':>15}{'/CPU-s':>9}{'spread':>15}{'RSS MB':>9}{'private':>9}"
+        head = f"{'configuration':<40}{'store':>11}{'samples/s':>11}{'spread':>15}{'/CPU-s':>9}{'spread':>15}{'RSS MB':>9}{'private':>9}"
         print(head)
         rows_out = []
         for (name, n), figs in results.items():
@@ -449,33 +541,49 @@ def main(argv: list[str] | None = None) -> int:
                 "samples_per_s_range": [min(ws), max(ws)],
                 "samples_per_cpu_s": statistics.median(cs),
                 "samples_per_cpu_s_range": [min(cs), max(cs)],
+                "samples_per_cpu_s_all": cs,
                 "peak_rss": max(f.rss_total for f in figs),
                 "peak_rss_private": max(f.rss_private for f in figs),
             }
             rows_out.append(row)
             print(
-                f"{name:<28}{n:>11,}{row['samples_per_s']:>11,.0f}{f'{min(ws):,.0f}-{max(ws):,.0f}':>15}"
+                f"{name:<40}{n:>11,}{row['samples_per_s']:>11,.0f}{f'{min(ws):,.0f}-{max(ws):,.0f}':>15}"
                 f"{row['samples_per_cpu_s']:>9,.0f}{f'{min(cs):,.0f}-{max(cs):,.0f}':>15}"
                 f"{_fmt_mb(row['peak_rss']):>9}{_fmt_mb(row['peak_rss_private']):>9}"
             )
-        print(
-            f"{'object-store read-through':<28}{'pending: terraloom.storage has no read-through cache yet':>50}"
-        )
-        head_row = next(
-            r
-            for r in rows_out
-            if r["store_samples"] == max(stores) and "workers" in r["configuration"]
-        )
+
+        def find(name: str, n: int) -> dict[str, Any] | None:
+            return next(
+                (r for r in rows_out if r["configuration"] == name and r["store_samples"] == n),
+                None,
+            )
+
+        head_row = find(f"block, {w}", big)
+        assert head_row is not None
         per_core = head_row["samples_per_cpu_s"]
+        base_row = find(f"random, {w}", big)
+        if base_row is not None:
+            # per round, side by side: block over random
+            pairs = [
+                b / r
+                for b, r in zip(
+                    head_row["samples_per_cpu_s_all"], base_row["samples_per_cpu_s_all"]
+                )
+            ]
+            print(
+                f"block over random order (per CPU-s, per round): median "
+                f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})"
+            )
+            report["block_over_random"] = statistics.median(pairs)
         small = [
             r
             for r in rows_out
-            if r["store_samples"] != max(stores) and "workers" in r["configuration"]
+            if r["configuration"] == f"block, {w}" and r["store_samples"] not in (big,)
         ]
         if small:
             ratio = head_row["peak_rss_private"] / max(small[0]["peak_rss_private"], 1)
             print(
-                f"private RSS {max(stores):,} vs {small[0]['store_samples']:,} samples: "
+                f"private RSS {big:,} vs {small[0]['store_samples']:,} samples: "
                 f"{ratio:.2f}x (flat = about 1)"
             )
         print(
@@ -491,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
             a.json.write_text(json.dumps(report, indent=1, default=str) + "\n")
         print(f"loader_samples_per_s_per_core={per_core:.0f}")
     finally:
+        if cached is not None:
+            shutil.rmtree(root / "cache", ignore_errors=True)
         if not a.keep and a.dir is None:
             shutil.rmtree(root, ignore_errors=True)
         elif not a.keep:

@@ -11,9 +11,11 @@ import zarr
 
 from terraloom.model.config import Kind, modality_specs
 from terraloom.model.data import (
+    BlockOrder,
     CorpusPixels,
     EpochOrder,
     MaskedBatches,
+    PackedBatch,
     TokenLoader,
     _ShardRows,
 )
@@ -176,12 +178,13 @@ def test_dataset_rejects_inconsistent_setups(toy_world, small_model, small_maski
 
 
 @pytest.mark.parametrize("mode", ["memmap", "zarr"])
-def test_store_mode_is_used_and_gives_the_same_batches(make_dataset, mode) -> None:
+@pytest.mark.parametrize("order", ["random", "block"])
+def test_store_mode_is_used_and_gives_the_same_batches(make_dataset, mode, order) -> None:
     """A big store is read memory-mapped (or through zarr) on request, in workers too,
-    with batches identical to the in-RAM read."""
-    ds = make_dataset(store_mode=mode)
-    assert ds._store.mode == mode
-    ref = make_dataset(store_mode="memory")
+    with batches identical to the in-RAM read, in either order."""
+    ds = make_dataset(store_mode=mode, order=order)
+    assert ds._store.mode == mode and ds.order_kind == order
+    ref = make_dataset(store_mode="memory", order=order)
     assert _same(ds[(0, 2)], ref[(0, 2)])
     (got,) = list(TokenLoader(ds, num_workers=1, max_batches=1))
     assert _same(got, ref[(0, 0)])
@@ -209,3 +212,199 @@ def test_workers_keep_the_parent_view_of_the_store(toy_world, small_model, tmp_p
     assert fresh.valid.sum() < ds._store.valid.sum()
     got = list(TokenLoader(ds, num_workers=1, max_batches=2))
     assert _same(got[1], ref)
+
+
+# --------------------------------------------------------------------------- block order
+
+
+def _block(rows, *, world=1, rank=0, seed=1, chunk_rows=8, buffer=16, global_batch=8, crops=3):
+    return BlockOrder(rows, crops, global_batch, seed, rank, world, chunk_rows, buffer)
+
+
+def _epoch_stream(order: BlockOrder, epoch: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(rows, crops, positions) of each local batch of ``order``'s rank in ``epoch``."""
+    out = []
+    for i in range(order.batches_per_epoch):
+        w, off = order.locate(i)
+        win = order.window(epoch, w)
+        sel = slice(off, off + order.local_batch)
+        out.append((win.rows[sel], win.crops[sel], win.positions[sel]))
+    return out
+
+
+# valid rows with gaps (whole chunks and single rows missing), 10 chunks of 8 rows
+GAPPY = np.setdiff1d(np.arange(80), [3, 8, 9, 10, 11, 12, 13, 14, 15, 40, 41, 77])
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_block_order_shards_ranks_disjointly_and_sees_each_row_once(world) -> None:
+    rows = np.arange(96)  # 12 chunks of 8; 96 = 12 global batches of 8: nothing left over
+    seen = []
+    for rank in range(world):
+        order = _block(rows, world=world, rank=rank)
+        assert order.batches_per_epoch == 12 and order.local_batch == 8 // world
+        batches = _epoch_stream(order, 0)
+        assert all(len(b[0]) == order.local_batch for b in batches)
+        seen.append(np.concatenate([b[0] for b in batches]))
+    every = np.concatenate(seen)
+    assert sorted(every.tolist()) == rows.tolist()  # exactly once, ranks disjoint
+    positions = np.concatenate(
+        [
+            np.concatenate([b[2] for b in _epoch_stream(_block(rows, world=world, rank=r), 0)])
+            for r in range(world)
+        ]
+    )
+    assert sorted(positions.tolist()) == list(range(96))  # one mask key per sample
+
+
+def test_block_order_with_invalid_rows_and_a_remainder() -> None:
+    """Only valid rows, each at most once; the rows left out (fewer than a global batch)
+    change from epoch to epoch, so over epochs every row is seen."""
+    order = _block(GAPPY)
+    assert order.batches_per_epoch == len(GAPPY) // 8
+    union: set[int] = set()
+    for epoch in range(6):
+        got = np.concatenate([b[0] for b in _epoch_stream(order, epoch)])
+        assert len(got) == len(set(got.tolist())) == order.batches_per_epoch * 8
+        assert set(got.tolist()) <= set(GAPPY.tolist())
+        union |= set(got.tolist())
+    assert union == set(GAPPY.tolist())
+
+
+def test_block_order_is_seeded_and_shuffles_within_windows() -> None:
+    rows = np.arange(4000)
+    a, b = _block(rows, buffer=512, chunk_rows=32), _block(rows, buffer=512, chunk_rows=32)
+    first = _epoch_stream(a, 0)
+    again = _epoch_stream(b, 0)
+    assert all(
+        np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(first, again)
+    )
+    other_epoch = np.concatenate([x[0] for x in _epoch_stream(a, 1)])
+    other_seed = np.concatenate(
+        [x[0] for x in _epoch_stream(_block(rows, seed=2, buffer=512, chunk_rows=32), 0)]
+    )
+    stream = np.concatenate([x[0] for x in first])
+    assert not np.array_equal(stream, other_epoch) and not np.array_equal(stream, other_seed)
+    # a window of 512 = 16 chunks of 32: a local batch of 8 mixes rows of several chunks,
+    # and the window is not served in chunk order
+    win = a.window(0, 0)
+    assert a.window_size == 512 and len(win.spans) in (16, 17)
+    assert len({int(r) // 32 for r in win.rows[:8]}) >= 4
+    assert not np.array_equal(np.sort(win.rows), win.rows)
+    # crops are drawn per sample, all of them used
+    assert set(np.concatenate([x[1] for x in first]).tolist()) == {0, 1, 2}
+
+
+def test_block_order_windows_read_whole_chunks_and_map_to_rows() -> None:
+    order = _block(GAPPY, buffer=24, chunk_rows=8)
+    assert order.window_size == 24
+    for w in range(order.windows_per_epoch):
+        win = order.window(3, w)
+        read = np.concatenate([np.arange(c * 8 + lo, c * 8 + hi) for c, lo, hi in win.spans])
+        assert np.array_equal(read[win.slots], win.rows)  # a slot is where the row was read
+        assert len(read) <= len(win.rows) + 8 * 2  # at most the gaps inside the chunks
+        assert len({c for c, _, _ in win.spans}) == len(win.spans)  # one run per chunk
+    with pytest.raises(IndexError):
+        order.window(0, order.windows_per_epoch)
+    with pytest.raises(ValueError, match="rank"):
+        _block(GAPPY, rank=2, world=2)
+
+
+def test_block_batches_equal_the_per_sample_path(make_dataset) -> None:
+    """Block-order batches (rows read a window at a time) are exactly what the per-sample
+    read gives for the same rows, crops and mask keys."""
+    for mode in ("memmap", "memory", "zarr"):
+        ds = make_dataset(store_mode=mode, order="block", shuffle_buffer=8)
+        assert isinstance(ds.order, BlockOrder) and ds.order.window_size == 8
+        for epoch, index in ((0, 0), (0, 3), (2, 1)):
+            rows, crops, positions = ds.samples(epoch, index)
+            want = ds.build(rows, crops, ds.sample_keys(epoch, positions))
+            assert _same(ds[(epoch, index)], want), (mode, epoch, index)
+
+
+def test_auto_order_is_random_in_ram_and_block_from_disk(make_dataset) -> None:
+    assert make_dataset().order_kind == "random"  # the toy store is small: held in RAM
+    assert make_dataset(store_mode="memmap").order_kind == "block"
+    with pytest.raises(ValueError, match="order must be"):
+        make_dataset(order="sorted")
+
+
+def test_block_loader_resumes_mid_epoch_with_workers(make_dataset) -> None:
+    ds = make_dataset(store_mode="memmap", order="block", shuffle_buffer=16)
+    full = list(TokenLoader(ds, num_workers=0, max_batches=6))
+    head = list(TokenLoader(ds, num_workers=2, max_batches=3))
+    resumed = TokenLoader(ds, num_workers=2, max_batches=3)
+    resumed.load_state_dict({"epoch": 0, "batch": 3})
+    tail = list(resumed)
+    assert all(_same(a, b) for a, b in zip(full, head + tail))
+    assert resumed.state_dict() == {"epoch": 1, "batch": 2}
+
+
+def test_block_rank_parts_are_disjoint_on_the_store(make_dataset) -> None:
+    parts = [make_dataset(store_mode="memmap", order="block", rank=r, world=2) for r in range(2)]
+    rows = [np.concatenate([p.samples(0, i)[0] for i in range(len(p))]) for p in parts]
+    assert not set(rows[0].tolist()) & set(rows[1].tolist())
+    assert sorted(np.concatenate(rows).tolist()) == parts[0].order.rows.tolist()
+
+
+def test_packed_batch_round_trip() -> None:
+    batch = {
+        "a": torch.arange(12, dtype=torch.int64).reshape(3, 4),
+        "empty": torch.zeros(0, dtype=torch.int64),
+        "mask": torch.tensor([[True, False, True]]),
+        "half": torch.linspace(-1, 1, 7, dtype=torch.float16),
+        "n": torch.tensor([5, 6], dtype=torch.int64),
+    }
+    for shared in (False, True):
+        packed = PackedBatch.pack(batch, shared=shared)
+        assert packed.buf.is_shared() == shared
+        out = packed.unpack()
+        assert list(out) == list(batch)
+        for k in batch:
+            assert out[k].dtype == batch[k].dtype and torch.equal(out[k], batch[k]), k
+            assert out[k].untyped_storage().data_ptr() == packed.buf.untyped_storage().data_ptr()
+        offsets = [o for *_, o in packed.layout]
+        assert all(o % 64 == 0 for o in offsets) and offsets == sorted(offsets)
+    for edge in (
+        {"a": torch.ones(3, dtype=torch.int64), "last_empty": torch.zeros(0, 5)},
+        {"only_empty": torch.zeros(0, dtype=torch.bool)},
+        {"scalar": torch.tensor(7)},
+    ):
+        out = PackedBatch.pack(edge, shared=True).unpack()
+        assert all(out[k].shape == edge[k].shape and torch.equal(out[k], edge[k]) for k in edge)
+
+
+class _Probe(torch.utils.data.Dataset):
+    """Reports, from the process that builds each item, whether its malloc was tuned."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, key):  # noqa: ANN001, ANN204
+        import os
+
+        from terraloom.model import data
+
+        info = torch.utils.data.get_worker_info()
+        return {
+            "pid": torch.tensor(os.getpid()),
+            "worker": torch.tensor(-1 if info is None else info.id),
+            "tuned": torch.tensor(int(data.MALLOC_TUNED)),
+        }
+
+
+def test_loader_workers_keep_freed_memory() -> None:
+    """Loader workers run with malloc tuned (glibc); the caller's process is left alone."""
+    import ctypes
+    import os
+
+    from terraloom.model import data
+
+    glibc = hasattr(ctypes.CDLL(None), "mallopt")
+    got = list(TokenLoader(_Probe(), num_workers=2, max_batches=4))  # type: ignore[arg-type]
+    assert {int(b["worker"]) for b in got} == {0, 1}
+    assert all(int(b["pid"]) != os.getpid() for b in got)
+    assert all(bool(b["tuned"]) == glibc for b in got)
+    assert data.MALLOC_TUNED is False
+    (inline,) = list(TokenLoader(_Probe(), num_workers=0, max_batches=1))  # type: ignore[arg-type]
+    assert int(inline["worker"]) == -1 and not bool(inline["tuned"])

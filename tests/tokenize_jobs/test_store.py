@@ -249,3 +249,42 @@ def test_reads_fall_back_to_pread_when_the_process_map_budget_is_spent(tmp_path,
 
     gc.collect()
     assert store_mod._BUDGET["left"] == 20  # unmapped with the store: the budget is back
+
+
+@pytest.mark.parametrize("mode", ["memory", "memmap", "zarr"])
+def test_read_spans_gives_whole_runs_of_rows_with_every_crop(env, arrays, mode):
+    """The block loader's read: runs of chunk rows, concatenated in the order asked."""
+    store = TokenStore(env["tokens"] / "train.zarr", mode=mode)
+    spans = [(2, 1, 6), (0, 0, SHARD), (1, 3, 4), (0, 2, 2), (1, 0, 2)]  # any order, empty ok
+    got = store.read_spans(spans, ("DEM", "CAPTION"))
+    assert list(got) == ["DEM", "CAPTION", "CAPTION_len", "crops"]
+    rows = np.concatenate([np.arange(c * SHARD + lo, c * SHARD + hi) for c, lo, hi in spans])
+    assert len(rows) == 5 + SHARD + 1 + 2
+    for name, value in got.items():
+        assert value.dtype == arrays[name].dtype  # stored dtype: the caller picks its crops
+        np.testing.assert_array_equal(value, arrays[name][rows], err_msg=name)
+    assert store.read_spans([], ("DEM",))["DEM"].shape == (0, CROPS, (CROP_SIZE // 16) ** 2)
+
+
+def test_read_spans_refuses_runs_outside_the_store(env):
+    store = TokenStore(env["tokens"] / "train.zarr", mode="memmap")
+    for bad in [(0, 3, 2), (0, 0, SHARD + 1), (2, 0, 7), (-1, 0, 1)]:
+        with pytest.raises(IndexError, match="outside"):
+            store.read_spans([bad], ("DEM",))
+
+
+def test_read_spans_of_never_written_and_truncated_chunk_files(tmp_path):
+    path = tmp_path / "tokens" / "train.zarr"
+    g = create_token_store(
+        path, n_samples=8, n_crops=1, crop_px=32, shard_samples=4, modality_names=("DEM",)
+    )
+    g["DEM"][4:8] = np.arange(1, 17, dtype=np.uint16).reshape(4, 1, 4)
+    g["valid"][:] = True
+    store = TokenStore(path, mode="memmap")
+    got = store.read_spans([(0, 1, 3), (1, 2, 4)], ("DEM",))["DEM"]
+    assert (got[:2] == 0).all()  # chunk 0 was never written: the fill value
+    np.testing.assert_array_equal(got[2:, 0], np.arange(9, 17, dtype=np.uint16).reshape(2, 4))
+    chunk = store._info["DEM"].chunk_file(1)
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    with pytest.raises(OSError, match="truncated"):
+        store.read_spans([(1, 0, 4)], ("DEM",))
