@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from terraloom.model.config import MODEL_PRESETS, load_config, modality_specs, save_config, to_dict
-from terraloom.schemas.cliargs import add_config_args, add_progress_flag, add_version
+from terraloom.schemas.cliargs import (
+    add_config_args,
+    add_progress_flag,
+    add_storage_option,
+    command_parser,
+    run_command,
+)
 from terraloom.schemas.modalities import UnknownModalityError
 
 
@@ -23,18 +29,6 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     from terraloom.model.config import TrainConfig
 
     add_config_args(p, TrainConfig)
-
-
-def _add_storage_option(p: argparse.ArgumentParser) -> None:
-    """``--storage-option key=value`` (repeatable) for every location of the command."""
-    p.add_argument(
-        "--storage-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="option of the storage backend for the command's URLs, e.g. "
-        "endpoint_url=http://minio:9000 (repeatable; see docs/cloud.md)",
-    )
 
 
 def _reports() -> bool:
@@ -109,7 +103,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="run directory or URL, e.g. s3://bucket/run (checkpoints, metrics.csv); "
         "overrides out_dir",
     )
-    _add_storage_option(p)
+    add_storage_option(p)
     p.add_argument("--steps", type=int, help="total schedule length; overrides steps")
     p.add_argument("--max-steps", type=int, help="stop after this step (schedule unchanged)")
     p.add_argument(
@@ -251,7 +245,7 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         help="comma-separated targets, generated in this order, e.g. LULC,S2L2A,DEM",
     )
     p.add_argument("--out", required=True, help="output directory or URL")
-    _add_storage_option(p)
+    add_storage_option(p)
     p.add_argument("--corpus", help="corpus root (default: the checkpoint's data.corpus)")
     p.add_argument("--tokens", help="token-store root (default: the checkpoint's data.tokens)")
     p.add_argument("--tokenizers", help="tokenizer root (default: <tokens>/../tokenizers)")
@@ -286,7 +280,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument(
         "--out", required=True, help="directory or URL for evaluation.json / evaluation.md"
     )
-    _add_storage_option(p)
+    add_storage_option(p)
     p.add_argument("--corpus")
     p.add_argument("--tokens")
     p.add_argument("--tokenizers")
@@ -318,27 +312,20 @@ PARSERS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="terraloom-model",
-        description="terraloom model: train and inspect the dual-scale any-to-any transformer",
+    return command_parser(
+        "terraloom-model",
+        "terraloom model: train and inspect the dual-scale any-to-any transformer",
+        PARSERS,
     )
-    add_version(parser)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in PARSERS:
-        add(sub)
-    return parser
+
+
+# bad input: config errors (ConfigError is a ValueError), values the commands reject, missing
+# files and unknown modality names; any other KeyError is a bug, not bad input
+BAD_INPUT = (ValueError, FileNotFoundError, UnknownModalityError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    # bad input: config errors (ConfigError is a ValueError), values the commands reject,
-    # missing files and unknown modality names; any other KeyError is a bug, not bad input
-    except (ValueError, FileNotFoundError, UnknownModalityError) as exc:
-        print(f"terraloom-model {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv, BAD_INPUT)
 
 
 if __name__ == "__main__":

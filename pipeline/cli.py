@@ -31,9 +31,10 @@ from terraloom.schemas.cliargs import (
     add_config_args,
     add_progress_flag,
     add_storage_option,
-    add_version,
+    command_parser,
     config_from_args,
     default_help,
+    run_command,
 )
 from terraloom.schemas.layouts import DEFAULT_SHARD_SAMPLES
 from terraloom.storage.location import Location, LocationError, parse_storage_options
@@ -531,24 +532,22 @@ def published_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="terraloom-pipeline",
-        description="terraloom corpus pipeline: plan, build, verify, quicklook, publish.",
+    return command_parser(
+        "terraloom-pipeline",
+        "terraloom corpus pipeline: plan, build, verify, quicklook, publish.",
+        [
+            add_world_parser,
+            add_plan_parser,
+            add_build_parser,
+            lambda sub: add_published_option(add_verify_parser(sub)),
+            add_quicklook_parser,
+            add_publish_parser,
+        ],
     )
-    add_version(parser)
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_world_parser(subparsers)
-    add_plan_parser(subparsers)
-    add_build_parser(subparsers)
-    add_published_option(add_verify_parser(subparsers))
-    add_quicklook_parser(subparsers)
-    add_publish_parser(subparsers)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -10,22 +10,30 @@ applies and is shown in ``--help``) and, when given, they win over the file and 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from terraloom.schemas.config import config_tree, field_default, from_dict, set_path
 
 __all__ = [
+    "SubParsers",
     "add_config_args",
     "add_progress_flag",
     "add_storage_option",
     "add_version",
+    "command_parser",
     "config_from_args",
     "default_help",
+    "run_command",
     "version_string",
 ]
 
 T = TypeVar("T")
+
+#: What a command's ``add_<command>_parser`` registers on (``argparse._SubParsersAction``,
+#: private in argparse, hence not spelt here).
+SubParsers = Any
 
 
 def version_string(prog: str) -> str:
@@ -42,6 +50,37 @@ def version_string(prog: str) -> str:
 def add_version(parser: argparse.ArgumentParser) -> None:
     """``--version``: print ``<prog> <version>`` and exit 0."""
     parser.add_argument("--version", action="version", version=version_string(parser.prog))
+
+
+def command_parser(
+    prog: str, description: str, commands: Iterable[Callable[[SubParsers], object]]
+) -> argparse.ArgumentParser:
+    """A command line of subcommands: ``--version``, then each of ``commands`` registers its
+    subcommand (in help order); the chosen one is ``args.command``, its handler ``args.func``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_version(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in commands:
+        register(sub)
+    return parser
+
+
+def run_command(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    bad_input: tuple[type[BaseException], ...] = (),
+) -> int:
+    """Parse ``argv``, run the chosen subcommand's handler and return its exit code.
+
+    An exception of a ``bad_input`` type is one line, ``<prog> <command>: error: ...``, on
+    stderr and exit 2; any other keeps its traceback (a bug is not bad input).
+    """
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except bad_input as exc:
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:

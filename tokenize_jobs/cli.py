@@ -15,17 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from terraloom.schemas.cliargs import (
-    add_config_args,
-    add_progress_flag,
-    add_storage_option,
-    add_version,
-    config_from_args,
-    default_help,
-)
+from terraloom.schemas import cliargs
 from terraloom.schemas.config import ConfigError
-
-SubParsers = Any  # argparse._SubParsersAction
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -66,7 +57,7 @@ def _not(given: bool) -> bool | None:
     return False if given else None
 
 
-def add_train_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
+def add_train_parser(subparsers: cliargs.SubParsers) -> argparse.ArgumentParser:
     from terraloom.schemas.modalities import modalities
     from terraloom.tokenize_jobs.train import TrainConfig
 
@@ -82,7 +73,7 @@ def add_train_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     )
 
     def d(name: str, text: str = "") -> str:
-        return default_help(TrainConfig, name, text)
+        return cliargs.default_help(TrainConfig, name, text)
 
     p.add_argument("--modality", help=f"one of {names} (or `modality` in --config)")
     p.add_argument("--corpus", required=True, help="corpus directory holding <split>.zarr stores")
@@ -91,8 +82,8 @@ def add_train_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         default=None,
         help="output directory or URL, e.g. s3://bucket/tok/s2l2a (default tokenizers/<modality>)",
     )
-    add_storage_option(p)
-    add_config_args(p, TrainConfig)
+    cliargs.add_storage_option(p)
+    cliargs.add_config_args(p, TrainConfig)
     p.add_argument("--steps", type=int, help=d("steps", "optimizer steps"))
     p.add_argument("--batch", type=int, help=d("batch", "crops per step and rank"))
     p.add_argument("--lr", type=float, help=d("lr", "peak learning rate"))
@@ -137,7 +128,7 @@ def add_train_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         help="no compander in front of the quantiser (evenly spaced FSQ levels)",
     )
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
-    add_progress_flag(p)
+    cliargs.add_progress_flag(p)
     p.set_defaults(func=run_train)
     return p
 
@@ -147,7 +138,7 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
     from terraloom.tokenize_jobs.train import TrainConfig
 
     no_linear = _not(args.no_linear_init)
-    return config_from_args(
+    return cliargs.config_from_args(
         TrainConfig,
         args,
         {
@@ -219,11 +210,11 @@ def run_train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- encode
 
 
-def add_encode_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
+def add_encode_parser(subparsers: cliargs.SubParsers) -> argparse.ArgumentParser:
     from terraloom.tokenize_jobs.encode import EncodeConfig
 
     def d(name: str, text: str = "") -> str:
-        return default_help(EncodeConfig, name, text)
+        return cliargs.default_help(EncodeConfig, name, text)
 
     p = subparsers.add_parser(
         "encode",
@@ -246,8 +237,8 @@ def add_encode_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         required=True,
         help="token store directory or URL, e.g. s3://bucket/tokens (<out>/<split>.zarr)",
     )
-    add_storage_option(p)
-    add_config_args(p, EncodeConfig)
+    cliargs.add_storage_option(p)
+    cliargs.add_config_args(p, EncodeConfig)
     p.add_argument("--crops", type=int, help=d("n_crops", "crops per sample; crop 0 is centred"))
     p.add_argument("--crop-size", type=int, help=d("crop_px", "crop side in pixels"))
     p.add_argument("--batch", type=int, help=d("batch", "crops per tokenizer forward pass"))
@@ -279,7 +270,7 @@ def add_encode_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         help="on resume, re-read committed shards and compare their checksums (default: check "
         "that their files exist with the recorded sizes); shards that fail are re-encoded",
     )
-    add_progress_flag(p)
+    cliargs.add_progress_flag(p)
     p.set_defaults(func=run_encode)
     return p
 
@@ -288,7 +279,7 @@ def encode_config_from_args(args: argparse.Namespace) -> Any:
     """The ``EncodeConfig``: ``--config`` <- ``--set`` <- the flags given; device resolved."""
     from terraloom.tokenize_jobs.encode import EncodeConfig
 
-    cfg = config_from_args(
+    cfg = cliargs.config_from_args(
         EncodeConfig,
         args,
         {
@@ -366,7 +357,7 @@ def run_encode(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- verify
 
 
-def add_verify_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
+def add_verify_parser(subparsers: cliargs.SubParsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "verify",
         help="check a token store: layout, commits, checksums, alignment with the corpus",
@@ -378,7 +369,7 @@ def add_verify_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         default=None,
         help="corpus directory or URL (default: the location recorded by encode)",
     )
-    add_storage_option(p)
+    cliargs.add_storage_option(p)
     p.set_defaults(func=run_verify)
     return p
 
@@ -408,7 +399,7 @@ def run_verify(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- fetch
 
 
-def add_fetch_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
+def add_fetch_parser(subparsers: cliargs.SubParsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "fetch",
         help="copy a token store (e.g. from s3://) to a local directory, once",
@@ -422,7 +413,7 @@ def add_fetch_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--splits", type=_csv, default=None, help="comma-separated splits (default: all)"
     )
-    add_storage_option(p)
+    cliargs.add_storage_option(p)
     p.set_defaults(func=run_fetch)
     return p
 
@@ -457,7 +448,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- main
 
 #: Subcommand registrations, in help order.
-REGISTRATIONS: list[Callable[[SubParsers], argparse.ArgumentParser]] = [
+REGISTRATIONS: list[Callable[[cliargs.SubParsers], argparse.ArgumentParser]] = [
     add_train_parser,
     add_encode_parser,
     add_verify_parser,
@@ -466,20 +457,15 @@ REGISTRATIONS: list[Callable[[SubParsers], argparse.ArgumentParser]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="terraloom-tokenize",
-        description="Tokenizers and the pre-tokenization job of terraloom.",
+    return cliargs.command_parser(
+        "terraloom-tokenize",
+        "Tokenizers and the pre-tokenization job of terraloom.",
+        REGISTRATIONS,
     )
-    add_version(parser)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in REGISTRATIONS:
-        register(sub)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    return cliargs.run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

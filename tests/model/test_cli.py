@@ -11,6 +11,7 @@ from gen_support import Stack, one_thread, shared_root, tiny_model_config, toy_s
 
 from terraloom.model.cli import main
 from terraloom.model.config import DataConfig, MaskingConfig, TrainConfig, save_config
+from tests.cli_support import BAD_LOCATIONS, assert_refused_before_writing
 
 
 def test_cli_train_writes_checkpoint_and_metrics(train_config, tmp_path, capsys) -> None:
@@ -109,7 +110,7 @@ def test_a_moved_run_generates_from_another_directory(stack, tmp_path, monkeypat
     assert main([*gen, "--out", "c"]) == 0
 
 
-@pytest.mark.parametrize("bad", ["s3:/typo", "ftp://x", "nosuchscheme://x"])
+@pytest.mark.parametrize("bad", BAD_LOCATIONS)
 def test_every_location_argument_refuses_a_bad_url_before_writing(
     bad, tmp_path, monkeypatch, capsys
 ):
@@ -138,12 +139,7 @@ def test_every_location_argument_refuses_a_bad_url_before_writing(
         ["evaluate", "--checkpoint", good, "--out", bad],
         ["evaluate", "--checkpoint", good, "--out", "ev", "--corpus", bad],
     ]
-    for argv in commands:
-        assert main(argv) == 2, argv
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "bad location" in err[0] and bad in err[0], (argv, err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
-    assert not any((tmp_path / "in").iterdir())
+    assert_refused_before_writing(main, commands, bad, tmp_path, capsys)
 
 
 def test_cli_train_prints_its_summary_on_rank_0_only(

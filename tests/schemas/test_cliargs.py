@@ -105,3 +105,41 @@ def test_a_key_error_is_not_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
     parser._subparsers._group_actions[0].choices["config"].set_defaults(func=broken)  # type: ignore[union-attr]
     with pytest.raises(KeyError):
         cli.main(["config"])
+
+
+def test_command_parser_and_run_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """One pattern for every CLI of subcommands: ``--version``, the commands in order, the
+    handler's exit code; a ``bad_input`` exception is one line and exit 2, any other (a bug)
+    keeps its traceback."""
+    import argparse
+
+    from terraloom.schemas.cliargs import command_parser, run_command
+
+    def handler(args: argparse.Namespace) -> int | None:
+        if args.fail == "value":
+            raise ValueError("no such thing\u2014really")
+        if args.fail == "key":
+            raise KeyError("internal")
+        return None if args.fail == "none" else 3
+
+    def add_go(sub: object) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser("go", help="go on")  # type: ignore[attr-defined]
+        p.add_argument("--fail", default="")
+        p.set_defaults(func=handler)
+        return p
+
+    def add_stay(sub: object) -> None:
+        sub.add_parser("stay", help="stay put")  # type: ignore[attr-defined]
+
+    parser = command_parser("terraloom-x", "a test CLI", [add_go, add_stay])
+    help_text = parser.format_help()
+    assert "--version" in help_text and help_text.index("go on") < help_text.index("stay put")
+    assert run_command(parser, ["go"], (ValueError,)) == 3
+    assert run_command(parser, ["go", "--fail", "none"], (ValueError,)) == 0
+    assert run_command(parser, ["go", "--fail", "value"], (ValueError,)) == 2
+    err = capsys.readouterr().err
+    assert err == "terraloom-x go: error: no such thing\u2014really\n"
+    with pytest.raises(KeyError):
+        run_command(parser, ["go", "--fail", "key"], (ValueError,))
+    with pytest.raises(ValueError):  # nothing is bad input unless named
+        run_command(parser, ["go", "--fail", "value"])

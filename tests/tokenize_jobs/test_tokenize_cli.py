@@ -9,6 +9,7 @@ import pytest
 
 from terraloom.tokenize_jobs.cli import build_parser, main
 from terraloom.tokenize_jobs.tokenizers.io import load_tokenizer
+from tests.cli_support import BAD_LOCATIONS, assert_refused_before_writing
 
 
 def test_train_geo_and_an_image_tokenizer(
@@ -221,9 +222,6 @@ def test_geo_eval_md_carries_the_figures_of_eval_json(toy_corpus: Path, tmp_path
     assert f"| n_samples | {report['n_samples']} |" in md
 
 
-BAD_LOCATIONS = ("s3:/typo", "ftp://x", "nosuchscheme://x")
-
-
 @pytest.mark.parametrize("bad", BAD_LOCATIONS)
 def test_every_location_argument_refuses_a_bad_url_before_writing(
     bad, tmp_path, monkeypatch, capsys
@@ -244,9 +242,4 @@ def test_every_location_argument_refuses_a_bad_url_before_writing(
         ["fetch", bad, "--out", "copy"],
         ["fetch", good, "--out", bad],
     ]
-    for argv in commands:
-        assert main(argv) == 2, argv
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "bad location" in err[0] and bad in err[0], (argv, err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
-    assert not any((tmp_path / "in").iterdir())
+    assert_refused_before_writing(main, commands, bad, tmp_path, capsys)
