@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from shapely.geometry.base import BaseGeometry
@@ -48,21 +49,38 @@ from terraloom.pipeline.sources.stac_items import (
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Search:
+    """One search: every item of ``collection`` intersecting ``geometry`` (lon/lat) in
+    ``time_range`` (``None``: any time, for DEMs), filtered by an optional STAC ``query``
+    (``{"eo:cloud_cover": {"lt": 50}}``)."""
+
+    collection: str
+    geometry: BaseGeometry
+    time_range: TimeRange | None
+    query: Mapping[str, Any] | None = None
+
+
 class Source(abc.ABC):
-    """Where items come from. ``search`` returns every item of ``collection`` intersecting
-    ``geometry`` (lon/lat) in ``time_range`` (``None``: any time, for DEMs), filtered by an
-    optional STAC ``query`` (``{"eo:cloud_cover": {"lt": 50}}``)."""
+    """Where items come from: :meth:`search` is the one call planning makes; each source
+    answers it in :meth:`_search`."""
 
     name: str = "source"
 
-    @abc.abstractmethod
     def search(
         self,
         collection: str,
         geometry: BaseGeometry,
         time_range: TimeRange | None,
         query: Mapping[str, Any] | None = None,
-    ) -> list[SourceItem]: ...
+    ) -> list[SourceItem]:
+        """Every item of ``collection`` intersecting ``geometry`` in ``time_range`` that
+        matches ``query`` (:class:`Search`)."""
+        return self._search(Search(collection, geometry, time_range, query))
+
+    @abc.abstractmethod
+    def _search(self, s: Search) -> list[SourceItem]:
+        """This source's items for one search."""
 
     def collections(self) -> list[str] | None:
         """Collections this source serves, when it knows (``None``: unknown, ask anyway)."""
@@ -96,6 +114,7 @@ __all__ = [
     "SCL_BAND",
     "HrefRewriter",
     "ItemError",
+    "Search",
     "SkippedItem",
     "Source",
     "SourceAsset",

@@ -45,11 +45,11 @@ from terraloom.pipeline.ee_quota import (
 )
 from terraloom.pipeline.sources.base import (
     SCL_BAND,
+    Search,
     Source,
     SourceAsset,
     SourceError,
     SourceItem,
-    TimeRange,
     matches_query,
     modality_for_collection,
 )
@@ -90,34 +90,45 @@ EE_COLLECTIONS: dict[str, EeCollection] = {
 }
 
 
+@dataclass(frozen=True)
+class ImageListing:
+    """``list_images``: the images of ``ee_id`` over a lon/lat ``bbox`` between ``start`` and
+    ``end`` (Earth Engine date strings; ``None``: any time), at most ``limit``."""
+
+    ee_id: str
+    bbox: tuple[float, float, float, float]
+    start: str | None
+    end: str | None
+    limit: int
+
+
+@dataclass(frozen=True)
+class PixelRequest:
+    """``compute_pixels``: ``bands`` of ``image_id`` on ``grid`` (Earth Engine's PixelGrid).
+
+    ``resample`` is Earth Engine's ``Image.resample`` mode (None: its default, nearest);
+    ``to_power`` asks for ``10 ** (value / 10)`` before resampling (dB bands); ``fill``
+    replaces masked pixels.
+    """
+
+    image_id: str
+    bands: Sequence[str]
+    grid: Mapping[str, Any]
+    resample: str | None = None
+    to_power: bool = False
+    fill: float | None = None
+
+
 class EeClient(Protocol):
     """The two calls terraloom makes to Earth Engine (so tests can replay recorded answers).
 
     ``compute_pixels`` answers (height, width) with one field per band (the ``ee`` client's
-    NUMPY_NDARRAY) or a plain (height, width, band) array. ``resample`` is Earth Engine's
-    ``Image.resample`` mode (None: its default, nearest); ``to_power`` asks for
-    ``10 ** (value / 10)`` before resampling (dB bands); ``fill`` replaces masked pixels.
+    NUMPY_NDARRAY) or a plain (height, width, band) array.
     """
 
-    def list_images(
-        self,
-        ee_id: str,
-        bbox: tuple[float, float, float, float],
-        start: str | None,
-        end: str | None,
-        limit: int,
-    ) -> list[dict[str, Any]]: ...
+    def list_images(self, q: ImageListing) -> list[dict[str, Any]]: ...
 
-    def compute_pixels(
-        self,
-        image_id: str,
-        bands: Sequence[str],
-        grid: Mapping[str, Any],
-        *,
-        resample: str | None = None,
-        to_power: bool = False,
-        fill: float | None = None,
-    ) -> Any: ...
+    def compute_pixels(self, r: PixelRequest) -> Any: ...
 
 
 def _credentials_present() -> bool:
@@ -174,41 +185,25 @@ class _LiveClient:
             ) from None
         self.ee = ee
 
-    def list_images(
-        self,
-        ee_id: str,
-        bbox: tuple[float, float, float, float],
-        start: str | None,
-        end: str | None,
-        limit: int,
-    ) -> list[dict[str, Any]]:
+    def list_images(self, q: ImageListing) -> list[dict[str, Any]]:
         ee = self.ee
-        col = ee.ImageCollection(ee_id).filterBounds(
-            ee.Geometry.Rectangle(list(bbox), "EPSG:4326", False)
+        col = ee.ImageCollection(q.ee_id).filterBounds(
+            ee.Geometry.Rectangle(list(q.bbox), "EPSG:4326", False)
         )
-        if start is not None and end is not None:
-            col = col.filterDate(start, end)
-        return list(col.limit(limit).getInfo().get("features", []))
+        if q.start is not None and q.end is not None:
+            col = col.filterDate(q.start, q.end)
+        return list(col.limit(q.limit).getInfo().get("features", []))
 
-    def compute_pixels(
-        self,
-        image_id: str,
-        bands: Sequence[str],
-        grid: Mapping[str, Any],
-        *,
-        resample: str | None = None,
-        to_power: bool = False,
-        fill: float | None = None,
-    ) -> Any:
+    def compute_pixels(self, r: PixelRequest) -> Any:
         ee = self.ee
-        image = ee.Image(image_id).select(list(bands))
-        if to_power:  # 10 ** (dB / 10), computed on the native grid, before resampling
+        image = ee.Image(r.image_id).select(list(r.bands))
+        if r.to_power:  # 10 ** (dB / 10), computed on the native grid, before resampling
             image = image.multiply(_LN10_OVER_10).exp()
-        if resample is not None:
-            image = image.resample(resample)
-        if fill is not None:
-            image = image.unmask(fill, False)
-        request = {"expression": image, "fileFormat": "NUMPY_NDARRAY", "grid": dict(grid)}
+        if r.resample is not None:
+            image = image.resample(r.resample)
+        if r.fill is not None:
+            image = image.unmask(r.fill, False)
+        request = {"expression": image, "fileFormat": "NUMPY_NDARRAY", "grid": dict(r.grid)}
         return ee.data.computePixels(request)
 
 
@@ -371,13 +366,8 @@ class EarthEngineSource(Source):
     def collections(self) -> list[str]:
         return sorted(EE_COLLECTIONS)
 
-    def search(
-        self,
-        collection: str,
-        geometry: BaseGeometry,
-        time_range: TimeRange | None,
-        query: Mapping[str, Any] | None = None,
-    ) -> list[SourceItem]:
+    def _search(self, s: Search) -> list[SourceItem]:
+        collection, geometry, time_range, query = s.collection, s.geometry, s.time_range, s.query
         spec = EE_COLLECTIONS.get(collection)
         if spec is None:
             return []
@@ -387,7 +377,8 @@ class EarthEngineSource(Source):
             end = time_range[1].strftime("%Y-%m-%dT%H:%M:%S")
         bbox = tuple(float(v) for v in geometry.bounds)
         try:
-            infos = self.client.list_images(spec.ee_id, bbox, start, end, self.limit)  # type: ignore[arg-type]
+            listing = ImageListing(spec.ee_id, bbox, start, end, self.limit)  # type: ignore[arg-type]
+            infos = self.client.list_images(listing)
         except SourceError:
             raise
         except Exception as err:  # EE raises EEException / HttpError
@@ -510,12 +501,14 @@ def read_pixels(
                 with slot:
                     counters["ee_requests"] = counters.get("ee_requests", 0.0) + 1.0
                     return client.compute_pixels(
-                        image_id,
-                        sub_keys,
-                        sub_grid,
-                        resample=mode,
-                        to_power=convention.db,
-                        fill=convention.fill,
+                        PixelRequest(
+                            image_id,
+                            sub_keys,
+                            sub_grid,
+                            resample=mode,
+                            to_power=convention.db,
+                            fill=convention.fill,
+                        )
                     )
 
             def retried(attempt: int, exc: BaseException) -> None:

@@ -42,6 +42,7 @@ from urllib3.util.retry import Retry
 
 from terraloom.pipeline.sources.base import (
     ItemError,
+    Search,
     SkippedItem,
     Source,
     SourceError,
@@ -458,23 +459,16 @@ class StacApiSource(Source):
             self._cache_put(key, params, items)
         return items
 
-    def search(
-        self,
-        collection: str,
-        geometry: BaseGeometry,
-        time_range: TimeRange | None,
-        query: Mapping[str, Any] | None = None,
-    ) -> list[SourceItem]:
+    def _search(self, s: Search) -> list[SourceItem]:
         out = []
-        for d in self.search_dicts(collection, geometry, time_range, query):
+        for d in self.search_dicts(s.collection, s.geometry, s.time_range, s.query):
             if isinstance(d, dict):
-                d.setdefault("collection", collection)
+                d.setdefault("collection", s.collection)
             try:
                 out.append(item_from_stac(d, rewrite_s3=self.rewrite_s3, signer=self.signer))
             except ItemError as err:
-                self._skip(
-                    SkippedItem(err.reason, str(err), f"{self.url}/search", collection, err.item_id)
-                )
+                where = f"{self.url}/search"
+                self._skip(SkippedItem(err.reason, str(err), where, s.collection, err.item_id))
         return out
 
     def search_collections(

@@ -11,26 +11,18 @@ import glob
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import pystac
 import shapely
-from shapely.geometry.base import BaseGeometry
 
-from terraloom.pipeline.sources.base import (
-    ItemError,
-    SkippedItem,
-    Source,
-    SourceError,
-    SourceItem,
-    TimeRange,
-    in_time_range,
-    item_from_stac,
-    matches_query,
-)
+from terraloom.pipeline.sources.base import Search, Source
+from terraloom.pipeline.sources.filtering import in_time_range, matches_query
+from terraloom.pipeline.sources.items import ItemError, SkippedItem, SourceError, SourceItem
+from terraloom.pipeline.sources.stac_items import item_from_stac
 
 
 def _expand(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -215,22 +207,16 @@ class StaticSource(Source):
             return [it for c in sorted(self._items) for it in self._items[c]]
         return list(self._items.get(collection, []))
 
-    def search(
-        self,
-        collection: str,
-        geometry: BaseGeometry,
-        time_range: TimeRange | None,
-        query: Mapping[str, Any] | None = None,
-    ) -> list[SourceItem]:
-        items = self._items.get(collection)
+    def _search(self, s: Search) -> list[SourceItem]:
+        items = self._items.get(s.collection)
         if not items:
             return []
-        idx = self._trees[collection].query(geometry, predicate="intersects")
+        idx = self._trees[s.collection].query(s.geometry, predicate="intersects")
         out = [items[i] for i in sorted(idx)]
         return [
             it
             for it in out
-            if in_time_range(it, time_range) and matches_query(it.properties, query)
+            if in_time_range(it, s.time_range) and matches_query(it.properties, s.query)
         ]
 
 

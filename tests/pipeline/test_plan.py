@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +25,7 @@ from terraloom.pipeline.plan import (
     summarize_plan,
     write_plan,
 )
-from terraloom.pipeline.sources.base import Source, SourceItem, TimeRange, filter_items
+from terraloom.pipeline.sources.base import Search, Source, SourceItem, filter_items
 from terraloom.pipeline.sources.static import StaticSource
 from terraloom.schemas.modalities import SCL_CLOUD_SHADOW
 from terraloom.schemas.tables import PLAN_SCHEMA, read_table
@@ -52,15 +50,9 @@ class ListSource(Source):
     def __init__(self, items: list[SourceItem]) -> None:
         self._items = items
 
-    def search(
-        self,
-        collection: str,
-        geometry: Any,
-        time_range: TimeRange | None,
-        query: Mapping[str, Any] | None = None,
-    ) -> list[SourceItem]:
+    def _search(self, s: Search) -> list[SourceItem]:
         return filter_items(
-            [it for it in self._items if it.collection == collection], geometry, time_range
+            [it for it in self._items if it.collection == s.collection], s.geometry, s.time_range
         )
 
 

@@ -17,7 +17,13 @@ import pytest
 from terraloom.pipeline.grid import Region
 from terraloom.pipeline.plan import PlanConfig, plan_samples
 from terraloom.pipeline.sources.base import SourceError
-from terraloom.pipeline.sources.earthengine import EarthEngineSource, item_from_ee, pixel_grid
+from terraloom.pipeline.sources.earthengine import (
+    EarthEngineSource,
+    ImageListing,
+    PixelRequest,
+    item_from_ee,
+    pixel_grid,
+)
 from terraloom.schemas.modalities import EARTH_ENGINE, ee_to_corpus
 
 # 2023-08-15, tile 33TWL: timestamps in ms, footprints as LinearRing, crs_transform per band.
@@ -169,26 +175,15 @@ class RecordedClient:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
-    def list_images(
-        self, ee_id: str, bbox: Any, start: Any, end: Any, limit: int
-    ) -> list[dict[str, Any]]:
-        self.calls.append(("list_images", (ee_id, bbox, start, end)))
-        return list(RECORDED.get(ee_id, {"features": []})["features"])
+    def list_images(self, q: ImageListing) -> list[dict[str, Any]]:
+        self.calls.append(("list_images", (q.ee_id, q.bbox, q.start, q.end)))
+        return list(RECORDED.get(q.ee_id, {"features": []})["features"])
 
-    def compute_pixels(
-        self,
-        image_id: str,
-        bands: Any,
-        grid: Any,
-        *,
-        resample: str | None = None,
-        to_power: bool = False,
-        fill: float | None = None,
-    ) -> np.ndarray:
-        self.calls.append(("compute_pixels", (image_id, list(bands), grid, resample)))
-        h, w = grid["dimensions"]["height"], grid["dimensions"]["width"]
-        out = np.zeros((h, w), dtype=[(b, "<u2") for b in bands])
-        for b in bands:
+    def compute_pixels(self, r: PixelRequest) -> np.ndarray:
+        self.calls.append(("compute_pixels", (r.image_id, list(r.bands), r.grid, r.resample)))
+        h, w = r.grid["dimensions"]["height"], r.grid["dimensions"]["width"]
+        out = np.zeros((h, w), dtype=[(b, "<u2") for b in r.bands])
+        for b in r.bands:
             out[b] = 500  # harmonised DN: reflectance 0.05
         return out
 

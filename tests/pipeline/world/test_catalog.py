@@ -13,15 +13,10 @@ import rasterio
 
 from terraloom.pipeline.world import offline_validator
 from terraloom.pipeline.world.regions import GENERATOR_VERSION
+from terraloom.schemas.registry import REGISTRY
 
-COLLECTIONS = (
-    "sentinel-2-l2a",
-    "sentinel-2-l1c",
-    "sentinel-1-grd",
-    "sentinel-1-rtc",
-    "cop-dem-glo-30",
-    "io-lulc-9-class",
-)
+# the world serves every source collection of the registry (the derived modalities have none)
+COLLECTIONS = sorted({c for m in REGISTRY for c in m.collections})
 S2_L2A_KEYS = {
     "B01",
     "B02",
