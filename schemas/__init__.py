@@ -1,6 +1,8 @@
 """The contracts shared by every terraloom stage: modality registry, table schemas, store layouts.
 
-No I/O beyond creating and validating stores; importing this package is cheap.
+No I/O beyond creating and validating stores; importing this package is cheap. The package
+does not re-export names that equal a submodule's (``modalities()`` stays in
+:mod:`terraloom.schemas.modalities`), so ``terraloom.schemas.modalities`` is always the module.
 """
 
 from terraloom.schemas.layouts import (
@@ -33,7 +35,6 @@ from terraloom.schemas.modalities import (
     TokenizerKind,
     UnknownModalityError,
     get_modality,
-    modalities,
 )
 from terraloom.schemas.tables import (
     INDEX_SCHEMA,
@@ -73,7 +74,6 @@ __all__ = [
     "create_corpus_store",
     "create_token_store",
     "get_modality",
-    "modalities",
     "read_table",
     "token_layout",
     "validate_corpus",
