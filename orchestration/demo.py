@@ -226,6 +226,7 @@ QUICK = DemoConfig(
     ),
     evaluation=EvalConfig(max_samples=8, sampling=dataclasses.replace(EVAL_SAMPLING, steps=2)),
     n_examples=1,
+    publish=dataclasses.replace(DEMO_PUBLISH, gallery_samples=2),  # a figure costs ~1 s
 )
 
 

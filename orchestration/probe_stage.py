@@ -203,7 +203,7 @@ def probe_markdown(doc: dict[str, Any]) -> str:
     for key, st in studies.items():
         pre, rnd = st["probes"]["pretrained"], st["probes"]["random_init"]
         lines.append(
-            f"- {key.replace('+', ' + ')}: pretraining adds {pre['accuracy'] - rnd['accuracy']:+.3f} "
-            f"accuracy and {pre['miou'] - rnd['miou']:+.3f} mIoU over the random-init encoder."
+            f"- {key.replace('+', ' + ')}: pretrained minus random init "
+            f"{pre['accuracy'] - rnd['accuracy']:+.3f} accuracy, {pre['miou'] - rnd['miou']:+.3f} mIoU."
         )
     return "\n".join(lines)
