@@ -255,8 +255,7 @@ def convert_checkpoint(
     heads: int | None = None,
 ) -> dict[str, str]:
     """A released ``TerraMind_Tokenizer_<M>.pt`` -> a terraloom tokenizer directory."""
-    from safetensors.torch import save_file
-
+    from terraloom.storage.files import save_safetensors
     from terraloom.tokenize_jobs.protocol import TOKENIZER_FORMAT_VERSION
     from terraloom.tokenize_jobs.tokenizers.io import (
         CONFIG_NAME,
@@ -281,7 +280,7 @@ def convert_checkpoint(
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / (WEIGHTS_NAME + ".tmp")
-    save_file(encoder_state(sd), str(tmp), metadata={"modality": model.config.modality})
+    save_safetensors(encoder_state(sd), tmp, metadata={"modality": model.config.modality})
     os.replace(tmp, d / WEIGHTS_NAME)
     sha = sha256_file(d / WEIGHTS_NAME)
     identity = {
