@@ -443,6 +443,12 @@ def add_publish_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="samples in the card's gallery",
     )
     p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="the corpus was built from generated data (terraloom's synthetic world): the card "
+        "and the STAC collection say so and credit no third-party source",
+    )
+    p.add_argument(
         "--hub-repo",
         default=None,
         metavar="OWNER/NAME",
@@ -475,6 +481,7 @@ def publish_command(args: argparse.Namespace) -> int:
             quicklooks=args.quicklooks,
             gallery_samples=args.gallery,
             hub_repo=args.hub_repo,
+            synthetic=args.synthetic,
         )
         summary = publish_corpus(
             corpus,

@@ -237,6 +237,20 @@ def test_publish_cli_rejects_an_unfinished_corpus(
 SMALL = PublishConfig(name="tiny-corpus", formats=("zarr",), quicklooks=0, gallery_samples=0)
 
 
+def test_publish_cli_synthetic_flag_marks_the_card_and_the_collection(
+    tiny_reference: dict[str, Any], tmp_path: Path
+) -> None:
+    dest = tmp_path / "d"
+    args = ["publish", str(tiny_reference["out"]), "--out", str(dest), "--no-progress"]
+    assert cli_main([*args, "--quicklooks", "0", "--gallery", "1", "--synthetic"]) == 0
+    card = (dest / "1.0.0" / "README.md").read_text()
+    assert "synthetic" in card
+    assert "None required: no third party's data is in this corpus (synthetic)." in card
+    collection = json.loads((dest / "1.0.0" / "stac" / "collection.json").read_text())
+    assert collection["summaries"]["terraloom:synthetic"] == [True]
+    assert all("producer" in p["roles"] for p in collection["providers"])
+
+
 def _objects(url: str) -> dict[str, str]:
     """``name -> ETag`` of every object under an s3:// URL."""
     from terraloom.storage.location import Location
