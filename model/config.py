@@ -194,6 +194,24 @@ class DataConfig:
     pin_memory: bool = True
     #: Pixel patches travel to the device in this dtype ("float16" halves the traffic).
     pixel_dtype: str = "float16"
+    #: Sample order (``model.data.MaskedBatches``): ``random`` (per sample, the same global
+    #: batches at any world size), ``block`` (chunk shuffle + shuffle windows: a chunk read
+    #: serves many samples) or ``auto`` (random for a store held in RAM, else block).
+    order: str = "auto"
+    #: Samples per shuffle window of the block order (rounded up to whole local batches).
+    shuffle_buffer: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.order not in ORDER_KINDS:
+            raise ValueError(
+                f"data.order must be one of {', '.join(ORDER_KINDS)}, got {self.order!r}"
+            )
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"data.shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
+
+
+#: the sample orders of the loader (``DataConfig.order``, ``MaskedBatches(order=...)``)
+ORDER_KINDS: tuple[str, ...] = ("auto", "random", "block")
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,22 @@
 """Training batches straight from the token store (plus corpus pixels for pixel inputs).
 
-Order is a pure function of (seed, epoch, batch index): each epoch is a permutation of
-the valid rows with a random crop index per row; a global batch is a contiguous slice of
-it and data-parallel rank ``r`` takes the ``r``-th equal part. Masking randomness is keyed
-by (seed, epoch, position in the epoch), so a sample's masks are identical whatever the
-world size, worker count or resume point. The loader's state is just (epoch, batch).
+Order is a pure function of (seed, epoch, rank, world, batch index), in one of two schemes.
+:class:`EpochOrder` (``random``): each epoch is a permutation of the valid rows with a random
+crop index per row; a global batch is a contiguous slice of it and data-parallel rank ``r``
+takes the ``r``-th equal part, so batches and masks do not depend on the world size.
+:class:`BlockOrder` (``block``, the default for a store read from disk): chunks shuffled,
+each rank a disjoint run of them, served through seeded shuffle windows, so that one read of
+a chunk serves many samples instead of 11 file reads serving one. Masking randomness is keyed
+by (seed, epoch, position in the epoch's stream), so a sample's masks do not depend on the
+worker count or resume point. The loader's state is just (epoch, batch).
 
 A batch is built in one vectorised pass: read the token rows of the batch, plan the masks
 (needs only availability and sequence lengths), read the corpus pixels only for the
 (sample, pixel modality) pairs that received input tokens, cut their crops and gather just
 the selected patches, then assemble the static-shape tensors. Token rows come from
-``tokenize_jobs.store.TokenStore`` (memory or memory-mapped raw chunks, one fancy index
-per shard), the one reader of the token store.
+``tokenize_jobs.store.TokenStore`` (the one reader of the token store: per sample with
+``arrays``, a shuffle window at a time with ``read_spans``). Worker processes hand batches
+over as one shared-memory buffer each (:class:`PackedBatch`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from terraloom.model.config import Kind, MaskingConfig, ModalitySpecs, ModelConfig, modality_specs
+from terraloom.model.config import (
+    ORDER_KINDS,
+    Kind,
+    MaskingConfig,
+    ModalitySpecs,
+    ModelConfig,
+    modality_specs,
+)
 from terraloom.model.masking import SampleKeys, assemble, plan_masks
 from terraloom.schemas.modalities import Layout, get_modality
 from terraloom.tokenize_jobs.store import ReadMode, TokenStore
@@ -232,7 +244,6 @@ class TooFewRowsError(ValueError):
 #: ``MaskedBatches(order=...)``: ``random`` = :class:`EpochOrder`, ``block`` = :class:`BlockOrder`,
 #: ``auto`` = random for a store held in RAM, block for one read from disk.
 OrderKind = Literal["auto", "random", "block"]
-ORDER_KINDS: tuple[str, ...] = ("auto", "random", "block")
 #: default samples per shuffle window of :class:`BlockOrder` (rounded up to whole local batches)
 SHUFFLE_BUFFER = 4096
 

@@ -239,6 +239,8 @@ def _dataset(
         world=world,
         pixel_dtype=getattr(torch, d.pixel_dtype),
         shrink_batch=shrink_batch,
+        order=d.order,  # type: ignore[arg-type]  # checked by DataConfig
+        shuffle_buffer=d.shuffle_buffer,
     )
 
 

@@ -408,3 +408,18 @@ def test_loader_workers_keep_freed_memory() -> None:
     assert data.MALLOC_TUNED is False
     (inline,) = list(TokenLoader(_Probe(), num_workers=0, max_batches=1))  # type: ignore[arg-type]
     assert int(inline["worker"]) == -1 and not bool(inline["tuned"])
+
+
+def test_training_config_chooses_the_order(train_config, tmp_path) -> None:
+    from terraloom.model.config import DataConfig
+    from terraloom.model.train import _dataset
+
+    cfg = train_config(tmp_path)
+    assert cfg.data.order == "auto" and _dataset(cfg, "train", 0, 1).order_kind == "random"
+    block = replace(cfg, data=replace(cfg.data, order="block", shuffle_buffer=16))
+    ds = _dataset(block, "train", 1, 2)
+    assert isinstance(ds.order, BlockOrder) and ds.order.window_size == 16 and ds.order.rank == 1
+    with pytest.raises(ValueError, match="data.order must be one of auto, random, block"):
+        DataConfig(order="shuffled")
+    with pytest.raises(ValueError, match="shuffle_buffer"):
+        DataConfig(shuffle_buffer=0)
