@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         "--shuffle-buffer",
         type=int,
         default=4096,
-        help="samples per shuffle window of the block order (model.data.BlockOrder)",
+        help="samples per shuffle window of the block order (model.order.BlockOrder)",
     )
     p.add_argument(
         "--no-random",

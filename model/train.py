@@ -34,8 +34,9 @@ from terraloom.model.checkpoint import (
     unwrap,
 )
 from terraloom.model.config import TrainConfig, save_config
-from terraloom.model.data import MaskedBatches, TokenLoader, TooFewRowsError, local_root, split_path
+from terraloom.model.data import MaskedBatches, TokenLoader, local_root, split_path
 from terraloom.model.metrics_log import MetricsLog
+from terraloom.model.order import TooFewRowsError
 from terraloom.model.ordinal import run_ordinal_targets
 from terraloom.model.rundir import RunDir
 from terraloom.model.transformer import TerraloomModel

@@ -10,15 +10,9 @@ import torch
 import zarr
 
 from terraloom.model.config import Kind, modality_specs
-from terraloom.model.data import (
-    BlockOrder,
-    CorpusPixels,
-    EpochOrder,
-    MaskedBatches,
-    PackedBatch,
-    TokenLoader,
-    _ShardRows,
-)
+from terraloom.model.data import CorpusPixels, MaskedBatches, TokenLoader, _ShardRows
+from terraloom.model.order import BlockOrder, EpochOrder
+from terraloom.model.packed import PackedBatch
 from terraloom.schemas.modalities import get_modality
 from terraloom.tokenize_jobs.crops import apply_crop
 from terraloom.tokenize_jobs.store import TokenStore
@@ -383,13 +377,13 @@ class _Probe(torch.utils.data.Dataset):
     def __getitem__(self, key):  # noqa: ANN001, ANN204
         import os
 
-        from terraloom.model import data
+        from terraloom.model import packed
 
         info = torch.utils.data.get_worker_info()
         return {
             "pid": torch.tensor(os.getpid()),
             "worker": torch.tensor(-1 if info is None else info.id),
-            "tuned": torch.tensor(int(data.MALLOC_TUNED)),
+            "tuned": torch.tensor(int(packed.MALLOC_TUNED)),
         }
 
 
@@ -398,14 +392,14 @@ def test_loader_workers_keep_freed_memory() -> None:
     import ctypes
     import os
 
-    from terraloom.model import data
+    from terraloom.model import packed
 
     glibc = hasattr(ctypes.CDLL(None), "mallopt")
     got = list(TokenLoader(_Probe(), num_workers=2, max_batches=4))  # type: ignore[arg-type]
     assert {int(b["worker"]) for b in got} == {0, 1}
     assert all(int(b["pid"]) != os.getpid() for b in got)
     assert all(bool(b["tuned"]) == glibc for b in got)
-    assert data.MALLOC_TUNED is False
+    assert packed.MALLOC_TUNED is False
     (inline,) = list(TokenLoader(_Probe(), num_workers=0, max_batches=1))  # type: ignore[arg-type]
     assert int(inline["worker"]) == -1 and not bool(inline["tuned"])
 
