@@ -28,6 +28,9 @@ file-backed shared pages) and the total (which also counts page-cache pages of t
 reclaimable, and bounded by the store). Block over random is also given per round (the two
 ran side by side). The stores are deleted afterwards unless ``--keep``.
 
+One script on purpose, like every bench: generating the store, the configurations it
+compares and the table they print are one measurement, read top to bottom.
+
 Target: >= 10,000 samples/s per core, 10x one H100's demand training ``base`` at the lean
 rate of ``../shared/anchors/README.md`` (1,074 samples/s). Last line:
 ``loader_samples_per_s_per_core=<n>`` (median over rounds of the block-order worker loader
