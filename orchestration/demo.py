@@ -131,7 +131,7 @@ def _pretrain(
 #: images from the expected latents (docs/model.md, "Sampling controls").
 EVAL_SAMPLING = EXPECTED
 #: What the example panels are drawn with (see docs/model.md, "Sampling controls").
-EXAMPLE_SAMPLING = SamplingConfig(steps=8, temperature=0.5, top_k=50, decode="expected")
+EXAMPLE_SAMPLING = SamplingConfig(steps=8, temperature=0.5, decode="expected")
 
 
 @dataclass(frozen=True)
