@@ -492,9 +492,16 @@ def validate_store(
     if not (root / "zarr.json").exists():
         return [f"{root}: not a Zarr v3 group (no zarr.json)"]
     try:
-        group = zarr.open_group(_zarr_target(root, read_only=True), mode="r")
+        group = zarr.open_group(_zarr_target(root, read_only=True), mode="r", zarr_format=3)
     except Exception as exc:  # a corrupt root is a finding, not a crash
         return [f"{root}: cannot open as a Zarr group: {exc}"]
+    return validate_group(group, layout, check_attrs=check_attrs)
+
+
+def validate_group(group: Any, layout: StoreLayout, *, check_attrs: bool = True) -> list[str]:
+    """:func:`validate_store` of a group already open: a zarr group, or anything that answers
+    ``attrs``, ``array_keys()`` and ``group[name]`` the same way (a writer's handle whose
+    metadata was read once, so validating costs no further request)."""
     findings: list[str] = []
     attrs = dict(group.attrs)
     if check_attrs:
