@@ -39,19 +39,24 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from terraloom.schemas.layouts import (
-    create_token_store,
-)
+from terraloom.schemas.layouts import create_token_store, token_layout, validate_group
 from terraloom.schemas.modalities import SAMPLE_PX, get_modality
 from terraloom.storage.lease import Lease, LeaseHeld, LeaseLost
 from terraloom.storage.lease import acquire as acquire_lease
 from terraloom.storage.location import Location, LocationError
+from terraloom.storage.zarr_handle import (
+    BlockWriteStore,
+    SplitHandle,
+    open_handle,
+    split_handle_of,
+    write_rows,
+)
 from terraloom.tokenize_jobs.distributed import DistInfo, init_distributed
 from terraloom.tokenize_jobs.encode_config import (
     EncodeBusyError,
@@ -76,9 +81,11 @@ from terraloom.tokenize_jobs.store import (
     COMMITS_DIR,
     commit_problem,
     drop_commit,
+    listed_sizes,
     read_commits,
     shard_checksums,
     shard_file_sizes,
+    shard_files,
     write_commit,
 )
 
@@ -170,6 +177,10 @@ def _describe(ident: Mapping[str, Any] | None) -> str:
     )
 
 
+#: Every chunk is written, fill values included: a commit vouches for one file per array.
+WRITE_CONFIG = {"write_empty_chunks": True}
+
+
 def open_store(
     out_split: Location,
     corpus_split: Location,
@@ -179,23 +190,45 @@ def open_store(
     identities: Mapping[str, Mapping[str, str]],
     cfg: EncodeConfig,
     split: str,
-) -> Any:
-    """Create (template-first) or reopen the split's token store and refuse mismatches."""
+) -> SplitHandle:
+    """Create (template-first) or reopen the split's token store and refuse mismatches.
+
+    The store's metadata is read once here (``storage.zarr_handle``: Zarr v3, no probes for
+    v2 metadata) and the handle returned serves the whole run: the layout check, the
+    tokenizer check, every shard write and every commit check, with no further metadata
+    request (on S3 each reopening of the group and its arrays cost ~2 requests per array).
+    """
+    import zarr
+
     try:
-        group = create_token_store(
-            out_split,
-            n_samples=n_samples,
-            n_crops=cfg.n_crops,
-            crop_px=cfg.crop_px,
-            shard_samples=shard_samples,
-            split=split,
-            modality_names=tuple(modality_names),
-        )
+        if (out_split / "zarr.json").exists():
+            handle = open_handle(out_split.zarr_store())
+            layout = token_layout(
+                n_samples, cfg.n_crops, cfg.crop_px, shard_samples, tuple(modality_names), split
+            )
+            findings = validate_group(handle, layout)
+            if findings:
+                raise ValueError(
+                    f"existing store {out_split} does not match the requested layout: "
+                    + "; ".join(findings)
+                )
+            group = None
+        else:
+            group = create_token_store(
+                out_split,
+                n_samples=n_samples,
+                n_crops=cfg.n_crops,
+                crop_px=cfg.crop_px,
+                shard_samples=shard_samples,
+                split=split,
+                modality_names=tuple(modality_names),
+            )
+            handle = None
     except ValueError as exc:
         raise EncodeError(
             f"{exc}. Encode into a new --out directory, or use the store's --crops/--crop-size/--modalities."
         ) from exc
-    attrs = dict(group.attrs)
+    attrs = dict(handle.attrs if handle is not None else group.attrs)  # type: ignore[union-attr]
     stored = attrs.get("tokenizers") or {}
     if stored:
         diffs = [
@@ -211,8 +244,11 @@ def open_store(
             raise EncodeError(
                 f"refusing to encode into {out_split}: its crops were drawn with seed {attrs.get('crop_seed')}, not {cfg.seed}"
             )
-        return group
-    group.attrs.update(
+        assert handle is not None  # a store just created has no tokenizers yet
+        return handle.with_config(WRITE_CONFIG)
+    if group is None:  # created by a run killed before it recorded its tokenizers
+        group = zarr.open_group(out_split.zarr_store(), mode="r+", zarr_format=3)
+    group.update_attributes(  # one write of the root metadata, not one per key
         {
             "tokenizers": {m: dict(identities[m]) for m in modality_names},
             "crop_seed": cfg.seed,
@@ -221,12 +257,14 @@ def open_store(
             "flip": "bit 0 (1) mirrors x (left-right), bit 1 (2) mirrors y (top-bottom), applied after cutting",
         }
     )
-    return group
+    if handle is not None:
+        return replace(handle, attrs=dict(group.attrs)).with_config(WRITE_CONFIG)
+    return split_handle_of(group).with_config(WRITE_CONFIG)
 
 
 def write_shard(
     store_path: Location,
-    arrays: Mapping[str, Any],
+    arrays: SplitHandle | Mapping[str, Any],
     shard: int,
     lo: int,
     hi: int,
@@ -235,18 +273,41 @@ def write_shard(
     seed: int,
 ) -> Location:
     """Write a shard's blocks, checksum them, then commit the shard (a write-once marker
-    created after the chunk objects it vouches for)."""
-    for name, block in blocks.items():
-        arrays[name][lo:hi] = block
+    created after the chunk objects it vouches for).
+
+    ``arrays`` is the store's handle (:func:`open_store`) or its zarr arrays by name. The
+    blocks are written all at once through a :class:`BlockWriteStore` that records the size
+    of every chunk object it writes: the marker's sizes come from the write itself, not from
+    a HEAD per file, and the shard's chunks are never read first (each is replaced whole)."""
+    handle = arrays if isinstance(arrays, SplitHandle) else _handle_of_arrays(arrays)
+    files = shard_files(store_path, {n: handle.metadata[n] for n in blocks})
+    keys = {name: files[name].chunk_key(shard) for name in blocks}
+    store = BlockWriteStore(handle.store, frozenset(keys.values()))
+    write_rows(handle, store, lo, hi, blocks)
+    written = {name: store.written.get(key) for name, key in keys.items()}
+    missing = {name: files[name] for name, size in written.items() if size is None}
+    sizes = {name: int(size) for name, size in written.items() if size is not None}
+    if missing:  # not written as one object per shard (another layout): ask the store
+        sizes.update(shard_file_sizes(store_path, shard, missing))
     record = {
         "rows": [lo, hi],
         "n_valid": int(np.asarray(blocks["valid"]).sum()),
         "checksums": shard_checksums(blocks),
-        "sizes": shard_file_sizes(store_path, shard),
+        "sizes": dict(sorted(sizes.items())),
         "tokenizers": {m: str(i.get("sha256")) for m, i in sorted(identities.items())},
         "crop_seed": seed,
     }
     return write_commit(store_path, shard, record)
+
+
+def _handle_of_arrays(arrays: Mapping[str, Any]) -> SplitHandle:
+    """A handle over zarr arrays that share one store root (no request: their metadata is
+    in memory), writing every chunk as :func:`open_store`'s handle does."""
+    stores = {id(a.store_path.store): a.store_path.store for a in arrays.values()}
+    if len(stores) != 1 or any(a.store_path.path != n for n, a in arrays.items()):
+        raise ValueError("write_shard takes the arrays of one split store, by their names")
+    (store,) = stores.values()
+    return SplitHandle(store, {}, {n: a.metadata for n, a in arrays.items()}, WRITE_CONFIG)
 
 
 # --------------------------------------------------------------------------- driver
@@ -319,22 +380,27 @@ def encode_split(
     keys: np.ndarray | None = None,
     dist_: DistInfo | None = None,
 ) -> SplitReport:
-    """Encode one corpus split store into one token split store (this rank's shards)."""
+    """Encode one corpus split store into one token split store (this rank's shards).
+
+    Each store is opened once per run (the corpus group and the arrays it reads, the token
+    store through :func:`open_store`'s handle), the commits are read once and checked against
+    one listing of the store's sizes: on an object store a finished split re-run costs a
+    handful of requests, not a few per array and shard."""
     import zarr
 
     d = dist_ or DistInfo()
     corpus_split, out_split = Location.parse(corpus_split), Location.parse(out_split)
     split = out_split.name[: -len(".zarr")] if out_split.name.endswith(".zarr") else out_split.name
+    corpus_store = corpus_split.zarr_store(read_only=True)
     try:
-        corpus = zarr.open_group(corpus_split.zarr_store(read_only=True), mode="r")
+        corpus = zarr.open_group(corpus_store, mode="r", zarr_format=3)
         c_attrs: dict[str, Any] = dict(corpus.attrs)
         n_samples, shard_samples = int(c_attrs["n_samples"]), int(c_attrs["shard_samples"])
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise EncodeError(f"{corpus_split} is not a corpus split store: {exc!r}") from exc
     names = cfg.modality_names
-    missing = [m for m in names if m not in corpus.array_keys()] + (
-        [] if "valid" in corpus.array_keys() else ["valid"]
-    )
+    present = set(corpus_split.listdir())  # one listing, not a metadata read per array
+    missing = [m for m in (*names, "valid") if m not in present]
     if missing:
         raise EncodeError(f"corpus {corpus_split} lacks arrays {missing}")
     check_tokenizers(tokenizers, names, cfg.crop_px)
@@ -342,9 +408,10 @@ def encode_split(
     device = job_device(cfg, d)
 
     error: EncodeError | None = None
+    handle: SplitHandle | None = None
     if d.rank == 0:
         try:
-            open_store(
+            handle = open_store(
                 out_split, corpus_split, n_samples, shard_samples, names, identities, cfg, split
             )
         except EncodeError as exc:
@@ -353,19 +420,35 @@ def encode_split(
     if error is not None:
         raise error
     if d.rank != 0:  # every rank checks for itself too (the attrs are on disk now)
-        open_store(out_split, corpus_split, n_samples, shard_samples, names, identities, cfg, split)
+        handle = open_store(
+            out_split, corpus_split, n_samples, shard_samples, names, identities, cfg, split
+        )
+    assert handle is not None
+    files = shard_files(out_split, handle.metadata)
 
     n_shards = -(-n_samples // shard_samples) if n_samples else 0
     # each rank checks its share of the committed shards and withdraws the commits that fail
+    commits = read_commits(out_split)
     redone = recheck_commits(
-        out_split, n_samples, shard_samples, full=cfg.verify_committed, rank=d.rank, world=d.world
+        out_split,
+        n_samples,
+        shard_samples,
+        full=cfg.verify_committed,
+        rank=d.rank,
+        world=d.world,
+        commits=commits,
+        files=files,
     )
     for shard, why in redone:
         log.warning(
             "%s: committed shard %d failed its check (%s); re-encoding it", split, shard, why
         )
+    for shard, _ in redone:
+        commits.pop(shard, None)
     d.barrier()  # every failed commit is withdrawn before anyone lists them
-    committed = set(read_commits(out_split))
+    if d.world > 1:  # other ranks withdrew theirs: list again
+        commits = read_commits(out_split, known=commits)
+    committed = set(commits)
     d.barrier()  # everyone has listed the commits before anyone writes new ones
     todo = [k for k in range(n_shards) if k not in committed][d.rank :: d.world]
     if cfg.max_shards is not None:
@@ -373,7 +456,9 @@ def encode_split(
     report = SplitReport(split, n_samples, n_shards, len(committed & set(range(n_shards))), redone)
     if not todo:
         d.barrier()
-        _check_finished(out_split, n_samples, shard_samples, d)
+        if d.world > 1 or redone:
+            _check_finished(out_split, n_samples, shard_samples, d, files)
+        # else: every shard was checked a moment ago (recheck_commits) and none was written
         return report
 
     if keys is None:
@@ -386,21 +471,16 @@ def encode_split(
             if isinstance(getattr(tok, "model", None), torch.nn.Module):
                 tok.model.eval()
             encoders[m] = image_encoder(tok, cfg)
-        out_store = out_split.zarr_store()
-        group = zarr.open_group(out_store, mode="r+")
-        corpus_arrays = {name: corpus[name] for name in (*names, "valid")}
-        arrays = {
-            name: zarr.open_array(out_store, path=name, mode="r+").with_config(
-                {"write_empty_chunks": True}
-            )
-            for name in group.array_keys()
+        corpus_arrays = {
+            name: zarr.open_array(corpus_store, path=name, mode="r", zarr_format=3)
+            for name in (*names, "valid")
         }
 
         def write(res: ShardCodes) -> None:
             blocks = assemble_shard(res, tokenizers, names, cfg.n_crops, cfg.crop_px)
             write_shard(
                 out_split,
-                arrays,
+                handle,
                 res.inp.shard,
                 res.inp.lo,
                 res.inp.hi,
@@ -449,7 +529,11 @@ def encode_split(
             torch.cuda.synchronize(device)
         report.seconds = time.perf_counter() - t0
     d.barrier()
-    _check_finished(out_split, n_samples, shard_samples, d)
+    # the markers read at the start are write-once: only the new ones are read again (one
+    # process: every shard withdrawn since was withdrawn by this process, so left out above)
+    _check_finished(
+        out_split, n_samples, shard_samples, d, files, known=commits if d.world == 1 else None
+    )
     return report
 
 
@@ -461,39 +545,60 @@ def recheck_commits(
     full: bool = False,
     rank: int = 0,
     world: int = 1,
+    commits: Mapping[int, Mapping[str, Any]] | None = None,
+    files: Mapping[str, Any] | None = None,
 ) -> list[tuple[int, str]]:
     """Check this rank's share of the committed shards; withdraw the commits that fail.
 
     A marker says a shard was complete when it was written, not that it still is: a chunk
     file deleted or truncated since (or, with ``full``, a flipped byte) would otherwise be
     skipped on every resume and trained on. Returns (shard, why) of each withdrawn commit.
+    ``commits`` (:func:`read_commits`) and ``files`` (``store.shard_files``) are read here
+    when not given; the sizes come from one listing of the store on an object store.
     """
     n_shards = -(-n_samples // shard_samples) if n_samples else 0
+    commits = read_commits(out_split) if commits is None else commits
+    mine = {
+        shard: record
+        for shard, record in sorted(commits.items())
+        if 0 <= shard < n_shards and shard % world == rank
+    }
+    if not mine:
+        return []
+    files = shard_files(out_split) if files is None else files
+    listed = listed_sizes(out_split)
     failed: list[tuple[int, str]] = []
-    for shard, record in sorted(read_commits(out_split).items()):
-        if not 0 <= shard < n_shards or shard % world != rank:
-            continue
+    for shard, record in mine.items():
         rows = (shard * shard_samples, min((shard + 1) * shard_samples, n_samples))
-        why = commit_problem(out_split, shard, record, rows, full=full)
+        why = commit_problem(out_split, shard, record, rows, full=full, files=files, listed=listed)
         if why is not None:
             drop_commit(out_split, shard)
             failed.append((shard, why))
     return failed
 
 
-def _check_finished(out_split: Location, n_samples: int, shard_samples: int, d: DistInfo) -> None:
+def _check_finished(
+    out_split: Location,
+    n_samples: int,
+    shard_samples: int,
+    d: DistInfo,
+    files: Mapping[str, Any],
+    known: Mapping[int, Mapping[str, Any]] | None = None,
+) -> None:
     """A split whose shards are all committed is re-checked (cheaply) before it is reported
-    done: a shard changed by someone else while this job ran is an error, not a success."""
+    done: a shard changed by someone else while this job ran is an error, not a success.
+    One listing of the markers (reading only those not in ``known``) and one of the sizes."""
     if d.rank != 0:
         return
     n_shards = -(-n_samples // shard_samples) if n_samples else 0
-    commits = read_commits(out_split)
+    commits = read_commits(out_split, known=known)
     if any(k not in commits for k in range(n_shards)):
         return  # not finished (max_shards): the next run checks and completes it
+    listed = listed_sizes(out_split)
     bad = []
     for k in range(n_shards):
         rows = (k * shard_samples, min((k + 1) * shard_samples, n_samples))
-        why = commit_problem(out_split, k, commits[k], rows)
+        why = commit_problem(out_split, k, commits[k], rows, files=files, listed=listed)
         if why is not None:
             bad.append(f"shard {k}: {why}")
     if bad:
@@ -529,7 +634,7 @@ def encode(
     splits = list(cfg.splits) if cfg.splits is not None else corpus_splits(corpus_root)
     if not splits:
         raise EncodeError(f"no <split>.zarr corpus stores in {corpus_root}")
-    for s in splits:
+    for s in splits if cfg.splits is not None else ():  # corpus_splits checked its own
         if not (corpus_root / f"{s}.zarr/zarr.json").exists():
             raise EncodeError(f"corpus split {corpus_root / (s + '.zarr')} does not exist")
     d = init_distributed(nccl=cfg.device.startswith("cuda"))

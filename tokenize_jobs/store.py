@@ -125,14 +125,27 @@ def drop_commit(store_path: StoreLike, shard: int) -> None:
     marker_location(store_path, shard).delete()
 
 
-def shard_files(store_path: StoreLike) -> dict[str, _ArrayInfo]:
-    """Per array of a split store, what locates its chunk files (a token chunk = one shard)."""
+def shard_files(
+    store_path: StoreLike, metadata: Mapping[str, Any] | None = None
+) -> dict[str, _ArrayInfo]:
+    """Per array of a split store, what locates its chunk files (a token chunk = one shard).
+
+    ``metadata`` (array name -> its zarr metadata, e.g. a ``storage.zarr_handle.SplitHandle``'s
+    ``metadata``, already read once) is used as given: no request. Without it each array's
+    ``zarr.json`` is read (a listing, then a read per array)."""
     root = _loc(store_path)
     base = root.local_path if root.is_local else Path(root.path)
+    if metadata is not None:
+        return {
+            name: _ArrayInfo(base, name, meta if isinstance(meta, Mapping) else meta.to_dict())
+            for name, meta in sorted(metadata.items())
+        }
     out: dict[str, _ArrayInfo] = {}
     for name in root.listdir():
+        if name.startswith(".") or name == "zarr.json":  # the group's own metadata
+            continue
         meta = root / f"{name}/zarr.json"
-        if name.startswith(".") or not meta.exists():
+        if not meta.exists():
             continue
         doc = meta.read_json()
         if doc.get("node_type") == "array":
@@ -140,17 +153,50 @@ def shard_files(store_path: StoreLike) -> dict[str, _ArrayInfo]:
     return out
 
 
-def _chunk_size(root: Location, info: _ArrayInfo, shard: int) -> int:
+def listed_sizes(store_path: StoreLike) -> dict[str, int] | None:
+    """Size of every object of a split store on an object store, by key (``DEM/c/3/0/0``),
+    from one recursive listing (a page per 1,000 objects) instead of a HEAD per chunk file;
+    ``None`` for a local store, whose files are stat'ed (no request to save)."""
+    root = _loc(store_path)
+    if root.is_local:
+        return None
+    own = root.path.rstrip("/")
+    try:
+        found = root.fs.find(own, detail=True)
+    except FileNotFoundError:
+        return {}
+    sizes: dict[str, int] = {}
+    for name, info in found.items():
+        key = str(name)
+        if root.scheme == "memory" and not key.startswith("/"):
+            key = "/" + key
+        if key.startswith(own + "/") and info.get("type", "file") != "directory":
+            sizes[key[len(own) + 1 :]] = int(info.get("size") or 0)
+    return sizes
+
+
+def _chunk_size(
+    root: Location, info: _ArrayInfo, shard: int, listed: Mapping[str, int] | None = None
+) -> int:
+    if listed is not None:
+        key = info.chunk_key(shard)
+        if key not in listed:
+            raise FileNotFoundError(key)
+        return int(listed[key])
     if root.is_local:
         return info.chunk_file(shard).stat().st_size
     return (root / info.chunk_key(shard)).size()
 
 
-def shard_file_sizes(store_path: StoreLike, shard: int) -> dict[str, int]:
+def shard_file_sizes(
+    store_path: StoreLike, shard: int, files: Mapping[str, _ArrayInfo] | None = None
+) -> dict[str, int]:
     """Bytes of each array's chunk file of ``shard`` (recorded in its commit marker, so a
-    resume can check a committed shard without reading it)."""
+    resume can check a committed shard without reading it). A writer that recorded what it
+    wrote (``storage.zarr_handle.BlockWriteStore``) has them without asking."""
     root = _loc(store_path)
-    return {name: _chunk_size(root, info, shard) for name, info in shard_files(root).items()}
+    files = shard_files(root) if files is None else files
+    return {name: _chunk_size(root, info, shard) for name, info in files.items()}
 
 
 def commit_problem(
@@ -160,6 +206,8 @@ def commit_problem(
     rows: tuple[int, int],
     *,
     full: bool = False,
+    files: Mapping[str, _ArrayInfo] | None = None,
+    listed: Mapping[str, int] | None = None,
 ) -> str | None:
     """Why a committed shard cannot be trusted, or ``None`` when it passes.
 
@@ -167,6 +215,10 @@ def commit_problem(
     vouches for exists and has the size the marker recorded (markers written before sizes
     were recorded: exists). ``full`` also re-reads every array through zarr and compares
     the sha256 the marker holds, which finds a flipped byte as well.
+
+    A caller checking many shards passes ``files`` (:func:`shard_files`, read once) and, on
+    an object store, ``listed`` (:func:`listed_sizes`, one listing): the check then makes no
+    request of its own.
     """
     root = _loc(store_path)
     sums = record.get("checksums")
@@ -174,7 +226,7 @@ def commit_problem(
         return f"its marker covers rows {record.get('rows')}, not {list(rows)}"
     if not isinstance(sums, Mapping) or not sums:
         return "its marker records no checksums"
-    files = shard_files(root)
+    files = shard_files(root) if files is None else files
     sizes = record.get("sizes")
     sizes = sizes if isinstance(sizes, Mapping) else {}
     for name in sorted(sums):
@@ -182,7 +234,7 @@ def commit_problem(
         if info is None:
             return f"array {name} is missing from the store"
         try:
-            size = _chunk_size(root, info, shard)
+            size = _chunk_size(root, info, shard, listed)
         except FileNotFoundError:
             return f"the {name} chunk file is missing"
         if name in sizes and size != int(sizes[name]):
@@ -195,7 +247,7 @@ def commit_problem(
     store = root.zarr_store(read_only=True)
     for name in sorted(sums):
         try:
-            values = np.asarray(zarr.open_array(store, path=name, mode="r")[lo:hi])
+            values = np.asarray(zarr.open_array(store, path=name, mode="r", zarr_format=3)[lo:hi])
         except Exception as exc:  # a garbled chunk is a failed check, not a crash
             return f"{name} cannot be read: {type(exc).__name__}: {exc}"
         if array_checksum(values) != sums[name]:
@@ -205,12 +257,22 @@ def commit_problem(
     return None
 
 
-def read_commits(store_path: StoreLike) -> dict[int, dict[str, Any]]:
-    """Parsed commit markers by shard; unreadable markers are left out (= not committed)."""
+def read_commits(
+    store_path: StoreLike, known: Mapping[int, Mapping[str, Any]] | None = None
+) -> dict[int, dict[str, Any]]:
+    """Parsed commit markers by shard; unreadable markers are left out (= not committed).
+
+    ``known`` (markers this process read earlier in the same run) are taken as they are when
+    their marker is still listed: markers are write-once, so only new ones are read (one
+    listing, then a read per new marker)."""
     out: dict[int, dict[str, Any]] = {}
     d = commits_location(store_path)
+    by_name = {marker_location(store_path, k).name: k for k in (known or {})}
     for name in d.listdir():
         if not (name.startswith("shard-") and name.endswith(".json")):
+            continue
+        if name in by_name and known is not None:
+            out[by_name[name]] = dict(known[by_name[name]])
             continue
         try:
             rec = (d / name).read_json()

@@ -33,6 +33,7 @@ from terraloom.storage.location import Location
 from terraloom.storage.transfer import upload_tree
 from terraloom.tokenize_jobs.encode import EncodeConfig, acquire_encode_lease, encode
 from terraloom.tokenize_jobs.verify import verify_tokens
+from tests.storage.s3server import S3Server
 
 #: One modality of each kind the store writes: image codes, GEO bins, CAPTION (+ lengths).
 MODALITIES = ("DEM", "GEO", "CAPTION")
@@ -139,3 +140,48 @@ def test_a_second_encode_into_one_s3_output_is_refused(env, s3_bucket):
     finally:
         lease.release()
     assert not (out / "_commits/lease.json").exists()
+
+
+def _requests_of(server: S3Server, run: Callable[[], object]) -> list[tuple[str, str]]:
+    n0 = len(server.log)
+    run()
+    return server.log[n0:]
+
+
+def test_encode_on_s3_opens_each_store_once_and_a_finished_rerun_makes_a_handful_of_requests(
+    env, s3_bucket, s3_server
+):
+    """Issue 19: a first encode of 3 shards made 461 requests and a finished re-run 375
+    (writing nothing): every array's ``zarr.json`` HEAD'd 14 times and fetched 8 times per
+    run, probes for Zarr v2 metadata, a HEAD per chunk file for each marker's sizes and
+    again for each check. Now each store's metadata is read once per run (Zarr v3, no
+    probes), the sizes come from the write itself and the checks from one listing."""
+    corpus, toks = _upload_inputs(env, s3_bucket)
+    out = Location.parse(f"{s3_bucket}/tokens")
+    cfg = EncodeConfig(
+        n_crops=CROPS, crop_px=CROP_SIZE, batch=BATCH, modalities=MODALITIES, progress=False
+    )
+    first = _requests_of(s3_server, lambda: encode(corpus, toks, out, cfg))
+    again = _requests_of(s3_server, lambda: encode(corpus, toks, out, cfg))
+    assert_same_store(out, _reference(env, BATCH))  # the same bytes, markers included
+
+    arrays = [n for n in (out / "train.zarr").listdir() if n != "zarr.json"]  # 6
+    v2 = (".zattrs", ".zgroup", ".zarray", ".zmetadata", "zarr.json/zarr.json")
+    for log in (first, again):
+        assert not [p for _, p in log if p.split("?")[0].endswith(v2)], log
+        for name in arrays:  # each array's metadata read at most once per run, per store
+            meta = [m for m, p in log if p.endswith(f"/tokens/train.zarr/{name}/zarr.json")]
+            assert meta.count("GET") <= 1 and meta.count("HEAD") <= 1, (name, meta)
+    # no HEAD of a chunk file: the marker's sizes are what was written
+    heads = [p for m, p in first if m == "HEAD" and "/tokens/train.zarr/" in p]
+    assert not [p for p in heads if not p.endswith("zarr.json")], heads
+    puts = [p for m, p in first if m == "PUT" and "/tokens/train.zarr/" in p]
+    assert len(puts) == 3 * len(arrays) + 1 + len(arrays) + 1  # chunks, attrs, template
+    # 143 today (s3fs HEADs an object before each whole GET): the inputs and tokenizers
+    # ~35, the lease ~9, the template and metadata ~30, the data and markers ~70
+    assert len(first) <= 155, "\n".join(f"{m} {p}" for m, p in first)
+    # a finished re-run writes nothing but the lease; 47 today: the inputs and tokenizers 16,
+    # the lease 9, the token store's metadata 16, the markers 7 (a listing, 2 per shard), one
+    # listing of the sizes
+    assert not [p for m, p in again if m in ("PUT", "POST", "DELETE") and "lease" not in p]
+    assert len(again) <= 52, "\n".join(f"{m} {p}" for m, p in again)
