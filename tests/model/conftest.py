@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from terraloom.model.config import DataConfig, MaskingConfig, ModelConfig, OptimConfig, TrainConfig
 from terraloom.model.testing import ToyWorld, make_toy_world
@@ -42,6 +43,22 @@ def small_model() -> ModelConfig:
 @pytest.fixture(scope="session")
 def small_masking() -> MaskingConfig:
     return SMALL_MASKING
+
+
+@pytest.fixture(scope="session")
+def small_batch(toy_world: ToyWorld) -> dict[str, torch.Tensor]:
+    """Batch (0, 0) of the toy world's train split under the small model and masking (4
+    samples, seed 7): read-only in the tests that share it."""
+    from terraloom.model.data import MaskedBatches
+
+    return MaskedBatches(
+        toy_world.tokens / "train.zarr",
+        toy_world.corpus / "train.zarr",
+        SMALL_MODEL,
+        SMALL_MASKING,
+        global_batch=4,
+        seed=7,
+    )[(0, 0)]
 
 
 @pytest.fixture

@@ -111,18 +111,10 @@ def test_ordinal_targets_generalise_to_levels_never_seen() -> None:
     assert err["ordinal"] < 0.65 * err["plain"], err  # measured: 1.25 vs 2.53 levels
 
 
-def test_the_model_loss_uses_the_ordinal_targets(toy_world, small_model, small_masking) -> None:
-    from terraloom.model.data import MaskedBatches
+def test_the_model_loss_uses_the_ordinal_targets(small_batch, small_model) -> None:
     from terraloom.model.transformer import Queries, TerraloomModel
 
-    batch = MaskedBatches(
-        toy_world.tokens / "train.zarr",
-        toy_world.corpus / "train.zarr",
-        small_model,
-        small_masking,
-        global_batch=4,
-        seed=7,
-    )[(0, 0)]
+    batch = small_batch
     torch.manual_seed(0)
     model = TerraloomModel(small_model).eval()
     plain = model.loss(batch)

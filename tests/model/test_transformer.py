@@ -8,20 +8,12 @@ import pytest
 import torch
 
 from terraloom.model.config import MODEL_PRESETS, Kind
-from terraloom.model.data import MaskedBatches
 from terraloom.model.transformer import DecoderBlock, EncoderBlock, Queries, TerraloomModel
 
 
 @pytest.fixture(scope="module")
-def batch(toy_world, small_model, small_masking) -> dict[str, torch.Tensor]:
-    return MaskedBatches(
-        toy_world.tokens / "train.zarr",
-        toy_world.corpus / "train.zarr",
-        small_model,
-        small_masking,
-        global_batch=4,
-        seed=7,
-    )[(0, 0)]
+def batch(small_batch) -> dict[str, torch.Tensor]:
+    return small_batch
 
 
 @pytest.fixture(scope="module")
