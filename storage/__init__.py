@@ -31,7 +31,8 @@ Why here: the storage layer sits beside ``schemas`` at the bottom of the stage o
 every stage (pipeline, tokenize_jobs, model) can import it without importing another stage;
 ``schemas`` stays free of I/O. Modules: ``location`` (parsing, backends, adapters),
 ``commit`` (write-once markers, conditional writes per backend), ``lease`` (exclusive expiring
-leases), ``redact`` (credentials out of everything written or shown).
+leases), ``redact`` (credentials out of everything written or shown), ``zarr_handle`` (a
+Zarr store's metadata read once and writes that record their sizes: the build and the encode).
 """
 
 from terraloom.storage.commit import AlreadyCommitted, is_committed, write_once
