@@ -23,7 +23,9 @@ The samplers are the warp's kernels; apart from the grid they serve nothing else
 
 from __future__ import annotations
 
+import functools
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -269,11 +271,106 @@ def _lattice(n: int, step: int) -> np.ndarray:
     return pts
 
 
-def _interp_weights(pts: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """For 0..n-1: the lattice interval index and the fraction along it."""
+def source_coords(
+    src: RasterWindow, grid: TargetGrid, *, tps: bool = True, step: int = 8
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Continuous source pixel coordinates (row, col) of every target pixel centre, and
+    the source-pixels-per-target-pixel scale.
+
+    The exact transform (pyproj, or the GCP thin-plate spline / polynomial) is evaluated
+    on a lattice every ``step`` px and interpolated bilinearly in between, as GDAL's
+    approximate transformer does along scanlines; over 80 m the projection is linear to
+    far below 1/1000 px.
+    """
+    lat = _lattice_coords(src, grid, tps=tps, step=step)
+    iy, fy = _interp_weights(grid.height, lat.step)
+    ix, fx = _interp_weights(grid.width, lat.step)
+    return _lerp2(lat.rows, iy, fy, ix, fx), _lerp2(lat.cols, iy, fy, ix, fx), lat.scale
+
+
+@dataclass(frozen=True)
+class _Lattice:
+    """Source pixel coordinates (rows, cols) at the lattice points (ly, lx) of the target
+    grid, and the source-pixels-per-target-pixel scale."""
+
+    ly: np.ndarray
+    lx: np.ndarray
+    step: int
+    rows: np.ndarray
+    cols: np.ndarray
+    scale: float
+
+
+def _lattice_coords(src: RasterWindow, grid: TargetGrid, *, tps: bool, step: int) -> _Lattice:
+    ly = _lattice(grid.height, step)
+    lx = _lattice(grid.width, step)
+    xs, ys = _lattice_points(grid, src.crs, step)
+    base = src.base_transform is not None or bool(src.base_gcps)
+    transform = src.base_transform if base else src.transform
+    gcps = src.base_gcps if base else src.gcps
+    if transform is not None:
+        cols_l, rows_l = affine_xy(~transform, xs, ys)
+        cols_l, rows_l = np.asarray(cols_l, np.float64), np.asarray(rows_l, np.float64)
+    else:
+        with GCPTransformer(list(gcps), tps=tps) as gt:
+            r, c = gt.rowcol(xs.ravel().tolist(), ys.ravel().tolist(), op=float)
+        rows_l = np.asarray(r, np.float64).reshape(xs.shape)
+        cols_l = np.asarray(c, np.float64).reshape(xs.shape)
+    if base:  # asset pixel space -> this window's pixel space (integer shifts: exact)
+        r0, c0, sy, sx = src.placement
+        rows_l = (rows_l - r0) / sy
+        cols_l = (cols_l - c0) / sx
+    # scale: source pixels per target pixel along either axis of the lattice
+    step_x = np.hypot(np.diff(cols_l, axis=1), np.diff(rows_l, axis=1)) / np.diff(lx)[None, :]
+    step_y = np.hypot(np.diff(cols_l, axis=0), np.diff(rows_l, axis=0)) / np.diff(ly)[:, None]
+    scale = float(max(np.nanmax(step_x), np.nanmax(step_y)))
+    return _Lattice(ly, lx, step, rows_l, cols_l, scale)
+
+
+#: (grid, source CRS WKT, step) -> the lattice points in the source CRS, for the last few
+#: grids: a sample's grid meets several sources in one foreign CRS (the DEM's tiles, in
+#: EPSG:4326), and the projection of its lattice is the same for each.
+_POINTS_CACHE: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_POINTS_CACHE_SIZE = 64
+
+
+def _lattice_points(grid: TargetGrid, crs: CRS, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of the lattice points' pixel centres of ``grid`` in ``crs`` (read-only)."""
+    same = crs == grid.crs
+    key = (grid, None if same else crs.to_wkt(), step)
+    hit = _POINTS_CACHE.get(key)
+    if hit is not None:
+        return hit
+    ly = _lattice(grid.height, step)
+    lx = _lattice(grid.width, step)
+    cc, rr = np.meshgrid(lx + 0.5, ly + 0.5)
+    xs, ys = affine_xy(grid.transform, cc, rr)
+    xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+    if not same:
+        tx, ty = warp_points(grid.crs, crs, xs.ravel().tolist(), ys.ravel().tolist())
+        xs = np.asarray(tx, np.float64).reshape(cc.shape)
+        ys = np.asarray(ty, np.float64).reshape(cc.shape)
+    xs.flags.writeable = False
+    ys.flags.writeable = False
+    _POINTS_CACHE[key] = (xs, ys)
+    while len(_POINTS_CACHE) > _POINTS_CACHE_SIZE:
+        try:
+            _POINTS_CACHE.popitem(last=False)
+        except KeyError:  # another thread emptied it
+            break
+    return xs, ys
+
+
+@functools.lru_cache(maxsize=16)
+def _interp_weights(n: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """For 0..n-1: the interval index and the fraction along it on ``_lattice(n, step)``;
+    the same for every sample grid, so computed once (read-only)."""
+    pts = _lattice(n, step)
     x = np.arange(n, dtype=np.float64)
     i = np.clip(np.searchsorted(pts, x, side="right") - 1, 0, len(pts) - 2)
     f = (x - pts[i]) / (pts[i + 1] - pts[i])
+    i.flags.writeable = False
+    f.flags.writeable = False
     return i, f
 
 
@@ -286,48 +383,24 @@ def _lerp2(
     return out
 
 
-def source_coords(
-    src: RasterWindow, grid: TargetGrid, *, tps: bool = True, step: int = 8
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Continuous source pixel coordinates (row, col) of every target pixel centre, and
-    the source-pixels-per-target-pixel scale.
+def _lerp2_column0(
+    v: np.ndarray, iy: np.ndarray, fy: np.ndarray, ix: np.ndarray, fx: np.ndarray
+) -> np.ndarray:
+    """``_lerp2(v, ...)[:, 0]`` without the other columns: the same operations on the
+    same values, so the same bits (an axis-aligned sampler needs one column)."""
+    cols = [int(ix[0]), int(ix[0]) + 1]
+    a = v[iy][:, cols] * (1 - fy)[:, None] + v[iy + 1][:, cols] * fy[:, None]
+    out: np.ndarray = a[:, 0] * (1 - fx[0]) + a[:, 1] * fx[0]
+    return out
 
-    The exact transform (pyproj, or the GCP thin-plate spline / polynomial) is evaluated
-    on a lattice every ``step`` px and interpolated bilinearly in between, as GDAL's
-    approximate transformer does along scanlines; over 80 m the projection is linear to
-    far below 1/1000 px.
-    """
-    ly = _lattice(grid.height, step)
-    lx = _lattice(grid.width, step)
-    cc, rr = np.meshgrid(lx + 0.5, ly + 0.5)
-    xs, ys = affine_xy(grid.transform, cc, rr)
-    xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
-    if src.crs != grid.crs:
-        tx, ty = warp_points(grid.crs, src.crs, xs.ravel().tolist(), ys.ravel().tolist())
-        xs = np.asarray(tx, np.float64).reshape(cc.shape)
-        ys = np.asarray(ty, np.float64).reshape(cc.shape)
-    base = src.base_transform is not None or bool(src.base_gcps)
-    transform = src.base_transform if base else src.transform
-    gcps = src.base_gcps if base else src.gcps
-    if transform is not None:
-        cols_l, rows_l = affine_xy(~transform, xs, ys)
-        cols_l, rows_l = np.asarray(cols_l, np.float64), np.asarray(rows_l, np.float64)
-    else:
-        with GCPTransformer(list(gcps), tps=tps) as gt:
-            r, c = gt.rowcol(xs.ravel().tolist(), ys.ravel().tolist(), op=float)
-        rows_l = np.asarray(r, np.float64).reshape(cc.shape)
-        cols_l = np.asarray(c, np.float64).reshape(cc.shape)
-    if base:  # asset pixel space -> this window's pixel space (integer shifts: exact)
-        r0, c0, sy, sx = src.placement
-        rows_l = (rows_l - r0) / sy
-        cols_l = (cols_l - c0) / sx
-    # scale: source pixels per target pixel along either axis of the lattice
-    step_x = np.hypot(np.diff(cols_l, axis=1), np.diff(rows_l, axis=1)) / np.diff(lx)[None, :]
-    step_y = np.hypot(np.diff(cols_l, axis=0), np.diff(rows_l, axis=0)) / np.diff(ly)[:, None]
-    scale = float(max(np.nanmax(step_x), np.nanmax(step_y)))
-    iy, fy = _interp_weights(ly, grid.height)
-    ix, fx = _interp_weights(lx, grid.width)
-    return _lerp2(rows_l, iy, fy, ix, fx), _lerp2(cols_l, iy, fy, ix, fx), scale
+
+def _lerp2_row0(
+    v: np.ndarray, iy: np.ndarray, fy: np.ndarray, ix: np.ndarray, fx: np.ndarray
+) -> np.ndarray:
+    """``_lerp2(v, ...)[0, :]`` without the other rows (same operations, same bits)."""
+    a = v[iy[0]] * (1 - fy[0]) + v[iy[0] + 1] * fy[0]
+    out: np.ndarray = a[ix] * (1 - fx) + a[ix + 1] * fx
+    return out
 
 
 class PointSampler:
@@ -347,7 +420,6 @@ class PointSampler:
         c = cols.ravel()
         self._r = r
         self._c = c
-        self.inside = (r >= 0) & (r <= h) & (c >= 0) & (c <= w)
         y0 = np.floor(r - 0.5)
         x0 = np.floor(c - 0.5)
         fy = (r - 0.5 - y0).astype(np.float32)
@@ -366,12 +438,26 @@ class PointSampler:
         self.idx = np.stack([yc0 + xc0, yc0 + xc1, yc1 + xc0, yc1 + xc1])
         wts = np.stack([wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1])
         total = wts.sum(axis=0)
-        self.bilinear_ok = self.inside & (total > 1e-5)
         self.total = total
         self.raw_wts = wts
         # renormalised for points whose neighbours are partly outside the source
         self.wts = wts / np.where(total > 1e-5, total, np.float32(1))
         self._nearest: np.ndarray | None = None
+
+    # The footprint masks serve nearest sampling and samples without ``weight``; a
+    # mosaic's bilinear warp needs neither, so they are computed on first use.
+    @cached_property
+    def inside(self) -> np.ndarray:
+        """Points inside the source window (GDAL's footprint)."""
+        h, w = self.src_shape
+        r, c = self._r, self._c
+        out: np.ndarray = (r >= 0) & (r <= h) & (c >= 0) & (c <= w)
+        return out
+
+    @cached_property
+    def bilinear_ok(self) -> np.ndarray:
+        out: np.ndarray = self.inside & (self.total > 1e-5)
+        return out
 
     @property
     def nearest(self) -> np.ndarray:
@@ -458,6 +544,10 @@ class SeparableSampler:
         self._xhi = int(max(x0.max(), x1.max())) + 1
         self._x0 = x0 - self._xlo
         self._x1 = x1 - self._xlo
+        self._inside_all = bool(self.inside.all())
+        self._ok_all = bool(self.bilinear_ok.all())
+        self._total_all = bool((self.total > 1e-5).all())
+        self._weight = np.where(self.total > 1e-5, self.total, np.float32(0))
         self._general: PointSampler | None = None
 
     @staticmethod
@@ -494,9 +584,11 @@ class SeparableSampler:
         per sample)."""
         b = data.shape[0]
         if resampling is GdalResampling.nearest:
-            out = data[:, self._iy[:, None], self._ix[None, :]].astype(np.float32, copy=False)
-            out = out.reshape(b, -1)
-            out[:, ~self.inside] = np.nan
+            # two 1-D gathers (np.take) instead of one 2-D fancy index: the same values
+            out = np.take(np.take(data, self._iy, axis=1), self._ix, axis=2)
+            out = out.astype(np.float32, copy=False).reshape(b, -1)
+            if not self._inside_all:
+                out[:, ~self.inside] = np.nan
             if weight is not None:
                 weight.reshape(b, -1)[:] = np.isfinite(out)
             return out.reshape(b, *self.shape)
@@ -506,13 +598,27 @@ class SeparableSampler:
             return self.general().sample(data, resampling, weight)
         y0, y1, wy0, wy1, _ = self._y
         x0, x1, wx0, wx1 = self._x0, self._x1, self._x[2], self._x[3]
-        cols = slice(self._xlo, self._xhi)
-        rows = data[:, y0, cols] * wy0[None, :, None] + data[:, y1, cols] * wy1[None, :, None]
-        full = rows[:, :, x0] * wx0 + rows[:, :, x1] * wx1
-        region = self.bilinear_ok if weight is None else self.total > 1e-5
+        # rows = d[y0] * wy0 + d[y1] * wy1, then full = rows[x0] * wx0 + rows[x1] * wx1:
+        # the same float32 operations as written out, in place on 1-D gathers
+        sub = data[:, :, self._xlo : self._xhi]
+        rows = np.take(sub, y0, axis=1)
+        rows *= wy0[None, :, None]
+        other = np.take(sub, y1, axis=1)
+        other *= wy1[None, :, None]
+        rows += other
+        full = np.take(rows, x0, axis=2)
+        full *= wx0
+        other = np.take(rows, x1, axis=2)
+        other *= wx1
+        full += other
+        if weight is None:
+            region, region_all = self.bilinear_ok, self._ok_all
+        else:
+            region, region_all = self.total > 1e-5, self._total_all
+            weight.reshape(b, -1)[:] = self._weight
+        if region_all:  # the usual case: the whole sample lies inside the read window
+            return full.astype(np.float32, copy=False)
         out = np.where(region, full.reshape(b, -1), np.float32(np.nan)).astype(np.float32)
-        if weight is not None:
-            weight.reshape(b, -1)[:] = np.where(region, self.total, np.float32(0))
         return out.reshape(b, *self.shape)
 
 
@@ -534,13 +640,21 @@ def point_sampler(
     (then an area-aware GDAL kernel is needed) or when a plain slice suffices."""
     if _integer_offset(src, grid) is not None:
         return None
-    rows, cols, scale = source_coords(src, grid, tps=tps)
-    if not scale <= _MAX_POINT_SCALE:
+    lat = _lattice_coords(src, grid, tps=tps, step=8)
+    if not lat.scale <= _MAX_POINT_SCALE:
         return None
     shape = tuple(src_shape) if src_shape is not None else src.shape
     hw = (int(shape[-2]), int(shape[-1]))
-    if _separable(rows, cols):
-        return SeparableSampler(rows[:, 0].copy(), cols[0, :].copy(), hw)
+    iy, fy = _interp_weights(grid.height, lat.step)
+    ix, fx = _interp_weights(grid.width, lat.step)
+    # decided on the lattice: between lattice points the full field is a convex
+    # combination of them, so it is axis-aligned exactly when they are
+    if _separable(lat.rows, lat.cols):
+        return SeparableSampler(
+            _lerp2_column0(lat.rows, iy, fy, ix, fx), _lerp2_row0(lat.cols, iy, fy, ix, fx), hw
+        )
+    rows = _lerp2(lat.rows, iy, fy, ix, fx)
+    cols = _lerp2(lat.cols, iy, fy, ix, fx)
     return PointSampler(rows, cols, hw)
 
 

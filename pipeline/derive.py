@@ -74,7 +74,8 @@ def s2rgb(
     out = np.zeros(stack.shape, np.uint8)
     if not valid.any():
         return out
-    vals = stack[:, valid]
+    # quantiles do not depend on the order of the values: all valid, no gather
+    vals = stack if valid.all() else stack[:, valid]
     lo, hi = np.percentile(vals, [low_q, high_q])
     if not hi > lo:
         hi = lo + 1.0

@@ -143,27 +143,45 @@ class _Plane:
     source, so tile edges leave no seam.
     """
 
-    __slots__ = ("data", "empty", "partials", "rank")
+    __slots__ = ("_data", "_rank", "empty", "partials", "shape")
 
     def __init__(self, h: int, w: int) -> None:
-        self.data = np.full((h, w), np.nan, np.float32)
-        self.rank = np.full((h, w), 255, np.uint8)
+        self.shape = (h, w)
+        # allocated by the first add: a scene that covers the sample completely (the usual
+        # case) hands its layer over, so nothing is filled with NaN and copied
+        self._data: np.ndarray | None = None
+        self._rank: np.ndarray | None = None
         #: scene rank -> (weighted values, weights) of its partial kernels
         self.partials: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.empty = True
 
+    @property
+    def data(self) -> np.ndarray:
+        if self._data is None:
+            self._data = np.full(self.shape, np.nan, np.float32)
+        return self._data
+
+    @property
+    def rank(self) -> np.ndarray:
+        if self._rank is None:
+            self._rank = np.full(self.shape, 255, np.uint8)
+        return self._rank
+
     def add(self, layer: np.ndarray, rank: int, weight: np.ndarray | None = None) -> None:
+        """Merge one scene's warped layer; the plane takes ``layer`` over (callers hand in
+        a fresh array and do not touch it again)."""
         valid = np.isfinite(layer)
         complete = valid if weight is None else valid & (weight >= 1 - 1e-4)
         if self.empty and complete.all():  # the usual case: one scene covers the sample
-            np.copyto(self.data, layer)
-            self.rank.fill(rank)
+            self._data = layer if layer.dtype == np.float32 else layer.astype(np.float32)
+            self._rank = np.full(self.shape, rank, np.uint8)
             self.empty = False
             return
         self.empty = False
-        take = complete & (self.rank > rank)
-        self.data[take] = layer[take]
-        self.rank[take] = rank
+        data, ranks = self.data, self.rank
+        take = complete & (ranks > rank)
+        data[take] = layer[take]
+        ranks[take] = rank
         if weight is None:
             return
         partial = valid & ~complete
@@ -175,8 +193,8 @@ class _Plane:
                 num, den = pn + num, pd + den
             self.partials[rank] = (num, den)
             # remember which scene contributed (for the acquisition time), below complete ones
-            mark = partial & (self.rank >= 128) & (self.rank > rank + 128)
-            self.rank[mark] = rank + 128
+            mark = partial & (ranks >= 128) & (ranks > rank + 128)
+            ranks[mark] = rank + 128
 
     def result(self) -> np.ndarray:
         """The mosaic; partial kernels are summed in plan order, so the bytes do not

@@ -82,7 +82,12 @@ def to_stored(m: Modality, arr: np.ndarray) -> np.ndarray:
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         fill = 0 if m.nodata is None else m.nodata
-        out = np.where(np.isfinite(arr), np.clip(np.rint(arr), info.min, info.max), fill)
+        # rint, clip, then the fill where the value is not finite: in place, one temporary
+        out = np.rint(arr)
+        np.clip(out, info.min, info.max, out=out)
+        finite = np.isfinite(arr)
+        if not finite.all():
+            out[~finite] = fill
         return out.astype(dtype)
     return arr.astype(dtype)
 

@@ -267,3 +267,84 @@ def test_separable_sampler_reads_only_its_columns_of_a_wide_shared_window(resamp
     wide[:, :, :100] = np.nan  # far outside the footprint
     c = SeparableSampler(rows, cols, (40, 400)).sample(wide, resampling, has_nan=False)
     np.testing.assert_array_equal(a, c)
+
+
+def _separable_reference(
+    s: SeparableSampler, data: np.ndarray, resampling: R, weight: np.ndarray | None
+) -> np.ndarray:
+    """The axis-aligned kernel written out with fancy indexing, as the corpus's bytes were
+    first computed: the sampler's in-place 1-D gathers must give these bits exactly."""
+    b = data.shape[0]
+    if resampling is R.nearest:
+        out = data[:, s._iy[:, None], s._ix[None, :]].astype(np.float32).reshape(b, -1)
+        out[:, ~s.inside] = np.nan
+        if weight is not None:
+            weight.reshape(b, -1)[:] = np.isfinite(out)
+        return out.reshape(b, *s.shape)
+    y0, y1, wy0, wy1, _ = s._y
+    cols = slice(s._xlo, s._xhi)
+    rows = data[:, y0, cols] * wy0[None, :, None] + data[:, y1, cols] * wy1[None, :, None]
+    full = rows[:, :, s._x0] * s._x[2] + rows[:, :, s._x1] * s._x[3]
+    region = s.bilinear_ok if weight is None else s.total > 1e-5
+    out = np.where(region, full.reshape(b, -1), np.float32(np.nan)).astype(np.float32)
+    if weight is not None:
+        weight.reshape(b, -1)[:] = np.where(region, s.total, np.float32(0))
+    return out.reshape(b, *s.shape)
+
+
+@pytest.mark.parametrize("resampling", [R.bilinear, R.nearest])
+@pytest.mark.parametrize("with_weight", [False, True])
+@pytest.mark.parametrize("beyond_edge", [False, True])
+def test_separable_sampler_is_bit_identical_to_the_written_out_kernel(
+    resampling, with_weight, beyond_edge
+) -> None:
+    """Both the usual case (the sample wholly inside the read window: no footprint mask is
+    applied) and a sample reaching past the window's edge give the reference's bits."""
+    rng = np.random.default_rng(11)
+    data = rng.normal(1000, 200, (4, 40, 80)).astype(np.float32)
+    shift = -2.2 if beyond_edge else 3.3
+    rows = (np.arange(60) + 0.5) * 0.5 + shift
+    cols = (np.arange(90) + 0.5) * 0.5 + shift + 10
+    s = SeparableSampler(rows, cols, (40, 80))
+    w = np.zeros((4, 60, 90), np.float32) if with_weight else None
+    w_ref = np.zeros((4, 60, 90), np.float32) if with_weight else None
+    got = s.sample(data, resampling, w, has_nan=False)
+    ref = _separable_reference(s, data, resampling, w_ref)
+    assert got.tobytes() == ref.tobytes()
+    assert np.isnan(got).any() == beyond_edge
+    if with_weight:
+        assert w is not None and w_ref is not None and w.tobytes() == w_ref.tobytes()
+
+
+@pytest.mark.parametrize(
+    "src_crs, t_src",
+    [
+        (32633, Affine(20.0, 0, 600000.0, 0, -20.0, 5000000.0)),  # axis-aligned: separable
+        (32633, Affine(60.0, 0, 599820.0, 0, -60.0, 5000180.0)),
+        (4326, Affine(0.0003, 0, 14.0, 0, -0.0003, 45.2)),  # geographic: the general sampler
+    ],
+)
+def test_point_sampler_coordinates_are_the_full_fields(src_crs: int, t_src: Affine) -> None:
+    """The sampler's coordinates are the interpolated coordinate field of
+    :func:`source_coords` to the bit, whichever path is chosen from the lattice (the
+    separable one builds only its first column and row)."""
+    grid = TargetGrid(32633, Affine(10.0, 0, 600105.0, 0, -10.0, 4999895.0), 264, 264)
+    if src_crs == 4326:
+        lon, lat = Transformer.from_crs(32633, 4326, always_xy=True).transform(601425, 4998575)
+        t_src = Affine(0.0003, 0, lon - 0.03, 0, -0.0003, lat + 0.03)
+    src = RasterWindow(
+        data=np.zeros((400, 400), np.float32), crs=CRS.from_epsg(src_crs), transform=t_src
+    )
+    rows, cols, _ = source_coords(src, grid)
+    sampler = point_sampler(src, grid)
+    if isinstance(sampler, SeparableSampler):
+        assert src_crs != 4326
+        assert sampler._rows.tobytes() == rows[:, 0].tobytes()
+        assert sampler._cols.tobytes() == cols[0, :].tobytes()
+    else:
+        assert isinstance(sampler, PointSampler) and src_crs == 4326
+        assert sampler._r.tobytes() == rows.ravel().tobytes()
+        assert sampler._c.tobytes() == cols.ravel().tobytes()
+        # the same field again (cached lattice projection): the same bits
+        again = point_sampler(src, grid)
+        assert isinstance(again, PointSampler) and again._r.tobytes() == sampler._r.tobytes()

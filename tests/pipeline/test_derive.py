@@ -144,3 +144,19 @@ def test_sample_cloud_from_scl_or_from_the_scene_cover() -> None:
     mask, frac = sample_cloud(None, 12.0, (4, 4))
     assert frac == pytest.approx(0.12) and (mask == CLOUD_MASK_NODATA).all()
     assert sample_cloud(None, None, (4, 4))[1] is None
+
+
+def test_s2rgb_of_a_fully_valid_sample_is_the_stretch_of_its_pooled_values() -> None:
+    """Without nodata the quantiles are taken over the whole stack (no gather): the same
+    bytes as the stretch over the gathered valid values of each band."""
+    rng = np.random.default_rng(7)
+    red, green, blue = (rng.gamma(2.0, 600.0, (64, 64)).astype(np.float32) for _ in range(3))
+    got = s2rgb(red, green, blue)
+    stack = np.stack([red, green, blue])
+    lo, hi = np.percentile(np.concatenate([b.ravel() for b in stack]), [2.0, 98.0])
+    ref = np.rint(np.clip((stack - lo) / (hi - lo) * 255.0, 0.0, 255.0)).astype(np.uint8)
+    assert got.tobytes() == ref.tobytes()
+    red_gap = red.copy()
+    red_gap[:3] = np.nan  # one band's gap: that pixel is left out of all three bands' pool
+    gap = s2rgb(red_gap, green, blue)
+    assert (gap[:, :3] == 0).all() and not np.array_equal(gap[:, 3:], got[:, 3:])

@@ -251,3 +251,42 @@ def test_gdal_env_sets_a_block_cache_of_the_configured_mebibytes() -> None:
     # 256-byte cache, so every tile is decoded again at every read
     with gdal_env(ReaderOptions(gdal_cache_mb=96)):
         assert _gdal_cache_max() == 96 * 2**20
+
+
+def test_local_opens_inside_gdal_env_enter_no_env_of_their_own(
+    ramp: tuple[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside the build's Env a local file is opened without a nested Env (rasterio's own
+    per-call Env included): entering and leaving one re-applies every option of the Env
+    around it. Outside any Env, or when the Env says otherwise, the open sets its option."""
+    href, data = ramp
+    entered: list[dict] = []
+    real_enter = rasterio.Env.__enter__
+
+    def counting_enter(self: rasterio.Env) -> rasterio.Env:
+        entered.append(dict(self.options))
+        return real_enter(self)
+
+    monkeypatch.setattr(rasterio.Env, "__enter__", counting_enter)
+    with gdal_env():
+        entered.clear()
+        with open_asset(href) as asset:
+            window = asset.read(Window(5, 7, 20, 10))
+        assert entered == []
+        np.testing.assert_array_equal(window.data, data[7:17, 5:25])
+    # an Env that disables the directory reading: a local open still reads it (sidecars)
+    with gdal_env(ReaderOptions(gdal_options=(("GDAL_DISABLE_READDIR_ON_OPEN", "TRUE"),))):
+        entered.clear()
+        with open_asset(href):
+            pass
+        assert {"GDAL_DISABLE_READDIR_ON_OPEN": "FALSE"} in entered
+
+
+def test_georeferencing_check_of_one_crs_against_several_codes(tmp_path: Path) -> None:
+    """The CRS comparison is remembered per (CRS, code): the same file is still a match
+    for its own code and a mismatch for another, in any order."""
+    href = write_raster(tmp_path / "a.tif", np.ones((30, 40), np.float32), crs=32633, transform=T)
+    info = open_info(href)
+    for _ in range(2):
+        assert check_georeferencing(info, 32634, list(T)[:6], (30, 40)) is not None
+        assert check_georeferencing(info, 32633, list(T)[:6], (30, 40)) is None

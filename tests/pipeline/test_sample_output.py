@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 import numpy as np
+import pytest
 
 from terraloom.pipeline.derive import Derived
 from terraloom.pipeline.quality import Issue
@@ -14,6 +15,7 @@ from terraloom.pipeline.sample_output import (
     index_row,
     plan_reason,
     reject_row,
+    to_stored,
     unplanned,
 )
 from terraloom.schemas.modalities import get_modality
@@ -84,3 +86,23 @@ def test_corpus_arrays_store_built_bands_and_fill_the_rest() -> None:
     assert arrays["NDVI"].dtype == np.float16 and float(arrays["NDVI"][0, 0, 0]) == 0.5
     assert (arrays["S2RGB"] == 0).all() and arrays["S2RGB"].shape == (3, 4, 4)
     assert bytes(arrays["CAPTION"]).rstrip(b"\0") == b"a caption"
+
+
+@pytest.mark.parametrize("name", ["S2L2A", "LULC", "S1RTC", "DEM"])
+def test_to_stored_rounds_clips_and_fills(name: str) -> None:
+    """Integer modalities: rounded half to even, clipped to the dtype, NaN and +-inf to the
+    fill value; float modalities: a cast (NaN stays NaN)."""
+    m = get_modality(name)
+    a = np.array([[0.5, 1.5, -0.4, np.nan], [np.inf, -np.inf, 1e9, -1e9]], np.float32)
+    if np.issubdtype(m.np_dtype, np.integer):
+        info = np.iinfo(m.np_dtype)
+        fill = 0 if m.nodata is None else m.nodata
+        got = to_stored(m, a)
+        assert got.dtype == m.np_dtype
+        assert got.tolist() == [
+            [0, 2, max(0, info.min), fill],
+            [fill, fill, info.max, info.min],
+        ]
+    else:
+        got = to_stored(m, a[:1])  # values the float dtype holds (float16: no 1e9)
+        assert np.isnan(got[0, 3]) and got[0, 0] == np.float32(0.5).astype(m.np_dtype)
