@@ -501,15 +501,24 @@ class TokenStore:
             self._maps_fit = explicit or files <= _process_map_budget()
         return self._maps_fit and self._n_maps < self.max_open_chunks and self._mapper.can_map()
 
+    def _open_chunk(self, name: str, chunk: int) -> int | None:
+        """A read-only fd of one raw chunk file, opened relative to the array's chunk
+        directory (half the cost of a full path walk); ``None`` if it was never written (no
+        chunk, or no chunk directory yet). The caller closes it."""
+        info = self._info[name]
+        try:
+            d = self._dir_fds.get(name)
+            if d is None:
+                d = self._dir_fds[name] = _DirFd(info.chunk_dir)
+            return os.open(info.chunk_rel(chunk), os.O_RDONLY, dir_fd=d.fd)
+        except FileNotFoundError:
+            return None
+
     def _pread_one(self, name: str, chunk: int, loc: int, crop: int) -> bytes | None:
         """The bytes of one (row, crop) record by ``pread``; ``None`` if its file is missing."""
         info = self._info[name]
-        d = self._dir_fds.get(name)
-        try:
-            if d is None:
-                d = self._dir_fds[name] = _DirFd(info.chunk_dir)
-            fd = os.open(info.chunk_rel(chunk), os.O_RDONLY, dir_fd=d.fd)
-        except FileNotFoundError:
+        fd = self._open_chunk(name, chunk)
+        if fd is None:
             return None
         try:
             data = os.pread(
@@ -523,12 +532,8 @@ class TokenStore:
         """Read only the requested (row, crop) records of a chunk file, without mapping it
         (used once no more maps may be made: no eviction churn, no fd growth)."""
         info = self._info[name]
-        try:  # relative to the array's chunk directory: half the cost of a full path walk
-            d = self._dir_fds.get(name)
-            if d is None:
-                d = self._dir_fds[name] = _DirFd(info.chunk_dir)
-            fd = os.open(info.chunk_rel(chunk), os.O_RDONLY, dir_fd=d.fd)
-        except FileNotFoundError:  # never written (no chunk, or no chunk directory yet)
+        fd = self._open_chunk(name, chunk)
+        if fd is None:  # never written: the fill value
             fill = np.full(info.record_shape, info.fill_value, info.dtype)
             return fill if isinstance(loc, int) else np.broadcast_to(fill, (len(loc), *fill.shape))
         try:
@@ -712,12 +717,8 @@ class TokenStore:
     def _preadv_rows(self, name: str, chunk: int, lo: int, dest: np.ndarray) -> None:
         """Rows ``lo:lo+len(dest)`` of a raw chunk file read straight into ``dest``."""
         info = self._info[name]
-        d = self._dir_fds.get(name)
-        try:
-            if d is None:
-                d = self._dir_fds[name] = _DirFd(info.chunk_dir)
-            fd = os.open(info.chunk_rel(chunk), os.O_RDONLY, dir_fd=d.fd)
-        except FileNotFoundError:  # never written: the fill value
+        fd = self._open_chunk(name, chunk)
+        if fd is None:  # never written: the fill value
             dest[...] = info.fill_value
             return
         try:
