@@ -563,7 +563,7 @@ def stage_report(out: Path, cfg: DemoConfig) -> dict:
     lines += [
         "## Corpus",
         "",
-        f"Corpus at `{_rel(p['corpus'], out)}`: accepted {build.get('accepted')} of planned {build.get('planned')} samples.",
+        f"Corpus at `{_rel(p['corpus'], out)}`: {_counts(build)}.",
         "",
     ]
     published = done.get("publish")
@@ -618,6 +618,16 @@ def stage_report(out: Path, cfg: DemoConfig) -> dict:
         lines.append(f"- {key}: `{_rel(p[key], out)}`")
     p["report"].write_text("\n".join(lines) + "\n")
     return {"path": str(p["report"])}
+
+
+def _counts(build: dict) -> str:
+    """``accepted 314 of 327 planned samples (train 254 of 264, val 60 of 63)`` from the build
+    stage's marker (per-split dicts; plain numbers from older markers pass through)."""
+    acc, plan = build.get("accepted"), build.get("planned")
+    if not (isinstance(acc, dict) and isinstance(plan, dict)):
+        return f"accepted {acc} of {plan} planned samples"
+    splits = ", ".join(f"{s} {acc.get(s, 0)} of {n}" for s, n in plan.items())
+    return f"accepted {sum(acc.values())} of {sum(plan.values())} planned samples ({splits})"
 
 
 def _rel(path: Path, out: Path) -> str:

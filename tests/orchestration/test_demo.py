@@ -272,3 +272,15 @@ def test_model_budgets_do_not_retrain_the_tokenizers(tmp_path: Path) -> None:
         dataclasses.replace(more, tokenizer=dataclasses.replace(QUICK.tokenizer, steps=5)),
     )
     assert calls == ["tokenizers", "encode", "train"]
+
+
+def test_the_report_counts_the_corpus_per_split() -> None:
+    from terraloom.orchestration.demo import _counts
+
+    marker = {"accepted": {"train": 254, "val": 60}, "planned": {"train": 264, "val": 63}}
+    assert _counts(marker) == (
+        "accepted 314 of 327 planned samples (train 254 of 264, val 60 of 63)"
+    )
+    assert _counts({"accepted": {}, "planned": {"val": 2}}) == (
+        "accepted 0 of 2 planned samples (val 0 of 2)"
+    )
