@@ -176,6 +176,9 @@ class Run:
     driver_rss_mb: float = 0.0
     note: str = ""
     cpu_s: float = 0.0
+    #: 1-minute load average when the run ended: on a shared machine it says how far the
+    #: wall-clock figures are from an idle machine's (CPU seconds do not move with it)
+    load: float = field(default_factory=lambda: os.getloadavg()[0])
 
     @property
     def samples_per_s(self) -> float:
@@ -493,12 +496,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nbuilt modalities: {', '.join(config.modalities)}; workers: {args.workers}; shard: {args.shard_samples} samples"
     )
     print(
-        f"{'run':<24}{'size':>6}{'samples':>9}{'seconds':>9}{'samples/s':>11}{'CPU s':>9}{'samples/CPU-s':>15}  {'peak RSS/worker MiB':<21}{'driver':>7}  note"
+        f"{'run':<24}{'size':>6}{'samples':>9}{'seconds':>9}{'samples/s':>11}{'CPU s':>9}{'samples/CPU-s':>15}{'load':>6}  {'peak RSS/worker MiB':<21}{'driver':>7}  note"
     )
     for r in runs:
         rss = ", ".join(f"{v:.0f}" for v in r.worker_rss_mb)
         print(
-            f"{r.name:<24}{r.size:>6}{r.samples:>9}{r.seconds:>9.1f}{r.samples_per_s:>11.2f}{r.cpu_s:>9.0f}{r.samples_per_cpu_s:>15.3f}  {rss:<21}{r.driver_rss_mb:>7.0f}  {r.note}"
+            f"{r.name:<24}{r.size:>6}{r.samples:>9}{r.seconds:>9.1f}{r.samples_per_s:>11.2f}{r.cpu_s:>9.0f}{r.samples_per_cpu_s:>15.3f}{r.load:>6.1f}  {rss:<21}{r.driver_rss_mb:>7.0f}  {r.note}"
         )
     for engine in engines:
         mine = [r for r in runs if r.name == f"{engine} x{args.workers}"]
