@@ -41,10 +41,12 @@ from terraloom.orchestration.publish_stage import DEMO_PUBLISH, publish_demo, pu
 from terraloom.pipeline.plan import PlanConfig
 from terraloom.pipeline.publish import PublishConfig
 from terraloom.schemas.cli import modality_table
-from terraloom.schemas.cliargs import add_config_args, add_version
+from terraloom.schemas.cliargs import add_config_args, add_storage_option, add_version
 from terraloom.schemas.config import apply_overrides, from_dict, read_config_file, to_dict
 from terraloom.schemas.jsonschema import out_of_sync
 from terraloom.schemas.modalities import REGISTRY, get_modality
+from terraloom.storage.location import Location, LocationError, parse_storage_options
+from terraloom.storage.transfer import cache_dir, upload_tree
 from terraloom.tokenize_jobs.encode_config import EncodeConfig
 from terraloom.tokenize_jobs.train import TrainConfig as TokenizerConfig
 
@@ -832,7 +834,13 @@ def print_summary(out: Path, results: dict[str, dict], seconds: float) -> None:
 
 
 def add_demo_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("demo_out"))
+    parser.add_argument(
+        "--out",
+        default="demo_out",
+        help="output directory or location (s3://, gs://, az://, memory://: the stages run in "
+        "a local staging folder and the finished output is copied there)",
+    )
+    add_storage_option(parser)
     parser.add_argument(
         "--quick", action="store_true", help="tiny world and minimal budgets (the end-to-end test)"
     )
@@ -871,10 +879,30 @@ def run_demo_command(args: argparse.Namespace) -> int:
     except ValueError as exc:  # ConfigError and DemoConfig's own checks
         print(f"terraloom-demo: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        dest = Location.parse(args.out, parse_storage_options(args.storage_option))
+    except (LocationError, ValueError) as exc:
+        print(f"terraloom-demo: error: {exc}", file=sys.stderr)
+        return 2
+    work = dest.local_path if dest.is_local else cache_dir(dest, "demo")
     t0 = time.perf_counter()
-    results = run_stages(args.out, STAGES, cfg, force=args.force, until=args.until)
-    print_summary(args.out, results, time.perf_counter() - t0)
+    results = run_stages(work, STAGES, cfg, force=args.force, until=args.until)
+    print_summary(work, results, time.perf_counter() - t0)
+    if not dest.is_local:
+        print(f"copying {work} to {dest} ...")
+        print(f"   {mirror_output(work, dest) / 1e6:.1f} MB written to {dest}")
     return 0
+
+
+def mirror_output(work: Path, dest: Location) -> int:
+    """Copy a finished local demo output to a remote location: the files ``dest`` does not
+    hold with the same size (a re-run copies only what changed), the stage markers last so a
+    reader never finds a marker before its outputs. Returns the bytes written."""
+    names = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
+    have = dest.file_sizes()
+    todo = [n for n in names if have.get(n) != (work / n).stat().st_size]
+    todo.sort(key=lambda n: n.startswith(".") and n.endswith(".done"))
+    return upload_tree(work, dest, todo)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,21 +158,7 @@ def listed_sizes(store_path: StoreLike) -> dict[str, int] | None:
     from one recursive listing (a page per 1,000 objects) instead of a HEAD per chunk file;
     ``None`` for a local store, whose files are stat'ed (no request to save)."""
     root = _loc(store_path)
-    if root.is_local:
-        return None
-    own = root.path.rstrip("/")
-    try:
-        found = root.fs.find(own, detail=True)
-    except FileNotFoundError:
-        return {}
-    sizes: dict[str, int] = {}
-    for name, info in found.items():
-        key = str(name)
-        if root.scheme == "memory" and not key.startswith("/"):
-            key = "/" + key
-        if key.startswith(own + "/") and info.get("type", "file") != "directory":
-            sizes[key[len(own) + 1 :]] = int(info.get("size") or 0)
-    return sizes
+    return None if root.is_local else root.file_sizes()
 
 
 def _chunk_size(

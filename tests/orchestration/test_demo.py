@@ -284,3 +284,35 @@ def test_the_report_counts_the_corpus_per_split() -> None:
     assert _counts({"accepted": {}, "planned": {"val": 2}}) == (
         "accepted 0 of 2 planned samples (val 0 of 2)"
     )
+
+
+def test_a_remote_out_runs_in_a_local_staging_folder_and_is_mirrored_there(
+    memory_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--out memory://...`` (as ``s3://``): the stages run in the location's local cache
+    folder, the output lands at the location, and no local folder named after the scheme
+    appears; a second run copies nothing that is already there."""
+    from terraloom.orchestration.demo import mirror_output
+    from terraloom.storage import Location
+    from terraloom.storage.transfer import cache_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TERRALOOM_CACHE", str(tmp_path / "cache"))
+    out = f"{memory_root}/demo"
+    assert main(["--out", out, "--until", "registry", "--quick"]) == 0
+    dest = Location.parse(out)
+    assert ".registry.done" in dest.walk_files()
+    work = cache_dir(dest, "demo")
+    assert (work / ".registry.done").read_bytes() == (dest / ".registry.done").read_bytes()
+    assert not (tmp_path / "memory:").exists()
+    assert mirror_output(work, dest) == 0  # everything already there with its size
+
+
+def test_a_malformed_out_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--out", "s3:/bucket/x", "--until", "registry"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("terraloom-demo: error:")
+    assert list(tmp_path.iterdir()) == []
