@@ -288,3 +288,40 @@ def test_s2_assets_record_what_their_dn_means() -> None:
     for assets, props, want in cases:
         b04 = item_from_stac(_stack_item(assets, props)).assets["B04"]
         assert (b04.scale, b04.offset) == pytest.approx(want), props
+
+
+@pytest.mark.parametrize(
+    "href",
+    [
+        "https://a/b.tif",
+        "s3://bucket/key.tif",
+        "git+ssh://host/x",
+        "a.b-c+d://x",
+        "/vsis3/b/k.tif",
+        "/data/x.tif",
+        "rel/x.tif",
+        "./x.tif",
+        "../up/x.tif",
+        " https://a/leading-space.tif",
+        "ht\ttps://a/tab-inside-scheme.tif",
+        "C:/windows/drive.tif",
+        "1http://digit-first",
+        "http:no-slashes.tif",
+        "x.tif?sig=a:b",
+    ],
+)
+def test_asset_href_resolution_agrees_with_urlparse(href: str) -> None:
+    """The regex fast path of href resolution gives what the urlparse rule gives."""
+    from urllib.parse import urljoin, urlparse
+
+    from terraloom.pipeline.sources.stac_items import _absolute
+
+    base = "https://host/catalog/item.json"
+    scheme = urlparse(href).scheme
+    if scheme and len(scheme) > 1:
+        expected = href
+    elif href.startswith("/"):
+        expected = "file://" + href
+    else:
+        expected = urljoin(base, href)
+    assert _absolute(href, base) == expected
