@@ -4,8 +4,9 @@ Every figure the model uses is an input: the measured per-sample CPU-seconds, by
 and bytes written of plan, build and encode, the measured training throughput per GPU and
 model size, and the prices and instance specs (examples, not facts: clouds change prices
 and regions differ). Defaults live in :data:`DEFAULTS` with where each came from; a YAML or
-JSON file (``--inputs``) and ``--set key=value`` override them, and ``--build-json`` takes
-the build's CPU-seconds per sample from ``bench/build.py --json`` output.
+JSON file (``--inputs``) and ``--set key=value`` override them, ``--build-json`` takes
+the build's CPU-seconds per sample from ``bench/build.py --json`` output, and ``--plan-json``
+the planner's CPU-seconds, requests and bytes read per sample from ``bench/plan.py --json``.
 
 The arithmetic (:func:`estimate`) is a pure function of those inputs:
 
@@ -22,6 +23,7 @@ on the Dataflow instance type.
 
     python bench/cost.py
     python bench/cost.py --inputs my_prices.yaml --set samples=9000000 --build-json build.json
+    python bench/cost.py --plan-json plan.json
 """
 
 from __future__ import annotations
@@ -141,8 +143,25 @@ def estimate(inputs: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_inputs(path: Path | None, sets: list[str], build_json: Path | None) -> dict[str, Any]:
-    """Defaults, then a YAML/JSON file, then a build bench's JSON, then ``--set`` pairs."""
+def plan_inputs(doc: Mapping[str, Any], where: Path) -> dict[str, float]:
+    """Per-sample planning figures from ``bench/plan.py --json``: the distributed planner's
+    per-cell medians divided by the planned samples per cell."""
+    per_cell = doc.get("distributed") or {}
+    spc = float(doc.get("samples_per_cell") or 0.0)
+    keys = ("cpu_s_per_cell", "requests_per_cell", "kb_per_cell")
+    if spc <= 0 or any(k not in per_cell for k in keys):
+        raise ValueError(f"{where}: no distributed figures or samples (bench/plan.py --json)")
+    return {
+        "plan_cpu_s_per_sample": float(per_cell["cpu_s_per_cell"]) / spc,
+        "plan_requests_per_sample": float(per_cell["requests_per_cell"]) / spc,
+        "plan_bytes_read_per_sample": float(per_cell["kb_per_cell"]) * 1e3 / spc,
+    }
+
+
+def load_inputs(
+    path: Path | None, sets: list[str], build_json: Path | None, plan_json: Path | None = None
+) -> dict[str, Any]:
+    """Defaults, then a YAML/JSON file, then the benches' JSON, then ``--set`` pairs."""
     import yaml
 
     out: dict[str, Any] = {}
@@ -160,6 +179,8 @@ def load_inputs(path: Path | None, sets: list[str], build_json: Path | None) -> 
             )
         best = max(runs, key=lambda r: r["samples"] / r["cpu_s"])
         out["build_cpu_s_per_sample"] = best["cpu_s"] / best["samples"]
+    if plan_json is not None:
+        out.update(plan_inputs(json.loads(plan_json.read_text()), plan_json))
     for item in sets:
         key, sep, value = item.partition("=")
         if not sep:
@@ -215,10 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--build-json", type=Path, help="bench/build.py --json output (build CPU-s per sample)"
     )
+    p.add_argument(
+        "--plan-json",
+        type=Path,
+        help="bench/plan.py --json output (plan CPU-s, requests and bytes per sample)",
+    )
     p.add_argument("--json", type=Path, help="also write the estimate here")
     a = p.parse_args(argv)
     try:
-        result = estimate(load_inputs(a.inputs, a.set, a.build_json))
+        result = estimate(load_inputs(a.inputs, a.set, a.build_json, a.plan_json))
     except (OSError, ValueError, TypeError, KeyError) as exc:
         print(f"cost: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,29 @@ def test_inputs_file_build_json_and_cli(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2 and "unknown inputs ['sampels']" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_plan_json_gives_per_sample_planning_figures(tmp_path: Path) -> None:
+    """bench/plan.py --json (run for real on a small subset of the synthetic API) feeds the
+    cost model: per-cell figures over the planned samples per cell."""
+    plan_json = tmp_path / "plan.json"
+    run = subprocess.run(
+        [sys.executable, "bench/plan.py", "--bbox", "15,45.9,15.4,46.1", "--rounds", "1",
+         "--engine", "local", "--latency", "0", "--json", str(plan_json)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1].startswith("plan_cells_per_s=")
+    doc = json.loads(plan_json.read_text())
+    assert doc["plans_equal"] is True and doc["samples"] > 0
+    d = doc["distributed"]
+    assert d["requests_per_cell"] > 0 and d["kb_per_cell"] > 0 and d["cpu_s_per_cell"] > 0
+    got = _cost().load_inputs(None, [], None, plan_json)
+    spc = doc["samples"] / doc["cells"]
+    assert got["plan_requests_per_sample"] == pytest.approx(d["requests_per_cell"] / spc)
+    assert got["plan_bytes_read_per_sample"] == pytest.approx(d["kb_per_cell"] * 1e3 / spc)
+    assert got["plan_cpu_s_per_sample"] == pytest.approx(d["cpu_s_per_cell"] / spc)
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    with pytest.raises(ValueError, match="bench/plan.py --json"):
+        _cost().load_inputs(None, [], None, empty)

@@ -44,7 +44,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
@@ -111,6 +111,8 @@ class LogEntry:
     status: int
     features: int = 0
     collections: tuple[str, ...] = field(default=())
+    #: bytes of the answer's body (what a planner reads per request; bench/plan.py, cost model)
+    bytes: int = 0
 
 
 # --- the catalog: items from (cell, date) -------------------------------------------------------
@@ -323,8 +325,7 @@ class SyntheticStacApi:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def send_json(self, code: int, doc: Any, headers: Mapping[str, str] = {}) -> None:
-                body = json.dumps(doc, separators=(",", ":")).encode()
+            def send_body(self, code: int, body: bytes, headers: Mapping[str, str] = {}) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", "application/geo+json")
                 self.send_header("Content-Length", str(len(body)))
@@ -397,9 +398,9 @@ class SyntheticStacApi:
         t = time.monotonic() - self.t0
         path = path.rstrip("/") or "/"
         if not self._admit(path):
-            self._record(LogEntry(t, method, path, 429))
-            h.send_json(
-                429,
+            self._answer(
+                h,
+                LogEntry(t, method, path, 429),
                 {"code": "TooManyRequests", "description": "slow down"},
                 {"Retry-After": str(math.ceil(self.config.retry_after_s))},  # whole seconds (HTTP)
             )
@@ -407,31 +408,33 @@ class SyntheticStacApi:
         if self.config.latency_s:
             self.stopped.wait(self.config.latency_s)
         if path == "/":
-            self._record(LogEntry(t, method, path, 200))
-            h.send_json(200, self.landing())
+            self._answer(h, LogEntry(t, method, path, 200), self.landing())
         elif path == "/conformance":
-            self._record(LogEntry(t, method, path, 200))
-            h.send_json(200, {"conformsTo": CONFORMANCE})
+            self._answer(h, LogEntry(t, method, path, 200), {"conformsTo": CONFORMANCE})
         elif path == "/collections":
-            self._record(LogEntry(t, method, path, 200))
-            h.send_json(200, {"collections": [self.collection(c) for c in COLLECTIONS]})
+            doc = {"collections": [self.collection(c) for c in COLLECTIONS]}
+            self._answer(h, LogEntry(t, method, path, 200), doc)
         elif path.startswith("/collections/") and path.split("/")[2] in COLLECTIONS:
-            self._record(LogEntry(t, method, path, 200))
-            h.send_json(200, self.collection(path.split("/")[2]))
+            self._answer(h, LogEntry(t, method, path, 200), self.collection(path.split("/")[2]))
         elif path == "/search" and isinstance(params, dict):
             try:
                 page = self.page(method, params)
             except (ValueError, TypeError, KeyError) as err:
-                self._record(LogEntry(t, method, path, 400))
-                h.send_json(400, {"code": "BadRequest", "description": str(err)})
+                doc = {"code": "BadRequest", "description": str(err)}
+                self._answer(h, LogEntry(t, method, path, 400), doc)
                 return
             colls = params.get("collections") or ()
             colls = tuple(colls.split(",") if isinstance(colls, str) else colls)
-            self._record(LogEntry(t, method, path, 200, len(page["features"]), colls))
-            h.send_json(200, page)
+            self._answer(h, LogEntry(t, method, path, 200, len(page["features"]), colls), page)
         else:
-            self._record(LogEntry(t, method, path, 404))
-            h.send_json(404, {"code": "NotFound"})
+            self._answer(h, LogEntry(t, method, path, 404), {"code": "NotFound"})
+
+    def _answer(self, h: Any, entry: LogEntry, doc: Any, headers: Mapping[str, str] = {}) -> None:
+        """Log the request with the size of its answer, then send the answer (logged first, so
+        a client that reads the log after its answer arrives finds the request there)."""
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        self._record(replace(entry, bytes=len(body)))
+        h.send_body(entry.status, body, headers)
 
     def _all_hits(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         """The full result of a search (cached by its parameters without the page token, so

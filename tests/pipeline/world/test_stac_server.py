@@ -86,11 +86,13 @@ def test_the_server_pages_throttles_with_retry_after_and_logs() -> None:
                 "datetime": "2023-06-01T00:00:00Z/2023-06-30T23:59:59Z"}  # fmt: skip
         code, headers, _ = _post(f"{api.url}/search", body)
         assert code == 429 and headers["Retry-After"] == "3"
+        sizes = [int(headers["Content-Length"])]
         ids = []
         page = body
         while True:
-            code, _, doc = _post(f"{api.url}/search", page)
+            code, headers, doc = _post(f"{api.url}/search", page)
             assert code == 200
+            sizes.append(int(headers["Content-Length"]))
             ids += [f["id"] for f in doc["features"]]
             nxt = [ln for ln in doc["links"] if ln["rel"] == "next"]
             if not nxt:
@@ -102,6 +104,8 @@ def test_the_server_pages_throttles_with_retry_after_and_logs() -> None:
         assert all(e.path == "/search" for e in log)
         assert sum(e.features for e in log) == len(ids)
         assert log[1].collections == ("sentinel-2-l2a",)
+        # every answer's size is logged (bench/plan.py reports bytes read per cell from it)
+        assert [e.bytes for e in log] == sizes and min(sizes[1:]) > 1000
     assert api.stopped.is_set()
 
 
