@@ -420,8 +420,8 @@ class SyntheticStacApi:
             try:
                 page = self.page(method, params)
             except (ValueError, TypeError, KeyError) as err:
-                doc = {"code": "BadRequest", "description": str(err)}
-                self._answer(h, LogEntry(t, method, path, 400), doc)
+                bad = {"code": "BadRequest", "description": str(err)}
+                self._answer(h, LogEntry(t, method, path, 400), bad)
                 return
             colls = params.get("collections") or ()
             colls = tuple(colls.split(",") if isinstance(colls, str) else colls)
