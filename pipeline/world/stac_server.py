@@ -89,6 +89,10 @@ class ServerConfig:
     s1_revisit_days: int = 6
     #: the server stops itself after this many seconds (bounded in tests and benches)
     lifetime_s: float = 600.0
+    #: encoded search pages kept in memory (MB): an answer is a pure function of the request,
+    #: so a repeated search is answered from here and a benchmark measures the planner, not
+    #: this server's JSON encoding (a real API's answer time is ``latency_s``)
+    answer_cache_mb: float = 256.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -98,6 +102,8 @@ class ServerConfig:
             raise ValueError("throttle_rate must be > 0 requests/s")
         if self.s2_revisit_days < 1 or self.s1_revisit_days < 1:
             raise ValueError("revisit days must be >= 1")
+        if self.answer_cache_mb < 0:
+            raise ValueError("answer_cache_mb must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -315,6 +321,8 @@ class SyntheticStacApi:
         self._tokens = config.throttle_burst
         self._stamp = time.monotonic()
         self._hits: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self._pages: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+        self._pages_bytes = 0
         self.stopped = threading.Event()
         self.t0 = time.monotonic()
         api = self
@@ -418,23 +426,45 @@ class SyntheticStacApi:
             self._answer(h, LogEntry(t, method, path, 200), self.collection(path.split("/")[2]))
         elif path == "/search" and isinstance(params, dict):
             try:
-                page = self.page(method, params)
+                body, features = self.search_answer(method, params)
             except (ValueError, TypeError, KeyError) as err:
                 bad = {"code": "BadRequest", "description": str(err)}
                 self._answer(h, LogEntry(t, method, path, 400), bad)
                 return
             colls = params.get("collections") or ()
             colls = tuple(colls.split(",") if isinstance(colls, str) else colls)
-            self._answer(h, LogEntry(t, method, path, 200, len(page["features"]), colls), page)
+            self._send(h, LogEntry(t, method, path, 200, features, colls), body)
         else:
             self._answer(h, LogEntry(t, method, path, 404), {"code": "NotFound"})
 
     def _answer(self, h: Any, entry: LogEntry, doc: Any, headers: Mapping[str, str] = {}) -> None:
+        self._send(h, entry, _encode(doc), headers)
+
+    def _send(self, h: Any, entry: LogEntry, body: bytes, headers: Mapping[str, str] = {}) -> None:
         """Log the request with the size of its answer, then send the answer (logged first, so
         a client that reads the log after its answer arrives finds the request there)."""
-        body = json.dumps(doc, separators=(",", ":")).encode()
         self._record(replace(entry, bytes=len(body)))
         h.send_body(entry.status, body, headers)
+
+    def search_answer(self, method: str, params: dict[str, Any]) -> tuple[bytes, int]:
+        """The encoded page a search asks for and its number of features, from the answer
+        cache when the same request came before."""
+        key = json.dumps([method, params], sort_keys=True, default=str)
+        with self._lock:
+            hit = self._pages.get(key)
+            if hit is not None:
+                self._pages.move_to_end(key)
+                return hit
+        page = self.page(method, params)
+        answer = (_encode(page), len(page["features"]))
+        with self._lock:
+            if key not in self._pages:
+                self._pages[key] = answer
+                self._pages_bytes += len(answer[0])
+            while self._pages and self._pages_bytes > self.config.answer_cache_mb * 1e6:
+                _, (old, _n) = self._pages.popitem(last=False)
+                self._pages_bytes -= len(old)
+        return answer
 
     def _all_hits(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         """The full result of a search (cached by its parameters without the page token, so
@@ -482,6 +512,10 @@ class SyntheticStacApi:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _encode(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def max_requests_in_window(times: list[float], window: float) -> int:

@@ -121,3 +121,24 @@ def test_server_rate_limit_and_bounded_lifetime() -> None:
 def test_max_requests_in_window() -> None:
     assert max_requests_in_window([0.0, 0.1, 0.2, 1.5, 1.6], 1.0) == 3
     assert max_requests_in_window([], 1.0) == 0
+
+
+def test_a_repeated_search_is_answered_from_the_answer_cache() -> None:
+    """The same request gets the same bytes without generating the page again; a cache of
+    0 MB keeps nothing and still answers the same."""
+    body = {"bbox": [15.0, 45.9, 15.3, 46.1], "collections": ["sentinel-2-l2a"], "limit": 3,
+            "datetime": "2023-06-01T00:00:00Z/2023-06-30T23:59:59Z"}  # fmt: skip
+    answers = {}
+    for mb in (256.0, 0.0):
+        with SyntheticStacApi(ServerConfig(lifetime_s=30, answer_cache_mb=mb)) as api:
+            made = []
+            page = api.page
+            api.page = lambda *a: made.append(a) or page(*a)  # type: ignore[method-assign]
+            got = [_post(f"{api.url}/search", body)[2] for _ in range(3)]
+            assert got[0] == got[1] == got[2] and len(got[0]["features"]) == 3
+            assert len(made) == (1 if mb else 3)
+            assert [e.features for e in api.log] == [3, 3, 3]
+            answers[mb] = got[0]
+    assert answers[256.0]["features"] == answers[0.0]["features"]
+    with pytest.raises(ValueError, match="answer_cache_mb"):
+        ServerConfig(answer_cache_mb=-1)
