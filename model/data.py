@@ -289,6 +289,8 @@ class MaskedBatches(Dataset):
             raise ValueError(
                 f"token store crops are {store.crop_px} px but the model expects {model.image_px}"
             )
+        #: the FSQ grouping of each image modality's tokenizer, as the store recorded it
+        self.fsq_groups = dict(store.fsq_groups)
         rows = np.flatnonzero(store.valid)
         if shrink_batch and len(rows) < global_batch:  # a small eval split: one smaller batch
             global_batch = max(world, len(rows) // world * world)

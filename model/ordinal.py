@@ -169,11 +169,21 @@ def tokenizer_groups(tokens: str, names: Sequence[str]) -> dict[str, tuple[int, 
 
 
 def run_ordinal_targets(
-    targets: Sequence[str], fraction: float, tokens: str = ""
+    targets: Sequence[str],
+    fraction: float,
+    tokens: str = "",
+    stored: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, OrdinalTarget]:
     """The ordinal targets of a training run: :func:`default_ordinal_targets` with the
-    grouping of the tokenizers beside the token store where they are found."""
+    grouping the token store recorded (``stored``: ``TokenStore.fsq_groups``, written by
+    encode, so it holds for a store read from a URL too), else that of the tokenizers beside
+    a local token store (stores encoded before the grouping was recorded), else the
+    defaults."""
     from terraloom.tokenize_jobs.tokenizers.image import DEFAULT_FSQ_GROUPS
 
-    groups: dict[str, Sequence[int]] = {**DEFAULT_FSQ_GROUPS, **tokenizer_groups(tokens, targets)}
+    groups: dict[str, Sequence[int]] = {
+        **DEFAULT_FSQ_GROUPS,
+        **tokenizer_groups(tokens, targets),
+        **(stored or {}),
+    }
     return default_ordinal_targets(targets, fraction, groups)

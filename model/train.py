@@ -383,7 +383,9 @@ def train(
     init = bool(cfg.init_from) and not (resume and latest_checkpoint(out_dir) is not None)
     model = TerraloomModel(cfg.model, init=not init).to(device)
     model.set_ordinal_targets(
-        run_ordinal_targets(cfg.model.targets, cfg.ordinal_sigma, cfg.data.tokens)
+        run_ordinal_targets(
+            cfg.model.targets, cfg.ordinal_sigma, cfg.data.tokens, loader.dataset.fsq_groups
+        )
     )
     if init:
         load_init_weights(model, cfg.init_from)

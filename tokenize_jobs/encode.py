@@ -75,6 +75,7 @@ from terraloom.tokenize_jobs.encode_shard import (
     image_encoder,
     read_shard,
     sample_keys,
+    tokenizer_fsq_groups,
     tokenizer_identities,
 )
 from terraloom.tokenize_jobs.store import (
@@ -190,8 +191,12 @@ def open_store(
     identities: Mapping[str, Mapping[str, str]],
     cfg: EncodeConfig,
     split: str,
+    fsq_groups: Mapping[str, Sequence[int]] | None = None,
 ) -> SplitHandle:
     """Create (template-first) or reopen the split's token store and refuse mismatches.
+
+    A new store records its tokenizers' identities and FSQ groupings (``fsq_groups``, read
+    by training's ordinal targets: ``TokenStore.fsq_groups``).
 
     The store's metadata is read once here (``storage.zarr_handle``: Zarr v3, no probes for
     v2 metadata) and the handle returned serves the whole run: the layout check, the
@@ -251,6 +256,11 @@ def open_store(
     group.update_attributes(  # one write of the root metadata, not one per key
         {
             "tokenizers": {m: dict(identities[m]) for m in modality_names},
+            "fsq_groups": {
+                m: [int(g) for g in fsq_groups[m]]
+                for m in modality_names
+                if fsq_groups and m in fsq_groups
+            },
             "crop_seed": cfg.seed,
             "sample_px": SAMPLE_PX,
             "corpus": _relpath(corpus_split, out_split.parent),
@@ -405,6 +415,7 @@ def encode_split(
         raise EncodeError(f"corpus {corpus_split} lacks arrays {missing}")
     check_tokenizers(tokenizers, names, cfg.crop_px)
     identities = tokenizer_identities({m: tokenizers[m] for m in names})
+    groups = tokenizer_fsq_groups({m: tokenizers[m] for m in names})
     device = job_device(cfg, d)
 
     error: EncodeError | None = None
@@ -412,7 +423,15 @@ def encode_split(
     if d.rank == 0:
         try:
             handle = open_store(
-                out_split, corpus_split, n_samples, shard_samples, names, identities, cfg, split
+                out_split,
+                corpus_split,
+                n_samples,
+                shard_samples,
+                names,
+                identities,
+                cfg,
+                split,
+                groups,
             )
         except EncodeError as exc:
             error = exc
@@ -421,7 +440,7 @@ def encode_split(
         raise error
     if d.rank != 0:  # every rank checks for itself too (the attrs are on disk now)
         handle = open_store(
-            out_split, corpus_split, n_samples, shard_samples, names, identities, cfg, split
+            out_split, corpus_split, n_samples, shard_samples, names, identities, cfg, split, groups
         )
     assert handle is not None
     files = shard_files(out_split, handle.metadata)

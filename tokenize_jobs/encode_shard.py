@@ -33,6 +33,18 @@ def tokenizer_identities(tokenizers: Mapping[str, Any]) -> dict[str, dict[str, s
     }
 
 
+def tokenizer_fsq_groups(tokenizers: Mapping[str, Any]) -> dict[str, list[int]]:
+    """FSQ grouping of each image tokenizer (its code digits that are one scalar): the token
+    store records it so that training's ordinal targets follow the codes actually stored,
+    wherever the store is read from (the tokenizers' folders need not travel with it)."""
+    out: dict[str, list[int]] = {}
+    for name, tok in sorted(tokenizers.items()):
+        groups = getattr(getattr(tok, "config", None), "fsq_groups", None)
+        if groups is not None:
+            out[name] = [int(g) for g in groups]
+    return out
+
+
 def check_tokenizers(
     tokenizers: Mapping[str, Any], modality_names: Sequence[str], crop_px: int
 ) -> None:

@@ -376,6 +376,12 @@ class TokenStore:
         self.split = str(self.attrs.get("split", split_name(self.path)))
         self.modalities: tuple[str, ...] = tuple(self.attrs["modalities"])
         self.tokenizers: dict[str, Any] = dict(self.attrs.get("tokenizers", {}))
+        #: FSQ grouping of each image modality's tokenizer, as encode recorded it (stores
+        #: written before it was recorded have none: the tokenizers' defaults apply)
+        self.fsq_groups: dict[str, tuple[int, ...]] = {
+            str(m): tuple(int(g) for g in groups)
+            for m, groups in dict(self.attrs.get("fsq_groups") or {}).items()
+        }
         names = [
             *self.modalities,
             *(f"{m}{LEN_SUFFIX}" for m in self.modalities if get_modality(m).layout is Layout.TEXT),

@@ -151,4 +151,11 @@ def test_run_targets_follow_the_tokenizers_beside_the_token_store(tmp_path) -> N
     assert got["DEM"] == ordinal_target((512, 6, 5), 0.01)  # the stored tokenizer's grouping
     assert got["S1GRD"] == ordinal_target((3072, 5), 0.01)  # none stored: the default
     assert run_ordinal_targets(["DEM"], 0.01, "s3://bucket/tokens")["DEM"].levels == (15360,)
+    # the grouping the token store recorded wins: it is what encode wrote the codes with,
+    # and it holds for a store read from a URL, where no tokenizer folder is beside it
+    stored = {"DEM": (1, 1, 3)}
+    got = run_ordinal_targets(["DEM"], 0.01, str(tmp_path / "tokens"), stored)
+    assert got["DEM"] == ordinal_target((8, 8, 240), 0.01)
+    got = run_ordinal_targets(["DEM"], 0.01, "s3://bucket/tokens", stored)
+    assert got["DEM"] == ordinal_target((8, 8, 240), 0.01)
     assert run_ordinal_targets(["DEM"], 0.0, str(tmp_path / "tokens")) == {}

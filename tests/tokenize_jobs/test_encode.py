@@ -41,7 +41,7 @@ from terraloom.tokenize_jobs.encode import (
     TokenizerMismatchError,
     encode,
 )
-from terraloom.tokenize_jobs.store import read_commits
+from terraloom.tokenize_jobs.store import TokenStore, read_commits
 from terraloom.tokenize_jobs.tokenizers.io import load_tokenizers
 from terraloom.tokenize_jobs.verify import verify_tokens
 
@@ -104,6 +104,11 @@ def test_tokens_equal_direct_tokenizer_encode(env):
     attrs = dict(zarr.open_group(str(store), mode="r").attrs)
     assert set(attrs["tokenizers"]) == set(TOKEN_MODALITIES)
     assert attrs["tokenizers"]["DEM"] == toks["DEM"].identity
+    # every image tokenizer's FSQ grouping travels with the store (training's ordinal
+    # targets read it there, also from a URL); sequence tokenizers have none
+    groups = TokenStore(store).fsq_groups
+    assert groups == {m: tuple(toks[m].config.fsq_groups) for m in IMAGE}
+    assert any(groups[m] for m in IMAGE), "every grouping empty: the check would be vacuous"
     assert sorted(read_commits(store)) == [0, 1, 2]
 
 
