@@ -176,6 +176,12 @@ class Run:
     driver_rss_mb: float = 0.0
     note: str = ""
     cpu_s: float = 0.0
+    #: bytes the build decoded from source COGs (its ``bytes_read`` counter: decoded windows,
+    #: an upper bound of the compressed bytes read) and wrote (the output's files); 0 for odc
+    bytes_decoded: float = 0.0
+    bytes_written: float = 0.0
+    #: the modalities the run made
+    modalities: tuple[str, ...] = ()
     #: 1-minute load average when the run ended: on a shared machine it says how far the
     #: wall-clock figures are from an idle machine's (CPU seconds do not move with it)
     load: float = field(default_factory=lambda: os.getloadavg()[0])
@@ -226,6 +232,9 @@ def run_engine_build(
         mon.peak[mon.driver_pid] / 2**20,
         f"accepted {acc}/{n}",
         cpu,
+        bytes_decoded=float(summary.counters.get("bytes_read", 0)),
+        bytes_written=float(sum(f.stat().st_size for f in out.rglob("*") if f.is_file())),
+        modalities=tuple(config.modalities),
     )
 
 

@@ -143,6 +143,27 @@ def estimate(inputs: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def build_bytes(runs: list[Mapping[str, Any]]) -> dict[str, float]:
+    """Bytes per sample from the builds of ``bench/build.py --json`` that made every corpus
+    modality (``--modalities all``): what they wrote (the corpus) and decoded from the
+    sources (an upper bound of the bytes read: COGs arrive compressed). Runs of fewer
+    modalities say nothing about a whole corpus, and give nothing."""
+    from terraloom.schemas.layouts import CORPUS_MODALITIES
+
+    full = [
+        r
+        for r in runs
+        if r.get("bytes_written") and set(CORPUS_MODALITIES) <= set(r.get("modalities") or ())
+    ]
+    if not full:
+        return {}
+    r = max(full, key=lambda r: r["samples"])
+    return {
+        "corpus_bytes_per_sample": float(r["bytes_written"]) / r["samples"],
+        "build_bytes_read_per_sample": float(r["bytes_decoded"]) / r["samples"],
+    }
+
+
 def plan_inputs(doc: Mapping[str, Any], where: Path) -> dict[str, float]:
     """Per-sample planning figures from ``bench/plan.py --json``: the distributed planner's
     per-cell medians divided by the planned samples per cell."""
@@ -179,6 +200,7 @@ def load_inputs(
             )
         best = max(runs, key=lambda r: r["samples"] / r["cpu_s"])
         out["build_cpu_s_per_sample"] = best["cpu_s"] / best["samples"]
+        out.update(build_bytes(runs))
     if plan_json is not None:
         out.update(plan_inputs(json.loads(plan_json.read_text()), plan_json))
     for item in sets:

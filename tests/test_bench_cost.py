@@ -127,3 +127,19 @@ def test_plan_json_gives_per_sample_planning_figures(tmp_path: Path) -> None:
     empty.write_text("{}")
     with pytest.raises(ValueError, match="bench/plan.py --json"):
         _cost().load_inputs(None, [], None, empty)
+
+
+def test_build_json_gives_bytes_per_sample_only_from_a_whole_corpus_build(tmp_path: Path) -> None:
+    from terraloom.schemas.layouts import CORPUS_MODALITIES
+
+    cost = _cost()
+    some = {"samples": 10, "cpu_s": 2.0, "bytes_written": 50.0, "bytes_decoded": 90.0,
+            "modalities": ["S2L2A", "DEM"]}  # fmt: skip
+    build = tmp_path / "build.json"
+    build.write_text(json.dumps({"runs": [some]}))
+    assert set(cost.load_inputs(None, [], build)) == {"build_cpu_s_per_sample"}
+    whole = {**some, "samples": 20, "modalities": list(CORPUS_MODALITIES)}
+    build.write_text(json.dumps({"runs": [some, whole]}))
+    got = cost.load_inputs(None, [], build)
+    assert got["corpus_bytes_per_sample"] == pytest.approx(2.5)  # 50 B / 20 samples
+    assert got["build_bytes_read_per_sample"] == pytest.approx(4.5)
