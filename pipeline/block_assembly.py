@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from terraloom.pipeline.checksums import canonicalize_nans, checksum
+from terraloom.pipeline.checksums import canonicalize_nans, checksum, concat_checksum, row_crcs
 from terraloom.pipeline.corpus_writer import BlockKey, block_rows
 from terraloom.schemas.layouts import ArraySpec, StoreLayout, np_dtype
 from terraloom.schemas.tables import RejectReason
@@ -31,6 +31,10 @@ class AssembledBlock:
     index_rows: list[dict[str, Any]]
     reject_rows: list[dict[str, Any]]
     stats: dict[str, float]
+    #: Per array, the checksum of the whole block (its rows' CRCs combined: the commit
+    #: marker's, without hashing the block a second time); arrays absent here are hashed
+    #: by the writer.
+    checksums: dict[str, str] = field(default_factory=dict)
 
 
 def _internal_reject(
@@ -143,8 +147,19 @@ def assemble_block(
         accepted.append((i, dict(r.index_row)))
     for x in arrays.values():
         canonicalize_nans(x)
-    for i, index_row in accepted:
-        index_row["checksums"] = {name: checksum(x[i]) for name, x in arrays.items()}
+    # each row hashed once: for its index row and, combined, for the block's marker
+    sums: dict[str, list[str]] = {}
+    block_sums: dict[str, str] = {}
+    for name, x in arrays.items():
+        if x.dtype.kind in "OTU":  # strings: rows of different lengths, and small
+            sums[name] = [checksum(x[i]) for i, _ in accepted]
+            block_sums[name] = checksum(x)
+            continue
+        crcs = row_crcs(x)
+        sums[name] = [f"{crcs[i]:08x}" for i, _ in accepted]
+        block_sums[name] = concat_checksum(crcs, x[0].nbytes if len(x) else 0)
+    for j, (_, index_row) in enumerate(accepted):
+        index_row["checksums"] = {name: sums[name][j] for name in arrays}
         index_rows.append(index_row)
     reject_rows.extend(extras)
-    return AssembledBlock(key, a, b, arrays, index_rows, reject_rows, dict(stats))
+    return AssembledBlock(key, a, b, arrays, index_rows, reject_rows, dict(stats), block_sums)

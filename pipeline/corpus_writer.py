@@ -431,7 +431,10 @@ def write_block(group: Any, block: AssembledBlock, out: Where) -> BlockOutcome:
     store = BlockWriteStore(handle.store, frozenset(k for ks in shard_keys.values() for k in ks))
     write_rows(handle, store, block.start, block.stop, block.arrays)
     t1 = time.perf_counter()
-    block_sums = {name: checksum(value) for name, value in block.arrays.items()}
+    block_sums = {
+        name: block.checksums[name] if name in block.checksums else checksum(value)
+        for name, value in block.arrays.items()
+    }
     write_geoparquet("index", from_rows("index", block.index_rows), part_path(out, key, "index"))
     write_geoparquet(
         "rejects", from_rows("rejects", block.reject_rows), part_path(out, key, "rejects")

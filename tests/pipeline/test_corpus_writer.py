@@ -151,6 +151,25 @@ def test_assemble_block_accepts_rejects_and_checksums(tmp_path: Path) -> None:
     assert blk.index_rows[0]["checksums"]["DEM"] == checksum(want)
     assert set(blk.index_rows[0]["checksums"]) == set(layout.names)
     assert blk.stats["bytes_read"] == 310.0
+    # the block's checksums (the marker's) are its rows' CRCs combined: the same as
+    # hashing each whole array, rejected rows' fill values and sample ids included
+    assert blk.checksums == {name: checksum(x) for name, x in blk.arrays.items()}
+    for i, r in zip((0, 2, 3), blk.index_rows):
+        assert r["checksums"] == {name: checksum(x[i]) for name, x in blk.arrays.items()}
+
+
+@pytest.mark.parametrize("len1,len2", [(0, 0), (5, 0), (0, 7), (13, 1000), (3, 1 << 16)])
+def test_crc32_combine_is_the_crc_of_the_concatenation(len1: int, len2: int) -> None:
+    import zlib
+
+    from terraloom.pipeline.checksums import concat_checksum, crc32_combine, row_crcs
+
+    rng = np.random.default_rng(len1 + len2)
+    a, b = rng.bytes(len1), rng.bytes(len2)
+    assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len2) == zlib.crc32(a + b)
+    x = rng.integers(0, 2**16, (5, 3, 7), dtype=np.uint16)
+    assert concat_checksum(row_crcs(x), x[0].nbytes) == checksum(x)
+    assert concat_checksum([], 8) == checksum(np.zeros(0, np.uint16))
 
 
 def test_assemble_block_turns_contract_breaks_into_internal_rejects(tmp_path: Path) -> None:
