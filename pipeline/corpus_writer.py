@@ -420,16 +420,19 @@ def write_block(group: Any, block: AssembledBlock, out: Where) -> BlockOutcome:
     covering its whole shard (or the last, partial one), through a per-block
     ``BlockWriteStore`` that never reads the shards it replaces, so a re-run replaces
     whatever a killed attempt (a torn file) or a damage found on resume left behind, and a
-    fresh block on an object store costs one PUT per shard and nothing else.
+    fresh block on an object store costs one PUT per shard and nothing else. A whole shard
+    of a sharded array is encoded by ``shard_write`` (zarr's codecs without its per-chunk
+    indexing; the same bytes), the rest by zarr's ``setitem``.
     """
-    from terraloom.pipeline.split_handle import BlockWriteStore, split_handle_of, write_rows
+    from terraloom.pipeline.shard_write import write_block_arrays
+    from terraloom.pipeline.split_handle import BlockWriteStore, split_handle_of
 
     key = block.key
     t0 = time.perf_counter()
     handle = split_handle_of(group)
     shard_keys = block_storage_keys(handle, key)
     store = BlockWriteStore(handle.store, frozenset(k for ks in shard_keys.values() for k in ks))
-    write_rows(handle, store, block.start, block.stop, block.arrays)
+    write_block_arrays(handle, store, block.start, block.stop, block.arrays)
     t1 = time.perf_counter()
     block_sums = {
         name: block.checksums[name] if name in block.checksums else checksum(value)
