@@ -119,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--block-deg", type=float, default=0.5)
     ap.add_argument("--engine", default="dask", choices=("dask", "beam", "local"))
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1, help="dask threads per worker")
+    ap.add_argument(
+        "--threads", type=int, default=EngineConfig.threads, help="dask threads per worker"
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--latency", type=float, default=0.05, help="API seconds per answer")
     ap.add_argument("--page-size", type=int, default=500)

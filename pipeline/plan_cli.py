@@ -285,7 +285,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     g.add_argument("--scheduler", help="dask: address of a running distributed scheduler")
     g.add_argument(
-        "--threads", type=int, default=1, help="dask: threads per worker process (default: 1)"
+        "--threads",
+        type=int,
+        default=EngineConfig.threads,
+        help="dask: threads per worker process; planning mostly waits on the API, so threads "
+        f"overlap the waits (default: {EngineConfig.threads})",
     )
     g.add_argument(
         "--rate-limit",
