@@ -138,8 +138,10 @@ def test_build_json_gives_bytes_per_sample_only_from_a_whole_corpus_build(tmp_pa
     build = tmp_path / "build.json"
     build.write_text(json.dumps({"runs": [some]}))
     assert set(cost.load_inputs(None, [], build)) == {"build_cpu_s_per_sample"}
-    whole = {**some, "samples": 20, "modalities": list(CORPUS_MODALITIES)}
+    whole = {**some, "samples": 20, "cpu_s": 8.0, "modalities": list(CORPUS_MODALITIES)}
     build.write_text(json.dumps({"runs": [some, whole]}))
     got = cost.load_inputs(None, [], build)
+    # the whole corpus's CPU, though the partial build was faster per sample
+    assert got["build_cpu_s_per_sample"] == pytest.approx(0.4)  # 8 CPU-s / 20 samples
     assert got["corpus_bytes_per_sample"] == pytest.approx(2.5)  # 50 B / 20 samples
     assert got["build_bytes_read_per_sample"] == pytest.approx(4.5)
