@@ -131,9 +131,13 @@ def test_a_repeated_search_is_answered_from_the_answer_cache() -> None:
     answers = {}
     for mb in (256.0, 0.0):
         with SyntheticStacApi(ServerConfig(lifetime_s=30, answer_cache_mb=mb)) as api:
-            made = []
-            page = api.page
-            api.page = lambda *a: made.append(a) or page(*a)  # type: ignore[method-assign]
+            made: list[tuple] = []
+
+            def counted(*a, _page=api.page, _made=made):
+                _made.append(a)
+                return _page(*a)
+
+            api.page = counted  # type: ignore[method-assign]
             got = [_post(f"{api.url}/search", body)[2] for _ in range(3)]
             assert got[0] == got[1] == got[2] and len(got[0]["features"]) == 3
             assert len(made) == (1 if mb else 3)
