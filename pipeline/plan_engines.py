@@ -237,10 +237,13 @@ class EngineConfig:
     engine: str = "local"
     workers: int = 1
     scheduler: str | None = None
-    #: dask threads per worker: planning waits on the API far more than it computes, so
-    #: threads overlap the waits (bench/plan.py, 50 ms per answer, 2 workers: 81.5 cells/s
-    #: with 1 thread, 148.7 with 4; the rate limit is per process, shared by its threads)
-    threads: int = 4
+    #: dask threads per worker. Planning against a STAC API waits on it far more than it
+    #: computes, and threads overlap the waits (bench/plan.py, 50 ms per answer, 2 workers:
+    #: 81.5 cells/s with 1 thread, 148.7 with 4, plans equal). Not the default: with local
+    #: SCL checks (a static catalog or the world) more than one thread per worker can match
+    #: some samples to other scenes than the single-process plan (a thread-safety defect
+    #: found, not yet fixed; tests/pipeline/test_plan_engines.py fails with 4 threads)
+    threads: int = 1
     rate_limit: float | None = None
     pipeline_args: tuple[str, ...] = field(default=())
 
