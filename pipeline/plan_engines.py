@@ -241,8 +241,8 @@ class EngineConfig:
     #: computes, and threads overlap the waits (bench/plan.py, 50 ms per answer, 2 workers:
     #: 81.5 cells/s with 1 thread, 148.7 with 4, plans equal). Not the default: with local
     #: SCL checks (a static catalog or the world) more than one thread per worker can match
-    #: some samples to other scenes than the single-process plan (a thread-safety defect
-    #: found, not yet fixed; tests/pipeline/test_plan_engines.py fails with 4 threads)
+    #: some samples to other scenes than the single-process plan (seen in
+    #: tests/pipeline/test_plan_engines.py with 4 threads; cause not yet found)
     threads: int = 1
     rate_limit: float | None = None
     pipeline_args: tuple[str, ...] = field(default=())
