@@ -82,10 +82,9 @@ def concat_checksum(crcs: Sequence[int], nbytes: int) -> str:
     ``nbytes`` bytes: what hashing the array again would give, in a few microseconds."""
     if not crcs:
         return f"{zlib.crc32(b''):08x}"
-    op = _zeros_operator(nbytes)
     total = crcs[0]
     for c in crcs[1:]:
-        total = _gf2_times(op, total) ^ c
+        total = crc32_combine(total, c, nbytes)
     return f"{total & 0xFFFFFFFF:08x}"
 
 

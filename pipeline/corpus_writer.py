@@ -435,8 +435,7 @@ def write_block(group: Any, block: AssembledBlock, out: Where) -> BlockOutcome:
     write_block_arrays(handle, store, block.start, block.stop, block.arrays)
     t1 = time.perf_counter()
     block_sums = {
-        name: block.checksums[name] if name in block.checksums else checksum(value)
-        for name, value in block.arrays.items()
+        name: block.checksums.get(name) or checksum(value) for name, value in block.arrays.items()
     }
     write_geoparquet("index", from_rows("index", block.index_rows), part_path(out, key, "index"))
     write_geoparquet(

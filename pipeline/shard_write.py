@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from zarr.codecs.sharding import ShardingCodec
 
-from terraloom.storage.zarr_handle import SplitHandle
+from terraloom.storage.zarr_handle import SplitHandle, write_rows
 
 try:  # zarr internals (zarr pins only the major version): absent, setitem writes everything
     from zarr.core.buffer import default_buffer_prototype
@@ -121,6 +121,9 @@ def write_block_arrays(
     """Write rows ``[start, stop)`` of every array in ``arrays`` through ``store``: whole
     shards encoded directly where they fit (module docstring), the rest by zarr's
     ``setitem``; all at once, so their writes (and the codecs' threads) overlap."""
+    if not _HAS_INTERNALS:
+        write_rows(handle, store, start, stop, arrays)
+        return
 
     async def write_all() -> None:
         jobs = []
